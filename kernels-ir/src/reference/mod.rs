@@ -8,6 +8,7 @@
 
 pub mod cbm;
 pub mod dense;
+pub mod linalg;
 pub mod monarch;
 pub mod pst;
 pub mod rng;
@@ -223,7 +224,7 @@ pub fn run(spec: &KernelSpec, inputs: &TensorMap) -> Result<TensorMap, Reference
             }
         }
         (OpKind::MonarchProject, Pattern::Monarch(m)) => {
-            let (w1, w2) = monarch::project(g("w"), m);
+            let (w1, w2) = monarch::project(g("w"), m)?;
             put(&mut out, "w1", w1);
             put(&mut out, "w2", w2);
         }

@@ -1,9 +1,10 @@
 //! Monarch (METHODS.md §3): block-diagonal · permutation · block-diagonal, its backward, the
 //! dense materialisation and the dense → Monarch projection; plus a single block-diagonal factor.
 
+use super::ReferenceError;
+use super::linalg::thin_svd;
 use super::tensor::Tensor;
 use crate::pattern::MonarchShape;
-use nalgebra::DMatrix;
 
 /// u[b, ki·q + qi] = Σ_pi w1[ki, qi, pi] · x[b, ki·p + pi]  → [N, k·q]
 fn first(x: &Tensor, w1: &Tensor, m: &MonarchShape) -> Vec<f64> {
@@ -117,7 +118,7 @@ pub fn to_dense(w1: &Tensor, w2: &Tensor, m: &MonarchShape) -> Tensor {
 /// (ki, li), the truncated SVD of W's sub-block {rows si·l + li} × {cols ki·p + pi}, at the rank
 /// given by the number of coupling indices. Entries outside every coupled sub-block are not
 /// representable and are dropped. A matrix that is already Monarch is recovered to rounding.
-pub fn project(w: &Tensor, m: &MonarchShape) -> (Tensor, Tensor) {
+pub fn project(w: &Tensor, m: &MonarchShape) -> Result<(Tensor, Tensor), ReferenceError> {
     let n_in = m.n_in();
     let mut w1 = Tensor::zeros(&[m.k, m.q, m.p]);
     let mut w2 = Tensor::zeros(&[m.l, m.s, m.r]);
@@ -127,27 +128,21 @@ pub fn project(w: &Tensor, m: &MonarchShape) -> (Tensor, Tensor) {
             if pairs.is_empty() {
                 continue;
             }
-            let block = DMatrix::<f64>::from_fn(m.s, m.p, |si, pi| {
+            let svd = thin_svd(m.s, m.p, "w", |si, pi| {
                 w.data[(si * m.l + li) * n_in + ki * m.p + pi]
-            });
-            let svd = block.svd(true, true);
-            let (u, vt) = match (&svd.u, &svd.v_t) {
-                (Some(u), Some(vt)) => (u, vt),
-                _ => unreachable!("SVD was asked for U and Vᵀ"),
-            };
-            let rank = svd.singular_values.len();
-            for (c, &(qi, ri)) in pairs.iter().enumerate().take(rank) {
-                let root = svd.singular_values[c].sqrt();
+            })?;
+            for (c, &(qi, ri)) in pairs.iter().enumerate().take(svd.k) {
+                let root = svd.s[c].sqrt();
                 for pi in 0..m.p {
-                    w1.data[(ki * m.q + qi) * m.p + pi] = root * vt[(c, pi)];
+                    w1.data[(ki * m.q + qi) * m.p + pi] = root * svd.v[pi * svd.k + c];
                 }
                 for si in 0..m.s {
-                    w2.data[(li * m.s + si) * m.r + ri] = root * u[(si, c)];
+                    w2.data[(li * m.s + si) * m.r + ri] = root * svd.u[si * svd.k + c];
                 }
             }
         }
     }
-    (w1, w2)
+    Ok((w1, w2))
 }
 
 /// A block-diagonal map: y[b, ki·qo + qi] = Σ_pi w[ki, qi, pi] · x[b, ki·pi_n + pi], `w`

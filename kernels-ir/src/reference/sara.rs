@@ -1,9 +1,10 @@
 //! SaRA (METHODS.md §4): mask of the smallest weights, forward with packed values, the sampled
 //! backward, sparse AdamW, the nuclear-norm subgradient and merge.
 
+use super::ReferenceError;
+use super::linalg::thin_svd;
 use super::tensor::{Tensor, bottom_k_asc, mat};
 use crate::pattern::SaraSelect;
-use nalgebra::DMatrix;
 
 /// Flat indices of the retrained weights, ascending: `|w| < threshold`, or the `⌊ratio·n⌋`
 /// smallest `|w|` with ties → lower flat index.
@@ -121,28 +122,30 @@ pub fn adamw_step(v: &mut [f64], dv: &[f64], m: &mut [f64], s: &mut [f64], step:
 
 /// Subgradient of ‖Z‖_* with Z [out, in] holding `v` at `mask` and 0 elsewhere: (U·Vᵀ) over the
 /// singular vectors whose singular value exceeds a rounding tolerance, restricted to `mask`.
-/// The SVD runs on the host in f64 (nalgebra): it is applied to one weight per step.
-pub fn nuclear_subgradient(shape: [usize; 2], mask: &[usize], v: &[f64]) -> Vec<f64> {
+/// The SVD runs on the host in f64: SaRA applies the term to one weight per step, so a host
+/// SVD of an [out, in] matrix (a few thousand rows at most) is off the hot path.
+pub fn nuclear_subgradient(
+    shape: [usize; 2],
+    mask: &[usize],
+    v: &[f64],
+) -> Result<Vec<f64>, ReferenceError> {
     let [o_n, i_n] = shape;
-    let mut z = DMatrix::<f64>::zeros(o_n, i_n);
+    let mut z = vec![0.0; o_n * i_n];
     for (&flat, &val) in mask.iter().zip(v) {
-        z[(flat / i_n, flat % i_n)] = val;
+        z[flat] = val;
     }
-    let svd = z.svd(true, true);
-    let (Some(u), Some(vt)) = (&svd.u, &svd.v_t) else {
-        unreachable!("SVD was asked for U and Vᵀ")
-    };
-    let smax = svd.singular_values.iter().copied().fold(0.0, f64::max);
-    let tol = smax * (o_n.max(i_n) as f64) * f64::EPSILON;
-    let keep: Vec<usize> = (0..svd.singular_values.len())
-        .filter(|&c| svd.singular_values[c] > tol)
-        .collect();
-    mask.iter()
+    let svd = thin_svd(o_n, i_n, "v", |o, i| z[o * i_n + i])?;
+    let tol = svd.s.first().copied().unwrap_or(0.0) * (o_n.max(i_n) as f64) * f64::EPSILON;
+    let keep: Vec<usize> = (0..svd.k).filter(|&c| svd.s[c] > tol).collect();
+    Ok(mask
+        .iter()
         .map(|&flat| {
             let (o, i) = (flat / i_n, flat % i_n);
-            keep.iter().map(|&c| u[(o, c)] * vt[(c, i)]).sum()
+            keep.iter()
+                .map(|&c| svd.u[o * svd.k + c] * svd.v[i * svd.k + c])
+                .sum()
         })
-        .collect()
+        .collect())
 }
 
 /// Merged weight for export: `w` with `v` written back at `mask` (zero inference overhead).
