@@ -222,10 +222,18 @@ impl Parser {
                     Tok::Word(w) => value.push_str(w),
                     Tok::Sym('/') => value.push('/'),
                     Tok::Sym(',') | Tok::Sym(')') => break,
-                    other => {
+                    other if value.is_empty() => {
                         return Err(Self::err_at(
                             t,
                             format!("expected a value for `{name}` in {owner}, found {other}"),
+                        ));
+                    }
+                    other => {
+                        return Err(Self::err_at(
+                            t,
+                            format!(
+                                "expected `,` or `)` after `{name} = {value}` in {owner}, found {other}"
+                            ),
                         ));
                     }
                 }
