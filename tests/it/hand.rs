@@ -287,3 +287,44 @@ fn dense_linear_by_hand() {
     close(&dw.data, &[2.0, 4.0]);
     close(&db.data, &[2.0]);
 }
+
+#[test]
+fn monarch_projection_of_a_two_by_two_by_hand() {
+    // k = l = 2, q = p = s = r = 1: block pair (ki, li) couples through m = ki only when
+    // m mod 2 = li, so only the diagonal of W is representable; off-diagonals are dropped and
+    // each diagonal entry splits as √|a|·(±√|a|).
+    let m = MonarchShape {
+        k: 2,
+        q: 1,
+        p: 1,
+        l: 2,
+        s: 1,
+        r: 1,
+    };
+    let w = t(&[2, 2], &[3.0, 5.0, 7.0, -2.0]);
+    let (w1, w2) = monarch::project(&w, &m).unwrap();
+    close(
+        &monarch::to_dense(&w1, &w2, &m).data,
+        &[3.0, 0.0, 0.0, -2.0],
+    );
+    close(
+        &[
+            w1.data[0].abs(),
+            w2.data[0].abs(),
+            w1.data[1].abs(),
+            w2.data[1].abs(),
+        ],
+        &[3f64.sqrt(), 3f64.sqrt(), 2f64.sqrt(), 2f64.sqrt()],
+    );
+}
+
+#[test]
+fn block_diagonal_by_hand() {
+    // two blocks of 1×2: y0 = w0·x[0..2], y1 = w1·x[2..4]
+    let x = t(&[1, 4], &[1.0, 2.0, 3.0, 4.0]);
+    let w = t(&[2, 1, 2], &[1.0, -1.0, 0.5, 2.0]);
+    close(&monarch::block_diag_forward(&x, &w).data, &[-1.0, 9.5]);
+    let (dx, dw) = monarch::block_diag_backward(&x, &w, &t(&[1, 2], &[1.0, 2.0]));
+    close(&dx.data, &[1.0, -1.0, 1.0, 4.0]);
+    close(&dw.data, &[1.0, 2.0, 6.0, 8.0]);
+}
