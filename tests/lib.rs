@@ -83,3 +83,31 @@ pub fn proptest_config(cases: u32) -> Config {
         ..Config::default()
     }
 }
+
+/// The wgpu device for kernel tests. Absent device: the test prints why and is skipped, unless
+/// `SPARSECUBE_REQUIRE_WGPU` is set (CI sets it), where an absent device fails the test.
+pub fn wgpu_or_skip(test: &str) -> Option<sparsecube_runtime::Device> {
+    match sparsecube_runtime::wgpu() {
+        Ok(d) => Some(d),
+        Err(e) if std::env::var_os("SPARSECUBE_REQUIRE_WGPU").is_some() => {
+            panic!("{test}: SPARSECUBE_REQUIRE_WGPU is set but {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED {test}: {e}");
+            None
+        }
+    }
+}
+
+/// Rounds every value through the storage dtype, so host reference and device see equal inputs.
+pub fn round_to(t: &Tensor, dtype: kernels_ir::DType) -> Tensor {
+    let r = |v: f64| match dtype {
+        kernels_ir::DType::F16 => half::f16::from_f64(v).to_f64(),
+        kernels_ir::DType::BF16 => half::bf16::from_f64(v).to_f64(),
+        _ => f64::from(v as f32),
+    };
+    Tensor {
+        shape: t.shape.clone(),
+        data: t.data.iter().map(|&v| r(v)).collect(),
+    }
+}

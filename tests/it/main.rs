@@ -5,3 +5,4 @@ mod fd;
 mod hand;
 mod identities;
 mod ir;
+mod kernels_spt;

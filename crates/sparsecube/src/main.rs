@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use kernels_ir::infer::spec_for_inputs;
 use kernels_ir::reference::{self, TensorMap};
-use kernels_ir::{Direction, Module, OpKind, verify_module};
+use kernels_ir::{Direction, KernelSpec, Module, OpKind, verify_module};
+use sparsecube_codegen::LowerError;
+use sparsecube_runtime::{DeviceKind, RuntimeError};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,7 +28,8 @@ struct Cli {
 /// Where an op runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Device {
-    /// The fastest device present (today: the reference executor).
+    /// The fastest device present: CUDA, else wgpu, else the reference executor (which also runs
+    /// the ops that have no generated kernel yet).
     Auto,
     /// The f64 reference executor (results written as f32).
     Reference,
@@ -66,6 +69,8 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// List the devices present: CUDA, wgpu adapters, the reference executor.
+    Devices,
     /// Run every method's reference op (forward + backward) on a built-in problem and print a
     /// table of shapes, FLOPs and kept entries against dense.
     Demo {
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
             device,
         } => run(op, &inputs, &output, &params, device),
         Command::Check { files } => check(&files),
+        Command::Devices => devices(),
         Command::Demo { seed } => demo::run(seed),
     };
     match result {
@@ -116,14 +122,12 @@ fn run(
     params: &[String],
     device: Device,
 ) -> Result<()> {
-    match device {
-        Device::Auto | Device::Reference => {}
-        Device::Wgpu | Device::Cuda => bail!(
-            "device `{}` is not available in this build: generated kernels are not wired into `run` yet; \
-             use --device reference",
-            format!("{device:?}").to_lowercase()
-        ),
-    }
+    let requested = match device {
+        Device::Auto => None,
+        Device::Reference => Some(DeviceKind::Reference),
+        Device::Wgpu => Some(DeviceKind::Wgpu),
+        Device::Cuda => Some(DeviceKind::Cuda),
+    };
     let params = parse_params(params)?;
     let tensors = io::read(inputs)?;
     let shapes = tensors
@@ -134,20 +138,40 @@ fn run(
 
     let fwd = spec_for_inputs(op, Direction::Forward, &params, &shapes)
         .with_context(|| format!("cannot run {op} on `{}`", inputs.display()))?;
+    let dev = sparsecube_runtime::open(requested)?;
+    // `auto` runs ops that have no generated kernel yet on the reference executor.
+    let exec = |spec: &KernelSpec, ins: &TensorMap| -> Result<TensorMap> {
+        match sparsecube_runtime::run(&dev, spec, ins) {
+            Err(RuntimeError::Lower(LowerError::Unsupported { .. })) if requested.is_none() => {
+                Ok(reference::run(spec, ins)?)
+            }
+            other => Ok(other?),
+        }
+    };
     let fwd_inputs: TensorMap = tensors
         .iter()
         .filter(|(n, _)| Some(n.as_str()) != upstream)
         .map(|(n, v)| (n.clone(), v.clone()))
         .collect();
-    let mut outputs = reference::run(&fwd, &fwd_inputs).with_context(|| format!("{op} forward"))?;
+    let mut outputs = exec(&fwd, &fwd_inputs).with_context(|| format!("{op} forward"))?;
     if upstream.is_some() {
         let bwd = spec_for_inputs(op, Direction::Backward, &params, &shapes)
             .with_context(|| format!("cannot run the backward of {op}"))?;
-        outputs.extend(reference::run(&bwd, &tensors).with_context(|| format!("{op} backward"))?);
+        outputs.extend(exec(&bwd, &tensors).with_context(|| format!("{op} backward"))?);
     }
     io::write_atomic(output, &io::to_bytes(&outputs)?)?;
     for (name, v) in &outputs {
         eprintln!("wrote {name} {:?}", v.shape());
+    }
+    Ok(())
+}
+
+fn devices() -> Result<()> {
+    for kind in [DeviceKind::Cuda, DeviceKind::Wgpu, DeviceKind::Reference] {
+        match sparsecube_runtime::describe(kind) {
+            Ok(text) => println!("{:<10} present: {text}", kind.name()),
+            Err(e) => println!("{:<10} absent: {e}", kind.name()),
+        }
     }
     Ok(())
 }

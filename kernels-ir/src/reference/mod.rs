@@ -81,7 +81,9 @@ pub enum ReferenceError {
     },
 }
 
-fn check_inputs(spec: &KernelSpec, inputs: &TensorMap) -> Result<(), ReferenceError> {
+/// Checks `inputs` against the tensor signature of `spec`: no unknown names, nothing required
+/// missing, the right kind (float or index) and shape, finite values.
+pub fn check_inputs(spec: &KernelSpec, inputs: &TensorMap) -> Result<(), ReferenceError> {
     let sig = spec.tensors()?;
     let ins: Vec<_> = sig.iter().filter(|t| t.role == Role::Input).collect();
     for name in inputs.keys() {

@@ -1,0 +1,454 @@
+//! `#[cube]` kernels of SPT sparse attention. One unit per query row (or key, or head); every
+//! shape-independent choice (head dim, PQ layout, top-k, causal, clamp, selector) is a comptime
+//! value of [`SptConfig`], so each distinct config compiles to its own specialised kernel.
+//!
+//! Storage dtype `F` (f32, f16, bf16); every reduction accumulates in f32.
+
+// `#[cube(launch)]` generates undocumented modules and launch functions next to each kernel.
+#![allow(missing_docs)]
+// Kernel code is expanded by `#[cube]`, which understands comparisons but not `Range::contains`.
+#![allow(clippy::manual_range_contains)]
+
+use cubecl::prelude::*;
+
+/// Comptime configuration of the SPT kernels, derived from a verified `spt-attention` spec by
+/// [`super::SptPlan::from_spec`].
+#[derive_cube_comptime]
+pub struct SptConfig {
+    /// Head dimension `D`.
+    pub d: u32,
+    /// PQ subspaces `S = D / d_c`.
+    pub s: u32,
+    /// Codewords per subspace `E`.
+    pub e: u32,
+    /// Sub-vector length `d_c`.
+    pub dc: u32,
+    /// Slots per query row.
+    pub topk: u32,
+    /// Only keys `j <= i` are candidates.
+    pub causal: bool,
+    /// Clamp scaled scores to ±10.
+    pub clamp: bool,
+    /// Score candidates by asymmetric distance (pq-adc) instead of code matches (pq-match).
+    pub adc: bool,
+    /// Significant bits of the selection key: enough for `0..=S` (pq-match) or 32 (pq-adc).
+    pub key_bits: u32,
+}
+
+/// Codes of the rows of `x` [rows, S·d_c]: per subspace the codeword at the least L1 distance,
+/// ties to the lower codeword. One unit per (row, subspace); `codes` is [rows, S].
+#[cube(launch)]
+pub fn pq_encode<F: Float>(
+    x: &Array<F>,
+    codebook: &Array<F>,
+    codes: &mut Array<u32>,
+    #[comptime] cfg: SptConfig,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos < codes.len() {
+        let s = cfg.s as usize;
+        let dc = cfg.dc as usize;
+        let row = pos / s;
+        let sub = pos % s;
+        let base = row * (cfg.d as usize) + sub * dc;
+        // Seed with codeword 0 (WGSL has no infinity literal), then strict `<`: ties keep the lower word.
+        let mut best = 0.0f32;
+        #[unroll]
+        for t in 0..cfg.dc {
+            best += f32::abs(
+                f32::cast_from(x[base + t as usize])
+                    - f32::cast_from(codebook[sub * (cfg.e as usize) * dc + t as usize]),
+            );
+        }
+        let mut best_word = 0u32;
+        for w in 1..cfg.e {
+            let cb = (sub * (cfg.e as usize) + w as usize) * dc;
+            let mut dist = 0.0f32;
+            #[unroll]
+            for t in 0..cfg.dc {
+                dist += f32::abs(
+                    f32::cast_from(x[base + t as usize])
+                        - f32::cast_from(codebook[cb + t as usize]),
+                );
+            }
+            if dist < best {
+                best = dist;
+                best_word = w;
+            }
+        }
+        codes[pos] = best_word;
+    }
+}
+
+/// An order-preserving map of f32 onto u32 (larger float ⇒ larger key).
+#[cube]
+fn ordered_key(v: f32) -> u32 {
+    let bits = u32::reinterpret(v);
+    if bits >= 0x8000_0000u32 {
+        !bits
+    } else {
+        bits | 0x8000_0000u32
+    }
+}
+
+/// The selection key of candidate key row `krow` for the query whose codes start at `qbase`
+/// (pq-match: equal codes) or whose ADC table is `table` (pq-adc: Σ_s table[s, code_k[s]]).
+#[cube]
+fn candidate_key(
+    codes_q: &Array<u32>,
+    codes_k: &Array<u32>,
+    table: &Array<f32>,
+    qbase: usize,
+    krow: usize,
+    #[comptime] cfg: SptConfig,
+) -> u32 {
+    let s = cfg.s as usize;
+    let mut key = 0u32;
+    if cfg.adc {
+        let mut score = 0.0f32;
+        for sub in 0..s {
+            score += table[sub * (cfg.e as usize) + codes_k[krow * s + sub] as usize];
+        }
+        key = ordered_key(score);
+    } else {
+        for sub in 0..s {
+            if codes_q[qbase + sub] == codes_k[krow * s + sub] {
+                key += 1u32;
+            }
+        }
+    }
+    key
+}
+
+/// Top-k selection per query row: the kept set (highest key first, ties to the lower key index)
+/// written in ascending key order, padded with −1. Exact: the k-th largest key is found by a
+/// bitwise search (one counting pass per key bit), then keys above it and the first ones equal to
+/// it are kept. One unit per row; `indices` is [rows, topk].
+#[cube(launch)]
+pub fn spt_select<F: Float>(
+    q: &Array<F>,
+    codebook: &Array<F>,
+    codes_q: &Array<u32>,
+    codes_k: &Array<u32>,
+    indices: &mut Array<i32>,
+    seq_len: u32,
+    #[comptime] cfg: SptConfig,
+) {
+    let row = ABSOLUTE_POS;
+    let topk = cfg.topk as usize;
+    if row < indices.len() / topk {
+        let l = seq_len as usize;
+        let s = cfg.s as usize;
+        let e = cfg.e as usize;
+        let dc = cfg.dc as usize;
+        let head = row / l;
+        let i = row % l;
+        let n = if cfg.causal { i + 1 } else { l };
+        let mut kept = n;
+        if topk < n {
+            kept = topk;
+        }
+        let qbase = row * s;
+
+        let mut table = Array::<f32>::new(comptime!(if cfg.adc {
+            (cfg.s * cfg.e) as usize
+        } else {
+            1usize
+        }));
+        if cfg.adc {
+            for sub in 0..s {
+                for w in 0..e {
+                    let mut dot = 0.0f32;
+                    for t in 0..dc {
+                        dot += f32::cast_from(q[row * (cfg.d as usize) + sub * dc + t])
+                            * f32::cast_from(codebook[(sub * e + w) * dc + t]);
+                    }
+                    table[sub * e + w] = dot;
+                }
+            }
+        }
+
+        // Largest threshold t with #{key >= t} >= kept: the kept-th largest key.
+        let mut threshold = 0u32;
+        for b in 0..cfg.key_bits {
+            let candidate = threshold | (1u32 << (cfg.key_bits - 1 - b));
+            let mut count = 0usize;
+            for j in 0..n {
+                if candidate_key(codes_q, codes_k, &table, qbase, head * l + j, cfg) >= candidate {
+                    count += 1;
+                }
+            }
+            if count >= kept {
+                threshold = candidate;
+            }
+        }
+        let mut above = 0usize;
+        for j in 0..n {
+            if candidate_key(codes_q, codes_k, &table, qbase, head * l + j, cfg) > threshold {
+                above += 1;
+            }
+        }
+        let mut equal_left = kept - above;
+        let mut slot = 0usize;
+        for j in 0..n {
+            let key = candidate_key(codes_q, codes_k, &table, qbase, head * l + j, cfg);
+            let mut take = key > threshold;
+            if key == threshold && equal_left > 0 {
+                take = true;
+                equal_left -= 1;
+            }
+            if take {
+                indices[row * topk + slot] = j as i32;
+                slot += 1;
+            }
+        }
+        while slot < topk {
+            indices[row * topk + slot] = -1i32;
+            slot += 1;
+        }
+    }
+}
+
+/// The scaled (and optionally clamped) score q_row · k_krow / √D, and whether the clamp let the
+/// gradient through.
+#[cube]
+fn score<F: Float>(
+    q: &Array<F>,
+    k: &Array<F>,
+    row: usize,
+    krow: usize,
+    #[comptime] cfg: SptConfig,
+) -> (f32, bool) {
+    let d = cfg.d as usize;
+    let mut dot = 0.0f32;
+    for t in 0..d {
+        dot += f32::cast_from(q[row * d + t]) * f32::cast_from(k[krow * d + t]);
+    }
+    let raw = dot / f32::sqrt(f32::cast_from(cfg.d));
+    let mut out = raw;
+    let mut passes = true;
+    if cfg.clamp {
+        out = f32::clamp(raw, -10.0f32, 10.0f32);
+        passes = raw >= -10.0f32 && raw <= 10.0f32;
+    }
+    (out, passes)
+}
+
+/// Fused forward over the kept set: scores (SDDMM), online softmax and the output (SpMM) in one
+/// pass per query row. Writes `out` [rows, D] and the row's log-sum-exp `lse` [rows] — all that
+/// backward needs besides the indices.
+#[cube(launch)]
+pub fn spt_attend_fwd<F: Float>(
+    q: &Array<F>,
+    k: &Array<F>,
+    v: &Array<F>,
+    indices: &Array<i32>,
+    out: &mut Array<F>,
+    lse: &mut Array<f32>,
+    seq_len: u32,
+    #[comptime] cfg: SptConfig,
+) {
+    let row = ABSOLUTE_POS;
+    if row < lse.len() {
+        let d = cfg.d as usize;
+        let topk = cfg.topk as usize;
+        let head = row / (seq_len as usize);
+        let mut acc = Array::<f32>::new(comptime!(cfg.d as usize));
+        for t in 0..d {
+            acc[t] = 0.0f32;
+        }
+        // −f32::MAX, not −∞: WGSL has no infinity literal; exp(−MAX − s) is still exactly 0.
+        let mut m = f32::new(-f32::MAX);
+        let mut z = 0.0f32;
+        for slot in 0..topk {
+            let j = indices[row * topk + slot];
+            if j >= 0 {
+                let krow = head * (seq_len as usize) + j as usize;
+                let (s, _passes) = score::<F>(q, k, row, krow, cfg);
+                let m_new = f32::max(m, s);
+                let rescale = f32::exp(m - m_new);
+                let p = f32::exp(s - m_new);
+                z = z * rescale + p;
+                for t in 0..d {
+                    acc[t] = acc[t] * rescale + p * f32::cast_from(v[krow * d + t]);
+                }
+                m = m_new;
+            }
+        }
+        for t in 0..d {
+            out[row * d + t] = F::cast_from(acc[t] / z);
+        }
+        lse[row] = m + f32::ln(z);
+    }
+}
+
+/// Backward, query-major: recomputes p = exp(s − lse) per kept slot, dp = dout·v_j, and
+/// ds = p·(dp − Σ p·dp); writes dq [rows, D] and keeps p and ds [rows, topk] for the key pass.
+///
+/// `dp − Σ p·dp` is computed around a pivot, the slot with the largest p:
+/// `(dp − dp_piv) − Σ p'·(dp' − dp_piv)`. In a saturated row (one p ≈ 1) the plain form subtracts
+/// two nearly equal numbers and loses most f32 digits; around the pivot the pivot's own term is
+/// exactly 0 and the others carry small weights.
+#[cube(launch)]
+pub fn spt_bwd_rows<F: Float>(
+    q: &Array<F>,
+    k: &Array<F>,
+    v: &Array<F>,
+    indices: &Array<i32>,
+    lse: &Array<f32>,
+    dout: &Array<F>,
+    dq: &mut Array<F>,
+    probs: &mut Array<f32>,
+    dscores: &mut Array<f32>,
+    seq_len: u32,
+    #[comptime] cfg: SptConfig,
+) {
+    let row = ABSOLUTE_POS;
+    if row < lse.len() {
+        let d = cfg.d as usize;
+        let topk = cfg.topk as usize;
+        let head = row / (seq_len as usize);
+        let mut p_piv = f32::new(-1.0);
+        let mut dp_piv = 0.0f32;
+        for slot in 0..topk {
+            let j = indices[row * topk + slot];
+            let mut p = 0.0f32;
+            let mut dp = 0.0f32;
+            if j >= 0 {
+                let krow = head * (seq_len as usize) + j as usize;
+                let (s, _passes) = score::<F>(q, k, row, krow, cfg);
+                p = f32::exp(s - lse[row]);
+                for t in 0..d {
+                    dp += f32::cast_from(dout[row * d + t]) * f32::cast_from(v[krow * d + t]);
+                }
+                if p > p_piv {
+                    p_piv = p;
+                    dp_piv = dp;
+                }
+            }
+            probs[row * topk + slot] = p;
+            dscores[row * topk + slot] = dp;
+        }
+        let mut delta = 0.0f32;
+        for slot in 0..topk {
+            delta += probs[row * topk + slot] * (dscores[row * topk + slot] - dp_piv);
+        }
+        let mut acc = Array::<f32>::new(comptime!(cfg.d as usize));
+        for t in 0..d {
+            acc[t] = 0.0f32;
+        }
+        let scale = 1.0f32 / f32::sqrt(f32::cast_from(cfg.d));
+        for slot in 0..topk {
+            let j = indices[row * topk + slot];
+            let mut ds = 0.0f32;
+            if j >= 0 {
+                let krow = head * (seq_len as usize) + j as usize;
+                let (_s, passes) = score::<F>(q, k, row, krow, cfg);
+                if passes {
+                    ds = probs[row * topk + slot] * ((dscores[row * topk + slot] - dp_piv) - delta);
+                }
+                for t in 0..d {
+                    acc[t] += scale * ds * f32::cast_from(k[krow * d + t]);
+                }
+            }
+            dscores[row * topk + slot] = ds;
+        }
+        for t in 0..d {
+            dq[row * d + t] = F::cast_from(acc[t]);
+        }
+    }
+}
+
+/// Key-major view of the kept set, per head, built deterministically (queries in ascending order):
+/// `offsets` [heads, L + 1] and `entries` [heads, L·topk] holding the within-head flat position
+/// (i·topk + slot) of every kept (query, slot) grouped by key. `cursor` [heads, L] is scratch.
+/// One unit per head.
+#[cube(launch)]
+pub fn spt_key_index(
+    indices: &Array<i32>,
+    offsets: &mut Array<u32>,
+    cursor: &mut Array<u32>,
+    entries: &mut Array<u32>,
+    seq_len: u32,
+    #[comptime] topk: u32,
+) {
+    let head = ABSOLUTE_POS;
+    let l = seq_len as usize;
+    let per_head = l * (topk as usize);
+    if head < cursor.len() / l {
+        for j in 0..l {
+            cursor[head * l + j] = 0u32;
+        }
+        for pos in 0..per_head {
+            let j = indices[head * per_head + pos];
+            if j >= 0 {
+                cursor[head * l + j as usize] += 1u32;
+            }
+        }
+        let mut running = 0u32;
+        for j in 0..l {
+            offsets[head * (l + 1) + j] = running;
+            let c = cursor[head * l + j];
+            cursor[head * l + j] = running;
+            running += c;
+        }
+        offsets[head * (l + 1) + l] = running;
+        for pos in 0..per_head {
+            let j = indices[head * per_head + pos];
+            if j >= 0 {
+                let at = cursor[head * l + j as usize];
+                entries[head * per_head + at as usize] = pos as u32;
+                cursor[head * l + j as usize] = at + 1u32;
+            }
+        }
+    }
+}
+
+/// Backward, key-major: dk_j = scale·Σ ds_ij q_i and dv_j = Σ p_ij dout_i over the queries that
+/// kept key j, in ascending query order (no atomics, deterministic). One unit per key row.
+#[cube(launch)]
+pub fn spt_bwd_keys<F: Float>(
+    q: &Array<F>,
+    dout: &Array<F>,
+    probs: &Array<f32>,
+    dscores: &Array<f32>,
+    offsets: &Array<u32>,
+    entries: &Array<u32>,
+    dk: &mut Array<F>,
+    dv: &mut Array<F>,
+    seq_len: u32,
+    #[comptime] cfg: SptConfig,
+) {
+    let krow = ABSOLUTE_POS;
+    let d = cfg.d as usize;
+    if krow < dk.len() / d {
+        let l = seq_len as usize;
+        let topk = cfg.topk as usize;
+        let head = krow / l;
+        let j = krow % l;
+        let per_head = l * topk;
+        let scale = 1.0f32 / f32::sqrt(f32::cast_from(cfg.d));
+        let mut acc_k = Array::<f32>::new(comptime!(cfg.d as usize));
+        let mut acc_v = Array::<f32>::new(comptime!(cfg.d as usize));
+        for t in 0..d {
+            acc_k[t] = 0.0f32;
+            acc_v[t] = 0.0f32;
+        }
+        let start = offsets[head * (l + 1) + j] as usize;
+        let end = offsets[head * (l + 1) + j + 1] as usize;
+        for e in start..end {
+            let pos = entries[head * per_head + e] as usize;
+            let qrow = head * l + pos / topk;
+            let p = probs[head * per_head + pos];
+            let ds = dscores[head * per_head + pos];
+            for t in 0..d {
+                acc_v[t] += p * f32::cast_from(dout[qrow * d + t]);
+                acc_k[t] += scale * ds * f32::cast_from(q[qrow * d + t]);
+            }
+        }
+        for t in 0..d {
+            dk[krow * d + t] = F::cast_from(acc_k[t]);
+            dv[krow * d + t] = F::cast_from(acc_v[t]);
+        }
+    }
+}

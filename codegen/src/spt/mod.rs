@@ -1,0 +1,258 @@
+//! SPT sparse attention lowered to CubeCL: [`SptPlan::from_spec`] derives the comptime
+//! [`SptConfig`] from a verified `spt-attention` spec; [`forward`] and [`backward`] launch the
+//! kernel chain on any CubeCL runtime.
+//!
+//! Forward: `pq_encode`(q), `pq_encode`(k) → `spt_select` → `spt_attend_fwd` (scores, online
+//! softmax and output fused; saves only the per-row log-sum-exp).
+//! Backward: `spt_bwd_rows` (dq, p, ds) → `spt_key_index` (key-major view) → `spt_bwd_keys` (dk, dv).
+
+pub mod kernels;
+
+use crate::LowerError;
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+use kernels::{
+    SptConfig, pq_encode, spt_attend_fwd, spt_bwd_keys, spt_bwd_rows, spt_key_index, spt_select,
+};
+use kernels_ir::pattern::{Pattern, Selector};
+use kernels_ir::{KernelSpec, OpKind};
+
+/// Units per cube for the one-unit-per-row kernels.
+const UNITS: u32 = 64;
+
+/// Problem sizes and the comptime config of one `spt-attention` spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SptPlan {
+    /// Comptime config of every kernel in the chain.
+    pub cfg: SptConfig,
+    /// Batch.
+    pub b: usize,
+    /// Heads.
+    pub h: usize,
+    /// Sequence length.
+    pub l: usize,
+}
+
+impl SptPlan {
+    /// Lowers a verified `spt-attention` spec (forward or backward: both share the config).
+    pub fn from_spec(spec: &KernelSpec) -> Result<Self, LowerError> {
+        spec.verify()?;
+        let Pattern::PqTopK(p) = spec.pattern else {
+            return Err(LowerError::Unsupported {
+                op: spec.op,
+                what: "a pattern other than pq-topk".into(),
+            });
+        };
+        if spec.op != OpKind::SptAttention {
+            return Err(LowerError::Unsupported {
+                op: spec.op,
+                what: "this lowering (it is spt-attention's)".into(),
+            });
+        }
+        let d = spec.dim("D");
+        let s = d / p.sub_dim;
+        let adc = p.selector == Selector::PqAdc;
+        // pq-match keys are counts in 0..=S; pq-adc keys are order-mapped f32 bits.
+        let key_bits = if adc {
+            32
+        } else {
+            usize::BITS - s.leading_zeros()
+        };
+        Ok(Self {
+            cfg: SptConfig {
+                d: d as u32,
+                s: s as u32,
+                e: p.codewords as u32,
+                dc: p.sub_dim as u32,
+                topk: spec.topk() as u32,
+                causal: p.causal,
+                clamp: p.clamp,
+                adc,
+                key_bits,
+            },
+            b: spec.dim("B"),
+            h: spec.dim("H"),
+            l: spec.dim("L"),
+        })
+    }
+
+    /// Query (and key) rows, `B·H·L`.
+    pub fn rows(&self) -> usize {
+        self.b * self.h * self.l
+    }
+
+    /// Bytes kept between forward and backward besides q, k, v and the output: the indices
+    /// (i32) and the per-row log-sum-exp (f32). Dense attention keeps `B·H·L·L` probabilities.
+    pub fn saved_bytes(&self) -> usize {
+        self.rows() * (self.cfg.topk as usize * 4 + 4)
+    }
+}
+
+/// Handles written by [`forward`].
+#[derive(Clone, Debug)]
+pub struct SptForward {
+    /// `out` [B, H, L, D] in the storage dtype.
+    pub out: Handle,
+    /// Kept keys [B, H, L, topk] as i32, −1 = empty slot.
+    pub indices: Handle,
+    /// Per-row log-sum-exp [B, H, L], f32.
+    pub lse: Handle,
+}
+
+/// Handles written by [`backward`], in the storage dtype.
+#[derive(Clone, Debug)]
+pub struct SptGrads {
+    /// dq [B, H, L, D].
+    pub dq: Handle,
+    /// dk [B, H, L, D].
+    pub dk: Handle,
+    /// dv [B, H, L, D].
+    pub dv: Handle,
+}
+
+/// An array argument over `len` scalars of `h`.
+#[allow(unsafe_code)]
+fn arr<R: Runtime>(h: &Handle, len: usize) -> ArrayArg<R> {
+    // SAFETY: every handle passed here was allocated by this module (or by the caller for the
+    // documented shape) with at least `len` elements of the kernel's element type.
+    unsafe { ArrayArg::from_raw_parts(h.clone(), len) }
+}
+
+fn rows_count<R: Runtime>(client: &ComputeClient<R>, n: usize) -> (CubeCount, CubeDim) {
+    let dim = CubeDim::new_1d(UNITS);
+    (
+        cubecl::calculate_cube_count_elemwise(client, n.max(1), dim),
+        dim,
+    )
+}
+
+/// Runs the forward chain; `q`, `k`, `v` [B, H, L, D] and `codebook` [S, E, d_c] in dtype `F`.
+pub fn forward<R: Runtime, F: Float + CubeElement>(
+    client: &ComputeClient<R>,
+    plan: &SptPlan,
+    q: &Handle,
+    k: &Handle,
+    v: &Handle,
+    codebook: &Handle,
+) -> SptForward {
+    let cfg = plan.cfg;
+    let rows = plan.rows();
+    let (d, s, topk) = (cfg.d as usize, cfg.s as usize, cfg.topk as usize);
+    let elems = rows * d;
+    let cb_len = s * cfg.e as usize * cfg.dc as usize;
+    let codes_q = client.empty(rows * s * 4);
+    let codes_k = client.empty(rows * s * 4);
+    let (count, dim) = rows_count(client, rows * s);
+    for (x, codes) in [(q, &codes_q), (k, &codes_k)] {
+        pq_encode::launch::<F, R>(
+            client,
+            count.clone(),
+            dim,
+            arr(x, elems),
+            arr(codebook, cb_len),
+            arr(codes, rows * s),
+            cfg,
+        );
+    }
+    let indices = client.empty(rows * topk * 4);
+    let (count, dim) = rows_count(client, rows);
+    spt_select::launch::<F, R>(
+        client,
+        count.clone(),
+        dim,
+        arr(q, elems),
+        arr(codebook, cb_len),
+        arr(&codes_q, rows * s),
+        arr(&codes_k, rows * s),
+        arr(&indices, rows * topk),
+        plan.l as u32,
+        cfg,
+    );
+    let out = client.empty(elems * size_of::<F>());
+    let lse = client.empty(rows * 4);
+    spt_attend_fwd::launch::<F, R>(
+        client,
+        count,
+        dim,
+        arr(q, elems),
+        arr(k, elems),
+        arr(v, elems),
+        arr(&indices, rows * topk),
+        arr(&out, elems),
+        arr(&lse, rows),
+        plan.l as u32,
+        cfg,
+    );
+    SptForward { out, indices, lse }
+}
+
+/// Runs the backward chain from the forward's saved `indices` and `lse` and the upstream `dout`.
+pub fn backward<R: Runtime, F: Float + CubeElement>(
+    client: &ComputeClient<R>,
+    plan: &SptPlan,
+    q: &Handle,
+    k: &Handle,
+    v: &Handle,
+    saved: &SptForward,
+    dout: &Handle,
+) -> SptGrads {
+    let cfg = plan.cfg;
+    let rows = plan.rows();
+    let heads = plan.b * plan.h;
+    let (d, topk, l) = (cfg.d as usize, cfg.topk as usize, plan.l);
+    let elems = rows * d;
+    let kept = rows * topk;
+    let dq = client.empty(elems * size_of::<F>());
+    let probs = client.empty(kept * 4);
+    let dscores = client.empty(kept * 4);
+    let (count, dim) = rows_count(client, rows);
+    spt_bwd_rows::launch::<F, R>(
+        client,
+        count.clone(),
+        dim,
+        arr(q, elems),
+        arr(k, elems),
+        arr(v, elems),
+        arr(&saved.indices, kept),
+        arr(&saved.lse, rows),
+        arr(dout, elems),
+        arr(&dq, elems),
+        arr(&probs, kept),
+        arr(&dscores, kept),
+        l as u32,
+        cfg,
+    );
+    let offsets = client.empty(heads * (l + 1) * 4);
+    let cursor = client.empty(heads * l * 4);
+    let entries = client.empty(kept * 4);
+    let (hcount, hdim) = rows_count(client, heads);
+    spt_key_index::launch::<R>(
+        client,
+        hcount,
+        hdim,
+        arr(&saved.indices, kept),
+        arr(&offsets, heads * (l + 1)),
+        arr(&cursor, heads * l),
+        arr(&entries, kept),
+        l as u32,
+        cfg.topk,
+    );
+    let dk = client.empty(elems * size_of::<F>());
+    let dv = client.empty(elems * size_of::<F>());
+    spt_bwd_keys::launch::<F, R>(
+        client,
+        count,
+        dim,
+        arr(q, elems),
+        arr(dout, elems),
+        arr(&probs, kept),
+        arr(&dscores, kept),
+        arr(&offsets, heads * (l + 1)),
+        arr(&entries, kept),
+        arr(&dk, elems),
+        arr(&dv, elems),
+        l as u32,
+        cfg,
+    );
+    SptGrads { dq, dk, dv }
+}

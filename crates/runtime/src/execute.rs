@@ -1,0 +1,182 @@
+//! Running a verified spec on host tensors on a device: upload, launch the generated kernels,
+//! read back. Ops without generated kernels yet are a clear error (use the reference device).
+
+use crate::{Device, RuntimeError};
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+use kernels_ir::reference::{self, IndexTensor, Tensor, TensorMap, Value};
+use kernels_ir::{DType, Direction, KernelSpec, OpKind};
+use sparsecube_codegen::{LowerError, spt};
+
+/// Runs `spec` on `inputs` on `device` and returns the outputs its signature names.
+pub fn run(
+    device: &Device,
+    spec: &KernelSpec,
+    inputs: &TensorMap,
+) -> Result<TensorMap, RuntimeError> {
+    match device {
+        Device::Reference => Ok(reference::run(spec, inputs)?),
+        Device::Wgpu(client) => on_device(client, "wgpu", spec, inputs),
+        Device::Cuda(client) => on_device(client, "cuda", spec, inputs),
+    }
+}
+
+/// A storage dtype the host converts to and from f64.
+pub(crate) trait HostFloat: Float + CubeElement {
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+}
+
+impl HostFloat for f32 {
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+impl HostFloat for half::f16 {
+    fn from_f64(v: f64) -> Self {
+        half::f16::from_f64(v)
+    }
+    fn to_f64(self) -> f64 {
+        half::f16::to_f64(self)
+    }
+}
+
+impl HostFloat for half::bf16 {
+    fn from_f64(v: f64) -> Self {
+        half::bf16::from_f64(v)
+    }
+    fn to_f64(self) -> f64 {
+        half::bf16::to_f64(self)
+    }
+}
+
+fn on_device<R: Runtime>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    spec: &KernelSpec,
+    inputs: &TensorMap,
+) -> Result<TensorMap, RuntimeError> {
+    reference::check_inputs(spec, inputs)?;
+    match (spec.op, spec.dtype) {
+        (OpKind::SptAttention, DType::F32) => spt_attention::<R, f32>(client, kind, spec, inputs),
+        (OpKind::SptAttention, DType::F16) => {
+            spt_attention::<R, half::f16>(client, kind, spec, inputs)
+        }
+        (OpKind::SptAttention, DType::BF16) => {
+            spt_attention::<R, half::bf16>(client, kind, spec, inputs)
+        }
+        (op, _) => Err(LowerError::Unsupported {
+            op,
+            what: format!("the {kind} device"),
+        }
+        .into()),
+    }
+}
+
+fn tensor<'a>(inputs: &'a TensorMap, name: &str) -> &'a Tensor {
+    match inputs.get(name) {
+        Some(Value::F(t)) => t,
+        _ => unreachable!("check_inputs validated `{name}`"),
+    }
+}
+
+fn upload<R: Runtime, F: HostFloat>(client: &ComputeClient<R>, t: &Tensor) -> Handle {
+    let values: Vec<F> = t.data.iter().map(|&v| F::from_f64(v)).collect();
+    client.create_from_slice(F::as_bytes(&values))
+}
+
+/// Waits for queued work and turns a failed launch (compilation, validation) into an error
+/// rather than returning stale buffer contents.
+fn sync<R: Runtime>(client: &ComputeClient<R>, kind: &'static str) -> Result<(), RuntimeError> {
+    cubecl::future::block_on(client.sync()).map_err(|e| RuntimeError::Device {
+        kind,
+        message: format!("{e:?}"),
+    })
+}
+
+fn download<R: Runtime, F: HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    h: Handle,
+    shape: Vec<usize>,
+) -> Result<Tensor, RuntimeError> {
+    let bytes = client.read_one(h).map_err(|e| RuntimeError::Device {
+        kind,
+        message: format!("{e:?}"),
+    })?;
+    let data = F::from_bytes(&bytes)
+        .iter()
+        .map(|v| HostFloat::to_f64(*v))
+        .collect();
+    Ok(Tensor::new(shape, data)?)
+}
+
+fn spt_attention<R: Runtime, F: HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    spec: &KernelSpec,
+    inputs: &TensorMap,
+) -> Result<TensorMap, RuntimeError> {
+    let plan = spt::SptPlan::from_spec(spec)?;
+    if !client
+        .properties()
+        .supports_type(F::as_type_native_unchecked())
+    {
+        return Err(RuntimeError::Unavailable {
+            kind,
+            reason: format!(
+                "this adapter cannot store {} (WGSL has no bf16); use f32 or f16",
+                spec.dtype
+            ),
+        });
+    }
+    let [q, k, v, cb] =
+        ["q", "k", "v", "codebook"].map(|n| upload::<R, F>(client, tensor(inputs, n)));
+    let shape = tensor(inputs, "q").shape.clone();
+    let saved = spt::forward::<R, F>(client, &plan, &q, &k, &v, &cb);
+    sync(client, kind)?;
+    let mut out = TensorMap::new();
+    match spec.direction {
+        Direction::Forward => {
+            out.insert(
+                "out".into(),
+                Value::F(download::<R, F>(
+                    client,
+                    kind,
+                    saved.out.clone(),
+                    shape.clone(),
+                )?),
+            );
+            let bytes =
+                client
+                    .read_one(saved.indices.clone())
+                    .map_err(|e| RuntimeError::Device {
+                        kind,
+                        message: format!("{e:?}"),
+                    })?;
+            let idx: Vec<i64> = i32::from_bytes(&bytes)
+                .iter()
+                .map(|&j| i64::from(j))
+                .collect();
+            let mut ishape = shape;
+            ishape[3] = plan.cfg.topk as usize;
+            out.insert("indices".into(), Value::I(IndexTensor::new(ishape, idx)?));
+        }
+        Direction::Backward => {
+            let dout = upload::<R, F>(client, tensor(inputs, "dout"));
+            let g = spt::backward::<R, F>(client, &plan, &q, &k, &v, &saved, &dout);
+            sync(client, kind)?;
+            for (name, h) in [("dq", g.dq), ("dk", g.dk), ("dv", g.dv)] {
+                out.insert(
+                    name.into(),
+                    Value::F(download::<R, F>(client, kind, h, shape.clone())?),
+                );
+            }
+        }
+    }
+    Ok(out)
+}

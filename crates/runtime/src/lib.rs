@@ -1,0 +1,185 @@
+//! `sparsecube-runtime`: the devices sparsecube runs on and the clients that reach them.
+//!
+//! What it is: discovery (CUDA when a driver and a device are present, else a Vulkan/Metal/DX12
+//! adapter through wgpu — lavapipe on CI —, else the reference executor), a [`Device`] handle,
+//! and [`run`], which executes a verified spec on named host tensors on that device.
+//!
+//! What it is not: the kernels (`sparsecube-codegen`) or the meaning of an op
+//! (`kernels_ir::reference`, which every device path is tested against).
+
+mod execute;
+
+use cubecl::cuda::{CudaDevice, CudaRuntime};
+use cubecl::prelude::*;
+use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::OnceLock;
+
+pub use execute::run;
+
+/// Where an op runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeviceKind {
+    /// An NVIDIA GPU through CUDA (NVRTC compiles the generated CUDA C++ at run time).
+    Cuda,
+    /// A Vulkan/Metal/DX12 adapter through wgpu (on CI: Mesa's lavapipe, on the CPU).
+    Wgpu,
+    /// The f64 reference executor on the host.
+    Reference,
+}
+
+impl DeviceKind {
+    /// The command-line spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Wgpu => "wgpu",
+            DeviceKind::Reference => "reference",
+        }
+    }
+}
+
+/// A device that was found and opened.
+#[derive(Clone)]
+pub enum Device {
+    /// CUDA device 0.
+    Cuda(ComputeClient<CudaRuntime>),
+    /// The default wgpu adapter.
+    Wgpu(ComputeClient<WgpuRuntime>),
+    /// The host reference executor.
+    Reference,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind().name())
+    }
+}
+
+impl Device {
+    /// Which kind it is.
+    pub fn kind(&self) -> DeviceKind {
+        match self {
+            Device::Cuda(_) => DeviceKind::Cuda,
+            Device::Wgpu(_) => DeviceKind::Wgpu,
+            Device::Reference => DeviceKind::Reference,
+        }
+    }
+}
+
+/// Why a device could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The requested device is not present.
+    #[error("device `{kind}` is not available: {reason}")]
+    Unavailable {
+        /// The device.
+        kind: &'static str,
+        /// What was missing.
+        reason: String,
+    },
+    /// The spec cannot run on generated kernels yet, or is invalid.
+    #[error(transparent)]
+    Lower(#[from] sparsecube_codegen::LowerError),
+    /// The inputs do not fit the spec.
+    #[error(transparent)]
+    Reference(#[from] kernels_ir::reference::ReferenceError),
+    /// The device failed while running.
+    #[error("{kind} device failed: {message}")]
+    Device {
+        /// The device.
+        kind: &'static str,
+        /// The device's message.
+        message: String,
+    },
+}
+
+fn panic_message(e: Box<dyn std::any::Any + Send>) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Runs `f`, turning a panic (cubecl's way to report a missing driver or adapter) into a message,
+/// without printing the panic to stderr.
+fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = catch_unwind(AssertUnwindSafe(f)).map_err(panic_message);
+    std::panic::set_hook(hook);
+    result
+}
+
+/// Whether the CUDA driver library can be loaded (what cudarc itself checks before any call).
+#[allow(unsafe_code)]
+fn cuda_driver_present() -> bool {
+    // SAFETY: loading libcuda runs its initialisers, as any CUDA program does; the library is
+    // dropped at once and no symbol is called.
+    unsafe { libloading::Library::new("libcuda.so.1") }.is_ok()
+}
+
+/// Opens CUDA device 0: the driver must load and report at least one device.
+pub fn cuda() -> Result<Device, RuntimeError> {
+    static CLIENT: OnceLock<Result<ComputeClient<CudaRuntime>, String>> = OnceLock::new();
+    let result = CLIENT.get_or_init(|| {
+        if !cuda_driver_present() {
+            return Err("no CUDA driver (libcuda.so.1 cannot be loaded)".into());
+        }
+        let count = quietly(|| CudaRuntime::enumerate_all_devices(&()).len())?;
+        if count == 0 {
+            return Err("the CUDA driver reports no device".into());
+        }
+        quietly(|| CudaRuntime::client(&CudaDevice::new(0)))
+    });
+    match result {
+        Ok(c) => Ok(Device::Cuda(c.clone())),
+        Err(reason) => Err(RuntimeError::Unavailable {
+            kind: "cuda",
+            reason: reason.clone(),
+        }),
+    }
+}
+
+/// Opens the default wgpu adapter (a discrete or integrated GPU, else a software one).
+pub fn wgpu() -> Result<Device, RuntimeError> {
+    static CLIENT: OnceLock<Result<ComputeClient<WgpuRuntime>, String>> = OnceLock::new();
+    let result = CLIENT.get_or_init(|| {
+        quietly(|| {
+            let client = WgpuRuntime::client(&WgpuDevice::DefaultDevice);
+            // Force adapter selection now rather than at the first launch.
+            let _ = client.properties();
+            client
+        })
+        .map_err(|m| format!("no Vulkan/Metal/DX12 adapter ({m}); on Linux install mesa-vulkan-drivers for lavapipe"))
+    });
+    match result {
+        Ok(c) => Ok(Device::Wgpu(c.clone())),
+        Err(reason) => Err(RuntimeError::Unavailable {
+            kind: "wgpu",
+            reason: reason.clone(),
+        }),
+    }
+}
+
+/// The device for `kind`; `None` picks the fastest present: CUDA, else wgpu, else the reference.
+pub fn open(kind: Option<DeviceKind>) -> Result<Device, RuntimeError> {
+    match kind {
+        Some(DeviceKind::Cuda) => cuda(),
+        Some(DeviceKind::Wgpu) => wgpu(),
+        Some(DeviceKind::Reference) => Ok(Device::Reference),
+        None => Ok(cuda().or_else(|_| wgpu()).unwrap_or(Device::Reference)),
+    }
+}
+
+/// What each device kind reports on this machine, for `sparsecube devices` and test skips.
+pub fn describe(kind: DeviceKind) -> Result<String, RuntimeError> {
+    match open(Some(kind))? {
+        Device::Cuda(c) => Ok(format!("CUDA device 0, {:?}", c.properties().hardware)),
+        Device::Wgpu(c) => Ok(format!(
+            "wgpu default adapter, {:?}",
+            c.properties().hardware
+        )),
+        Device::Reference => Ok("f64 reference executor on the host".into()),
+    }
+}
