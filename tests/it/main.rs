@@ -6,3 +6,4 @@ mod hand;
 mod identities;
 mod ir;
 mod kernels_spt;
+mod sources;

@@ -8,8 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use kernels_ir::infer::spec_for_inputs;
 use kernels_ir::reference::{self, TensorMap};
-use kernels_ir::{Direction, KernelSpec, Module, OpKind, verify_module};
+use kernels_ir::{DType, Direction, KernelSpec, Module, OpKind, verify_module};
 use sparsecube_codegen::LowerError;
+use sparsecube_codegen::emit::{self, Target};
 use sparsecube_runtime::{DeviceKind, RuntimeError};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,15 @@ enum Device {
     Wgpu,
     /// Generated kernels on an NVIDIA GPU through CUDA.
     Cuda,
+}
+
+/// Source language of `gen`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum GenTarget {
+    /// CUDA C++, as handed to NVRTC.
+    Cuda,
+    /// WGSL, as handed to the wgpu driver.
+    Wgsl,
 }
 
 #[derive(Subcommand)]
@@ -69,6 +79,33 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Print the generated CUDA C++ or WGSL of every kernel an op lowers to (no GPU needed).
+    ///
+    /// The op comes either from the command line (OP with --dim and --param) or from an IR file
+    /// (--file), whose every kernel is printed.
+    Gen {
+        /// The op (e.g. spt-attention); omit it with --file.
+        #[arg(required_unless_present = "file")]
+        op: Option<OpKind>,
+        /// An IR text file instead of OP.
+        #[arg(long, conflicts_with_all = ["op", "dims", "params"])]
+        file: Option<PathBuf>,
+        /// A problem size, NAME=VALUE (repeatable), e.g. --dim B=16 --dim L=512.
+        #[arg(long = "dim", value_name = "NAME=VALUE")]
+        dims: Vec<String>,
+        /// A pattern parameter, NAME=VALUE (repeatable), e.g. --param topk=64.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// Storage dtype of the floating-point tensors.
+        #[arg(long, default_value = "f32")]
+        dtype: DType,
+        /// Forward or backward (the same kernels serve both for spt-attention).
+        #[arg(long, default_value = "forward")]
+        direction: Direction,
+        /// Source language.
+        #[arg(long, value_enum)]
+        target: GenTarget,
+    },
     /// List the devices present: CUDA, wgpu adapters, the reference executor.
     Devices,
     /// Run every method's reference op (forward + backward) on a built-in problem and print a
@@ -91,6 +128,23 @@ fn main() -> ExitCode {
             device,
         } => run(op, &inputs, &output, &params, device),
         Command::Check { files } => check(&files),
+        Command::Gen {
+            op,
+            file,
+            dims,
+            params,
+            dtype,
+            direction,
+            target,
+        } => gen_sources(
+            op,
+            file.as_deref(),
+            &dims,
+            &params,
+            dtype,
+            direction,
+            target,
+        ),
         Command::Devices => devices(),
         Command::Demo { seed } => demo::run(seed),
     };
@@ -162,6 +216,59 @@ fn run(
     io::write_atomic(output, &io::to_bytes(&outputs)?)?;
     for (name, v) in &outputs {
         eprintln!("wrote {name} {:?}", v.shape());
+    }
+    Ok(())
+}
+
+fn gen_sources(
+    op: Option<OpKind>,
+    file: Option<&std::path::Path>,
+    dims: &[String],
+    params: &[String],
+    dtype: DType,
+    direction: Direction,
+    target: GenTarget,
+) -> Result<()> {
+    let specs = match (op, file) {
+        (_, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read `{}`", path.display()))?;
+            let module: Module = text
+                .parse()
+                .with_context(|| format!("`{}`", path.display()))?;
+            verify_module(&module).with_context(|| format!("`{}`", path.display()))?;
+            module.kernels
+        }
+        (Some(op), None) => {
+            let dims = parse_params(dims)?
+                .into_iter()
+                .map(|(n, v)| {
+                    let v: usize = v.parse().map_err(|_| {
+                        anyhow::anyhow!("--dim {n}={v}: `{v}` is not a non-negative integer")
+                    })?;
+                    Ok((n, v))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let pattern = kernels_ir::Pattern::from_args(op.pattern_kind(), parse_params(params)?)?;
+            let mut b = KernelSpec::builder(op.name().replace('-', "_"), op)
+                .pattern(pattern)
+                .dtype(dtype)
+                .direction(direction);
+            for (n, v) in &dims {
+                b = b.dim(n, *v);
+            }
+            vec![b.build()?]
+        }
+        (None, None) => bail!("give an OP or --file"),
+    };
+    let target = match target {
+        GenTarget::Cuda => Target::Cuda,
+        GenTarget::Wgsl => Target::Wgsl,
+    };
+    for spec in &specs {
+        for k in emit::sources(spec, target)? {
+            println!("// ===== {} / {} =====\n{}", spec.name, k.kernel, k.source);
+        }
     }
     Ok(())
 }

@@ -711,3 +711,87 @@ fn spt_attention_on_wgpu_agrees_with_the_reference() {
         );
     }
 }
+
+#[test]
+fn gen_prints_cuda_and_wgsl_without_a_gpu() {
+    let args = [
+        "gen",
+        "spt-attention",
+        "--dim",
+        "B=1",
+        "--dim",
+        "H=2",
+        "--dim",
+        "L=64",
+        "--dim",
+        "D=32",
+        "--param",
+        "topk=12",
+        "--param",
+        "causal=true",
+    ];
+    let cuda = run(&[&args[..], &["--target", "cuda"]].concat());
+    assert!(cuda.status.success(), "{}", stderr(&cuda));
+    let text = String::from_utf8_lossy(&cuda.stdout);
+    for k in [
+        "pq_encode_f_f32",
+        "spt_select_f_f32",
+        "spt_attend_fwd_f_f32",
+        "spt_bwd_rows_f_f32",
+        "spt_key_index",
+        "spt_bwd_keys_f_f32",
+    ] {
+        assert!(
+            text.contains(&format!("__global__ void __launch_bounds__(64){k} (")),
+            "missing {k}"
+        );
+    }
+    let wgsl = run(&[&args[..], &["--target", "wgsl", "--dtype", "f16"]].concat());
+    assert!(wgsl.status.success(), "{}", stderr(&wgsl));
+    assert_eq!(
+        String::from_utf8_lossy(&wgsl.stdout)
+            .matches("@compute")
+            .count(),
+        6
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("k.sc");
+    std::fs::write(
+        &file,
+        "kernel a { op = spt-attention dims = (B = 1, H = 1, L = 16, D = 16) }\n",
+    )
+    .unwrap();
+    let o = run(&["gen", "--file", file.to_str().unwrap(), "--target", "cuda"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("// ===== a / spt_select ====="));
+
+    let o = run(&["gen", "spt-attention", "--dim", "B=1", "--target", "cuda"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("dims: `H` is missing (spt-attention needs B, H, L, D)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "gen",
+        "spt-attention",
+        "--dim",
+        "B=1",
+        "--dim",
+        "H=1",
+        "--dim",
+        "L=8",
+        "--dim",
+        "D=16",
+        "--dtype",
+        "bf16",
+        "--target",
+        "wgsl",
+    ]);
+    assert!(
+        stderr(&o).contains("bf16 storage in WGSL (WGSL has no bf16)"),
+        "{}",
+        stderr(&o)
+    );
+}

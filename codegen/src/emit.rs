@@ -1,0 +1,438 @@
+//! Generated sources without a device: the CUDA C++ and WGSL that the kernels of a spec compile
+//! to, for snapshots, for `sparsecube gen`, and for compiling CUDA offline.
+//!
+//! A kernel's source comes from `define()` on its launch struct, which needs a `ComputeClient`.
+//! cubecl 0.10's dummy-kernel path does not compile, so [`Offline`] is a runtime with no device:
+//! its server holds synthetic properties of an sm_90 GPU (warp 32, the CUDA dialect's supported
+//! types) and refuses every I/O call with an error.
+
+use crate::LowerError;
+use crate::spt::SptPlan;
+use crate::spt::kernels::{
+    pq_encode, spt_attend_fwd, spt_bwd_keys, spt_bwd_rows, spt_key_index, spt_select,
+};
+use cubecl::prelude::*;
+use cubecl_common::backtrace::BackTrace;
+use cubecl_common::bytes::Bytes;
+use cubecl_common::device::{Device, DeviceId, DeviceService, ServerUtilitiesHandle};
+use cubecl_common::future::DynFut;
+use cubecl_common::profile::{ProfileDuration, TimingMethod};
+use cubecl_common::stream_id::StreamId;
+use cubecl_ir::{DeviceProperties, HardwareProperties, MemoryDeviceProperties, VectorSize};
+use cubecl_runtime::allocator::ContiguousMemoryLayoutPolicy;
+use cubecl_runtime::compiler::{CompilationError, Compiler, CubeTask};
+use cubecl_runtime::logging::ServerLogger;
+use cubecl_runtime::memory_management::{ManagedMemoryHandle, MemoryAllocationMode, MemoryUsage};
+use cubecl_runtime::server::{
+    Binding, ComputeServer, CopyDescriptor, KernelArguments, ProfileError, ProfilingToken,
+    ServerCommunication, ServerError, ServerUtilities,
+};
+use cubecl_runtime::storage::{BytesStorage, ComputeStorage, ManagedResource};
+use kernels_ir::{DType, KernelSpec, OpKind};
+use std::sync::Arc;
+
+/// Which source language to print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// CUDA C++ as cubecl's CUDA runtime hands it to NVRTC.
+    Cuda,
+    /// WGSL as cubecl's wgpu runtime hands it to the driver.
+    Wgsl,
+}
+
+/// One generated kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelSource {
+    /// The kernel's name in our pipeline (`spt_select`, ...).
+    pub kernel: &'static str,
+    /// The generated source.
+    pub source: String,
+}
+
+/// The device-less "GPU" every offline source is generated for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OfflineDevice;
+
+impl Device for OfflineDevice {
+    fn from_id(_: DeviceId) -> Self {
+        OfflineDevice
+    }
+    fn to_id(&self) -> DeviceId {
+        // A type id no real runtime uses, so this server never shares a slot with one.
+        DeviceId {
+            type_id: 0x5C00,
+            index_id: 0,
+        }
+    }
+}
+
+/// A server that only knows its properties.
+#[derive(Debug)]
+pub struct OfflineServer {
+    utilities: Arc<ServerUtilities<Self>>,
+}
+
+fn no_device() -> ServerError {
+    ServerError::Generic {
+        reason: "the offline runtime has no device: it only prints sources".into(),
+        backtrace: BackTrace::capture(),
+    }
+}
+
+fn sm90_properties() -> DeviceProperties {
+    let hardware = HardwareProperties {
+        load_width: 128,
+        plane_size_min: 32,
+        plane_size_max: 32,
+        max_bindings: 1024,
+        max_shared_memory_size: 227 * 1024,
+        max_cube_count: (2_147_483_647, 65_535, 65_535),
+        max_units_per_cube: 1024,
+        max_cube_dim: (1024, 1024, 64),
+        num_streaming_multiprocessors: Some(132),
+        num_tensor_cores: None,
+        min_tensor_cores_dim: None,
+        num_cpu_cores: None,
+        max_vector_size: VectorSize::MAX,
+    };
+    let memory = MemoryDeviceProperties {
+        max_page_size: 1 << 30,
+        alignment: 512,
+    };
+    let mut props =
+        DeviceProperties::new(Default::default(), memory, hardware, TimingMethod::System);
+    cubecl_cpp::register_supported_types(&mut props);
+    props
+}
+
+impl DeviceService for OfflineServer {
+    fn init(_: DeviceId) -> Self {
+        let utilities = ServerUtilities::new(
+            sm90_properties(),
+            Arc::new(ServerLogger::default()),
+            (),
+            ContiguousMemoryLayoutPolicy::new(512),
+        );
+        Self {
+            utilities: Arc::new(utilities),
+        }
+    }
+    fn utilities(&self) -> ServerUtilitiesHandle {
+        self.utilities.clone()
+    }
+}
+
+impl ServerCommunication for OfflineServer {
+    const SERVER_COMM_ENABLED: bool = false;
+}
+
+impl ComputeServer for OfflineServer {
+    type Kernel = Box<dyn CubeTask<cubecl::cuda::CudaCompiler>>;
+    type Info = ();
+    type MemoryLayoutPolicy = ContiguousMemoryLayoutPolicy;
+    type Storage = BytesStorage;
+
+    fn initialize_memory(&mut self, _: ManagedMemoryHandle, _: u64, _: StreamId) {}
+    fn logger(&self) -> Arc<ServerLogger> {
+        self.utilities.logger.clone()
+    }
+    fn utilities(&self) -> Arc<ServerUtilities<Self>> {
+        self.utilities.clone()
+    }
+    fn read(
+        &mut self,
+        _: Vec<CopyDescriptor>,
+        _: StreamId,
+    ) -> DynFut<Result<Vec<Bytes>, ServerError>> {
+        Box::pin(async { Err(no_device()) })
+    }
+    fn write(&mut self, _: Vec<(CopyDescriptor, Bytes)>, _: StreamId) {
+        panic!("the offline runtime has no device: nothing can be written to it");
+    }
+    fn sync(&mut self, _: StreamId) -> DynFut<Result<(), ServerError>> {
+        Box::pin(async { Err(no_device()) })
+    }
+    fn get_resource(
+        &mut self,
+        _: Binding,
+        _: StreamId,
+    ) -> Result<ManagedResource<<Self::Storage as ComputeStorage>::Resource>, ServerError> {
+        Err(no_device())
+    }
+    #[allow(unsafe_code)]
+    unsafe fn launch(
+        &mut self,
+        _: Self::Kernel,
+        _: CubeCount,
+        _: KernelArguments,
+        _: ExecutionMode,
+        _: StreamId,
+    ) {
+        panic!(
+            "the offline runtime has no device: kernels can be defined and compiled, not launched"
+        );
+    }
+    fn flush(&mut self, _: StreamId) -> Result<(), ServerError> {
+        Ok(())
+    }
+    fn memory_usage(&mut self, _: StreamId) -> Result<MemoryUsage, ServerError> {
+        Err(no_device())
+    }
+    fn memory_cleanup(&mut self, _: StreamId) {}
+    fn start_profile(&mut self, _: StreamId) -> Result<ProfilingToken, ServerError> {
+        Err(no_device())
+    }
+    fn end_profile(
+        &mut self,
+        _: StreamId,
+        _: ProfilingToken,
+    ) -> Result<ProfileDuration, ProfileError> {
+        Err(ProfileError::Unknown {
+            reason: "the offline runtime has no device".into(),
+            backtrace: BackTrace::capture(),
+        })
+    }
+    fn allocation_mode(&mut self, _: MemoryAllocationMode, _: StreamId) {}
+}
+
+/// The device-less runtime (CUDA dialect).
+#[derive(Clone, Copy, Debug)]
+pub struct Offline;
+
+impl Runtime for Offline {
+    type Compiler = cubecl::cuda::CudaCompiler;
+    type Server = OfflineServer;
+    type Device = OfflineDevice;
+
+    fn client(device: &Self::Device) -> ComputeClient<Self> {
+        ComputeClient::load(device)
+    }
+    fn name(_: &ComputeClient<Self>) -> &'static str {
+        "offline"
+    }
+    fn max_cube_count() -> (u32, u32, u32) {
+        (2_147_483_647, 65_535, 65_535)
+    }
+    fn can_read_tensor(_: &cubecl::zspace::Shape, _: &cubecl::zspace::Strides) -> bool {
+        false
+    }
+    fn target_properties() -> cubecl_ir::TargetProperties {
+        <cubecl::cuda::CudaRuntime as Runtime>::target_properties()
+    }
+    fn enumerate_devices(_: u16, _: &()) -> Vec<DeviceId> {
+        vec![OfflineDevice.to_id()]
+    }
+}
+
+fn compile(def: KernelDefinition, target: Target) -> Result<String, CompilationError> {
+    let address = AddressType::U32.unsigned_type();
+    Ok(match target {
+        Target::Cuda => {
+            let options = cubecl_cpp::shared::CompilationOptions {
+                warp_size: 32,
+                ..Default::default()
+            };
+            cubecl::cuda::CudaCompiler::default()
+                .compile(def, &options, ExecutionMode::Checked, address)?
+                .to_string()
+        }
+        Target::Wgsl => cubecl::wgpu::WgslCompiler::default()
+            .compile(def, &Default::default(), ExecutionMode::Checked, address)?
+            .to_string(),
+    })
+}
+
+/// The variable number of an uninitialised local declaration (`float l_mut_7;`,
+/// `float l_arr_9[64];`, `var l_mut_7: f32;`), or `None` for any other line.
+fn declared_local(line: &str) -> Option<u64> {
+    let t = line.trim();
+    if !t.ends_with(';') || t.contains('=') {
+        return None;
+    }
+    let at = t
+        .find("l_mut_")
+        .map(|i| i + 6)
+        .or_else(|| t.find("l_arr_").map(|i| i + 6))?;
+    let digits: String = t[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+/// Sorts every run of consecutive uninitialised local declarations by variable number.
+/// cubecl-opt 0.10 emits them in `HashMap` order, which changes from one call to the next; their
+/// order within the block has no meaning, so sorting makes the source stable without changing it.
+pub fn canonicalize(source: &str) -> String {
+    let lines: Vec<&str> = source.lines().collect();
+    let mut out: Vec<&str> = Vec::with_capacity(lines.len());
+    let mut i = 0;
+    while i < lines.len() {
+        let start = i;
+        while i < lines.len() && declared_local(lines[i]).is_some() {
+            i += 1;
+        }
+        if i > start {
+            let mut run = lines[start..i].to_vec();
+            run.sort_by_key(|l| declared_local(l));
+            out.extend(run);
+        } else {
+            out.push(lines[i]);
+            i += 1;
+        }
+    }
+    let mut text = out.join("\n");
+    if source.ends_with('\n') {
+        text.push('\n');
+    }
+    text
+}
+
+fn settings() -> KernelSettings {
+    KernelSettings::default()
+        .cube_dim(CubeDim::new_1d(64))
+        .address_type(AddressType::U32)
+}
+
+fn arg() -> ArrayCompilationArg {
+    ArrayCompilationArg { inplace: None }
+}
+
+fn spt<F: Float + CubeElement>(
+    plan: &SptPlan,
+    target: Target,
+) -> Result<Vec<KernelSource>, CompilationError> {
+    let client = Offline::client(&OfflineDevice);
+    let c = plan.cfg;
+    let defs: Vec<(&'static str, KernelDefinition)> = vec![
+        (
+            "pq_encode",
+            pq_encode::PqEncode::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "spt_select",
+            spt_select::SptSelect::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                (),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "spt_attend_fwd",
+            spt_attend_fwd::SptAttendFwd::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                (),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "spt_bwd_rows",
+            spt_bwd_rows::SptBwdRows::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                (),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "spt_key_index",
+            spt_key_index::SptKeyIndex::<Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                (),
+                c.topk,
+            )
+            .define(),
+        ),
+        (
+            "spt_bwd_keys",
+            spt_bwd_keys::SptBwdKeys::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                (),
+                c,
+            )
+            .define(),
+        ),
+    ];
+    defs.into_iter()
+        .map(|(kernel, def)| {
+            Ok(KernelSource {
+                kernel,
+                source: canonicalize(&compile(def, target)?),
+            })
+        })
+        .collect()
+}
+
+/// Every kernel a spec lowers to, as `target` source.
+pub fn sources(spec: &KernelSpec, target: Target) -> Result<Vec<KernelSource>, LowerError> {
+    let fail = |e: CompilationError| LowerError::Unsupported {
+        op: spec.op,
+        what: format!("source generation ({e:?})"),
+    };
+    match spec.op {
+        OpKind::SptAttention => {
+            let plan = SptPlan::from_spec(spec)?;
+            match (spec.dtype, target) {
+                (DType::BF16, Target::Wgsl) => Err(LowerError::Unsupported {
+                    op: spec.op,
+                    what: "bf16 storage in WGSL (WGSL has no bf16)".into(),
+                }),
+                (DType::F32, _) => spt::<f32>(&plan, target).map_err(fail),
+                (DType::F16, _) => spt::<half::f16>(&plan, target).map_err(fail),
+                (DType::BF16, _) => spt::<half::bf16>(&plan, target).map_err(fail),
+                (DType::I64, _) => Err(LowerError::Unsupported {
+                    op: spec.op,
+                    what: "i64 storage".into(),
+                }),
+            }
+        }
+        op => Err(LowerError::Unsupported {
+            op,
+            what: "source generation".into(),
+        }),
+    }
+}
