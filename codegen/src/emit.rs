@@ -9,7 +9,8 @@
 use crate::LowerError;
 use crate::spt::SptPlan;
 use crate::spt::kernels::{
-    pq_encode, spt_attend_fwd, spt_bwd_keys, spt_bwd_rows, spt_key_index, spt_select,
+    pq_encode, spt_attend_fwd, spt_bwd_keys, spt_bwd_rows, spt_key_index, spt_sddmm, spt_select,
+    spt_softmax, spt_spmm,
 };
 use cubecl::prelude::*;
 use cubecl_common::backtrace::BackTrace;
@@ -301,7 +302,7 @@ fn spt<F: Float + CubeElement>(
 ) -> Result<Vec<KernelSource>, CompilationError> {
     let client = Offline::client(&OfflineDevice);
     let c = plan.cfg;
-    let defs: Vec<(&'static str, KernelDefinition)> = vec![
+    let mut defs: Vec<(&'static str, KernelDefinition)> = vec![
         (
             "pq_encode",
             pq_encode::PqEncode::<F, Offline>::new(
@@ -329,7 +330,9 @@ fn spt<F: Float + CubeElement>(
             )
             .define(),
         ),
-        (
+    ];
+    if plan.fused {
+        defs.push((
             "spt_attend_fwd",
             spt_attend_fwd::SptAttendFwd::<F, Offline>::new(
                 settings(),
@@ -344,7 +347,50 @@ fn spt<F: Float + CubeElement>(
                 c,
             )
             .define(),
-        ),
+        ));
+    } else {
+        defs.push((
+            "spt_sddmm",
+            spt_sddmm::SptSddmm::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                (),
+                c,
+            )
+            .define(),
+        ));
+        defs.push((
+            "spt_softmax",
+            spt_softmax::SptSoftmax::<Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                c.topk,
+            )
+            .define(),
+        ));
+        defs.push((
+            "spt_spmm",
+            spt_spmm::SptSpmm::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                (),
+                c,
+            )
+            .define(),
+        ));
+    }
+    defs.extend([
         (
             "spt_bwd_rows",
             spt_bwd_rows::SptBwdRows::<F, Offline>::new(
@@ -396,7 +442,7 @@ fn spt<F: Float + CubeElement>(
             )
             .define(),
         ),
-    ];
+    ]);
     defs.into_iter()
         .map(|(kernel, def)| {
             Ok(KernelSource {

@@ -5,7 +5,7 @@
 use kernels_ir::pattern::{Pattern, PqTopK, Selector, TopK};
 use kernels_ir::reference::rng::SplitMix64;
 use kernels_ir::reference::{self, TensorMap, Value};
-use kernels_ir::{DType, Direction, KernelSpec, OpKind};
+use kernels_ir::{DType, Direction, KernelSpec, OpKind, Schedule};
 use proptest::prelude::*;
 use sparsecube_tests::{proptest_config, randn, rel_err, round_to, wgpu_or_skip};
 
@@ -19,6 +19,8 @@ struct Case {
     causal: bool,
     clamp: bool,
     adc: bool,
+    /// Fused forward kernel, or the unfused SDDMM → softmax → SpMM chain.
+    fused: bool,
     seed: u64,
 }
 
@@ -32,9 +34,10 @@ fn case() -> impl Strategy<Value = Case> {
         any::<bool>(),
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
         any::<u64>(),
     )
-        .prop_map(|(b, h, l, d, t, causal, clamp, adc, seed)| Case {
+        .prop_map(|(b, h, l, d, t, causal, clamp, adc, fused, seed)| Case {
             b,
             h,
             l,
@@ -43,6 +46,7 @@ fn case() -> impl Strategy<Value = Case> {
             causal,
             clamp,
             adc,
+            fused,
             seed,
         })
 }
@@ -64,6 +68,10 @@ fn spec(c: &Case, dtype: DType, direction: Direction) -> KernelSpec {
         }))
         .dtype(dtype)
         .direction(direction)
+        .schedule(Schedule {
+            fused: c.fused,
+            ..Schedule::default()
+        })
         .build()
         .unwrap()
 }
@@ -163,6 +171,7 @@ fn bf16_on_wgpu_is_a_clear_error() {
         causal: false,
         clamp: false,
         adc: false,
+        fused: true,
         seed: 1,
     };
     let err = sparsecube_runtime::run(

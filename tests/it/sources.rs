@@ -2,27 +2,31 @@
 //! (generated without a device, so they run everywhere), and their stability.
 
 use kernels_ir::pattern::{Pattern, PqTopK, Selector, TopK};
-use kernels_ir::{DType, KernelSpec, OpKind};
+use kernels_ir::{DType, KernelSpec, OpKind, Schedule};
 use sparsecube_codegen::emit::{Target, sources};
 
-/// The canonical configs: SPT's defaults (D = 64, topk = L/8, pq-match, f32), and the other
-/// branch of every comptime switch (causal, clamp, pq-adc, f16, D = 32).
+/// The canonical configs: SPT's defaults (D = 64, topk = L/8, pq-match, f32, fused forward), and
+/// the other branch of every switch (causal, clamp, pq-adc, f16, D = 32, unfused forward chain).
 fn canonical() -> Vec<(&'static str, KernelSpec)> {
-    let b = |name: &str, d: usize, p: PqTopK, dtype| {
+    let b = |name: &str, d: usize, p: PqTopK, dtype, fused| {
         KernelSpec::builder(name, OpKind::SptAttention)
             .dims([("B", 16), ("H", 32), ("L", 512), ("D", d)])
             .pattern(Pattern::PqTopK(p))
             .dtype(dtype)
+            .schedule(Schedule {
+                fused,
+                ..Schedule::default()
+            })
             .build()
             .unwrap()
     };
     vec![
         (
             "spt_default_f32",
-            b("spt_default", 64, PqTopK::default(), DType::F32),
+            b("spt_default", 64, PqTopK::default(), DType::F32, true),
         ),
         (
-            "spt_causal_clamp_adc_f16",
+            "spt_causal_clamp_adc_f16_unfused",
             b(
                 "spt_variant",
                 32,
@@ -34,6 +38,7 @@ fn canonical() -> Vec<(&'static str, KernelSpec)> {
                     ..PqTopK::default()
                 },
                 DType::F16,
+                false,
             ),
         ),
     ]
@@ -52,15 +57,14 @@ fn generated_sources_snapshots() {
     for (name, spec) in canonical() {
         for (target, ext) in [(Target::Cuda, "cuda"), (Target::Wgsl, "wgsl")] {
             let text = joined(&spec, target);
-            // Every one of the six kernels is there, each with an entry point.
-            for k in [
-                "pq_encode",
-                "spt_select",
-                "spt_attend_fwd",
-                "spt_bwd_rows",
-                "spt_key_index",
-                "spt_bwd_keys",
-            ] {
+            // Every kernel of the chain is there: the shared ones and the chosen forward path.
+            let forward: &[&str] = if spec.schedule.fused {
+                &["spt_attend_fwd"]
+            } else {
+                &["spt_sddmm", "spt_softmax", "spt_spmm"]
+            };
+            let shared = ["pq_encode", "spt_select", "spt_bwd_rows", "spt_key_index", "spt_bwd_keys"];
+            for k in shared.iter().chain(forward) {
                 assert!(
                     text.contains(&format!("// ===== {k} =====")),
                     "{name}/{ext}: {k} missing"

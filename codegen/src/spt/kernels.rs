@@ -282,6 +282,102 @@ pub fn spt_attend_fwd<F: Float>(
     }
 }
 
+/// Unfused forward, step 1 (SDDMM): the scaled (clamped) score of every kept slot,
+/// `scores` [rows, topk]; empty slots get −f32::MAX (exp of it relative to any score is 0).
+#[cube(launch)]
+pub fn spt_sddmm<F: Float>(
+    q: &Array<F>,
+    k: &Array<F>,
+    indices: &Array<i32>,
+    scores: &mut Array<f32>,
+    seq_len: u32,
+    #[comptime] cfg: SptConfig,
+) {
+    let row = ABSOLUTE_POS;
+    let topk = cfg.topk as usize;
+    if row < scores.len() / topk {
+        let head = row / (seq_len as usize);
+        for slot in 0..topk {
+            let j = indices[row * topk + slot];
+            let mut s = f32::new(-f32::MAX);
+            if j >= 0 {
+                let (v, _passes) =
+                    score::<F>(q, k, row, head * (seq_len as usize) + j as usize, cfg);
+                s = v;
+            }
+            scores[row * topk + slot] = s;
+        }
+    }
+}
+
+/// Unfused forward, step 2: row softmax over the kept slots, in place (`scores` becomes `p`),
+/// and the row's log-sum-exp.
+#[cube(launch)]
+pub fn spt_softmax(
+    scores: &mut Array<f32>,
+    indices: &Array<i32>,
+    lse: &mut Array<f32>,
+    #[comptime] topk: u32,
+) {
+    let row = ABSOLUTE_POS;
+    let t = topk as usize;
+    if row < lse.len() {
+        let mut m = f32::new(-f32::MAX);
+        for slot in 0..t {
+            m = f32::max(m, scores[row * t + slot]);
+        }
+        let mut z = 0.0f32;
+        for slot in 0..t {
+            if indices[row * t + slot] >= 0 {
+                z += f32::exp(scores[row * t + slot] - m);
+            }
+        }
+        for slot in 0..t {
+            let mut p = 0.0f32;
+            if indices[row * t + slot] >= 0 {
+                p = f32::exp(scores[row * t + slot] - m) / z;
+            }
+            scores[row * t + slot] = p;
+        }
+        lse[row] = m + f32::ln(z);
+    }
+}
+
+/// Unfused forward, step 3 (SpMM): `out` [rows, D] = Σ_slot p · v_j.
+#[cube(launch)]
+pub fn spt_spmm<F: Float>(
+    probs: &Array<f32>,
+    indices: &Array<i32>,
+    v: &Array<F>,
+    out: &mut Array<F>,
+    seq_len: u32,
+    #[comptime] cfg: SptConfig,
+) {
+    let row = ABSOLUTE_POS;
+    let d = cfg.d as usize;
+    let topk = cfg.topk as usize;
+    if row < out.len() / d {
+        let head = row / (seq_len as usize);
+        let mut acc = Array::<f32>::new(comptime!(cfg.d as usize));
+        for t in 0..d {
+            acc[t] = 0.0f32;
+        }
+        for slot in 0..topk {
+            let j = indices[row * topk + slot];
+            if j >= 0 {
+                let krow = head * (seq_len as usize) + j as usize;
+                let p = probs[row * topk + slot];
+                for t in 0..d {
+                    acc[t] += p * f32::cast_from(v[krow * d + t]);
+                }
+            }
+        }
+        for t in 0..d {
+            out[row * d + t] = F::cast_from(acc[t]);
+        }
+    }
+}
+
 /// Backward, query-major: recomputes p = exp(s − lse) per kept slot, dp = dout·v_j, and
 /// ds = p·(dp − Σ p·dp); writes dq [rows, D] and keeps p and ds [rows, topk] for the key pass.
 ///

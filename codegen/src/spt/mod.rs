@@ -3,7 +3,9 @@
 //! kernel chain on any CubeCL runtime.
 //!
 //! Forward: `pq_encode`(q), `pq_encode`(k) → `spt_select` → `spt_attend_fwd` (scores, online
-//! softmax and output fused; saves only the per-row log-sum-exp).
+//! softmax and output fused; saves only the per-row log-sum-exp), or, with the schedule's
+//! `fused = false`, the unfused fallback `spt_sddmm` → `spt_softmax` → `spt_spmm` (which holds
+//! B·H·L·topk scores in scratch).
 //! Backward: `spt_bwd_rows` (dq, p, ds) → `spt_key_index` (key-major view) → `spt_bwd_keys` (dk, dv).
 
 pub mod kernels;
@@ -12,7 +14,8 @@ use crate::LowerError;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 use kernels::{
-    SptConfig, pq_encode, spt_attend_fwd, spt_bwd_keys, spt_bwd_rows, spt_key_index, spt_select,
+    SptConfig, pq_encode, spt_attend_fwd, spt_bwd_keys, spt_bwd_rows, spt_key_index, spt_sddmm,
+    spt_select, spt_softmax, spt_spmm,
 };
 use kernels_ir::pattern::{Pattern, Selector};
 use kernels_ir::{KernelSpec, OpKind};
@@ -31,6 +34,8 @@ pub struct SptPlan {
     pub h: usize,
     /// Sequence length.
     pub l: usize,
+    /// The fused forward kernel (true) or the unfused SDDMM → softmax → SpMM chain.
+    pub fused: bool,
 }
 
 impl SptPlan {
@@ -73,6 +78,7 @@ impl SptPlan {
             b: spec.dim("B"),
             h: spec.dim("H"),
             l: spec.dim("L"),
+            fused: spec.schedule.fused,
         })
     }
 
@@ -170,19 +176,54 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
     );
     let out = client.empty(elems * size_of::<F>());
     let lse = client.empty(rows * 4);
-    spt_attend_fwd::launch::<F, R>(
-        client,
-        count,
-        dim,
-        arr(q, elems),
-        arr(k, elems),
-        arr(v, elems),
-        arr(&indices, rows * topk),
-        arr(&out, elems),
-        arr(&lse, rows),
-        plan.l as u32,
-        cfg,
-    );
+    if plan.fused {
+        spt_attend_fwd::launch::<F, R>(
+            client,
+            count,
+            dim,
+            arr(q, elems),
+            arr(k, elems),
+            arr(v, elems),
+            arr(&indices, rows * topk),
+            arr(&out, elems),
+            arr(&lse, rows),
+            plan.l as u32,
+            cfg,
+        );
+    } else {
+        let scores = client.empty(rows * topk * 4);
+        spt_sddmm::launch::<F, R>(
+            client,
+            count.clone(),
+            dim,
+            arr(q, elems),
+            arr(k, elems),
+            arr(&indices, rows * topk),
+            arr(&scores, rows * topk),
+            plan.l as u32,
+            cfg,
+        );
+        spt_softmax::launch::<R>(
+            client,
+            count.clone(),
+            dim,
+            arr(&scores, rows * topk),
+            arr(&indices, rows * topk),
+            arr(&lse, rows),
+            cfg.topk,
+        );
+        spt_spmm::launch::<F, R>(
+            client,
+            count,
+            dim,
+            arr(&scores, rows * topk),
+            arr(&indices, rows * topk),
+            arr(v, elems),
+            arr(&out, elems),
+            plan.l as u32,
+            cfg,
+        );
+    }
     SptForward { out, indices, lse }
 }
 
