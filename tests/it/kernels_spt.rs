@@ -208,3 +208,25 @@ fn ops_without_kernels_are_a_clear_error_on_wgpu() {
         "dense-linear: no generated kernel for the wgpu device yet; run it with --device reference"
     );
 }
+
+proptest! {
+    #![proptest_config(proptest_config(12))]
+
+    /// The dense baseline equals the reference with every candidate kept (topk = L).
+    #[test]
+    fn dense_baseline_matches_reference_with_topk_l(c in case()) {
+        let Some(device) = wgpu_or_skip("dense baseline") else { return Ok(()) };
+        let c = Case { topk: c.l, clamp: false, adc: false, ..c };
+        let ins = inputs(&c, DType::F32);
+        let mut fwd_ins = ins.clone();
+        fwd_ins.remove("dout");
+        let want_fwd = reference::run(&spec(&c, DType::F32, Direction::Forward), &fwd_ins).unwrap();
+        let want_bwd = reference::run(&spec(&c, DType::F32, Direction::Backward), &ins).unwrap();
+        let got = sparsecube_runtime::dense_attention(&device, &spec(&c, DType::F32, Direction::Forward), &ins)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        for (name, want) in [("out", &want_fwd), ("dq", &want_bwd), ("dk", &want_bwd), ("dv", &want_bwd)] {
+            let err = rel_err(&floats(&got, name), &floats(want, name), 1e-12);
+            prop_assert!(err <= 1e-5, "{}: relative error {:.3e}", name, err);
+        }
+    }
+}

@@ -63,7 +63,13 @@ fn generated_sources_snapshots() {
             } else {
                 &["spt_sddmm", "spt_softmax", "spt_spmm"]
             };
-            let shared = ["pq_encode", "spt_select", "spt_bwd_rows", "spt_key_index", "spt_bwd_keys"];
+            let shared = [
+                "pq_encode",
+                "spt_select",
+                "spt_bwd_rows",
+                "spt_key_index",
+                "spt_bwd_keys",
+            ];
             for k in shared.iter().chain(forward) {
                 assert!(
                     text.contains(&format!("// ===== {k} =====")),

@@ -8,11 +8,13 @@
 //! B·H·L·topk scores in scratch).
 //! Backward: `spt_bwd_rows` (dq, p, ds) → `spt_key_index` (key-major view) → `spt_bwd_keys` (dk, dv).
 
+pub mod dense;
 pub mod kernels;
 
 use crate::LowerError;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
+use dense::{dense_attend_fwd, dense_bwd_keys, dense_bwd_rows};
 use kernels::{
     SptConfig, pq_encode, spt_attend_fwd, spt_bwd_keys, spt_bwd_rows, spt_key_index, spt_sddmm,
     spt_select, spt_softmax, spt_spmm,
@@ -296,4 +298,69 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
         cfg,
     );
     SptGrads { dq, dk, dv }
+}
+
+/// Dense attention on the device, forward then backward: the same-device baseline of the bench.
+/// Returns `(out, dq, dk, dv)`; keeps only the per-row log-sum-exp between the passes.
+pub fn dense_forward_backward<R: Runtime, F: Float + CubeElement>(
+    client: &ComputeClient<R>,
+    plan: &SptPlan,
+    q: &Handle,
+    k: &Handle,
+    v: &Handle,
+    dout: &Handle,
+) -> (Handle, SptGrads) {
+    let cfg = plan.cfg;
+    let rows = plan.rows();
+    let elems = rows * cfg.d as usize;
+    let (count, dim) = rows_count(client, rows);
+    let out = client.empty(elems * size_of::<F>());
+    let lse = client.empty(rows * 4);
+    dense_attend_fwd::launch::<F, R>(
+        client,
+        count.clone(),
+        dim,
+        arr(q, elems),
+        arr(k, elems),
+        arr(v, elems),
+        arr(&out, elems),
+        arr(&lse, rows),
+        plan.l as u32,
+        cfg,
+    );
+    let dq = client.empty(elems * size_of::<F>());
+    let delta = client.empty(rows * 4);
+    dense_bwd_rows::launch::<F, R>(
+        client,
+        count.clone(),
+        dim,
+        arr(q, elems),
+        arr(k, elems),
+        arr(&out, elems),
+        arr(&lse, rows),
+        arr(v, elems),
+        arr(dout, elems),
+        arr(&dq, elems),
+        arr(&delta, rows),
+        plan.l as u32,
+        cfg,
+    );
+    let dk = client.empty(elems * size_of::<F>());
+    let dv = client.empty(elems * size_of::<F>());
+    dense_bwd_keys::launch::<F, R>(
+        client,
+        count,
+        dim,
+        arr(q, elems),
+        arr(k, elems),
+        arr(v, elems),
+        arr(&lse, rows),
+        arr(&delta, rows),
+        arr(dout, elems),
+        arr(&dk, elems),
+        arr(&dv, elems),
+        plan.l as u32,
+        cfg,
+    );
+    (out, SptGrads { dq, dk, dv })
 }

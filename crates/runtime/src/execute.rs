@@ -180,3 +180,44 @@ fn spt_attention<R: Runtime, F: HostFloat>(
     }
     Ok(out)
 }
+
+/// Dense attention (every candidate kept) on `device`, forward and backward, f32: the baseline
+/// that sparse attention is benchmarked against. `inputs` hold `q`, `k`, `v`, `dout`
+/// [B, H, L, D]; `spec` gives the sizes and the causal flag. Returns `out`, `dq`, `dk`, `dv`.
+pub fn dense_attention(
+    device: &Device,
+    spec: &KernelSpec,
+    inputs: &TensorMap,
+) -> Result<TensorMap, RuntimeError> {
+    match device {
+        Device::Wgpu(client) => dense_on::<_>(client, "wgpu", spec, inputs),
+        Device::Cuda(client) => dense_on::<_>(client, "cuda", spec, inputs),
+        Device::Reference => Err(LowerError::Unsupported {
+            op: spec.op,
+            what: "the dense baseline on the reference device".into(),
+        }
+        .into()),
+    }
+}
+
+fn dense_on<R: Runtime>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    spec: &KernelSpec,
+    inputs: &TensorMap,
+) -> Result<TensorMap, RuntimeError> {
+    let plan = spt::SptPlan::from_spec(spec)?;
+    let [q, k, v, dout] =
+        ["q", "k", "v", "dout"].map(|n| upload::<R, f32>(client, tensor(inputs, n)));
+    let shape = tensor(inputs, "q").shape.clone();
+    let (out, g) = spt::dense_forward_backward::<R, f32>(client, &plan, &q, &k, &v, &dout);
+    sync(client, kind)?;
+    let mut map = TensorMap::new();
+    for (name, h) in [("out", out), ("dq", g.dq), ("dk", g.dk), ("dv", g.dv)] {
+        map.insert(
+            name.into(),
+            Value::F(download::<R, f32>(client, kind, h, shape.clone())?),
+        );
+    }
+    Ok(map)
+}

@@ -15,7 +15,7 @@ use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 
-pub use execute::run;
+pub use execute::{dense_attention, run};
 
 /// Where an op runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
