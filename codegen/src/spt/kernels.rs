@@ -31,8 +31,6 @@ pub struct SptConfig {
     pub clamp: bool,
     /// Score candidates by asymmetric distance (pq-adc) instead of code matches (pq-match).
     pub adc: bool,
-    /// Significant bits of the selection key: enough for `0..=S` (pq-match) or 32 (pq-adc).
-    pub key_bits: u32,
 }
 
 /// Codes of the rows of `x` [rows, S·d_c]: per subspace the codeword at the least L1 distance,
@@ -121,9 +119,10 @@ fn candidate_key(
 }
 
 /// Top-k selection per query row: the kept set (highest key first, ties to the lower key index)
-/// written in ascending key order, padded with −1. Exact: the k-th largest key is found by a
-/// bitwise search (one counting pass per key bit), then keys above it and the first ones equal to
-/// it are kept. One unit per row; `indices` is [rows, topk].
+/// written in ascending key order, padded with −1. Exact: the k-th largest key is found first —
+/// from a histogram of the S+1 possible match counts (pq-match, one pass) or bit by bit (pq-adc,
+/// one counting pass per key bit) — then keys above it and the first ones equal to it are kept.
+/// One unit per row; `indices` is [rows, topk].
 #[cube(launch)]
 pub fn spt_select<F: Float>(
     q: &Array<F>,
@@ -168,24 +167,51 @@ pub fn spt_select<F: Float>(
             }
         }
 
-        // Largest threshold t with #{key >= t} >= kept: the kept-th largest key.
+        // The kept-th largest key: the largest t with #{key >= t} >= kept, and #{key > t}.
         let mut threshold = 0u32;
-        for b in 0..cfg.key_bits {
-            let candidate = threshold | (1u32 << (cfg.key_bits - 1 - b));
-            let mut count = 0usize;
-            for j in 0..n {
-                if candidate_key(codes_q, codes_k, &table, qbase, head * l + j, cfg) >= candidate {
-                    count += 1;
+        let mut above = 0usize;
+        if cfg.adc {
+            // f32 keys: decide the threshold bit by bit, one counting pass per bit.
+            for b in 0..32u32 {
+                let candidate = threshold | (1u32 << (31u32 - b));
+                let mut count = 0usize;
+                for j in 0..n {
+                    if candidate_key(codes_q, codes_k, &table, qbase, head * l + j, cfg)
+                        >= candidate
+                    {
+                        count += 1;
+                    }
+                }
+                if count >= kept {
+                    threshold = candidate;
                 }
             }
-            if count >= kept {
-                threshold = candidate;
+            for j in 0..n {
+                if candidate_key(codes_q, codes_k, &table, qbase, head * l + j, cfg) > threshold {
+                    above += 1;
+                }
             }
-        }
-        let mut above = 0usize;
-        for j in 0..n {
-            if candidate_key(codes_q, codes_k, &table, qbase, head * l + j, cfg) > threshold {
-                above += 1;
+        } else {
+            // Match counts lie in 0..=S: one histogram pass, then a scan from the top.
+            let mut hist = Array::<u32>::new(comptime!((cfg.s + 1) as usize));
+            for b in 0..cfg.s + 1 {
+                hist[b as usize] = 0u32;
+            }
+            for j in 0..n {
+                let key = candidate_key(codes_q, codes_k, &table, qbase, head * l + j, cfg);
+                hist[key as usize] += 1u32;
+            }
+            let mut cumulative = 0usize;
+            let mut found = false;
+            for b in 0..cfg.s + 1 {
+                let t = cfg.s - b;
+                let before = cumulative;
+                cumulative += hist[t as usize] as usize;
+                if !found && cumulative >= kept {
+                    threshold = t;
+                    above = before;
+                    found = true;
+                }
             }
         }
         let mut equal_left = kept - above;

@@ -59,12 +59,6 @@ impl SptPlan {
         let d = spec.dim("D");
         let s = d / p.sub_dim;
         let adc = p.selector == Selector::PqAdc;
-        // pq-match keys are counts in 0..=S; pq-adc keys are order-mapped f32 bits.
-        let key_bits = if adc {
-            32
-        } else {
-            usize::BITS - s.leading_zeros()
-        };
         Ok(Self {
             cfg: SptConfig {
                 d: d as u32,
@@ -75,7 +69,6 @@ impl SptPlan {
                 causal: p.causal,
                 clamp: p.clamp,
                 adc,
-                key_bits,
             },
             b: spec.dim("B"),
             h: spec.dim("H"),
