@@ -1,6 +1,7 @@
 //! The workspace's integration tests, one binary: hand-derived cases, identities, finite
 //! differences, text-format properties, verifier behaviour and IR snapshots.
 
+mod cuda_offline;
 mod fd;
 mod hand;
 mod identities;

@@ -7,7 +7,7 @@ use sparsecube_codegen::emit::{Target, sources};
 
 /// The canonical configs: SPT's defaults (D = 64, topk = L/8, pq-match, f32, fused forward), and
 /// the other branch of every switch (causal, clamp, pq-adc, f16, D = 32, unfused forward chain).
-fn canonical() -> Vec<(&'static str, KernelSpec)> {
+pub(crate) fn canonical() -> Vec<(&'static str, KernelSpec)> {
     let b = |name: &str, d: usize, p: PqTopK, dtype, fused| {
         KernelSpec::builder(name, OpKind::SptAttention)
             .dims([("B", 16), ("H", 32), ("L", 512), ("D", d)])

@@ -10,6 +10,7 @@ use kernels_ir::infer::spec_for_inputs;
 use kernels_ir::reference::{self, TensorMap};
 use kernels_ir::{DType, Direction, KernelSpec, Module, OpKind, verify_module};
 use sparsecube_codegen::LowerError;
+use sparsecube_codegen::cuda_check::{CudaToolchain, WHEELS_ENV};
 use sparsecube_codegen::emit::{self, Target};
 use sparsecube_runtime::{DeviceKind, RuntimeError};
 use std::path::PathBuf;
@@ -105,6 +106,11 @@ enum Command {
         /// Source language.
         #[arg(long, value_enum)]
         target: GenTarget,
+        /// Instead of the sources, compile each CUDA kernel with NVRTC (compute_90) and ptxas
+        /// (sm_90) and print registers, stack, spills, shared memory and barriers. Needs
+        /// SPARSECUBE_CUDA_WHEELS (see scripts/fetch-cuda-wheels.sh).
+        #[arg(long)]
+        resources: bool,
     },
     /// List the devices present: CUDA, wgpu adapters, the reference executor.
     Devices,
@@ -136,6 +142,7 @@ fn main() -> ExitCode {
             dtype,
             direction,
             target,
+            resources,
         } => gen_sources(
             op,
             file.as_deref(),
@@ -144,6 +151,7 @@ fn main() -> ExitCode {
             dtype,
             direction,
             target,
+            resources,
         ),
         Command::Devices => devices(),
         Command::Demo { seed } => demo::run(seed),
@@ -228,7 +236,18 @@ fn gen_sources(
     dtype: DType,
     direction: Direction,
     target: GenTarget,
+    resources: bool,
 ) -> Result<()> {
+    let toolchain = if resources {
+        if target != GenTarget::Cuda {
+            bail!("--resources reports ptxas resources: use it with --target cuda");
+        }
+        Some(CudaToolchain::from_env()?.ok_or_else(|| {
+            anyhow::anyhow!("--resources needs NVRTC and ptxas: run scripts/fetch-cuda-wheels.sh and export {WHEELS_ENV}=<the folder it prints>")
+        })?)
+    } else {
+        None
+    };
     let specs = match (op, file) {
         (_, Some(path)) => {
             let text = std::fs::read_to_string(path)
@@ -267,7 +286,14 @@ fn gen_sources(
     };
     for spec in &specs {
         for k in emit::sources(spec, target)? {
-            println!("// ===== {} / {} =====\n{}", spec.name, k.kernel, k.source);
+            match &toolchain {
+                Some(cuda) => {
+                    for r in cuda.check(k.kernel, &k.source)? {
+                        println!("{} / {}: {r}", spec.name, k.kernel);
+                    }
+                }
+                None => println!("// ===== {} / {} =====\n{}", spec.name, k.kernel, k.source),
+            }
         }
     }
     Ok(())

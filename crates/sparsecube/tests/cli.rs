@@ -795,3 +795,56 @@ fn gen_prints_cuda_and_wgsl_without_a_gpu() {
         stderr(&o)
     );
 }
+
+#[test]
+fn gen_resources_reports_ptxas_numbers_or_says_what_is_missing() {
+    let args = [
+        "gen",
+        "spt-attention",
+        "--dim",
+        "B=1",
+        "--dim",
+        "H=1",
+        "--dim",
+        "L=32",
+        "--dim",
+        "D=16",
+        "--target",
+        "cuda",
+        "--resources",
+    ];
+    let o = run(&args);
+    if std::env::var_os("SPARSECUBE_CUDA_WHEELS").is_some() {
+        assert!(o.status.success(), "{}", stderr(&o));
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.contains(" registers, ") && l.contains("spill stores/loads"))
+                .count(),
+            6,
+            "{text}"
+        );
+    } else {
+        assert!(!o.status.success());
+        assert!(
+            stderr(&o)
+                .contains("--resources needs NVRTC and ptxas: run scripts/fetch-cuda-wheels.sh"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let o = run(&[
+        "gen",
+        "spt-attention",
+        "--dim",
+        "B=1",
+        "--target",
+        "wgsl",
+        "--resources",
+    ]);
+    assert!(
+        stderr(&o).contains("use it with --target cuda"),
+        "{}",
+        stderr(&o)
+    );
+}
