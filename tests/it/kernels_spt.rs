@@ -216,7 +216,7 @@ proptest! {
     #[test]
     fn dense_baseline_matches_reference_with_topk_l(c in case()) {
         let Some(device) = wgpu_or_skip("dense baseline") else { return Ok(()) };
-        let c = Case { topk: c.l, clamp: false, adc: false, ..c };
+        let c = Case { topk: c.l, adc: false, ..c };
         let ins = inputs(&c, DType::F32);
         let mut fwd_ins = ins.clone();
         fwd_ins.remove("dout");

@@ -1,29 +1,12 @@
 //! Dense softmax attention in the same style as the SPT kernels (one unit per row, f32
-//! accumulation, online softmax, log-sum-exp saved): the same-device baseline that benches
+//! accumulation, online softmax, log-sum-exp saved, the same `score`): the same-device baseline that benches
 //! compare sparse attention with. It is what SPT attention computes with every candidate kept.
 
 // `#[cube(launch)]` generates undocumented modules and launch functions next to each kernel.
 #![allow(missing_docs)]
 
-use super::kernels::SptConfig;
+use super::kernels::{SptConfig, score};
 use cubecl::prelude::*;
-
-/// Scores of one (query, key) pair, as in the sparse kernels.
-#[cube]
-fn dense_score<F: Float>(
-    q: &Array<F>,
-    k: &Array<F>,
-    row: usize,
-    krow: usize,
-    #[comptime] cfg: SptConfig,
-) -> f32 {
-    let d = cfg.d as usize;
-    let mut dot = 0.0f32;
-    for t in 0..d {
-        dot += f32::cast_from(q[row * d + t]) * f32::cast_from(k[krow * d + t]);
-    }
-    dot / f32::sqrt(f32::cast_from(cfg.d))
-}
 
 /// Forward over every candidate key (all, or `j <= i` when causal); writes `out` and `lse`.
 #[cube(launch)]
@@ -51,7 +34,7 @@ pub fn dense_attend_fwd<F: Float>(
         let mut z = 0.0f32;
         for j in 0..n {
             let krow = head * l + j;
-            let s = dense_score::<F>(q, k, row, krow, cfg);
+            let (s, _passes) = score::<F>(q, k, row, krow, cfg);
             let m_new = f32::max(m, s);
             let rescale = f32::exp(m - m_new);
             let p = f32::exp(s - m_new);
@@ -100,12 +83,16 @@ pub fn dense_bwd_rows<F: Float>(
         }
         for j in 0..n {
             let krow = head * l + j;
-            let p = f32::exp(dense_score::<F>(q, k, row, krow, cfg) - lse[row]);
+            let (s, passes) = score::<F>(q, k, row, krow, cfg);
+            let p = f32::exp(s - lse[row]);
             let mut dp = 0.0f32;
             for t in 0..d {
                 dp += f32::cast_from(dout[row * d + t]) * f32::cast_from(v[krow * d + t]);
             }
-            let ds = p * (dp - dl);
+            let mut ds = 0.0f32;
+            if passes {
+                ds = p * (dp - dl);
+            }
             for t in 0..d {
                 acc[t] += scale * ds * f32::cast_from(k[krow * d + t]);
             }
@@ -150,12 +137,16 @@ pub fn dense_bwd_keys<F: Float>(
         }
         for i in first..l {
             let row = head * l + i;
-            let p = f32::exp(dense_score::<F>(q, k, row, krow, cfg) - lse[row]);
+            let (s, passes) = score::<F>(q, k, row, krow, cfg);
+            let p = f32::exp(s - lse[row]);
             let mut dp = 0.0f32;
             for t in 0..d {
                 dp += f32::cast_from(dout[row * d + t]) * f32::cast_from(v[krow * d + t]);
             }
-            let ds = p * (dp - delta[row]);
+            let mut ds = 0.0f32;
+            if passes {
+                ds = p * (dp - delta[row]);
+            }
             for t in 0..d {
                 acc_v[t] += p * f32::cast_from(dout[row * d + t]);
                 acc_k[t] += scale * ds * f32::cast_from(q[row * d + t]);

@@ -238,7 +238,7 @@ pub fn spt_select<F: Float>(
 /// The scaled (and optionally clamped) score q_row · k_krow / √D, and whether the clamp let the
 /// gradient through.
 #[cube]
-fn score<F: Float>(
+pub(crate) fn score<F: Float>(
     q: &Array<F>,
     k: &Array<F>,
     row: usize,
