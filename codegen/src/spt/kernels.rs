@@ -434,12 +434,17 @@ pub fn spt_bwd_rows<F: Float>(
         let mut dp_piv = 0.0f32;
         for slot in 0..topk {
             let j = indices[row * topk + slot];
-            let mut p = 0.0f32;
+            let mut stored = 0.0f32;
             let mut dp = 0.0f32;
             if j >= 0 {
                 let krow = head * (seq_len as usize) + j as usize;
-                let (s, _passes) = score::<F>(q, k, row, krow, cfg);
-                p = f32::exp(s - lse[row]);
+                let (s, passes) = score::<F>(q, k, row, krow, cfg);
+                let p = f32::exp(s - lse[row]);
+                // A clamp-blocked slot is marked by a negated p (read back in the last pass).
+                stored = p;
+                if !passes {
+                    stored = -p;
+                }
                 for t in 0..d {
                     dp += f32::cast_from(dout[row * d + t]) * f32::cast_from(v[krow * d + t]);
                 }
@@ -448,12 +453,12 @@ pub fn spt_bwd_rows<F: Float>(
                     dp_piv = dp;
                 }
             }
-            probs[row * topk + slot] = p;
+            probs[row * topk + slot] = stored;
             dscores[row * topk + slot] = dp;
         }
         let mut delta = 0.0f32;
         for slot in 0..topk {
-            delta += probs[row * topk + slot] * (dscores[row * topk + slot] - dp_piv);
+            delta += f32::abs(probs[row * topk + slot]) * (dscores[row * topk + slot] - dp_piv);
         }
         let mut acc = Array::<f32>::new(comptime!(cfg.d as usize));
         for t in 0..d {
@@ -462,18 +467,20 @@ pub fn spt_bwd_rows<F: Float>(
         let scale = 1.0f32 / f32::sqrt(f32::cast_from(cfg.d));
         for slot in 0..topk {
             let j = indices[row * topk + slot];
+            let stored = probs[row * topk + slot];
+            let p = f32::abs(stored);
             let mut ds = 0.0f32;
             if j >= 0 {
                 let krow = head * (seq_len as usize) + j as usize;
-                let (_s, passes) = score::<F>(q, k, row, krow, cfg);
-                if passes {
-                    ds = probs[row * topk + slot] * ((dscores[row * topk + slot] - dp_piv) - delta);
+                if stored >= 0.0f32 {
+                    ds = p * ((dscores[row * topk + slot] - dp_piv) - delta);
                 }
                 for t in 0..d {
                     acc[t] += scale * ds * f32::cast_from(k[krow * d + t]);
                 }
             }
             dscores[row * topk + slot] = ds;
+            probs[row * topk + slot] = p;
         }
         for t in 0..d {
             dq[row * d + t] = F::cast_from(acc[t]);
