@@ -230,3 +230,43 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn dense_baseline_rejects_missing_or_misshapen_inputs() {
+    let Some(device) = wgpu_or_skip("dense baseline inputs") else {
+        return;
+    };
+    let c = Case {
+        b: 1,
+        h: 1,
+        l: 4,
+        d: 16,
+        topk: 4,
+        causal: false,
+        clamp: false,
+        adc: false,
+        fused: true,
+        seed: 2,
+    };
+    let spec = spec(&c, DType::F32, Direction::Forward);
+    let mut ins = inputs(&c, DType::F32);
+    ins.remove("dout");
+    let err = sparsecube_runtime::dense_attention(&device, &spec, &ins)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "missing tensor `dout` for spt-attention: expected shape [1, 1, 4, 16]"
+    );
+    ins.insert(
+        "dout".into(),
+        Value::F(kernels_ir::reference::Tensor::zeros(&[1, 1, 3, 16])),
+    );
+    let err = sparsecube_runtime::dense_attention(&device, &spec, &ins)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "tensor `dout` has shape [1, 1, 3, 16], expected [1, 1, 4, 16]"
+    );
+}

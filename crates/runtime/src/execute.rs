@@ -4,7 +4,7 @@
 use crate::{Device, RuntimeError};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
-use kernels_ir::reference::{self, IndexTensor, Tensor, TensorMap, Value};
+use kernels_ir::reference::{self, IndexTensor, ReferenceError, Tensor, TensorMap, Value};
 use kernels_ir::{DType, Direction, KernelSpec, OpKind};
 use sparsecube_codegen::{LowerError, spt};
 
@@ -207,6 +207,7 @@ fn dense_on<R: Runtime>(
     inputs: &TensorMap,
 ) -> Result<TensorMap, RuntimeError> {
     let plan = spt::SptPlan::from_spec(spec)?;
+    check_dense_inputs(spec, inputs)?;
     let [q, k, v, dout] =
         ["q", "k", "v", "dout"].map(|n| upload::<R, f32>(client, tensor(inputs, n)));
     let shape = tensor(inputs, "q").shape.clone();
@@ -220,4 +221,38 @@ fn dense_on<R: Runtime>(
         );
     }
     Ok(map)
+}
+
+/// `q`, `k`, `v` and `dout` present, floating-point, of shape [B, H, L, D].
+fn check_dense_inputs(spec: &KernelSpec, inputs: &TensorMap) -> Result<(), RuntimeError> {
+    let shape: Vec<usize> = ["B", "H", "L", "D"].iter().map(|n| spec.dim(n)).collect();
+    for name in ["q", "k", "v", "dout"] {
+        match inputs.get(name) {
+            Some(Value::F(t)) if t.shape == shape => {}
+            Some(Value::F(t)) => {
+                return Err(ReferenceError::ShapeMismatch {
+                    name: name.into(),
+                    expected: format!("{shape:?}"),
+                    actual: t.shape.clone(),
+                }
+                .into());
+            }
+            Some(Value::I(_)) => {
+                return Err(ReferenceError::WrongKind {
+                    name: name.into(),
+                    expected: "floating-point".into(),
+                }
+                .into());
+            }
+            None => {
+                return Err(ReferenceError::MissingTensor {
+                    op: spec.op,
+                    name: name.into(),
+                    expected: format!("{shape:?}"),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
 }
