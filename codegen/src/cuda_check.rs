@@ -108,10 +108,20 @@ impl CudaToolchain {
         }
     }
 
-    /// Opens the toolchain under `wheels` (the folder holding `nvidia/cu13`).
-    pub fn open(wheels: &Path) -> Result<Self, CheckError> {
-        let cu13 = wheels.join("nvidia/cu13");
-        let lib = cu13.join("lib");
+    /// Opens the toolchain under `dir`: the unpacked wheels (the folder holding `nvidia/cu13`,
+    /// with `lib/`, `bin/`, `include/`) or a CUDA 13 toolkit (e.g. `/usr/local/cuda`, with
+    /// `lib64/`), which is how the GPU machine's own NVRTC is checked.
+    pub fn open(dir: &Path) -> Result<Self, CheckError> {
+        let cu13 = if dir.join("nvidia/cu13").is_dir() {
+            dir.join("nvidia/cu13")
+        } else {
+            dir.to_path_buf()
+        };
+        let lib = ["lib", "lib64"]
+            .map(|l| cu13.join(l))
+            .into_iter()
+            .find(|l| l.join("libnvrtc.so.13").exists())
+            .unwrap_or_else(|| cu13.join("lib"));
         let missing = |p: &Path| {
             CheckError::Toolchain(format!(
                 "`{}` is missing; run scripts/fetch-cuda-wheels.sh",
@@ -120,7 +130,6 @@ impl CudaToolchain {
         };
         for p in [
             lib.join("libnvrtc.so.13"),
-            lib.join("libnvrtc-builtins.so.13.0"),
             cu13.join("bin/ptxas"),
             cu13.join("include/cuda_runtime.h"),
         ] {
@@ -128,6 +137,19 @@ impl CudaToolchain {
                 return Err(missing(&p));
             }
         }
+        // The builtins library is versioned by minor release (libnvrtc-builtins.so.13.0, .13.1…).
+        let builtins_path = std::fs::read_dir(&lib)
+            .ok()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("libnvrtc-builtins.so.13."))
+            })
+            .min()
+            .ok_or_else(|| missing(&lib.join("libnvrtc-builtins.so.13.0")))?;
         // NVRTC loads its builtins library by soname at compile time; loading it first, globally,
         // by path makes that lookup succeed without LD_LIBRARY_PATH.
         let open_global = |p: PathBuf| -> Result<libloading::Library, CheckError> {
@@ -141,7 +163,7 @@ impl CudaToolchain {
                 .map_err(|e| CheckError::Toolchain(format!("cannot load `{}`: {e}", p.display())))
             }
         };
-        let builtins = open_global(lib.join("libnvrtc-builtins.so.13.0"))?;
+        let builtins = open_global(builtins_path)?;
         let nvrtc = open_global(lib.join("libnvrtc.so.13"))?;
         Ok(Self {
             cu13,
@@ -167,6 +189,20 @@ impl CudaToolchain {
         // SAFETY: two valid out-pointers.
         unsafe { f(&mut major, &mut minor) };
         Ok((major, minor))
+    }
+
+    /// ptxas's version line, e.g. `Cuda compilation tools, release 13.0, V13.0.88`.
+    pub fn ptxas_version(&self) -> Result<String, CheckError> {
+        let out = Command::new(self.cu13.join("bin/ptxas"))
+            .arg("--version")
+            .output()
+            .map_err(|e| CheckError::Toolchain(format!("cannot run ptxas: {e}")))?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .rfind(|l| l.contains("release"))
+            .unwrap_or("unknown")
+            .trim()
+            .to_string())
     }
 
     /// Compiles CUDA C++ to PTX for `compute_90`; on failure, NVRTC's log.

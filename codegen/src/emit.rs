@@ -9,8 +9,8 @@
 use crate::LowerError;
 use crate::spt::SptPlan;
 use crate::spt::kernels::{
-    pq_encode, spt_attend_fwd, spt_bwd_keys, spt_bwd_rows, spt_key_index, spt_sddmm, spt_select,
-    spt_softmax, spt_spmm,
+    pq_encode, spt_attend_fwd, spt_bwd_keys, spt_bwd_rows, spt_key_count, spt_key_fill,
+    spt_key_offsets, spt_key_scan, spt_sddmm, spt_select, spt_softmax, spt_spmm,
 };
 use cubecl::prelude::*;
 use cubecl_common::backtrace::BackTrace;
@@ -411,8 +411,30 @@ fn spt<F: Float + CubeElement>(
             .define(),
         ),
         (
-            "spt_key_index",
-            spt_key_index::SptKeyIndex::<Offline>::new(
+            "spt_key_count",
+            spt_key_count::SptKeyCount::<Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                (),
+                c.topk,
+            )
+            .define(),
+        ),
+        (
+            "spt_key_scan",
+            spt_key_scan::SptKeyScan::<Offline>::new(settings(), client.clone(), arg(), arg(), ())
+                .define(),
+        ),
+        (
+            "spt_key_offsets",
+            spt_key_offsets::SptKeyOffsets::<Offline>::new(settings(), client.clone(), arg(), ())
+                .define(),
+        ),
+        (
+            "spt_key_fill",
+            spt_key_fill::SptKeyFill::<Offline>::new(
                 settings(),
                 client.clone(),
                 arg(),

@@ -2,139 +2,57 @@
 //! shapes: L not a multiple of any tile, topk not a power of two, causal rows with fewer than topk
 //! candidates, D ∈ {16, 32, 64}, both selectors, clamp on and off, f32 and bf16 storage.
 
-use kernels_ir::pattern::{Pattern, PqTopK, Selector, TopK};
-use kernels_ir::reference::rng::SplitMix64;
-use kernels_ir::reference::{self, TensorMap, Value};
-use kernels_ir::{DType, Direction, KernelSpec, OpKind, Schedule};
+use kernels_ir::reference::{TensorMap, Value};
+use kernels_ir::{DType, Direction, KernelSpec, OpKind};
 use proptest::prelude::*;
-use sparsecube_tests::{proptest_config, randn, rel_err, round_to, wgpu_or_skip};
+use sparsecube_runtime::selftest::{SptCase, check_dense, check_spt};
+use sparsecube_tests::{proptest_config, wgpu_or_skip};
 
-#[derive(Debug)]
-struct Case {
-    b: usize,
-    h: usize,
-    l: usize,
-    d: usize,
-    topk: usize,
-    causal: bool,
-    clamp: bool,
-    adc: bool,
-    /// Fused forward kernel, or the unfused SDDMM → softmax → SpMM chain.
-    fused: bool,
-    seed: u64,
-}
-
-fn case() -> impl Strategy<Value = Case> {
+/// L up to 150: several chunks of the key-major index (64 query rows each), rarely a multiple of
+/// any tile; topk not a power of two in most draws, causal rows with fewer than topk candidates.
+fn case(dtype: DType) -> impl Strategy<Value = SptCase> {
     (
         1usize..3,
         1usize..3,
-        1usize..41,
+        1usize..151,
         prop::sample::select(vec![16usize, 32, 64]),
         0usize..1000,
-        any::<bool>(),
-        any::<bool>(),
-        any::<bool>(),
-        any::<bool>(),
+        any::<[bool; 4]>(),
         any::<u64>(),
     )
-        .prop_map(|(b, h, l, d, t, causal, clamp, adc, fused, seed)| Case {
-            b,
-            h,
-            l,
-            d,
-            topk: 1 + t % l.min(13),
-            causal,
-            clamp,
-            adc,
-            fused,
-            seed,
-        })
+        .prop_map(
+            move |(b, h, l, d, t, [causal, clamp, adc, fused], seed)| SptCase {
+                b,
+                h,
+                l,
+                d,
+                topk: 1 + t % l.min(13),
+                causal,
+                clamp,
+                adc,
+                fused,
+                dtype,
+                seed,
+            },
+        )
 }
 
-fn spec(c: &Case, dtype: DType, direction: Direction) -> KernelSpec {
-    let selector = if c.adc {
-        Selector::PqAdc
-    } else {
-        Selector::PqMatch
-    };
-    KernelSpec::builder("spt", OpKind::SptAttention)
-        .dims([("B", c.b), ("H", c.h), ("L", c.l), ("D", c.d)])
-        .pattern(Pattern::PqTopK(PqTopK {
-            topk: TopK::Fixed(c.topk),
-            causal: c.causal,
-            clamp: c.clamp,
-            selector,
-            ..PqTopK::default()
-        }))
-        .dtype(dtype)
-        .direction(direction)
-        .schedule(Schedule {
-            fused: c.fused,
-            ..Schedule::default()
-        })
-        .build()
-        .unwrap()
+fn spec(c: &SptCase, direction: Direction) -> KernelSpec {
+    c.spec(direction).unwrap()
 }
 
-fn inputs(c: &Case, dtype: DType) -> TensorMap {
-    let mut rng = SplitMix64::new(c.seed);
-    let shape = [c.b, c.h, c.l, c.d];
-    // With clamp on, scale q and k so that some scores pass ±10.
-    let std = if c.clamp { 3.0 } else { 1.0 };
-    let mut m = TensorMap::new();
-    for (name, s) in [("q", std), ("k", std), ("v", 1.0), ("dout", 1.0)] {
-        m.insert(
-            name.into(),
-            Value::F(round_to(&randn(&mut rng, &shape, s), dtype)),
-        );
-    }
-    m.insert(
-        "codebook".into(),
-        Value::F(round_to(&randn(&mut rng, &[c.d / 8, 16, 8], std), dtype)),
-    );
-    m
+fn inputs(c: &SptCase) -> TensorMap {
+    c.inputs()
 }
 
-fn floats(m: &TensorMap, name: &str) -> Vec<f64> {
-    match &m[name] {
-        Value::F(t) => t.data.clone(),
-        Value::I(t) => t.data.iter().map(|&v| v as f64).collect(),
-    }
-}
-
-fn check(c: &Case, dtype: DType, tol: f64) -> Result<(), TestCaseError> {
+/// The same comparison `sparsecube selftest` runs on a GPU: indices exactly, values and
+/// gradients within 1e-5 (f32) / 1e-2 (half storage).
+fn check(c: &SptCase) -> Result<(), TestCaseError> {
     let Some(device) = wgpu_or_skip("spt kernels") else {
         return Ok(());
     };
-    let mut ins = inputs(c, dtype);
-    let dout = ins.remove("dout").unwrap();
-    let fwd = spec(c, dtype, Direction::Forward);
-    let want = reference::run(&fwd, &ins).unwrap();
-    let got = sparsecube_runtime::run(&device, &fwd, &ins)
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
-    prop_assert_eq!(
-        floats(&got, "indices"),
-        floats(&want, "indices"),
-        "selected indices differ"
-    );
-    let err = rel_err(&floats(&got, "out"), &floats(&want, "out"), 1e-12);
-    prop_assert!(err <= tol, "out: relative error {:.3e} > {:.0e}", err, tol);
-
-    ins.insert("dout".into(), dout);
-    let bwd = spec(c, dtype, Direction::Backward);
-    let want = reference::run(&bwd, &ins).unwrap();
-    let got = sparsecube_runtime::run(&device, &bwd, &ins)
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
-    for g in ["dq", "dk", "dv"] {
-        let err = rel_err(&floats(&got, g), &floats(&want, g), 1e-12);
-        prop_assert!(
-            err <= tol,
-            "{}: relative error {:.3e} > {:.0e}",
-            g,
-            err,
-            tol
-        );
-    }
+    let report = check_spt(&device, c).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert!(report.passed(), "{}", report);
     Ok(())
 }
 
@@ -142,18 +60,19 @@ proptest! {
     #![proptest_config(proptest_config(24))]
 
     #[test]
-    fn spt_kernels_match_reference_f32(c in case()) {
-        check(&c, DType::F32, 1e-5)?;
+    fn spt_kernels_match_reference_f32(c in case(DType::F32)) {
+        check(&c)?;
     }
 }
 
 proptest! {
     #![proptest_config(proptest_config(8))]
 
-    /// Half-precision storage, f32 accumulation. WGSL stores f16 (not bf16); bf16 runs on CUDA.
+    /// Half-precision storage, f32 accumulation. WGSL stores f16 (not bf16); bf16 runs on CUDA
+    /// (`sparsecube selftest --device cuda`).
     #[test]
-    fn spt_kernels_match_reference_f16(c in case()) {
-        check(&c, DType::F16, 1e-2)?;
+    fn spt_kernels_match_reference_f16(c in case(DType::F16)) {
+        check(&c)?;
     }
 }
 
@@ -162,7 +81,7 @@ fn bf16_on_wgpu_is_a_clear_error() {
     let Some(device) = wgpu_or_skip("bf16_on_wgpu") else {
         return;
     };
-    let c = Case {
+    let c = SptCase {
         b: 1,
         h: 1,
         l: 4,
@@ -172,15 +91,12 @@ fn bf16_on_wgpu_is_a_clear_error() {
         clamp: false,
         adc: false,
         fused: true,
+        dtype: DType::BF16,
         seed: 1,
     };
-    let err = sparsecube_runtime::run(
-        &device,
-        &spec(&c, DType::BF16, Direction::Backward),
-        &inputs(&c, DType::BF16),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = sparsecube_runtime::run(&device, &spec(&c, Direction::Backward), &inputs(&c))
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         err,
         "device `wgpu` is not available: this adapter cannot store bf16 (WGSL has no bf16); use f32 or f16"
@@ -214,20 +130,10 @@ proptest! {
 
     /// The dense baseline equals the reference with every candidate kept (topk = L).
     #[test]
-    fn dense_baseline_matches_reference_with_topk_l(c in case()) {
+    fn dense_baseline_matches_reference_with_topk_l(c in case(DType::F32)) {
         let Some(device) = wgpu_or_skip("dense baseline") else { return Ok(()) };
-        let c = Case { topk: c.l, adc: false, ..c };
-        let ins = inputs(&c, DType::F32);
-        let mut fwd_ins = ins.clone();
-        fwd_ins.remove("dout");
-        let want_fwd = reference::run(&spec(&c, DType::F32, Direction::Forward), &fwd_ins).unwrap();
-        let want_bwd = reference::run(&spec(&c, DType::F32, Direction::Backward), &ins).unwrap();
-        let got = sparsecube_runtime::dense_attention(&device, &spec(&c, DType::F32, Direction::Forward), &ins)
-            .map_err(|e| TestCaseError::fail(e.to_string()))?;
-        for (name, want) in [("out", &want_fwd), ("dq", &want_bwd), ("dk", &want_bwd), ("dv", &want_bwd)] {
-            let err = rel_err(&floats(&got, name), &floats(want, name), 1e-12);
-            prop_assert!(err <= 1e-5, "{}: relative error {:.3e}", name, err);
-        }
+        let report = check_dense(&device, &c).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert!(report.passed(), "{}", report);
     }
 }
 
@@ -236,7 +142,7 @@ fn dense_baseline_rejects_missing_or_misshapen_inputs() {
     let Some(device) = wgpu_or_skip("dense baseline inputs") else {
         return;
     };
-    let c = Case {
+    let c = SptCase {
         b: 1,
         h: 1,
         l: 4,
@@ -246,10 +152,11 @@ fn dense_baseline_rejects_missing_or_misshapen_inputs() {
         clamp: false,
         adc: false,
         fused: true,
+        dtype: DType::F32,
         seed: 2,
     };
-    let spec = spec(&c, DType::F32, Direction::Forward);
-    let mut ins = inputs(&c, DType::F32);
+    let spec = spec(&c, Direction::Forward);
+    let mut ins = inputs(&c);
     ins.remove("dout");
     let err = sparsecube_runtime::dense_attention(&device, &spec, &ins)
         .unwrap_err()

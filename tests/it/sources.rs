@@ -67,7 +67,10 @@ fn generated_sources_snapshots() {
                 "pq_encode",
                 "spt_select",
                 "spt_bwd_rows",
-                "spt_key_index",
+                "spt_key_count",
+                "spt_key_scan",
+                "spt_key_offsets",
+                "spt_key_fill",
                 "spt_bwd_keys",
             ];
             for k in shared.iter().chain(forward) {
@@ -120,4 +123,25 @@ fn canonicalize_sorts_only_runs_of_uninitialised_declarations() {
         canonicalize(wgsl),
         "var l_mut_7: f32;\nvar l_mut_72: u32;\nl_mut_7 = 0.0;\n"
     );
+}
+
+/// scripts/canonical-cuda.sc (what the GPU machine's own NVRTC compiles in
+/// scripts/device-check.sh) holds exactly the canonical configs in every dtype, so its resource
+/// report can be compared with the committed snapshot.
+#[test]
+fn device_check_compiles_the_canonical_configs() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/canonical-cuda.sc");
+    let module: kernels_ir::Module = std::fs::read_to_string(path).unwrap().parse().unwrap();
+    kernels_ir::verify_module(&module).unwrap();
+    let mut want = Vec::new();
+    for (_, spec) in canonical() {
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            want.push(KernelSpec {
+                name: format!("{}_{dtype}", spec.name),
+                dtype,
+                ..spec.clone()
+            });
+        }
+    }
+    assert_eq!(module.kernels, want);
 }

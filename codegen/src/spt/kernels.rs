@@ -488,46 +488,131 @@ pub fn spt_bwd_rows<F: Float>(
     }
 }
 
-/// Key-major view of the kept set, per head, built deterministically (queries in ascending order):
-/// `offsets` [heads, L + 1] and `entries` [heads, L·topk] holding the within-head flat position
-/// (i·topk + slot) of every kept (query, slot) grouped by key. `cursor` [heads, L] is scratch.
-/// One unit per head.
+/// Query rows per chunk of the key-major index: the unit of parallelism of [`spt_key_count`] and
+/// [`spt_key_fill`].
+pub const KEY_CHUNK: u32 = 64;
+
+/// Key-major view of the kept set, pass 1 of 4: per (head, chunk of [`KEY_CHUNK`] query rows),
+/// how many of the chunk's kept slots name each key. `counts` [heads, chunks, L]. One unit per
+/// (head, chunk); it alone writes its row of `counts` (no atomics).
 #[cube(launch)]
-pub fn spt_key_index(
+pub fn spt_key_count(
     indices: &Array<i32>,
-    offsets: &mut Array<u32>,
-    cursor: &mut Array<u32>,
+    counts: &mut Array<u32>,
+    seq_len: u32,
+    #[comptime] topk: u32,
+) {
+    let unit = ABSOLUTE_POS;
+    let l = seq_len as usize;
+    let q = KEY_CHUNK as usize;
+    // #[cube] code has no `div_ceil`.
+    #[allow(clippy::manual_div_ceil)]
+    let chunks = (l + q - 1) / q;
+    if unit < counts.len() / l {
+        let head = unit / chunks;
+        let first = (unit % chunks) * q;
+        let base = unit * l;
+        for j in 0..l {
+            counts[base + j] = 0u32;
+        }
+        let mut last = first + q;
+        if last > l {
+            last = l;
+        }
+        for i in first..last {
+            for slot in 0..topk as usize {
+                let j = indices[(head * l + i) * (topk as usize) + slot];
+                if j >= 0 {
+                    counts[base + j as usize] += 1u32;
+                }
+            }
+        }
+    }
+}
+
+/// Pass 2 of 4: per (head, key), the exclusive prefix of `counts` over the chunks, in place (the
+/// key's first slot for each chunk, relative to the key's segment), and the key's total into
+/// `offsets[head, key]`. One unit per (head, key).
+#[cube(launch)]
+pub fn spt_key_scan(counts: &mut Array<u32>, offsets: &mut Array<u32>, seq_len: u32) {
+    let unit = ABSOLUTE_POS;
+    let l = seq_len as usize;
+    let q = KEY_CHUNK as usize;
+    // #[cube] code has no `div_ceil`.
+    #[allow(clippy::manual_div_ceil)]
+    let chunks = (l + q - 1) / q;
+    let heads = offsets.len() / (l + 1);
+    if unit < heads * l {
+        let head = unit / l;
+        let j = unit % l;
+        let mut running = 0u32;
+        for c in 0..chunks {
+            let at = (head * chunks + c) * l + j;
+            let n = counts[at];
+            counts[at] = running;
+            running += n;
+        }
+        offsets[head * (l + 1) + j] = running;
+    }
+}
+
+/// Pass 3 of 4: per head, the exclusive prefix of the key totals, in place: `offsets` [heads,
+/// L + 1] becomes the start of each key's segment, `offsets[head, L]` the head's kept count.
+/// One unit per head (O(L)).
+#[cube(launch)]
+pub fn spt_key_offsets(offsets: &mut Array<u32>, seq_len: u32) {
+    let head = ABSOLUTE_POS;
+    let l = seq_len as usize;
+    if head < offsets.len() / (l + 1) {
+        let mut running = 0u32;
+        for j in 0..l {
+            let n = offsets[head * (l + 1) + j];
+            offsets[head * (l + 1) + j] = running;
+            running += n;
+        }
+        offsets[head * (l + 1) + l] = running;
+    }
+}
+
+/// Pass 4 of 4: every kept (query i, slot) of the chunk written into its key's segment of
+/// `entries` [heads, L·topk] as the within-head position i·topk + slot. Chunks own disjoint,
+/// ordered sub-ranges of each segment and walk their queries in ascending order, so every
+/// segment lists its queries in ascending order: deterministic, no atomics. One unit per
+/// (head, chunk); `counts` (from pass 2) is its cursor.
+#[cube(launch)]
+pub fn spt_key_fill(
+    indices: &Array<i32>,
+    counts: &mut Array<u32>,
+    offsets: &Array<u32>,
     entries: &mut Array<u32>,
     seq_len: u32,
     #[comptime] topk: u32,
 ) {
-    let head = ABSOLUTE_POS;
+    let unit = ABSOLUTE_POS;
     let l = seq_len as usize;
-    let per_head = l * (topk as usize);
-    if head < cursor.len() / l {
-        for j in 0..l {
-            cursor[head * l + j] = 0u32;
+    let q = KEY_CHUNK as usize;
+    // #[cube] code has no `div_ceil`.
+    #[allow(clippy::manual_div_ceil)]
+    let chunks = (l + q - 1) / q;
+    if unit < counts.len() / l {
+        let head = unit / chunks;
+        let first = (unit % chunks) * q;
+        let base = unit * l;
+        let per_head = l * (topk as usize);
+        let mut last = first + q;
+        if last > l {
+            last = l;
         }
-        for pos in 0..per_head {
-            let j = indices[head * per_head + pos];
-            if j >= 0 {
-                cursor[head * l + j as usize] += 1u32;
-            }
-        }
-        let mut running = 0u32;
-        for j in 0..l {
-            offsets[head * (l + 1) + j] = running;
-            let c = cursor[head * l + j];
-            cursor[head * l + j] = running;
-            running += c;
-        }
-        offsets[head * (l + 1) + l] = running;
-        for pos in 0..per_head {
-            let j = indices[head * per_head + pos];
-            if j >= 0 {
-                let at = cursor[head * l + j as usize];
-                entries[head * per_head + at as usize] = pos as u32;
-                cursor[head * l + j as usize] = at + 1u32;
+        for i in first..last {
+            for slot in 0..topk as usize {
+                let pos = i * (topk as usize) + slot;
+                let j = indices[head * per_head + pos];
+                if j >= 0 {
+                    let cursor = counts[base + j as usize];
+                    let at = offsets[head * (l + 1) + j as usize] + cursor;
+                    entries[head * per_head + at as usize] = pos as u32;
+                    counts[base + j as usize] = cursor + 1u32;
+                }
             }
         }
     }

@@ -6,7 +6,8 @@
 //! softmax and output fused; saves only the per-row log-sum-exp), or, with the schedule's
 //! `fused = false`, the unfused fallback `spt_sddmm` → `spt_softmax` → `spt_spmm` (which holds
 //! B·H·L·topk scores in scratch).
-//! Backward: `spt_bwd_rows` (dq, p, ds) → `spt_key_index` (key-major view) → `spt_bwd_keys` (dk, dv).
+//! Backward: `spt_bwd_rows` (dq, p, ds) → `spt_key_count` → `spt_key_scan` → `spt_key_offsets` → `spt_key_fill`
+//! (key-major view, deterministic, chunks of query rows in parallel) → `spt_bwd_keys` (dk, dv).
 
 pub mod dense;
 pub mod kernels;
@@ -16,8 +17,8 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 use dense::{dense_attend_fwd, dense_bwd_keys, dense_bwd_rows};
 use kernels::{
-    SptConfig, pq_encode, spt_attend_fwd, spt_bwd_keys, spt_bwd_rows, spt_key_index, spt_sddmm,
-    spt_select, spt_softmax, spt_spmm,
+    KEY_CHUNK, SptConfig, pq_encode, spt_attend_fwd, spt_bwd_keys, spt_bwd_rows, spt_key_count,
+    spt_key_fill, spt_key_offsets, spt_key_scan, spt_sddmm, spt_select, spt_softmax, spt_spmm,
 };
 use kernels_ir::pattern::{Pattern, Selector};
 use kernels_ir::{KernelSpec, OpKind};
@@ -86,6 +87,32 @@ impl SptPlan {
     /// (i32) and the per-row log-sum-exp (f32). Dense attention keeps `B·H·L·L` probabilities.
     pub fn saved_bytes(&self) -> usize {
         self.rows() * (self.cfg.topk as usize * 4 + 4)
+    }
+}
+
+impl SptPlan {
+    /// Bytes the launchers allocate and release within one call, at most (the larger of the two
+    /// calls): forward's PQ codes of q and k (and the unfused chain's scores), backward's
+    /// probabilities, score gradients and per-head key index. With the inputs, the saved tensors
+    /// and the gradients this is the peak a training step holds on the device.
+    pub fn scratch_bytes(&self) -> usize {
+        let rows = self.rows();
+        let kept = rows * self.cfg.topk as usize;
+        let heads = self.b * self.h;
+        let fwd = rows * self.cfg.s as usize * 4 * 2 + if self.fused { 0 } else { kept * 4 };
+        let bwd = kept * 4 * 3 + heads * (self.l + 1 + self.key_chunks() * self.l) * 4;
+        fwd.max(bwd)
+    }
+
+    /// Chunks of [`KEY_CHUNK`] query rows per head in the key-major index.
+    pub fn key_chunks(&self) -> usize {
+        self.l.div_ceil(KEY_CHUNK as usize)
+    }
+
+    /// Bytes [`dense_forward_backward`] allocates and releases within the call: the per-row
+    /// log-sum-exp and the per-row `rowsum(dout ⊙ out)`.
+    pub fn dense_scratch_bytes(&self) -> usize {
+        self.rows() * 4 * 2
     }
 }
 
@@ -258,17 +285,46 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
         l as u32,
         cfg,
     );
+    // Key-major view of the kept set in four passes (see `spt_key_count`): chunk counts, per-key
+    // scan over chunks, per-head scan over keys, ordered fill.
+    let chunks = plan.key_chunks();
     let offsets = client.empty(heads * (l + 1) * 4);
-    let cursor = client.empty(heads * l * 4);
+    let counts = client.empty(heads * chunks * l * 4);
     let entries = client.empty(kept * 4);
+    let (ccount, cdim) = rows_count(client, heads * chunks);
+    spt_key_count::launch::<R>(
+        client,
+        ccount.clone(),
+        cdim,
+        arr(&saved.indices, kept),
+        arr(&counts, heads * chunks * l),
+        l as u32,
+        cfg.topk,
+    );
+    let (kcount, kdim) = rows_count(client, heads * l);
+    spt_key_scan::launch::<R>(
+        client,
+        kcount,
+        kdim,
+        arr(&counts, heads * chunks * l),
+        arr(&offsets, heads * (l + 1)),
+        l as u32,
+    );
     let (hcount, hdim) = rows_count(client, heads);
-    spt_key_index::launch::<R>(
+    spt_key_offsets::launch::<R>(
         client,
         hcount,
         hdim,
-        arr(&saved.indices, kept),
         arr(&offsets, heads * (l + 1)),
-        arr(&cursor, heads * l),
+        l as u32,
+    );
+    spt_key_fill::launch::<R>(
+        client,
+        ccount,
+        cdim,
+        arr(&saved.indices, kept),
+        arr(&counts, heads * chunks * l),
+        arr(&offsets, heads * (l + 1)),
         arr(&entries, kept),
         l as u32,
         cfg.topk,

@@ -7,7 +7,9 @@
 //! What it is not: the kernels (`sparsecube-codegen`) or the meaning of an op
 //! (`kernels_ir::reference`, which every device path is tested against).
 
+pub mod bench;
 mod execute;
+pub mod selftest;
 
 use cubecl::cuda::{CudaDevice, CudaRuntime};
 use cubecl::prelude::*;
@@ -81,6 +83,9 @@ pub enum RuntimeError {
     /// The spec cannot run on generated kernels yet, or is invalid.
     #[error(transparent)]
     Lower(#[from] sparsecube_codegen::LowerError),
+    /// The spec does not verify.
+    #[error(transparent)]
+    Spec(#[from] kernels_ir::VerifyErrors),
     /// The inputs do not fit the spec.
     #[error(transparent)]
     Reference(#[from] kernels_ir::reference::ReferenceError),

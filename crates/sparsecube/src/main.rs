@@ -1,8 +1,10 @@
 //! `sparsecube`: run one sparse op on safetensors files, check IR text files, and the demo that
 //! runs every method's reference op on a default problem.
 
+mod bench;
 mod demo;
 mod io;
+mod selftest;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -114,6 +116,52 @@ enum Command {
     },
     /// List the devices present: CUDA, wgpu adapters, the reference executor.
     Devices,
+    /// Compare every generated kernel (forward and backward) with the reference executor on
+    /// random shapes, on one device; exits non-zero when any case fails.
+    Selftest {
+        /// Where the kernels run (auto: CUDA, else wgpu).
+        #[arg(long, value_enum, default_value_t = Device::Auto)]
+        device: Device,
+        /// Random cases (each runs forward and backward).
+        #[arg(long, default_value_t = 48)]
+        cases: usize,
+        /// Longest sequence length drawn; from 256 on, fixed cases at L = 512 and 389 (D = 64)
+        /// join, in every dtype.
+        #[arg(long, default_value_t = 300)]
+        max_len: usize,
+        /// Seed of the case draw.
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+        /// Only two small fixed cases per dtype that launch every kernel once (what
+        /// compute-sanitizer runs over).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Time the kernels of a benchmark suite on one device (median of repeated forward + backward
+    /// steps, peak device memory), as a table or JSON.
+    Bench {
+        /// The suite: `paper` (the published shapes; see benches/torch_baselines.py).
+        #[arg(long, default_value = "paper")]
+        suite: String,
+        /// Where the kernels run (auto: CUDA, else wgpu).
+        #[arg(long, value_enum, default_value_t = Device::Auto)]
+        device: Device,
+        /// Problem sizes.
+        #[arg(long, value_enum, default_value_t = bench::Scale::Full)]
+        scale: bench::Scale,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Timed steps.
+        #[arg(long, default_value_t = 20)]
+        repeats: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Print the suite's workloads (JSON) and run nothing; needs no device.
+        #[arg(long)]
+        list: bool,
+    },
     /// Run every method's reference op (forward + backward) on a built-in problem and print a
     /// table of shapes, FLOPs and kept entries against dense.
     Demo {
@@ -154,6 +202,43 @@ fn main() -> ExitCode {
             resources,
         ),
         Command::Devices => devices(),
+        Command::Selftest {
+            device,
+            cases,
+            max_len,
+            seed,
+            quick,
+        } => open_kernel_device(device).and_then(|dev| {
+            selftest::run(
+                &dev,
+                &selftest::Options {
+                    cases,
+                    max_len: max_len.max(1),
+                    seed,
+                    quick,
+                },
+            )
+        }),
+        Command::Bench {
+            suite,
+            device,
+            scale,
+            warmup,
+            repeats,
+            json,
+            list,
+        } => {
+            if suite != "paper" {
+                Err(anyhow::anyhow!(
+                    "unknown suite `{suite}`: the suites are `paper`"
+                ))
+            } else if list {
+                bench::run(None, scale, warmup, repeats, json, true)
+            } else {
+                open_kernel_device(device)
+                    .and_then(|dev| bench::run(Some(&dev), scale, warmup, repeats, json, false))
+            }
+        }
         Command::Demo { seed } => demo::run(seed),
     };
     match result {
@@ -280,6 +365,13 @@ fn gen_sources(
         }
         (None, None) => bail!("give an OP or --file"),
     };
+    if let Some(cuda) = &toolchain {
+        let (major, minor) = cuda.nvrtc_version()?;
+        println!(
+            "# {cuda:?}: NVRTC {major}.{minor}, ptxas {}",
+            cuda.ptxas_version()?
+        );
+    }
     let target = match target {
         GenTarget::Cuda => Target::Cuda,
         GenTarget::Wgsl => Target::Wgsl,
@@ -297,6 +389,18 @@ fn gen_sources(
         }
     }
     Ok(())
+}
+
+/// The device generated kernels run on: `auto` is CUDA, else wgpu (never the reference).
+fn open_kernel_device(device: Device) -> Result<sparsecube_runtime::Device> {
+    Ok(match device {
+        Device::Auto => sparsecube_runtime::cuda().or_else(|_| sparsecube_runtime::wgpu())?,
+        Device::Cuda => sparsecube_runtime::cuda()?,
+        Device::Wgpu => sparsecube_runtime::wgpu()?,
+        Device::Reference => bail!(
+            "the reference executor runs no generated kernels: give --device cuda, wgpu or auto"
+        ),
+    })
 }
 
 fn devices() -> Result<()> {

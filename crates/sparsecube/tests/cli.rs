@@ -738,7 +738,10 @@ fn gen_prints_cuda_and_wgsl_without_a_gpu() {
         "spt_select_f_f32",
         "spt_attend_fwd_f_f32",
         "spt_bwd_rows_f_f32",
-        "spt_key_index",
+        "spt_key_count",
+        "spt_key_scan",
+        "spt_key_offsets",
+        "spt_key_fill",
         "spt_bwd_keys_f_f32",
     ] {
         assert!(
@@ -752,7 +755,7 @@ fn gen_prints_cuda_and_wgsl_without_a_gpu() {
         String::from_utf8_lossy(&wgsl.stdout)
             .matches("@compute")
             .count(),
-        6
+        9
     );
 
     let dir = tempfile::tempdir().unwrap();
@@ -817,11 +820,17 @@ fn gen_resources_reports_ptxas_numbers_or_says_what_is_missing() {
     if std::env::var_os("SPARSECUBE_CUDA_WHEELS").is_some() {
         assert!(o.status.success(), "{}", stderr(&o));
         let text = String::from_utf8_lossy(&o.stdout);
+        // pq_encode, spt_select, spt_attend_fwd, spt_bwd_rows, four key-index passes,
+        // spt_bwd_keys; after a header naming the NVRTC and ptxas versions.
         assert_eq!(
             text.lines()
                 .filter(|l| l.contains(" registers, ") && l.contains("spill stores/loads"))
                 .count(),
-            6,
+            9,
+            "{text}"
+        );
+        assert!(
+            text.lines().next().is_some_and(|l| l.contains("NVRTC 13.")),
             "{text}"
         );
     } else {
@@ -847,4 +856,166 @@ fn gen_resources_reports_ptxas_numbers_or_says_what_is_missing() {
         "{}",
         stderr(&o)
     );
+}
+
+/// Whether the wgpu adapter is present; fails when SPARSECUBE_REQUIRE_WGPU is set and it is not.
+fn wgpu_present(test: &str) -> bool {
+    let devices = String::from_utf8_lossy(&run(&["devices"]).stdout).into_owned();
+    let present = devices
+        .lines()
+        .any(|l| l.starts_with("wgpu") && l.contains("present"));
+    if !present {
+        assert!(
+            std::env::var_os("SPARSECUBE_REQUIRE_WGPU").is_none(),
+            "SPARSECUBE_REQUIRE_WGPU is set but:\n{devices}"
+        );
+        eprintln!("SKIPPED {test}: no wgpu adapter\n{devices}");
+    }
+    present
+}
+
+#[test]
+fn selftest_compares_every_case_on_wgpu_and_refuses_the_reference() {
+    let o = run(&["selftest", "--device", "reference"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("give --device cuda, wgpu or auto"),
+        "{}",
+        stderr(&o)
+    );
+    if !wgpu_present("selftest_on_wgpu") {
+        return;
+    }
+    let o = run(&[
+        "selftest",
+        "--device",
+        "wgpu",
+        "--cases",
+        "3",
+        "--max-len",
+        "70",
+        "--seed",
+        "5",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    // 3 random sparse cases + 4 dense-baseline cases, each a line with its errors.
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("ok   [")).count(),
+        7,
+        "{out}"
+    );
+    assert!(out.contains("selftest passed: 7 case(s)"), "{out}");
+    let o = run(&["selftest", "--device", "wgpu", "--quick"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    // Two fixed cases per dtype the adapter stores (f32, f16) + one dense baseline.
+    assert!(out.contains("selftest passed: 5 case(s)"), "{out}");
+}
+
+#[test]
+fn bench_lists_the_paper_suite_and_times_the_attention_kernels() {
+    let o = run(&["bench", "--suite", "nope", "--list"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("unknown suite `nope`: the suites are `paper`"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["bench", "--list", "--scale", "tiny"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ids: Vec<&str> = list["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap())
+        .collect();
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "ids are join keys: {ids:?}");
+    assert!(
+        ids.contains(&"attention/B1-H2-L64-D32-topk8/f32"),
+        "{ids:?}"
+    );
+    let o = run(&["bench", "--list"]);
+    let full: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let layer = full["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["kind"] == "spt-layer")
+        .unwrap();
+    // The SPT paper's layer.
+    for (k, v) in [
+        ("B", 16),
+        ("L", 512),
+        ("d_model", 2048),
+        ("H", 32),
+        ("d_ff", 8192),
+    ] {
+        assert_eq!(layer["dims"][k], v, "{layer}");
+    }
+
+    if !wgpu_present("bench_on_wgpu") {
+        return;
+    }
+    let o = run(&[
+        "bench",
+        "--device",
+        "wgpu",
+        "--scale",
+        "tiny",
+        "--warmup",
+        "0",
+        "--repeats",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let results = doc["results"].as_array().unwrap();
+    let find = |w: &str, i: &str| {
+        results
+            .iter()
+            .find(|r| r["workload"] == w && r["impl"] == i)
+            .unwrap_or_else(|| panic!("no {w} / {i} in {doc}"))
+    };
+    let (b, h, l, d, topk) = (1u64, 2, 64, 32, 8);
+    let sparse = find("attention/B1-H2-L64-D32-topk8/f32", "sparsecube-spt-sparse");
+    assert_eq!(sparse["status"], "ok", "{sparse}");
+    assert!(sparse["median_ms"].as_f64().unwrap() > 0.0, "{sparse}");
+    // Kept for backward: i32 indices and an f32 log-sum-exp per row.
+    assert_eq!(
+        sparse["saved_bytes"],
+        b * h * l * (topk * 4 + 4),
+        "{sparse}"
+    );
+    // At least q, k, v, dout, out, dq, dk, dv are alive at the peak.
+    let tensor = b * h * l * d * 4;
+    assert!(
+        sparse["peak_bytes"].as_u64().unwrap() >= 8 * tensor,
+        "{sparse}"
+    );
+    let dense = find("attention/B1-H2-L64-D32-topk8/f32", "sparsecube-dense");
+    assert_eq!(dense["status"], "ok", "{dense}");
+    assert_eq!(dense["saved_bytes"], b * h * l * 4, "{dense}");
+    // WGSL has no bf16: the row says so instead of a number.
+    let bf16 = find(
+        "attention/B1-H2-L64-D32-topk8/bf16",
+        "sparsecube-spt-sparse",
+    );
+    assert!(
+        bf16["status"]
+            .as_str()
+            .unwrap()
+            .contains("cannot store bf16"),
+        "{bf16}"
+    );
+    let ffn = find(
+        "ffn/T64-d_model64-d_ff256-blocks4-r2/bf16",
+        "sparsecube-routed-ffn",
+    );
+    assert_eq!(ffn["status"], "not implemented yet (issue 4)");
 }

@@ -1,0 +1,181 @@
+//! Timing and device memory of the generated kernels on one device: what `sparsecube bench`
+//! reports and `scripts/device-check.sh` joins with the PyTorch baselines.
+//!
+//! Time: the median (and min, max) wall time of `repeats` training steps (forward + backward,
+//! each followed by a device synchronisation) after `warmup` steps, so compilation and the
+//! allocator's first reservations stay out. Memory: the device allocator's bytes in use while
+//! every tensor of the step is alive (inputs, saved tensors, outputs, gradients) plus the scratch
+//! the launchers allocate and release within a call (exact, from the plan): the counterpart of
+//! `torch.cuda.max_memory_allocated` over a step.
+
+use crate::{Device, RuntimeError};
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+use kernels_ir::reference::rng::SplitMix64;
+use kernels_ir::{DType, KernelSpec, OpKind};
+use sparsecube_codegen::spt::{self, SptPlan};
+use std::time::Instant;
+
+/// What one benchmarked step measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Measured {
+    /// Median step time, ms.
+    pub median_ms: f64,
+    /// Fastest step, ms.
+    pub min_ms: f64,
+    /// Slowest step, ms.
+    pub max_ms: f64,
+    /// Timed steps.
+    pub repeats: usize,
+    /// Peak device bytes of a step (see the module docs).
+    pub peak_bytes: u64,
+    /// Bytes kept between forward and backward besides the inputs and the output.
+    pub saved_bytes: u64,
+}
+
+/// Which attention is timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attention {
+    /// SPT sparse attention (PQ top-k), the spec's schedule.
+    Sparse,
+    /// Dense attention in the same kernel style (every key kept; per-row log-sum-exp saved).
+    Dense,
+}
+
+fn median_min_max(mut times: Vec<f64>) -> (f64, f64, f64) {
+    times.sort_by(f64::total_cmp);
+    (times[times.len() / 2], times[0], times[times.len() - 1])
+}
+
+/// Times `which` attention, forward + backward, at the sizes and dtype of `spec` (an
+/// `spt-attention` spec) on `device`, on N(0, 1) inputs from `seed`.
+pub fn attention(
+    device: &Device,
+    spec: &KernelSpec,
+    which: Attention,
+    warmup: usize,
+    repeats: usize,
+    seed: u64,
+) -> Result<Measured, RuntimeError> {
+    if spec.op != OpKind::SptAttention {
+        return Err(sparsecube_codegen::LowerError::Unsupported {
+            op: spec.op,
+            what: "the attention bench (it times spt-attention)".into(),
+        }
+        .into());
+    }
+    match (device, spec.dtype) {
+        (Device::Cuda(c), DType::F32) => {
+            attention_on::<_, f32>(c, "cuda", spec, which, warmup, repeats, seed)
+        }
+        (Device::Cuda(c), DType::F16) => {
+            attention_on::<_, half::f16>(c, "cuda", spec, which, warmup, repeats, seed)
+        }
+        (Device::Cuda(c), DType::BF16) => {
+            attention_on::<_, half::bf16>(c, "cuda", spec, which, warmup, repeats, seed)
+        }
+        (Device::Wgpu(c), DType::F32) => {
+            attention_on::<_, f32>(c, "wgpu", spec, which, warmup, repeats, seed)
+        }
+        (Device::Wgpu(c), DType::F16) => {
+            attention_on::<_, half::f16>(c, "wgpu", spec, which, warmup, repeats, seed)
+        }
+        (Device::Reference, _) => Err(RuntimeError::Unavailable {
+            kind: "reference",
+            reason: "the bench times generated kernels: use --device cuda or wgpu".into(),
+        }),
+        (_, dtype) => Err(RuntimeError::Unavailable {
+            kind: device.kind().name(),
+            reason: format!("this adapter cannot store {dtype} (WGSL has no bf16)"),
+        }),
+    }
+}
+
+fn attention_on<R: Runtime, F: crate::execute::HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    spec: &KernelSpec,
+    which: Attention,
+    warmup: usize,
+    repeats: usize,
+    seed: u64,
+) -> Result<Measured, RuntimeError> {
+    let plan = SptPlan::from_spec(spec)?;
+    if !client
+        .properties()
+        .supports_type(F::as_type_native_unchecked())
+    {
+        return Err(RuntimeError::Unavailable {
+            kind,
+            reason: format!("this adapter cannot store {}", spec.dtype),
+        });
+    }
+    let mut rng = SplitMix64::new(seed);
+    let d = plan.cfg.d as usize;
+    let n = plan.rows() * d;
+    let mut upload = |len: usize| -> Handle {
+        let v: Vec<F> = (0..len).map(|_| F::from_f64(rng.normal())).collect();
+        client.create_from_slice(F::as_bytes(&v))
+    };
+    let [q, k, v, dout] = [n; 4].map(&mut upload);
+    let codebook = upload((d / plan.cfg.dc as usize) * plan.cfg.e as usize * plan.cfg.dc as usize);
+    let sync = || {
+        cubecl::future::block_on(client.sync()).map_err(|e| RuntimeError::Device {
+            kind,
+            message: format!("{e:?}"),
+        })
+    };
+    let in_use = || -> Result<u64, RuntimeError> {
+        client
+            .memory_usage()
+            .map(|u| u.bytes_in_use)
+            .map_err(|e| RuntimeError::Device {
+                kind,
+                message: format!("{e:?}"),
+            })
+    };
+    // One step; returns the bytes in use while everything of the step is alive.
+    let step = || -> Result<u64, RuntimeError> {
+        match which {
+            Attention::Sparse => {
+                let saved = spt::forward::<R, F>(client, &plan, &q, &k, &v, &codebook);
+                let grads = spt::backward::<R, F>(client, &plan, &q, &k, &v, &saved, &dout);
+                sync()?;
+                let bytes = in_use()? + plan.scratch_bytes() as u64;
+                drop((saved, grads));
+                Ok(bytes)
+            }
+            Attention::Dense => {
+                let (out, grads) =
+                    spt::dense_forward_backward::<R, F>(client, &plan, &q, &k, &v, &dout);
+                sync()?;
+                let bytes = in_use()? + plan.dense_scratch_bytes() as u64;
+                drop((out, grads));
+                Ok(bytes)
+            }
+        }
+    };
+    let mut peak = 0;
+    for _ in 0..warmup {
+        peak = peak.max(step()?);
+    }
+    let mut times = Vec::with_capacity(repeats.max(1));
+    for _ in 0..repeats.max(1) {
+        let t = Instant::now();
+        peak = peak.max(step()?);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let (median_ms, min_ms, max_ms) = median_min_max(times);
+    let saved_bytes = match which {
+        Attention::Sparse => plan.saved_bytes(),
+        Attention::Dense => plan.rows() * 4,
+    } as u64;
+    Ok(Measured {
+        median_ms,
+        min_ms,
+        max_ms,
+        repeats: repeats.max(1),
+        peak_bytes: peak,
+        saved_bytes,
+    })
+}

@@ -1,0 +1,338 @@
+//! The device self-test: every generated kernel, forward and backward, against the reference
+//! executor on random shapes, on whichever device is given. The proptest suite (`tests/it`) and
+//! `sparsecube selftest` (the check run on a lent GPU) both go through [`check_spt`] and
+//! [`check_dense`], so the GPU is held to exactly what CI holds lavapipe to.
+//!
+//! Inputs are drawn in f64, rounded through the storage dtype, and handed unchanged to both sides;
+//! the reference computes in f64 on those rounded values. Tolerances (norm-wise relative error):
+//! 1e-5 for f32 storage, 1e-2 for f16/bf16 storage (f32 accumulation in both).
+
+use crate::{Device, RuntimeError};
+use kernels_ir::pattern::{Pattern, PqTopK, Selector, TopK};
+use kernels_ir::reference::rng::SplitMix64;
+use kernels_ir::reference::{self, Tensor, TensorMap, Value};
+use kernels_ir::{DType, Direction, KernelSpec, OpKind, Schedule};
+use std::fmt;
+
+/// One SPT attention problem: sizes, pattern flags, schedule, storage dtype and input seed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SptCase {
+    /// Batch.
+    pub b: usize,
+    /// Heads.
+    pub h: usize,
+    /// Sequence length.
+    pub l: usize,
+    /// Head dimension (a multiple of 8: the PQ sub-vector length).
+    pub d: usize,
+    /// Kept keys per query.
+    pub topk: usize,
+    /// Causal candidates only (key ≤ query).
+    pub causal: bool,
+    /// Scores clamped to ±10 (with a zero gradient outside).
+    pub clamp: bool,
+    /// `pq-adc` selection (else `pq-match`).
+    pub adc: bool,
+    /// The fused forward kernel (else the SDDMM → softmax → SpMM chain).
+    pub fused: bool,
+    /// Storage dtype of q, k, v, codebook, dout and the outputs.
+    pub dtype: DType,
+    /// Seed of the inputs.
+    pub seed: u64,
+}
+
+impl fmt::Display for SptCase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "B={} H={} L={} D={} topk={} {}{}{} {} {} seed={}",
+            self.b,
+            self.h,
+            self.l,
+            self.d,
+            self.topk,
+            if self.causal { "causal " } else { "" },
+            if self.clamp { "clamp " } else { "" },
+            if self.adc { "pq-adc" } else { "pq-match" },
+            if self.fused { "fused" } else { "unfused" },
+            self.dtype,
+            self.seed
+        )
+    }
+}
+
+impl SptCase {
+    /// A random case with L in 1..=`max_l` (so L is rarely a multiple of any tile), topk in
+    /// 1..=min(L, 13) (rarely a power of two; with `causal`, the first rows have fewer than topk
+    /// candidates), D ∈ {16, 32, 64}, every flag drawn, and the dtype drawn from `dtypes`.
+    pub fn draw(rng: &mut SplitMix64, max_l: usize, dtypes: &[DType]) -> Self {
+        let mut pick = |n: usize| rng.below(n.max(1));
+        let l = 1 + pick(max_l);
+        let d = [16, 32, 64][pick(3)];
+        let topk = 1 + pick(l.min(13));
+        let (b, h) = (1 + pick(2), 1 + pick(2));
+        let [causal, clamp, adc, fused] = [(); 4].map(|_| pick(2) == 1);
+        let dtype = dtypes[pick(dtypes.len())];
+        Self {
+            b,
+            h,
+            l,
+            d,
+            topk,
+            causal,
+            clamp,
+            adc,
+            fused,
+            dtype,
+            seed: rng.next_u64(),
+        }
+    }
+
+    /// The spec of this case in `direction`.
+    pub fn spec(&self, direction: Direction) -> Result<KernelSpec, RuntimeError> {
+        let selector = if self.adc {
+            Selector::PqAdc
+        } else {
+            Selector::PqMatch
+        };
+        KernelSpec::builder("spt", OpKind::SptAttention)
+            .dims([("B", self.b), ("H", self.h), ("L", self.l), ("D", self.d)])
+            .pattern(Pattern::PqTopK(PqTopK {
+                topk: TopK::Fixed(self.topk),
+                causal: self.causal,
+                clamp: self.clamp,
+                selector,
+                ..PqTopK::default()
+            }))
+            .dtype(self.dtype)
+            .direction(direction)
+            .schedule(Schedule {
+                fused: self.fused,
+                ..Schedule::default()
+            })
+            .build()
+            .map_err(RuntimeError::Spec)
+    }
+
+    /// `q`, `k`, `v`, `codebook` and `dout`, N(0, 1) (q, k and the codebook N(0, 9) with clamp on,
+    /// so that some scores pass ±10), rounded through the storage dtype.
+    pub fn inputs(&self) -> TensorMap {
+        let mut rng = SplitMix64::new(self.seed);
+        let shape = [self.b, self.h, self.l, self.d];
+        let std = if self.clamp { 3.0 } else { 1.0 };
+        let mut m = TensorMap::new();
+        for (name, s) in [("q", std), ("k", std), ("v", 1.0), ("dout", 1.0)] {
+            let t = round_to(&rng.normal_tensor(&shape, s), self.dtype);
+            m.insert(name.into(), Value::F(t));
+        }
+        let cb = rng.normal_tensor(&[self.d / 8, 16, 8], std);
+        m.insert("codebook".into(), Value::F(round_to(&cb, self.dtype)));
+        m
+    }
+}
+
+/// Rounds every value through the storage dtype, so host reference and device see equal inputs.
+pub fn round_to(t: &Tensor, dtype: DType) -> Tensor {
+    let r = |v: f64| match dtype {
+        DType::F16 => half::f16::from_f64(v).to_f64(),
+        DType::BF16 => half::bf16::from_f64(v).to_f64(),
+        _ => f64::from(v as f32),
+    };
+    Tensor {
+        shape: t.shape.clone(),
+        data: t.data.iter().map(|&v| r(v)).collect(),
+    }
+}
+
+/// ‖a − b‖₂ / max(‖b‖₂, floor); NaN when either side holds a NaN or the lengths differ.
+pub fn rel_err(a: &[f64], b: &[f64], floor: f64) -> f64 {
+    if a.len() != b.len() {
+        return f64::NAN;
+    }
+    let diff: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>();
+    let norm: f64 = b.iter().map(|y| y * y).sum::<f64>();
+    diff.sqrt() / norm.sqrt().max(floor)
+}
+
+/// The relative error a storage dtype is held to.
+pub fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 1e-5,
+        _ => 1e-2,
+    }
+}
+
+/// One compared output.
+#[derive(Clone, Debug)]
+pub struct Compared {
+    /// Output name (`out`, `dq`, …).
+    pub name: &'static str,
+    /// Norm-wise relative error against the reference.
+    pub error: f64,
+    /// What it is held to.
+    pub tolerance: f64,
+}
+
+/// What one case measured.
+#[derive(Clone, Debug)]
+pub struct CaseReport {
+    /// The case, as text.
+    pub case: String,
+    /// Selected key slots that differ from the reference's (0 where indices are not compared).
+    pub index_mismatches: usize,
+    /// Every compared floating-point output.
+    pub outputs: Vec<Compared>,
+}
+
+impl CaseReport {
+    /// Indices identical and every error within its tolerance (a NaN fails).
+    pub fn passed(&self) -> bool {
+        self.index_mismatches == 0
+            && self
+                .outputs
+                .iter()
+                .all(|c| c.error.is_finite() && c.error <= c.tolerance)
+    }
+}
+
+impl fmt::Display for CaseReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} [{}]: indices {}",
+            if self.passed() { "ok  " } else { "FAIL" },
+            self.case,
+            if self.index_mismatches == 0 {
+                "equal".to_string()
+            } else {
+                format!("{} differ", self.index_mismatches)
+            }
+        )?;
+        for c in &self.outputs {
+            let mark = if c.error.is_finite() && c.error <= c.tolerance {
+                ""
+            } else {
+                " (over)"
+            };
+            write!(f, ", {} {:.2e}/{:.0e}{mark}", c.name, c.error, c.tolerance)?;
+        }
+        Ok(())
+    }
+}
+
+fn values(m: &TensorMap, name: &str) -> Result<Vec<f64>, RuntimeError> {
+    match m.get(name) {
+        Some(Value::F(t)) => Ok(t.data.clone()),
+        Some(Value::I(t)) => Ok(t.data.iter().map(|&v| v as f64).collect()),
+        None => Err(RuntimeError::Device {
+            kind: "selftest",
+            message: format!("the run returned no `{name}`"),
+        }),
+    }
+}
+
+/// Runs `case` forward and backward on `device` and on the reference executor and compares:
+/// selected indices exactly, `out`, `dq`, `dk`, `dv` within [`tolerance`].
+pub fn check_spt(device: &Device, case: &SptCase) -> Result<CaseReport, RuntimeError> {
+    let mut ins = case.inputs();
+    let dout = ins.remove("dout").expect("inputs() draws dout");
+    let tol = tolerance(case.dtype);
+    let mut report = CaseReport {
+        case: case.to_string(),
+        index_mismatches: 0,
+        outputs: Vec::new(),
+    };
+
+    let fwd = case.spec(Direction::Forward)?;
+    let want = reference::run(&fwd, &ins)?;
+    let got = crate::run(device, &fwd, &ins)?;
+    let (gi, wi) = (values(&got, "indices")?, values(&want, "indices")?);
+    report.index_mismatches = if gi.len() == wi.len() {
+        gi.iter().zip(&wi).filter(|(a, b)| a != b).count()
+    } else {
+        wi.len().max(1)
+    };
+    report.outputs.push(Compared {
+        name: "out",
+        error: rel_err(&values(&got, "out")?, &values(&want, "out")?, 1e-12),
+        tolerance: tol,
+    });
+
+    ins.insert("dout".into(), dout);
+    let bwd = case.spec(Direction::Backward)?;
+    let want = reference::run(&bwd, &ins)?;
+    let got = crate::run(device, &bwd, &ins)?;
+    for name in ["dq", "dk", "dv"] {
+        report.outputs.push(Compared {
+            name,
+            error: rel_err(&values(&got, name)?, &values(&want, name)?, 1e-12),
+            tolerance: tol,
+        });
+    }
+    Ok(report)
+}
+
+/// The dense attention baseline on `device` against the reference with every candidate kept
+/// (topk = L, `pq-match`, f32): `out`, `dq`, `dk`, `dv` within 1e-5.
+pub fn check_dense(device: &Device, case: &SptCase) -> Result<CaseReport, RuntimeError> {
+    let case = SptCase {
+        topk: case.l,
+        adc: false,
+        dtype: DType::F32,
+        ..case.clone()
+    };
+    let ins = case.inputs();
+    let mut fwd_ins = ins.clone();
+    fwd_ins.remove("dout");
+    let want_fwd = reference::run(&case.spec(Direction::Forward)?, &fwd_ins)?;
+    let want_bwd = reference::run(&case.spec(Direction::Backward)?, &ins)?;
+    let got = crate::dense_attention(device, &case.spec(Direction::Forward)?, &ins)?;
+    let mut outputs = Vec::new();
+    for (name, want) in [
+        ("out", &want_fwd),
+        ("dq", &want_bwd),
+        ("dk", &want_bwd),
+        ("dv", &want_bwd),
+    ] {
+        outputs.push(Compared {
+            name,
+            error: rel_err(&values(&got, name)?, &values(want, name)?, 1e-12),
+            tolerance: tolerance(DType::F32),
+        });
+    }
+    Ok(CaseReport {
+        case: format!("dense baseline {case}"),
+        index_mismatches: 0,
+        outputs,
+    })
+}
+
+/// Two fixed small cases that between them launch every SPT kernel once (fused forward with
+/// `pq-adc`, the unfused chain with `pq-match`; both backward): what the memory and race
+/// checkers run over.
+pub fn quick_cases(dtype: DType) -> [SptCase; 2] {
+    let base = SptCase {
+        b: 1,
+        h: 2,
+        l: 37,
+        d: 32,
+        topk: 5,
+        causal: true,
+        clamp: true,
+        adc: true,
+        fused: true,
+        dtype,
+        seed: 7,
+    };
+    [
+        base.clone(),
+        SptCase {
+            causal: false,
+            clamp: false,
+            adc: false,
+            fused: false,
+            seed: 8,
+            ..base
+        },
+    ]
+}

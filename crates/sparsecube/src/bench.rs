@@ -1,0 +1,254 @@
+//! `sparsecube bench`: the benchmark suites, on one device, as a table or JSON.
+//!
+//! The `paper` suite holds the shapes of the published settings (the SPT paper's layer: d_model
+//! 2048, 32 heads, d_ff 8192, sequence 512, batch 16) for every workload that
+//! `benches/torch_baselines.py` times with PyTorch; `scripts/device-check.sh` joins the two JSON
+//! files by workload id into one table of ratios. Workloads whose kernels do not exist yet are
+//! listed with that status, so the table shows the gap instead of hiding it.
+
+use anyhow::{Result, bail};
+use kernels_ir::pattern::{Pattern, PqTopK, TopK};
+use kernels_ir::{DType, KernelSpec, OpKind};
+use serde_json::{Value as Json, json};
+use sparsecube_runtime::Device;
+use sparsecube_runtime::bench::{self, Attention, Measured};
+
+/// Problem sizes of a suite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scale {
+    /// The published shapes (needs a GPU).
+    Full,
+    /// Small shapes with the same structure, for CPU adapters and CI.
+    Tiny,
+}
+
+/// One benchmarked problem.
+pub struct Workload {
+    /// Stable id, the join key with the PyTorch baselines.
+    pub id: String,
+    /// attention | ffn | monarch | sara-linear | pst-linear | spt-layer.
+    pub kind: &'static str,
+    /// Sizes by name.
+    pub dims: Vec<(&'static str, usize)>,
+    /// Storage dtype.
+    pub dtype: DType,
+}
+
+impl Workload {
+    fn dim(&self, name: &str) -> usize {
+        self.dims
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("workload {} has no dim {name}", self.id))
+    }
+
+    fn to_json(&self) -> Json {
+        let dims: serde_json::Map<String, Json> = self
+            .dims
+            .iter()
+            .map(|(n, v)| ((*n).to_string(), json!(v)))
+            .collect();
+        json!({"id": self.id, "kind": self.kind, "dims": dims, "dtype": self.dtype.to_string()})
+    }
+}
+
+fn workload(kind: &'static str, dims: &[(&'static str, usize)], dtype: DType) -> Workload {
+    let shape: Vec<String> = dims.iter().map(|(n, v)| format!("{n}{v}")).collect();
+    Workload {
+        id: format!("{kind}/{}/{dtype}", shape.join("-")),
+        kind,
+        dims: dims.to_vec(),
+        dtype,
+    }
+}
+
+/// The `paper` suite at `scale`.
+pub fn paper(scale: Scale) -> Vec<Workload> {
+    use DType::{BF16, F32};
+    let (b, h, l, d, long_b, long_l, t, dm, dff, n) = match scale {
+        Scale::Full => (16, 32, 512, 64, 2, 2048, 8192, 2048, 8192, 2048),
+        Scale::Tiny => (1, 2, 64, 32, 1, 128, 64, 64, 256, 64),
+    };
+    vec![
+        workload(
+            "attention",
+            &[("B", b), ("H", h), ("L", l), ("D", d), ("topk", l / 8)],
+            F32,
+        ),
+        workload(
+            "attention",
+            &[("B", b), ("H", h), ("L", l), ("D", d), ("topk", l / 8)],
+            BF16,
+        ),
+        workload(
+            "attention",
+            &[
+                ("B", long_b),
+                ("H", h),
+                ("L", long_l),
+                ("D", d),
+                ("topk", long_l / 8),
+            ],
+            F32,
+        ),
+        workload(
+            "ffn",
+            &[
+                ("T", t),
+                ("d_model", dm),
+                ("d_ff", dff),
+                ("blocks", 4),
+                ("r", 2),
+            ],
+            BF16,
+        ),
+        workload("monarch", &[("T", t), ("n", n), ("blocks", 4)], BF16),
+        workload("sara-linear", &[("T", t), ("in", n), ("out", n)], BF16),
+        workload(
+            "pst-linear",
+            &[("T", t), ("in", n), ("out", n), ("rank", 8)],
+            BF16,
+        ),
+        workload(
+            "spt-layer",
+            &[
+                ("B", b),
+                ("L", l),
+                ("d_model", dm),
+                ("H", h),
+                ("d_ff", dff),
+                ("topk", l / 8),
+                ("blocks", 4),
+                ("r", 2),
+            ],
+            BF16,
+        ),
+    ]
+}
+
+/// What we run for a workload kind: (implementation, Some(attention) when a kernel exists, or
+/// the issue that builds it).
+fn ours(kind: &str) -> Vec<(&'static str, Result<Attention, &'static str>)> {
+    match kind {
+        "attention" => vec![
+            ("sparsecube-spt-sparse", Ok(Attention::Sparse)),
+            ("sparsecube-dense", Ok(Attention::Dense)),
+        ],
+        "ffn" => vec![(
+            "sparsecube-routed-ffn",
+            Err("not implemented yet (issue 4)"),
+        )],
+        "monarch" => vec![("sparsecube-monarch", Err("not implemented yet (issue 5)"))],
+        "sara-linear" => vec![("sparsecube-sara", Err("not implemented yet (issue 5)"))],
+        "pst-linear" => vec![("sparsecube-pst", Err("not implemented yet (issue 5)"))],
+        _ => vec![(
+            "sparsecube-spt-layer",
+            Err("not implemented yet (issues 4 and 7)"),
+        )],
+    }
+}
+
+fn attention_spec(w: &Workload) -> Result<KernelSpec> {
+    Ok(KernelSpec::builder("bench", OpKind::SptAttention)
+        .dims([
+            ("B", w.dim("B")),
+            ("H", w.dim("H")),
+            ("L", w.dim("L")),
+            ("D", w.dim("D")),
+        ])
+        .pattern(Pattern::PqTopK(PqTopK {
+            topk: TopK::Fixed(w.dim("topk")),
+            ..PqTopK::default()
+        }))
+        .dtype(w.dtype)
+        .build()?)
+}
+
+fn measured_json(m: &Measured) -> Json {
+    json!({
+        "status": "ok",
+        "median_ms": m.median_ms,
+        "min_ms": m.min_ms,
+        "max_ms": m.max_ms,
+        "repeats": m.repeats,
+        "peak_bytes": m.peak_bytes,
+        "saved_bytes": m.saved_bytes,
+    })
+}
+
+/// Runs the `paper` suite on `device` and prints JSON (`json`) or a markdown table.
+pub fn run(
+    device: Option<&Device>,
+    scale: Scale,
+    warmup: usize,
+    repeats: usize,
+    json_out: bool,
+    list: bool,
+) -> Result<()> {
+    let suite = paper(scale);
+    let workloads: Vec<Json> = suite.iter().map(Workload::to_json).collect();
+    if list {
+        let doc = json!({"suite": "paper", "scale": format!("{scale:?}").to_lowercase(), "workloads": workloads});
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    let Some(device) = device else {
+        bail!("bench needs a device (or --list for the suite alone)");
+    };
+    let describe = sparsecube_runtime::describe(device.kind())?;
+    let mut results = Vec::new();
+    for w in &suite {
+        for (name, what) in ours(w.kind) {
+            let mut row = match what {
+                Err(status) => json!({"status": status}),
+                Ok(which) => {
+                    let spec = attention_spec(w)?;
+                    match bench::attention(device, &spec, which, warmup, repeats, 0x5EED) {
+                        Ok(m) => measured_json(&m),
+                        Err(e) => json!({"status": format!("error: {e}")}),
+                    }
+                }
+            };
+            row["workload"] = json!(w.id);
+            row["impl"] = json!(name);
+            if !json_out {
+                eprintln!("{}", row);
+            }
+            results.push(row);
+        }
+    }
+    let doc = json!({
+        "suite": "paper",
+        "scale": format!("{scale:?}").to_lowercase(),
+        "device": describe,
+        "workloads": workloads,
+        "results": results,
+    });
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("| workload | impl | median ms | peak MiB | saved MiB | status |");
+        println!("|---|---|---|---|---|---|");
+        for r in doc["results"].as_array().into_iter().flatten() {
+            let mib = |k: &str| {
+                r[k].as_f64()
+                    .map(|b| format!("{:.1}", b / 1048576.0))
+                    .unwrap_or_else(|| "—".into())
+            };
+            println!(
+                "| {} | {} | {} | {} | {} | {} |",
+                r["workload"].as_str().unwrap_or(""),
+                r["impl"].as_str().unwrap_or(""),
+                r["median_ms"]
+                    .as_f64()
+                    .map(|t| format!("{t:.3}"))
+                    .unwrap_or_else(|| "—".into()),
+                mib("peak_bytes"),
+                mib("saved_bytes"),
+                r["status"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}

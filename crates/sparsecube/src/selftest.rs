@@ -1,0 +1,105 @@
+//! `sparsecube selftest`: every generated kernel, forward and backward, against the reference
+//! executor on random shapes, on one device. The check a lent GPU runs (scripts/device-check.sh);
+//! the same comparison as the wgpu proptests in CI (`sparsecube_runtime::selftest`).
+
+use anyhow::{Result, bail};
+use kernels_ir::DType;
+use kernels_ir::reference::rng::SplitMix64;
+use sparsecube_runtime::selftest::{CaseReport, SptCase, check_dense, check_spt, quick_cases};
+use sparsecube_runtime::{Device, DeviceKind};
+
+/// What to run.
+pub struct Options {
+    /// Random cases per run.
+    pub cases: usize,
+    /// Longest sequence drawn.
+    pub max_len: usize,
+    /// Seed of the case draw.
+    pub seed: u64,
+    /// Only the two fixed cases that launch every kernel once (for compute-sanitizer).
+    pub quick: bool,
+}
+
+/// The storage dtypes `device` can hold: WGSL has no bf16.
+fn dtypes(device: &Device) -> Vec<DType> {
+    match device.kind() {
+        DeviceKind::Wgpu => vec![DType::F32, DType::F16],
+        _ => vec![DType::F32, DType::F16, DType::BF16],
+    }
+}
+
+pub fn run(device: &Device, opts: &Options) -> Result<()> {
+    if device.kind() == DeviceKind::Reference {
+        bail!(
+            "selftest compares generated kernels with the reference executor: give --device cuda or wgpu"
+        );
+    }
+    let dtypes = dtypes(device);
+    let mut cases: Vec<(bool, SptCase)> = Vec::new();
+    if opts.quick {
+        for &dt in &dtypes {
+            cases.extend(quick_cases(dt).into_iter().map(|c| (false, c)));
+        }
+        cases.push((true, quick_cases(DType::F32)[0].clone()));
+    } else {
+        let mut rng = SplitMix64::new(opts.seed);
+        for _ in 0..opts.cases {
+            cases.push((false, SptCase::draw(&mut rng, opts.max_len, &dtypes)));
+        }
+        // Sizes of a real layer's head (and one that no tile divides), every dtype, when the
+        // run reaches such lengths.
+        let large: &[DType] = if opts.max_len >= 256 { &dtypes } else { &[] };
+        for &dt in large {
+            for (l, topk, causal, fused) in [(512, 64, false, true), (389, 48, true, false)] {
+                cases.push((
+                    false,
+                    SptCase {
+                        b: 1,
+                        h: 2,
+                        l,
+                        d: 64,
+                        topk,
+                        causal,
+                        clamp: false,
+                        adc: fused,
+                        fused,
+                        dtype: dt,
+                        seed: rng.next_u64(),
+                    },
+                ));
+            }
+        }
+        for _ in 0..4 {
+            cases.push((true, SptCase::draw(&mut rng, opts.max_len, &[DType::F32])));
+        }
+    }
+    println!(
+        "selftest on {}: {} case(s), SPT attention forward + backward (and the dense baseline) vs the reference executor",
+        sparsecube_runtime::describe(device.kind())?,
+        cases.len()
+    );
+    let mut failed = 0;
+    for (dense, case) in &cases {
+        let report: Result<CaseReport, _> = if *dense {
+            check_dense(device, case)
+        } else {
+            check_spt(device, case)
+        };
+        match report {
+            Ok(r) => {
+                println!("{r}");
+                failed += usize::from(!r.passed());
+            }
+            // A device error fails the case; the others still run.
+            Err(e) => {
+                println!("FAIL [{case}]: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} case(s) failed", cases.len());
+    }
+    println!("selftest passed: {} case(s)", cases.len());
+    Ok(())
+}

@@ -1,0 +1,56 @@
+# The canonical CUDA configs of tests/it/cuda_offline.rs (every dtype), for the GPU machine's own
+# NVRTC + ptxas in scripts/device-check.sh. tests/it/sources.rs checks that they stay equal.
+
+kernel spt_default_f32 {
+  op = spt-attention
+  direction = forward
+  dtype = f32
+  pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
+  dims = (B = 16, H = 32, L = 512, D = 64)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel spt_default_f16 {
+  op = spt-attention
+  direction = forward
+  dtype = f16
+  pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
+  dims = (B = 16, H = 32, L = 512, D = 64)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel spt_default_bf16 {
+  op = spt-attention
+  direction = forward
+  dtype = bf16
+  pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
+  dims = (B = 16, H = 32, L = 512, D = 64)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel spt_variant_f32 {
+  op = spt-attention
+  direction = forward
+  dtype = f32
+  pattern = pq-topk(topk = 24, selector = pq-adc, causal = true, clamp = true, sub_dim = 8, codewords = 16)
+  dims = (B = 16, H = 32, L = 512, D = 32)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = false)
+}
+
+kernel spt_variant_f16 {
+  op = spt-attention
+  direction = forward
+  dtype = f16
+  pattern = pq-topk(topk = 24, selector = pq-adc, causal = true, clamp = true, sub_dim = 8, codewords = 16)
+  dims = (B = 16, H = 32, L = 512, D = 32)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = false)
+}
+
+kernel spt_variant_bf16 {
+  op = spt-attention
+  direction = forward
+  dtype = bf16
+  pattern = pq-topk(topk = 24, selector = pq-adc, causal = true, clamp = true, sub_dim = 8, codewords = 16)
+  dims = (B = 16, H = 32, L = 512, D = 32)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = false)
+}

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# The one call made on a lent GPU machine (H100/H200, CUDA 13, PyTorch, no network, no crates):
+# proves the CUDA path right and measures it against PyTorch on the same card, in one run.
+#
+# Here:   scripts/build-device-bundle.sh            (the stripped release binary in .bundle/)
+# There:  scripts/device-check.sh                   (device tool: carry [".bundle"], OUT set)
+#
+# Steps, each under its own time budget (seconds), all output under $OUT:
+#   1. card, driver, toolkit                                   → device-check.log
+#   2. the machine's own NVRTC + ptxas over every generated CUDA kernel, with the version skew
+#      against the pinned wheels (13.0.88) and a diff against the committed resource snapshot
+#                                                              → nvrtc.txt
+#   3. `sparsecube selftest --device cuda`: every kernel, fwd + bwd, vs the reference executor
+#                                                              → selftest.log
+#   4. compute-sanitizer memcheck and racecheck over one call of each kernel → sanitizer.log
+#   5. `sparsecube bench --suite paper --device cuda --json`   → ours.json
+#   6. benches/torch_baselines.py on the same shapes (and a CPU smoke run at tiny shapes)
+#                                                              → torch.json
+#   7. the joined table of ratios                               → table.md (also printed last)
+# Exit status: non-zero when the selftest, a sanitizer or the NVRTC check failed (the table is
+# still written).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+: "${OUT:?set OUT to the folder that collects the results}"
+BIN=${SPARSECUBE_BIN:-.bundle/sparsecube}
+PY=${PYTHON:-python3}
+CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+export LD_LIBRARY_PATH="$CUDA_HOME/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PYTHONUNBUFFERED=1
+LOG="$OUT/device-check.log"
+status=0
+started=$(date +%s)
+
+log() { echo "[$(($(date +%s) - started))s] $*" | tee -a "$LOG" >&2; }
+# step NAME BUDGET_S OUTFILE CMD...: runs CMD (a program or an exported function) under a time
+# limit with its output in OUTFILE, and logs its exit status.
+step() {
+    local name=$1 budget=$2 out=$3
+    shift 3
+    log "== $name (budget ${budget}s)"
+    timeout --kill-after=10 "$budget" bash -c '"$@"' step "$@" >"$out" 2>&1
+    local rc=$?
+    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+        log "!! $name ran past its ${budget}s budget"
+    fi
+    log "== $name: exit $rc"
+    return $rc
+}
+export BIN CUDA_HOME
+
+[ -x "$BIN" ] || { echo "no $BIN: run scripts/build-device-bundle.sh first and carry .bundle" >&2; exit 2; }
+
+# 1. The card.
+{
+    log "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%FT%TZ)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+    nvcc --version 2>/dev/null | tail -n 2
+    "$BIN" devices
+} 2>&1 | tee -a "$LOG"
+
+# 2. The machine's NVRTC and ptxas (a toolkit root works where the wheels folder does).
+nvrtc_check() {
+    SPARSECUBE_CUDA_WHEELS="$CUDA_HOME" "$BIN" gen --file scripts/canonical-cuda.sc --target cuda \
+        --resources
+}
+export -f nvrtc_check
+step "NVRTC + ptxas of this machine" 90 "$OUT/nvrtc.txt" nvrtc_check || status=1
+{
+    echo "--- version skew: this machine vs the CI wheels (NVRTC 13.0, ptxas V13.0.88)"
+    grep -m1 '^#' "$OUT/nvrtc.txt"
+    echo "--- resources here that the committed snapshot (CI's ptxas) does not list:"
+    snap=tests/it/snapshots/it__cuda_offline__cuda_resources_sm90.snap
+    sed -n 's/^[^ ]* [^ ]* \([a-z_0-9]*: .*\)$/\1/p' "$snap" | sort -u >/tmp/ci-res.txt
+    sed -n 's/^[^:]*: \([a-z_0-9]*: .*\)$/\1/p' "$OUT/nvrtc.txt" | sort -u >/tmp/here-res.txt
+    comm -13 /tmp/ci-res.txt /tmp/here-res.txt || true
+} >>"$OUT/nvrtc.txt" 2>&1
+tail -n 20 "$OUT/nvrtc.txt" | tee -a "$LOG"
+
+# 3. Correctness on CUDA.
+step "selftest on CUDA" 150 "$OUT/selftest.log" \
+    "$BIN" selftest --device cuda --cases 48 --max-len 300 || status=1
+grep -E "^FAIL|selftest|error" "$OUT/selftest.log" | tail -n 15 | tee -a "$LOG"
+tail -n 2 "$OUT/selftest.log" | tee -a "$LOG"
+
+# 4. Memory errors and shared-memory races, over one call of each kernel.
+sanitize() {
+    local tool
+    for tool in memcheck racecheck; do
+        echo "### compute-sanitizer --tool $tool"
+        compute-sanitizer --tool "$tool" --error-exitcode 3 "$BIN" selftest --device cuda --quick \
+            || return 1
+    done
+}
+export -f sanitize
+step "compute-sanitizer" 150 "$OUT/sanitizer.log" sanitize || status=1
+grep -E "ERROR SUMMARY|RACECHECK SUMMARY|selftest passed|###" "$OUT/sanitizer.log" | tee -a "$LOG"
+
+# 5. Our side of the paper suite.
+step "sparsecube bench --suite paper" 120 /tmp/ours.out \
+    "$BIN" bench --suite paper --device cuda --json
+# The JSON document is the last thing printed; the progress lines go to stderr.
+sed -n '/^{/,$p' /tmp/ours.out >"$OUT/ours.json"
+
+# 6. PyTorch on the same shapes (suite read from our --list, so the shapes cannot drift).
+"$BIN" bench --suite paper --list --scale tiny >/tmp/suite-tiny.json
+"$BIN" bench --suite paper --list >/tmp/suite.json
+step "torch baselines, CPU smoke (tiny)" 60 /tmp/torch-tiny.log "$PY" benches/torch_baselines.py \
+    --suite /tmp/suite-tiny.json --device cpu --repeats 2 --warmup 1 --out /tmp/torch-tiny.json
+tail -n 3 /tmp/torch-tiny.log | tee -a "$LOG"
+step "torch baselines on CUDA" 150 "$OUT/torch.log" "$PY" benches/torch_baselines.py \
+    --suite /tmp/suite.json --device cuda --budget-s 120 --out "$OUT/torch.json"
+tail -n 3 "$OUT/torch.log" | tee -a "$LOG"
+
+# 7. One table.
+if [ -s "$OUT/ours.json" ] && [ -s "$OUT/torch.json" ]; then
+    "$PY" benches/join_table.py "$OUT/ours.json" "$OUT/torch.json" >"$OUT/table.md" 2>>"$LOG"
+fi
+log "done, overall status $status"
+cat "$OUT/table.md" 2>/dev/null
+exit $status
