@@ -30,7 +30,14 @@ def main():
     with open(sys.argv[2]) as f:
         torch = json.load(f)
     print(f"ours: {ours.get('device', '?')}  ")
-    print(f"torch {torch.get('torch', '?')} on {torch.get('device', '?')}\n")
+    print(f"torch {torch.get('torch', '?')} on {torch.get('device', '?')}  ")
+    c = torch.get("ceilings")
+    if c:
+        print(
+            f"measured ceilings: copy {c['copy_gb_s']:.0f} GB/s (read + write), "
+            f"f32 matmul {c['matmul_f32_tflop_s']:.1f} TFLOP/s, bf16 matmul {c['matmul_bf16_tflop_s']:.0f} TFLOP/s"
+        )
+    print()
     print("| workload | ours | ours ms | ours peak MiB | baseline | baseline ms | baseline peak MiB | time × | mem × |")
     print("|---|---|---|---|---|---|---|---|---|")
     base_by = {}

@@ -289,6 +289,39 @@ def measure(step, dev, warmup, repeats):
     return times, None
 
 
+def ceilings(dev):
+    """The two measured ceilings of the roofline: device-to-device copy bandwidth (bytes read +
+    written per second) and dense matrix-product rates (f32 without TF32, bf16), medians of 10."""
+
+    def median_ms(fn, n=10):
+        fn()
+        torch.cuda.synchronize()
+        ts = []
+        for _ in range(n):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            ts.append(a.elapsed_time(b))
+        return statistics.median(ts)
+
+    out = {}
+    n = 1 << 28  # 1 GiB of f32
+    src = torch.randn(n, device=dev)
+    dst = torch.empty_like(src)
+    out["copy_gb_s"] = 2 * 4 * n / (median_ms(lambda: dst.copy_(src)) * 1e-3) / 1e9
+    del src, dst
+    m = 8192
+    for name, dtype in (("f32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(m, m, device=dev).to(dtype)
+        b = torch.randn(m, m, device=dev).to(dtype)
+        out[f"matmul_{name}_tflop_s"] = 2 * m**3 / (median_ms(lambda: a @ b) * 1e-3) / 1e12
+        del a, b
+    torch.cuda.empty_cache()
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", required=True, help="JSON from `sparsecube bench --list` (or its results)")
@@ -311,6 +344,8 @@ def main():
 
     started = time.monotonic()
     results = []
+    measured_ceilings = ceilings(dev) if dev.type == "cuda" else None
+    print(json.dumps({"ceilings": measured_ceilings}), file=sys.stderr, flush=True)
     for w in suite["workloads"]:
         factory = FACTORIES.get(w["kind"])
         if factory is None:
@@ -348,6 +383,7 @@ def main():
     doc = {
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+        "ceilings": measured_ceilings,
         "results": results,
     }
     text = json.dumps(doc, indent=2)

@@ -14,8 +14,9 @@
 #                                                              → selftest.log
 #   4. compute-sanitizer memcheck and racecheck over one call of each kernel → sanitizer.log
 #   5. `sparsecube bench --suite paper --device cuda --json`   → ours.json
-#   6. benches/torch_baselines.py on the same shapes (and a CPU smoke run at tiny shapes)
-#                                                              → torch.json
+#   6. benches/torch_baselines.py on the same shapes (and a CPU smoke run at tiny shapes), with
+#      the measured ceilings (copy bandwidth, matmul rates)   → torch.json
+#  6b. Nsight Compute: per-kernel time and DRAM bytes of one attention step → ncu.csv
 #   7. the joined table of ratios                               → table.md (also printed last)
 # Exit status: non-zero when the selftest, a sanitizer or the NVRTC check failed (the table is
 # still written).
@@ -107,9 +108,19 @@ sed -n '/^{/,$p' /tmp/ours.out >"$OUT/ours.json"
 step "torch baselines, CPU smoke (tiny)" 60 /tmp/torch-tiny.log "$PY" benches/torch_baselines.py \
     --suite /tmp/suite-tiny.json --device cpu --repeats 2 --warmup 1 --out /tmp/torch-tiny.json
 tail -n 3 /tmp/torch-tiny.log | tee -a "$LOG"
-step "torch baselines on CUDA" 150 "$OUT/torch.log" "$PY" benches/torch_baselines.py \
+step "torch baselines on CUDA" 150 /tmp/torch.log "$PY" benches/torch_baselines.py \
     --suite /tmp/suite.json --device cuda --budget-s 120 --out "$OUT/torch.json"
-tail -n 3 "$OUT/torch.log" | tee -a "$LOG"
+cat /tmp/torch.log >>"$LOG"
+grep -m1 ceilings /tmp/torch.log >&2
+
+# 6b. Per-kernel time and DRAM traffic of one training step at the paper's attention shape (the
+#     roofline inputs), from Nsight Compute at the card's own clocks.
+step "ncu per-kernel, attention f32 at the paper shape" 120 "$OUT/ncu.csv" \
+    ncu --clock-control none --csv \
+    --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed \
+    "$BIN" bench --suite paper --device cuda --workload attention/B16-H32-L512-D64-topk64/f32 \
+    --warmup 0 --repeats 1
+[ -s "$OUT/ncu.csv" ] && "$PY" benches/ncu_summary.py "$OUT/ncu.csv" | tee -a "$LOG"
 
 # 7. One table.
 if [ -s "$OUT/ours.json" ] && [ -s "$OUT/torch.json" ]; then

@@ -292,6 +292,17 @@ fn settings() -> KernelSettings {
         .address_type(AddressType::U32)
 }
 
+/// Lanes per row that the printed plane-per-row kernels are specialised for: the warp size of
+/// NVIDIA GPUs (the runtime uses the device's own plane size; lavapipe's is 8).
+const PRINTED_LANES: u32 = 32;
+
+fn plane_settings() -> KernelSettings {
+    let (dim, _) = crate::spt::plane_dims(PRINTED_LANES);
+    KernelSettings::default()
+        .cube_dim(dim)
+        .address_type(AddressType::U32)
+}
+
 fn arg() -> ArrayCompilationArg {
     ArrayCompilationArg { inplace: None }
 }
@@ -335,7 +346,7 @@ fn spt<F: Float + CubeElement>(
         defs.push((
             "spt_attend_fwd",
             spt_attend_fwd::SptAttendFwd::<F, Offline>::new(
-                settings(),
+                plane_settings(),
                 client.clone(),
                 arg(),
                 arg(),
@@ -345,6 +356,7 @@ fn spt<F: Float + CubeElement>(
                 arg(),
                 (),
                 c,
+                PRINTED_LANES,
             )
             .define(),
         ));
@@ -394,7 +406,7 @@ fn spt<F: Float + CubeElement>(
         (
             "spt_bwd_rows",
             spt_bwd_rows::SptBwdRows::<F, Offline>::new(
-                settings(),
+                plane_settings(),
                 client.clone(),
                 arg(),
                 arg(),
@@ -407,6 +419,7 @@ fn spt<F: Float + CubeElement>(
                 arg(),
                 (),
                 c,
+                PRINTED_LANES,
             )
             .define(),
         ),
@@ -449,7 +462,7 @@ fn spt<F: Float + CubeElement>(
         (
             "spt_bwd_keys",
             spt_bwd_keys::SptBwdKeys::<F, Offline>::new(
-                settings(),
+                plane_settings(),
                 client.clone(),
                 arg(),
                 arg(),
@@ -461,6 +474,7 @@ fn spt<F: Float + CubeElement>(
                 arg(),
                 (),
                 c,
+                PRINTED_LANES,
             )
             .define(),
         ),

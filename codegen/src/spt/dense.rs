@@ -1,11 +1,12 @@
-//! Dense softmax attention in the same style as the SPT kernels (one unit per row, f32
-//! accumulation, online softmax, log-sum-exp saved, the same `score`): the same-device baseline that benches
-//! compare sparse attention with. It is what SPT attention computes with every candidate kept.
+//! Dense softmax attention in the same style as the SPT kernels (one plane per row, f32
+//! accumulation, online softmax, log-sum-exp saved, the same score arithmetic): the same-device
+//! baseline that benches compare sparse attention with. It is what SPT attention computes with
+//! every candidate kept.
 
 // `#[cube(launch)]` generates undocumented modules and launch functions next to each kernel.
 #![allow(missing_docs)]
 
-use super::kernels::{SptConfig, score};
+use super::kernels::{SptConfig, load_lane, plane_dot, plane_row, scaled, store_lane};
 use cubecl::prelude::*;
 
 /// Forward over every candidate key (all, or `j <= i` when causal); writes `out` and `lse`.
@@ -18,36 +19,50 @@ pub fn dense_attend_fwd<F: Float>(
     lse: &mut Array<f32>,
     seq_len: u32,
     #[comptime] cfg: SptConfig,
+    #[comptime] lanes: u32,
 ) {
-    let row = ABSOLUTE_POS;
+    let row = plane_row();
     if row < lse.len() {
         let d = cfg.d as usize;
         let l = seq_len as usize;
         let head = row / l;
         let i = row % l;
         let n = if cfg.causal { i + 1 } else { l };
-        let mut acc = Array::<f32>::new(comptime!(cfg.d as usize));
-        for t in 0..d {
-            acc[t] = 0.0f32;
+        let lane = UNIT_POS_X as usize;
+        let q_regs = load_lane::<F>(q, row * d, cfg.d, lanes);
+        let mut acc = Array::<f32>::new(comptime!(cfg.d.div_ceil(lanes) as usize));
+        #[unroll]
+        for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
+            acc[c as usize] = 0.0f32;
         }
         let mut m = f32::new(-f32::MAX);
         let mut z = 0.0f32;
         for j in 0..n {
             let krow = head * l + j;
-            let (s, _passes) = score::<F>(q, k, row, krow, cfg);
+            let (s, _passes) = scaled(plane_dot::<F>(&q_regs, k, krow * d, cfg.d, lanes), cfg);
             let m_new = f32::max(m, s);
             let rescale = f32::exp(m - m_new);
             let p = f32::exp(s - m_new);
             z = z * rescale + p;
-            for t in 0..d {
-                acc[t] = acc[t] * rescale + p * f32::cast_from(v[krow * d + t]);
+            #[unroll]
+            for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
+                let t = (c * lanes) as usize + lane;
+                let mut vt = 0.0f32;
+                if t < d {
+                    vt = f32::cast_from(v[krow * d + t]);
+                }
+                acc[c as usize] = acc[c as usize] * rescale + p * vt;
             }
             m = m_new;
         }
-        for t in 0..d {
-            out[row * d + t] = F::cast_from(acc[t] / z);
+        #[unroll]
+        for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
+            acc[c as usize] = acc[c as usize] / z;
         }
-        lse[row] = m + f32::ln(z);
+        store_lane::<F>(out, &acc, row * d, cfg.d, lanes);
+        if lane == 0 {
+            lse[row] = m + f32::ln(z);
+        }
     }
 }
 
@@ -64,43 +79,47 @@ pub fn dense_bwd_rows<F: Float>(
     delta: &mut Array<f32>,
     seq_len: u32,
     #[comptime] cfg: SptConfig,
+    #[comptime] lanes: u32,
 ) {
-    let row = ABSOLUTE_POS;
+    let row = plane_row();
     if row < lse.len() {
         let d = cfg.d as usize;
         let l = seq_len as usize;
         let head = row / l;
         let i = row % l;
         let n = if cfg.causal { i + 1 } else { l };
-        let mut dl = 0.0f32;
-        for t in 0..d {
-            dl += f32::cast_from(dout[row * d + t]) * f32::cast_from(out[row * d + t]);
-        }
+        let lane = UNIT_POS_X as usize;
+        let q_regs = load_lane::<F>(q, row * d, cfg.d, lanes);
+        let do_regs = load_lane::<F>(dout, row * d, cfg.d, lanes);
+        let dl = plane_dot::<F>(&do_regs, out, row * d, cfg.d, lanes);
+        let lse_row = lse[row];
         let scale = 1.0f32 / f32::sqrt(f32::cast_from(cfg.d));
-        let mut acc = Array::<f32>::new(comptime!(cfg.d as usize));
-        for t in 0..d {
-            acc[t] = 0.0f32;
+        let mut acc = Array::<f32>::new(comptime!(cfg.d.div_ceil(lanes) as usize));
+        #[unroll]
+        for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
+            acc[c as usize] = 0.0f32;
         }
         for j in 0..n {
             let krow = head * l + j;
-            let (s, passes) = score::<F>(q, k, row, krow, cfg);
-            let p = f32::exp(s - lse[row]);
-            let mut dp = 0.0f32;
-            for t in 0..d {
-                dp += f32::cast_from(dout[row * d + t]) * f32::cast_from(v[krow * d + t]);
-            }
+            let (s, passes) = scaled(plane_dot::<F>(&q_regs, k, krow * d, cfg.d, lanes), cfg);
+            let p = f32::exp(s - lse_row);
+            let dp = plane_dot::<F>(&do_regs, v, krow * d, cfg.d, lanes);
             let mut ds = 0.0f32;
             if passes {
                 ds = p * (dp - dl);
             }
-            for t in 0..d {
-                acc[t] += scale * ds * f32::cast_from(k[krow * d + t]);
+            #[unroll]
+            for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
+                let t = (c * lanes) as usize + lane;
+                if t < d {
+                    acc[c as usize] += scale * ds * f32::cast_from(k[krow * d + t]);
+                }
             }
         }
-        for t in 0..d {
-            dq[row * d + t] = F::cast_from(acc[t]);
+        store_lane::<F>(dq, &acc, row * d, cfg.d, lanes);
+        if lane == 0 {
+            delta[row] = dl;
         }
-        delta[row] = dl;
     }
 }
 
@@ -117,8 +136,9 @@ pub fn dense_bwd_keys<F: Float>(
     dv: &mut Array<F>,
     seq_len: u32,
     #[comptime] cfg: SptConfig,
+    #[comptime] lanes: u32,
 ) {
-    let krow = ABSOLUTE_POS;
+    let krow = plane_row();
     let d = cfg.d as usize;
     if krow < lse.len() {
         let l = seq_len as usize;
@@ -128,33 +148,36 @@ pub fn dense_bwd_keys<F: Float>(
         if cfg.causal {
             first = j;
         }
+        let lane = UNIT_POS_X as usize;
+        let k_regs = load_lane::<F>(k, krow * d, cfg.d, lanes);
+        let v_regs = load_lane::<F>(v, krow * d, cfg.d, lanes);
         let scale = 1.0f32 / f32::sqrt(f32::cast_from(cfg.d));
-        let mut acc_k = Array::<f32>::new(comptime!(cfg.d as usize));
-        let mut acc_v = Array::<f32>::new(comptime!(cfg.d as usize));
-        for t in 0..d {
-            acc_k[t] = 0.0f32;
-            acc_v[t] = 0.0f32;
+        let mut acc_k = Array::<f32>::new(comptime!(cfg.d.div_ceil(lanes) as usize));
+        let mut acc_v = Array::<f32>::new(comptime!(cfg.d.div_ceil(lanes) as usize));
+        #[unroll]
+        for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
+            acc_k[c as usize] = 0.0f32;
+            acc_v[c as usize] = 0.0f32;
         }
         for i in first..l {
             let row = head * l + i;
-            let (s, passes) = score::<F>(q, k, row, krow, cfg);
+            let (s, passes) = scaled(plane_dot::<F>(&k_regs, q, row * d, cfg.d, lanes), cfg);
             let p = f32::exp(s - lse[row]);
-            let mut dp = 0.0f32;
-            for t in 0..d {
-                dp += f32::cast_from(dout[row * d + t]) * f32::cast_from(v[krow * d + t]);
-            }
+            let dp = plane_dot::<F>(&v_regs, dout, row * d, cfg.d, lanes);
             let mut ds = 0.0f32;
             if passes {
                 ds = p * (dp - delta[row]);
             }
-            for t in 0..d {
-                acc_v[t] += p * f32::cast_from(dout[row * d + t]);
-                acc_k[t] += scale * ds * f32::cast_from(q[row * d + t]);
+            #[unroll]
+            for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
+                let t = (c * lanes) as usize + lane;
+                if t < d {
+                    acc_v[c as usize] += p * f32::cast_from(dout[row * d + t]);
+                    acc_k[c as usize] += scale * ds * f32::cast_from(q[row * d + t]);
+                }
             }
         }
-        for t in 0..d {
-            dk[krow * d + t] = F::cast_from(acc_k[t]);
-            dv[krow * d + t] = F::cast_from(acc_v[t]);
-        }
+        store_lane::<F>(dk, &acc_k, krow * d, cfg.d, lanes);
+        store_lane::<F>(dv, &acc_v, krow * d, cfg.d, lanes);
     }
 }

@@ -1,4 +1,5 @@
-//! `#[cube]` kernels of SPT sparse attention. One unit per query row (or key, or head); every
+//! `#[cube]` kernels of SPT sparse attention. One unit per query row (or key, or head), or — for
+//! the kernels that gather whole rows (attend, backward rows and keys) — one plane per row; every
 //! shape-independent choice (head dim, PQ layout, top-k, causal, clamp, selector) is a comptime
 //! value of [`SptConfig`], so each distinct config compiles to its own specialised kernel.
 //!
@@ -260,9 +261,97 @@ pub(crate) fn score<F: Float>(
     (out, passes)
 }
 
+/// The row a plane of `lanes` units works on: cubes are `lanes` × rows-per-cube, so each y-row
+/// of a cube is one plane (units are numbered x first). Lane = `UNIT_POS_X`.
+#[cube]
+pub(crate) fn plane_row() -> usize {
+    CUBE_POS * (CUBE_DIM_Y as usize) + UNIT_POS_Y as usize
+}
+
+/// Σ_t a[t]·b[base + t] over this lane's elements t = c·lanes + lane of a D-vector held in
+/// registers (`a`), reduced over the plane: the full dot product, in every lane.
+#[cube]
+pub(crate) fn plane_dot<F: Float>(
+    a: &Array<f32>,
+    b: &Array<F>,
+    base: usize,
+    #[comptime] d: u32,
+    #[comptime] lanes: u32,
+) -> f32 {
+    let lane = UNIT_POS_X as usize;
+    let mut partial = 0.0f32;
+    #[unroll]
+    for c in 0..comptime!(d.div_ceil(lanes)) {
+        let t = (c * lanes) as usize + lane;
+        if t < d as usize {
+            partial += a[c as usize] * f32::cast_from(b[base + t]);
+        }
+    }
+    plane_sum(partial)
+}
+
+/// This lane's elements t = c·lanes + lane of row `base` of `x`, into registers (0 past D).
+#[cube]
+pub(crate) fn load_lane<F: Float>(
+    x: &Array<F>,
+    base: usize,
+    #[comptime] d: u32,
+    #[comptime] lanes: u32,
+) -> Array<f32> {
+    let lane = UNIT_POS_X as usize;
+    let mut regs = Array::<f32>::new(comptime!(d.div_ceil(lanes) as usize));
+    #[unroll]
+    for c in 0..comptime!(d.div_ceil(lanes)) {
+        let t = (c * lanes) as usize + lane;
+        let mut value = 0.0f32;
+        if t < d as usize {
+            value = f32::cast_from(x[base + t]);
+        }
+        regs[c as usize] = value;
+    }
+    regs
+}
+
+/// Writes this lane's elements of `regs` to row `base` of `x`.
+#[cube]
+pub(crate) fn store_lane<F: Float>(
+    x: &mut Array<F>,
+    regs: &Array<f32>,
+    base: usize,
+    #[comptime] d: u32,
+    #[comptime] lanes: u32,
+) {
+    let lane = UNIT_POS_X as usize;
+    #[unroll]
+    for c in 0..comptime!(d.div_ceil(lanes)) {
+        let t = (c * lanes) as usize + lane;
+        if t < d as usize {
+            x[base + t] = F::cast_from(regs[c as usize]);
+        }
+    }
+}
+
+/// The scaled score from a raw dot product, clamped when configured, and whether the clamp let
+/// the gradient through (the same arithmetic as [`score`]).
+#[cube]
+pub(crate) fn scaled(dot: f32, #[comptime] cfg: SptConfig) -> (f32, bool) {
+    let raw = dot / f32::sqrt(f32::cast_from(cfg.d));
+    let mut out = raw;
+    let mut passes = true;
+    if cfg.clamp {
+        out = f32::clamp(raw, -10.0f32, 10.0f32);
+        passes = raw >= -10.0f32 && raw <= 10.0f32;
+    }
+    (out, passes)
+}
+
 /// Fused forward over the kept set: scores (SDDMM), online softmax and the output (SpMM) in one
 /// pass per query row. Writes `out` [rows, D] and the row's log-sum-exp `lse` [rows] — all that
 /// backward needs besides the indices.
+///
+/// One plane of `lanes` units per query row: lane l holds elements l, l + lanes, … of q and of
+/// the output accumulator, so every gathered k/v row is read by one coalesced plane-wide access;
+/// each score is a plane reduction. The softmax state is the same in every lane.
 #[cube(launch)]
 pub fn spt_attend_fwd<F: Float>(
     q: &Array<F>,
@@ -273,15 +362,20 @@ pub fn spt_attend_fwd<F: Float>(
     lse: &mut Array<f32>,
     seq_len: u32,
     #[comptime] cfg: SptConfig,
+    #[comptime] lanes: u32,
 ) {
-    let row = ABSOLUTE_POS;
+    let row = plane_row();
+    // Uniform across the plane: every lane of a plane has the same row.
     if row < lse.len() {
         let d = cfg.d as usize;
         let topk = cfg.topk as usize;
         let head = row / (seq_len as usize);
-        let mut acc = Array::<f32>::new(comptime!(cfg.d as usize));
-        for t in 0..d {
-            acc[t] = 0.0f32;
+        let lane = UNIT_POS_X as usize;
+        let q_regs = load_lane::<F>(q, row * d, cfg.d, lanes);
+        let mut acc = Array::<f32>::new(comptime!(cfg.d.div_ceil(lanes) as usize));
+        #[unroll]
+        for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
+            acc[c as usize] = 0.0f32;
         }
         // −f32::MAX, not −∞: WGSL has no infinity literal; exp(−MAX − s) is still exactly 0.
         let mut m = f32::new(-f32::MAX);
@@ -290,21 +384,31 @@ pub fn spt_attend_fwd<F: Float>(
             let j = indices[row * topk + slot];
             if j >= 0 {
                 let krow = head * (seq_len as usize) + j as usize;
-                let (s, _passes) = score::<F>(q, k, row, krow, cfg);
+                let (s, _passes) = scaled(plane_dot::<F>(&q_regs, k, krow * d, cfg.d, lanes), cfg);
                 let m_new = f32::max(m, s);
                 let rescale = f32::exp(m - m_new);
                 let p = f32::exp(s - m_new);
                 z = z * rescale + p;
-                for t in 0..d {
-                    acc[t] = acc[t] * rescale + p * f32::cast_from(v[krow * d + t]);
+                #[unroll]
+                for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
+                    let t = (c * lanes) as usize + lane;
+                    let mut vt = 0.0f32;
+                    if t < d {
+                        vt = f32::cast_from(v[krow * d + t]);
+                    }
+                    acc[c as usize] = acc[c as usize] * rescale + p * vt;
                 }
                 m = m_new;
             }
         }
-        for t in 0..d {
-            out[row * d + t] = F::cast_from(acc[t] / z);
+        #[unroll]
+        for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
+            acc[c as usize] = acc[c as usize] / z;
         }
-        lse[row] = m + f32::ln(z);
+        store_lane::<F>(out, &acc, row * d, cfg.d, lanes);
+        if lane == 0 {
+            lse[row] = m + f32::ln(z);
+        }
     }
 }
 
@@ -411,6 +515,10 @@ pub fn spt_spmm<F: Float>(
 /// `(dp − dp_piv) − Σ p'·(dp' − dp_piv)`. In a saturated row (one p ≈ 1) the plain form subtracts
 /// two nearly equal numbers and loses most f32 digits; around the pivot the pivot's own term is
 /// exactly 0 and the others carry small weights.
+///
+/// One plane per query row, as in [`spt_attend_fwd`]. Every lane computes the same per-slot
+/// scalars and writes the same value to `probs`/`dscores` (one store per plane after
+/// coalescing); each lane reads back only what it wrote itself, so no barrier is needed.
 #[cube(launch)]
 pub fn spt_bwd_rows<F: Float>(
     q: &Array<F>,
@@ -424,12 +532,17 @@ pub fn spt_bwd_rows<F: Float>(
     dscores: &mut Array<f32>,
     seq_len: u32,
     #[comptime] cfg: SptConfig,
+    #[comptime] lanes: u32,
 ) {
-    let row = ABSOLUTE_POS;
+    let row = plane_row();
     if row < lse.len() {
         let d = cfg.d as usize;
         let topk = cfg.topk as usize;
         let head = row / (seq_len as usize);
+        let lane = UNIT_POS_X as usize;
+        let q_regs = load_lane::<F>(q, row * d, cfg.d, lanes);
+        let do_regs = load_lane::<F>(dout, row * d, cfg.d, lanes);
+        let lse_row = lse[row];
         let mut p_piv = f32::new(-1.0);
         let mut dp_piv = 0.0f32;
         for slot in 0..topk {
@@ -438,16 +551,14 @@ pub fn spt_bwd_rows<F: Float>(
             let mut dp = 0.0f32;
             if j >= 0 {
                 let krow = head * (seq_len as usize) + j as usize;
-                let (s, passes) = score::<F>(q, k, row, krow, cfg);
-                let p = f32::exp(s - lse[row]);
+                let (s, passes) = scaled(plane_dot::<F>(&q_regs, k, krow * d, cfg.d, lanes), cfg);
+                let p = f32::exp(s - lse_row);
                 // A clamp-blocked slot is marked by a negated p (read back in the last pass).
                 stored = p;
                 if !passes {
                     stored = -p;
                 }
-                for t in 0..d {
-                    dp += f32::cast_from(dout[row * d + t]) * f32::cast_from(v[krow * d + t]);
-                }
+                dp = plane_dot::<F>(&do_regs, v, krow * d, cfg.d, lanes);
                 if p > p_piv {
                     p_piv = p;
                     dp_piv = dp;
@@ -460,9 +571,10 @@ pub fn spt_bwd_rows<F: Float>(
         for slot in 0..topk {
             delta += f32::abs(probs[row * topk + slot]) * (dscores[row * topk + slot] - dp_piv);
         }
-        let mut acc = Array::<f32>::new(comptime!(cfg.d as usize));
-        for t in 0..d {
-            acc[t] = 0.0f32;
+        let mut acc = Array::<f32>::new(comptime!(cfg.d.div_ceil(lanes) as usize));
+        #[unroll]
+        for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
+            acc[c as usize] = 0.0f32;
         }
         let scale = 1.0f32 / f32::sqrt(f32::cast_from(cfg.d));
         for slot in 0..topk {
@@ -475,16 +587,18 @@ pub fn spt_bwd_rows<F: Float>(
                 if stored >= 0.0f32 {
                     ds = p * ((dscores[row * topk + slot] - dp_piv) - delta);
                 }
-                for t in 0..d {
-                    acc[t] += scale * ds * f32::cast_from(k[krow * d + t]);
+                #[unroll]
+                for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
+                    let t = (c * lanes) as usize + lane;
+                    if t < d {
+                        acc[c as usize] += scale * ds * f32::cast_from(k[krow * d + t]);
+                    }
                 }
             }
             dscores[row * topk + slot] = ds;
             probs[row * topk + slot] = p;
         }
-        for t in 0..d {
-            dq[row * d + t] = F::cast_from(acc[t]);
-        }
+        store_lane::<F>(dq, &acc, row * d, cfg.d, lanes);
     }
 }
 
@@ -619,7 +733,8 @@ pub fn spt_key_fill(
 }
 
 /// Backward, key-major: dk_j = scale·Σ ds_ij q_i and dv_j = Σ p_ij dout_i over the queries that
-/// kept key j, in ascending query order (no atomics, deterministic). One unit per key row.
+/// kept key j, in ascending query order (no atomics, deterministic). One plane per key row; lane
+/// l accumulates elements l, l + lanes, … so every gathered q/dout row is one coalesced access.
 #[cube(launch)]
 pub fn spt_bwd_keys<F: Float>(
     q: &Array<F>,
@@ -632,8 +747,9 @@ pub fn spt_bwd_keys<F: Float>(
     dv: &mut Array<F>,
     seq_len: u32,
     #[comptime] cfg: SptConfig,
+    #[comptime] lanes: u32,
 ) {
-    let krow = ABSOLUTE_POS;
+    let krow = plane_row();
     let d = cfg.d as usize;
     if krow < dk.len() / d {
         let l = seq_len as usize;
@@ -641,12 +757,14 @@ pub fn spt_bwd_keys<F: Float>(
         let head = krow / l;
         let j = krow % l;
         let per_head = l * topk;
+        let lane = UNIT_POS_X as usize;
         let scale = 1.0f32 / f32::sqrt(f32::cast_from(cfg.d));
-        let mut acc_k = Array::<f32>::new(comptime!(cfg.d as usize));
-        let mut acc_v = Array::<f32>::new(comptime!(cfg.d as usize));
-        for t in 0..d {
-            acc_k[t] = 0.0f32;
-            acc_v[t] = 0.0f32;
+        let mut acc_k = Array::<f32>::new(comptime!(cfg.d.div_ceil(lanes) as usize));
+        let mut acc_v = Array::<f32>::new(comptime!(cfg.d.div_ceil(lanes) as usize));
+        #[unroll]
+        for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
+            acc_k[c as usize] = 0.0f32;
+            acc_v[c as usize] = 0.0f32;
         }
         let start = offsets[head * (l + 1) + j] as usize;
         let end = offsets[head * (l + 1) + j + 1] as usize;
@@ -655,14 +773,16 @@ pub fn spt_bwd_keys<F: Float>(
             let qrow = head * l + pos / topk;
             let p = probs[head * per_head + pos];
             let ds = dscores[head * per_head + pos];
-            for t in 0..d {
-                acc_v[t] += p * f32::cast_from(dout[qrow * d + t]);
-                acc_k[t] += scale * ds * f32::cast_from(q[qrow * d + t]);
+            #[unroll]
+            for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
+                let t = (c * lanes) as usize + lane;
+                if t < d {
+                    acc_v[c as usize] += p * f32::cast_from(dout[qrow * d + t]);
+                    acc_k[c as usize] += scale * ds * f32::cast_from(q[qrow * d + t]);
+                }
             }
         }
-        for t in 0..d {
-            dk[krow * d + t] = F::cast_from(acc_k[t]);
-            dv[krow * d + t] = F::cast_from(acc_v[t]);
-        }
+        store_lane::<F>(dk, &acc_k, krow * d, cfg.d, lanes);
+        store_lane::<F>(dv, &acc_v, krow * d, cfg.d, lanes);
     }
 }

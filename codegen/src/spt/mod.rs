@@ -146,6 +146,32 @@ fn arr<R: Runtime>(h: &Handle, len: usize) -> ArrayArg<R> {
     unsafe { ArrayArg::from_raw_parts(h.clone(), len) }
 }
 
+/// Lanes per row of the plane-per-row kernels (`spt_attend_fwd`, `spt_bwd_rows`,
+/// `spt_bwd_keys`): the device's plane (warp, subgroup) size — 32 on NVIDIA, 8 on lavapipe.
+pub fn lanes<R: Runtime>(client: &ComputeClient<R>) -> u32 {
+    client.properties().hardware.plane_size_max.clamp(1, 128)
+}
+
+/// Cube shape of the plane-per-row kernels for `lanes`: `lanes` × rows-per-cube (128 units per
+/// cube, at least one row), and the rows per cube.
+pub fn plane_dims(lanes: u32) -> (CubeDim, u32) {
+    let per_cube = (128 / lanes).max(1);
+    (CubeDim::new_2d(lanes, per_cube), per_cube)
+}
+
+fn plane_rows_count<R: Runtime>(
+    client: &ComputeClient<R>,
+    rows: usize,
+    lanes: u32,
+) -> (CubeCount, CubeDim) {
+    let (dim, per_cube) = plane_dims(lanes);
+    // One cube per `per_cube` rows (the helper only counts units per cube).
+    (
+        cubecl::calculate_cube_count_elemwise(client, rows.max(1), CubeDim::new_1d(per_cube)),
+        dim,
+    )
+}
+
 fn rows_count<R: Runtime>(client: &ComputeClient<R>, n: usize) -> (CubeCount, CubeDim) {
     let dim = CubeDim::new_1d(UNITS);
     (
@@ -199,10 +225,12 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
     let out = client.empty(elems * size_of::<F>());
     let lse = client.empty(rows * 4);
     if plan.fused {
+        let lanes = lanes(client);
+        let (pcount, pdim) = plane_rows_count(client, rows, lanes);
         spt_attend_fwd::launch::<F, R>(
             client,
-            count,
-            dim,
+            pcount,
+            pdim,
             arr(q, elems),
             arr(k, elems),
             arr(v, elems),
@@ -211,6 +239,7 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
             arr(&lse, rows),
             plan.l as u32,
             cfg,
+            lanes,
         );
     } else {
         let scores = client.empty(rows * topk * 4);
@@ -268,7 +297,8 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
     let dq = client.empty(elems * size_of::<F>());
     let probs = client.empty(kept * 4);
     let dscores = client.empty(kept * 4);
-    let (count, dim) = rows_count(client, rows);
+    let lanes = lanes(client);
+    let (count, dim) = plane_rows_count(client, rows, lanes);
     spt_bwd_rows::launch::<F, R>(
         client,
         count.clone(),
@@ -284,6 +314,7 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
         arr(&dscores, kept),
         l as u32,
         cfg,
+        lanes,
     );
     // Key-major view of the kept set in four passes (see `spt_key_count`): chunk counts, per-key
     // scan over chunks, per-head scan over keys, ordered fill.
@@ -345,6 +376,7 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
         arr(&dv, elems),
         l as u32,
         cfg,
+        lanes,
     );
     SptGrads { dq, dk, dv }
 }
@@ -362,7 +394,8 @@ pub fn dense_forward_backward<R: Runtime, F: Float + CubeElement>(
     let cfg = plan.cfg;
     let rows = plan.rows();
     let elems = rows * cfg.d as usize;
-    let (count, dim) = rows_count(client, rows);
+    let lanes = lanes(client);
+    let (count, dim) = plane_rows_count(client, rows, lanes);
     let out = client.empty(elems * size_of::<F>());
     let lse = client.empty(rows * 4);
     dense_attend_fwd::launch::<F, R>(
@@ -376,6 +409,7 @@ pub fn dense_forward_backward<R: Runtime, F: Float + CubeElement>(
         arr(&lse, rows),
         plan.l as u32,
         cfg,
+        lanes,
     );
     let dq = client.empty(elems * size_of::<F>());
     let delta = client.empty(rows * 4);
@@ -393,6 +427,7 @@ pub fn dense_forward_backward<R: Runtime, F: Float + CubeElement>(
         arr(&delta, rows),
         plan.l as u32,
         cfg,
+        lanes,
     );
     let dk = client.empty(elems * size_of::<F>());
     let dv = client.empty(elems * size_of::<F>());
@@ -410,6 +445,7 @@ pub fn dense_forward_backward<R: Runtime, F: Float + CubeElement>(
         arr(&dv, elems),
         plan.l as u32,
         cfg,
+        lanes,
     );
     (out, SptGrads { dq, dk, dv })
 }

@@ -177,16 +177,27 @@ fn measured_json(m: &Measured) -> Json {
     })
 }
 
-/// Runs the `paper` suite on `device` and prints JSON (`json`) or a markdown table.
+/// Runs the `paper` suite (the workloads whose id contains `only`) on `device` and prints JSON
+/// (`json`) or a markdown table.
 pub fn run(
     device: Option<&Device>,
     scale: Scale,
+    only: Option<&str>,
     warmup: usize,
     repeats: usize,
     json_out: bool,
     list: bool,
 ) -> Result<()> {
-    let suite = paper(scale);
+    let suite: Vec<Workload> = paper(scale)
+        .into_iter()
+        .filter(|w| only.is_none_or(|o| w.id.contains(o)))
+        .collect();
+    if suite.is_empty() {
+        bail!(
+            "no workload of the paper suite matches `{}`; see `sparsecube bench --list`",
+            only.unwrap_or_default()
+        );
+    }
     let workloads: Vec<Json> = suite.iter().map(Workload::to_json).collect();
     if list {
         let doc = json!({"suite": "paper", "scale": format!("{scale:?}").to_lowercase(), "workloads": workloads});

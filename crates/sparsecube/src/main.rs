@@ -161,6 +161,9 @@ enum Command {
         /// Print the suite's workloads (JSON) and run nothing; needs no device.
         #[arg(long)]
         list: bool,
+        /// Only the workloads whose id contains this text (e.g. `attention/B16`).
+        #[arg(long)]
+        workload: Option<String>,
     },
     /// Run every method's reference op (forward + backward) on a built-in problem and print a
     /// table of shapes, FLOPs and kept entries against dense.
@@ -227,16 +230,34 @@ fn main() -> ExitCode {
             repeats,
             json,
             list,
+            workload,
         } => {
             if suite != "paper" {
                 Err(anyhow::anyhow!(
                     "unknown suite `{suite}`: the suites are `paper`"
                 ))
             } else if list {
-                bench::run(None, scale, warmup, repeats, json, true)
+                bench::run(
+                    None,
+                    scale,
+                    workload.as_deref(),
+                    warmup,
+                    repeats,
+                    json,
+                    true,
+                )
             } else {
-                open_kernel_device(device)
-                    .and_then(|dev| bench::run(Some(&dev), scale, warmup, repeats, json, false))
+                open_kernel_device(device).and_then(|dev| {
+                    bench::run(
+                        Some(&dev),
+                        scale,
+                        workload.as_deref(),
+                        warmup,
+                        repeats,
+                        json,
+                        false,
+                    )
+                })
             }
         }
         Command::Demo { seed } => demo::run(seed),

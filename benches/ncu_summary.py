@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""Summarises `ncu --csv --metrics gpu__time_duration.sum,dram__bytes_read.sum,...` output: one
+row per kernel launch (in launch order) with its time, DRAM bytes and achieved bandwidth.
+
+    python3 benches/ncu_summary.py ncu.csv
+"""
+
+import csv
+import sys
+
+
+def main():
+    with open(sys.argv[1]) as f:
+        lines = [l for l in f if l.startswith('"')]  # ncu prints its own log lines first
+    rows = list(csv.DictReader(lines))
+    launches = {}
+    for r in rows:
+        key = (int(r["ID"]), r["Kernel Name"])
+        unit, value = r["Metric Unit"], float(r["Metric Value"].replace(",", ""))
+        scale = {
+            "ns": 1e-6, "nsecond": 1e-6, "us": 1e-3, "usecond": 1e-3, "ms": 1.0, "msecond": 1.0,
+            "s": 1e3, "second": 1e3,
+            "byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "KB": 1e3, "MB": 1e6, "GB": 1e9,
+        }.get(unit, 1)
+        launches.setdefault(key, {})[r["Metric Name"]] = value * scale
+    print("| # | kernel | ms | DRAM MB read | DRAM MB written | GB/s | SM % of peak |")
+    print("|---|---|---|---|---|---|---|")
+    for (i, name), m in sorted(launches.items()):
+        ms = m.get("gpu__time_duration.sum", 0.0)
+        rd = m.get("dram__bytes_read.sum", 0.0)
+        wr = m.get("dram__bytes_write.sum", 0.0)
+        bw = (rd + wr) / (ms * 1e-3) / 1e9 if ms else 0.0
+        sm = m.get("sm__throughput.avg.pct_of_peak_sustained_elapsed", 0.0)
+        print(f"| {i} | {name.split('(')[0]} | {ms:.3f} | {rd / 1e6:.1f} | {wr / 1e6:.1f} | {bw:.0f} | {sm:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
