@@ -16,6 +16,8 @@ CUDARC_CUDA_VERSION=13000 cargo build --release --locked -p sparsecube --target-
 mkdir -p .bundle
 cp target/device/release/sparsecube .bundle/sparsecube.tmp
 mv .bundle/sparsecube.tmp .bundle/sparsecube
+# The device copy of the tree may carry a stale .git: record what the binary was built from.
+git describe --always --dirty --abbrev=12 >.bundle/COMMIT
 
 bundle=$(stat -c %s .bundle/sparsecube)
 tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 stat -c %s 2>/dev/null \

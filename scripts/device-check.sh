@@ -53,7 +53,7 @@ export BIN CUDA_HOME
 
 # 1. The card.
 {
-    log "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%FT%TZ)"
+    log "binary built from $(cat .bundle/COMMIT 2>/dev/null || echo 'an unknown commit'), $(date -u +%FT%TZ)"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
     nvcc --version 2>/dev/null | tail -n 2
     "$BIN" devices

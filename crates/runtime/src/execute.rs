@@ -67,13 +67,46 @@ fn on_device<R: Runtime>(
             spt_attention::<R, half::f16>(client, kind, spec, inputs)
         }
         (OpKind::SptAttention, DType::BF16) => {
-            spt_attention::<R, half::bf16>(client, kind, spec, inputs)
+            if client
+                .properties()
+                .supports_type(half::bf16::as_type_native_unchecked())
+            {
+                spt_attention::<R, half::bf16>(client, kind, spec, inputs)
+            } else {
+                // No bf16 storage on this adapter (WGSL has none): the bf16 values are held as
+                // f32 on the device (exactly; twice the memory) and the outputs are rounded to
+                // bf16 on the way out, so the results are those of bf16 storage.
+                let rounded: TensorMap = inputs
+                    .iter()
+                    .map(|(n, v)| (n.clone(), round_bf16(v)))
+                    .collect();
+                let out = spt_attention::<R, f32>(client, kind, spec, &rounded)?;
+                Ok(out
+                    .iter()
+                    .map(|(n, v)| (n.clone(), round_bf16(v)))
+                    .collect())
+            }
         }
         (op, _) => Err(LowerError::Unsupported {
             op,
             what: format!("the {kind} device"),
         }
         .into()),
+    }
+}
+
+/// `v` rounded to bf16 (index tensors unchanged).
+fn round_bf16(v: &Value) -> Value {
+    match v {
+        Value::F(t) => Value::F(Tensor {
+            shape: t.shape.clone(),
+            data: t
+                .data
+                .iter()
+                .map(|&x| half::bf16::from_f64(x).to_f64())
+                .collect(),
+        }),
+        Value::I(_) => v.clone(),
     }
 }
 

@@ -914,8 +914,8 @@ fn selftest_compares_every_case_on_wgpu_and_refuses_the_reference() {
     let o = run(&["selftest", "--device", "wgpu", "--quick"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
-    // Two fixed cases per dtype the adapter stores (f32, f16) + one dense baseline.
-    assert!(out.contains("selftest passed: 5 case(s)"), "{out}");
+    // Two fixed cases per dtype (f32, f16, bf16) + one dense baseline.
+    assert!(out.contains("selftest passed: 7 case(s)"), "{out}");
 }
 
 #[test]
