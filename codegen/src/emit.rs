@@ -292,9 +292,9 @@ fn settings() -> KernelSettings {
         .address_type(AddressType::U32)
 }
 
-/// Lanes per row that the printed plane-per-row kernels are specialised for: the warp size of
-/// NVIDIA GPUs (the runtime uses the device's own plane size; lavapipe's is 8).
-const PRINTED_LANES: u32 = 32;
+/// Lanes per row that the printed row kernels are specialised for: what the runtime picks on
+/// NVIDIA GPUs (`spt::row_lanes`: 8 lanes per row, four rows per warp).
+const PRINTED_LANES: u32 = crate::spt::ROW_LANES;
 
 fn plane_settings() -> KernelSettings {
     let (dim, _) = crate::spt::plane_dims(PRINTED_LANES);

@@ -37,9 +37,6 @@ const MAX_REGISTERS: u32 = 255;
 fn spill_budget(config: &str, dtype: DType, kernel: &str) -> u32 {
     match (config, dtype, kernel) {
         (_, DType::F16 | DType::BF16, "pq_encode") => 8,
-        // The plane-per-row key pass in half storage: ptxas settles at 32 registers and keeps
-        // the two 2-element accumulators partly on the stack (16 B).
-        ("spt_default_f32", DType::F16 | DType::BF16, "spt_bwd_keys") => 16,
         _ => 0,
     }
 }

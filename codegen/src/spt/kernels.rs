@@ -290,6 +290,64 @@ pub(crate) fn plane_dot<F: Float>(
     plane_sum(partial)
 }
 
+/// The sum of `v` over this row's group of `lanes` lanes (aligned groups of consecutive units of
+/// a plane; `lanes` is a power of two dividing the plane size), in every lane of the group: an
+/// xor butterfly of log2(lanes) shuffles. Every unit of the plane must reach it (the shuffles are
+/// plane-wide), so callers keep it out of row-dependent branches.
+#[cube]
+pub(crate) fn group_sum(v: f32, #[comptime] lanes: u32) -> f32 {
+    let mut acc = v;
+    #[unroll]
+    for step in 0..comptime!(lanes.trailing_zeros()) {
+        acc += plane_shuffle_xor(acc, lanes >> (step + 1));
+    }
+    acc
+}
+
+/// [`plane_dot`] reduced over the row's group of `lanes` lanes instead of the whole plane.
+#[cube]
+pub(crate) fn group_dot<F: Float>(
+    a: &Array<f32>,
+    b: &Array<F>,
+    base: usize,
+    #[comptime] d: u32,
+    #[comptime] lanes: u32,
+) -> f32 {
+    let lane = UNIT_POS_X as usize;
+    let mut partial = 0.0f32;
+    #[unroll]
+    for c in 0..comptime!(d.div_ceil(lanes)) {
+        let t = (c * lanes) as usize + lane;
+        if t < d as usize {
+            partial += a[c as usize] * f32::cast_from(b[base + t]);
+        }
+    }
+    group_sum(partial, lanes)
+}
+
+/// The dot product of row `abase` of `a` and row `bbase` of `b`, both read from memory,
+/// reduced over the row's group of `lanes` lanes.
+#[cube]
+pub(crate) fn group_dot_rows<F: Float>(
+    a: &Array<F>,
+    abase: usize,
+    b: &Array<F>,
+    bbase: usize,
+    #[comptime] d: u32,
+    #[comptime] lanes: u32,
+) -> f32 {
+    let lane = UNIT_POS_X as usize;
+    let mut partial = 0.0f32;
+    #[unroll]
+    for c in 0..comptime!(d.div_ceil(lanes)) {
+        let t = (c * lanes) as usize + lane;
+        if t < d as usize {
+            partial += f32::cast_from(a[abase + t]) * f32::cast_from(b[bbase + t]);
+        }
+    }
+    group_sum(partial, lanes)
+}
+
 /// This lane's elements t = c·lanes + lane of row `base` of `x`, into registers (0 past D).
 #[cube]
 pub(crate) fn load_lane<F: Float>(
@@ -349,9 +407,12 @@ pub(crate) fn scaled(dot: f32, #[comptime] cfg: SptConfig) -> (f32, bool) {
 /// pass per query row. Writes `out` [rows, D] and the row's log-sum-exp `lse` [rows] — all that
 /// backward needs besides the indices.
 ///
-/// One plane of `lanes` units per query row: lane l holds elements l, l + lanes, … of q and of
-/// the output accumulator, so every gathered k/v row is read by one coalesced plane-wide access;
-/// each score is a plane reduction. The softmax state is the same in every lane.
+/// A group of `lanes` units per query row (8 on NVIDIA: four rows per warp): lane l holds
+/// elements l, l + lanes, … of q and of the output accumulator, so a gathered k/v row is read by
+/// coalesced group-wide accesses and each score is a group reduction ([`group_sum`]). The
+/// reductions are plane-wide shuffles, so every unit runs every slot: a unit past the last row
+/// works on the last row and stores nothing; an empty slot reduces a valid dummy row and is
+/// skipped afterwards.
 #[cube(launch)]
 pub fn spt_attend_fwd<F: Float>(
     q: &Array<F>,
@@ -364,43 +425,52 @@ pub fn spt_attend_fwd<F: Float>(
     #[comptime] cfg: SptConfig,
     #[comptime] lanes: u32,
 ) {
-    let row = plane_row();
-    // Uniform across the plane: every lane of a plane has the same row.
-    if row < lse.len() {
-        let d = cfg.d as usize;
-        let topk = cfg.topk as usize;
-        let head = row / (seq_len as usize);
-        let lane = UNIT_POS_X as usize;
-        let q_regs = load_lane::<F>(q, row * d, cfg.d, lanes);
-        let mut acc = Array::<f32>::new(comptime!(cfg.d.div_ceil(lanes) as usize));
-        #[unroll]
-        for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
-            acc[c as usize] = 0.0f32;
+    let rows = lse.len();
+    let mut row = plane_row();
+    let real = row < rows;
+    if !real {
+        row = rows - 1;
+    }
+    let d = cfg.d as usize;
+    let topk = cfg.topk as usize;
+    let l = seq_len as usize;
+    let head = row / l;
+    let lane = UNIT_POS_X as usize;
+    let q_regs = load_lane::<F>(q, row * d, cfg.d, lanes);
+    let mut acc = Array::<f32>::new(comptime!(cfg.d.div_ceil(lanes) as usize));
+    #[unroll]
+    for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
+        acc[c as usize] = 0.0f32;
+    }
+    // −f32::MAX, not −∞: WGSL has no infinity literal; exp(−MAX − s) is still exactly 0.
+    let mut m = f32::new(-f32::MAX);
+    let mut z = 0.0f32;
+    for slot in 0..topk {
+        let j = indices[row * topk + slot];
+        let mut jj = 0usize;
+        if j >= 0 {
+            jj = j as usize;
         }
-        // −f32::MAX, not −∞: WGSL has no infinity literal; exp(−MAX − s) is still exactly 0.
-        let mut m = f32::new(-f32::MAX);
-        let mut z = 0.0f32;
-        for slot in 0..topk {
-            let j = indices[row * topk + slot];
-            if j >= 0 {
-                let krow = head * (seq_len as usize) + j as usize;
-                let (s, _passes) = scaled(plane_dot::<F>(&q_regs, k, krow * d, cfg.d, lanes), cfg);
-                let m_new = f32::max(m, s);
-                let rescale = f32::exp(m - m_new);
-                let p = f32::exp(s - m_new);
-                z = z * rescale + p;
-                #[unroll]
-                for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
-                    let t = (c * lanes) as usize + lane;
-                    let mut vt = 0.0f32;
-                    if t < d {
-                        vt = f32::cast_from(v[krow * d + t]);
-                    }
-                    acc[c as usize] = acc[c as usize] * rescale + p * vt;
+        let krow = head * l + jj;
+        let (s, _passes) = scaled(group_dot::<F>(&q_regs, k, krow * d, cfg.d, lanes), cfg);
+        if j >= 0 {
+            let m_new = f32::max(m, s);
+            let rescale = f32::exp(m - m_new);
+            let p = f32::exp(s - m_new);
+            z = z * rescale + p;
+            #[unroll]
+            for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
+                let t = (c * lanes) as usize + lane;
+                let mut vt = 0.0f32;
+                if t < d {
+                    vt = f32::cast_from(v[krow * d + t]);
                 }
-                m = m_new;
+                acc[c as usize] = acc[c as usize] * rescale + p * vt;
             }
+            m = m_new;
         }
+    }
+    if real {
         #[unroll]
         for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
             acc[c as usize] = acc[c as usize] / z;
@@ -516,9 +586,9 @@ pub fn spt_spmm<F: Float>(
 /// two nearly equal numbers and loses most f32 digits; around the pivot the pivot's own term is
 /// exactly 0 and the others carry small weights.
 ///
-/// One plane per query row, as in [`spt_attend_fwd`]. Every lane computes the same per-slot
-/// scalars and writes the same value to `probs`/`dscores` (one store per plane after
-/// coalescing); each lane reads back only what it wrote itself, so no barrier is needed.
+/// A group of `lanes` units per query row, as in [`spt_attend_fwd`] (every unit runs every slot;
+/// units past the last row store nothing). The lanes of a row compute the same per-slot scalars
+/// and store the same value to `probs`/`dscores`; the later passes read those back.
 #[cube(launch)]
 pub fn spt_bwd_rows<F: Float>(
     q: &Array<F>,
@@ -534,70 +604,85 @@ pub fn spt_bwd_rows<F: Float>(
     #[comptime] cfg: SptConfig,
     #[comptime] lanes: u32,
 ) {
-    let row = plane_row();
-    if row < lse.len() {
-        let d = cfg.d as usize;
-        let topk = cfg.topk as usize;
-        let head = row / (seq_len as usize);
-        let lane = UNIT_POS_X as usize;
-        let q_regs = load_lane::<F>(q, row * d, cfg.d, lanes);
-        let do_regs = load_lane::<F>(dout, row * d, cfg.d, lanes);
-        let lse_row = lse[row];
-        let mut p_piv = f32::new(-1.0);
-        let mut dp_piv = 0.0f32;
-        for slot in 0..topk {
-            let j = indices[row * topk + slot];
-            let mut stored = 0.0f32;
-            let mut dp = 0.0f32;
-            if j >= 0 {
-                let krow = head * (seq_len as usize) + j as usize;
-                let (s, passes) = scaled(plane_dot::<F>(&q_regs, k, krow * d, cfg.d, lanes), cfg);
-                let p = f32::exp(s - lse_row);
-                // A clamp-blocked slot is marked by a negated p (read back in the last pass).
-                stored = p;
-                if !passes {
-                    stored = -p;
-                }
-                dp = plane_dot::<F>(&do_regs, v, krow * d, cfg.d, lanes);
-                if p > p_piv {
-                    p_piv = p;
-                    dp_piv = dp;
-                }
+    let rows = lse.len();
+    let mut row = plane_row();
+    let real = row < rows;
+    if !real {
+        row = rows - 1;
+    }
+    let d = cfg.d as usize;
+    let topk = cfg.topk as usize;
+    let l = seq_len as usize;
+    let head = row / l;
+    let lane = UNIT_POS_X as usize;
+    let q_regs = load_lane::<F>(q, row * d, cfg.d, lanes);
+    let lse_row = lse[row];
+    let mut p_piv = f32::new(-1.0);
+    let mut dp_piv = 0.0f32;
+    for slot in 0..topk {
+        let j = indices[row * topk + slot];
+        let mut jj = 0usize;
+        if j >= 0 {
+            jj = j as usize;
+        }
+        let krow = head * l + jj;
+        let (s, passes) = scaled(group_dot::<F>(&q_regs, k, krow * d, cfg.d, lanes), cfg);
+        // dout's row is re-read per slot (from L1) rather than held: fewer live registers.
+        let dp_all = group_dot_rows::<F>(dout, row * d, v, krow * d, cfg.d, lanes);
+        let mut stored = 0.0f32;
+        let mut dp = 0.0f32;
+        if j >= 0 {
+            let p = f32::exp(s - lse_row);
+            // A clamp-blocked slot is marked by a negated p (read back in the last pass).
+            stored = p;
+            if !passes {
+                stored = -p;
             }
+            dp = dp_all;
+            if p > p_piv {
+                p_piv = p;
+                dp_piv = dp;
+            }
+        }
+        if real {
             probs[row * topk + slot] = stored;
             dscores[row * topk + slot] = dp;
         }
-        let mut delta = 0.0f32;
-        for slot in 0..topk {
-            delta += f32::abs(probs[row * topk + slot]) * (dscores[row * topk + slot] - dp_piv);
-        }
-        let mut acc = Array::<f32>::new(comptime!(cfg.d.div_ceil(lanes) as usize));
-        #[unroll]
-        for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
-            acc[c as usize] = 0.0f32;
-        }
-        let scale = 1.0f32 / f32::sqrt(f32::cast_from(cfg.d));
-        for slot in 0..topk {
-            let j = indices[row * topk + slot];
-            let stored = probs[row * topk + slot];
-            let p = f32::abs(stored);
-            let mut ds = 0.0f32;
-            if j >= 0 {
-                let krow = head * (seq_len as usize) + j as usize;
-                if stored >= 0.0f32 {
-                    ds = p * ((dscores[row * topk + slot] - dp_piv) - delta);
-                }
-                #[unroll]
-                for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
-                    let t = (c * lanes) as usize + lane;
-                    if t < d {
-                        acc[c as usize] += scale * ds * f32::cast_from(k[krow * d + t]);
-                    }
+    }
+    let mut delta = 0.0f32;
+    for slot in 0..topk {
+        delta += f32::abs(probs[row * topk + slot]) * (dscores[row * topk + slot] - dp_piv);
+    }
+    let mut acc = Array::<f32>::new(comptime!(cfg.d.div_ceil(lanes) as usize));
+    #[unroll]
+    for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
+        acc[c as usize] = 0.0f32;
+    }
+    let scale = 1.0f32 / f32::sqrt(f32::cast_from(cfg.d));
+    for slot in 0..topk {
+        let j = indices[row * topk + slot];
+        let stored = probs[row * topk + slot];
+        let p = f32::abs(stored);
+        let mut ds = 0.0f32;
+        if j >= 0 {
+            let krow = head * l + j as usize;
+            if stored >= 0.0f32 {
+                ds = p * ((dscores[row * topk + slot] - dp_piv) - delta);
+            }
+            #[unroll]
+            for c in 0..comptime!(cfg.d.div_ceil(lanes)) {
+                let t = (c * lanes) as usize + lane;
+                if t < d {
+                    acc[c as usize] += scale * ds * f32::cast_from(k[krow * d + t]);
                 }
             }
+        }
+        if real {
             dscores[row * topk + slot] = ds;
             probs[row * topk + slot] = p;
         }
+    }
+    if real {
         store_lane::<F>(dq, &acc, row * d, cfg.d, lanes);
     }
 }
@@ -733,8 +818,9 @@ pub fn spt_key_fill(
 }
 
 /// Backward, key-major: dk_j = scale·Σ ds_ij q_i and dv_j = Σ p_ij dout_i over the queries that
-/// kept key j, in ascending query order (no atomics, deterministic). One plane per key row; lane
-/// l accumulates elements l, l + lanes, … so every gathered q/dout row is one coalesced access.
+/// kept key j, in ascending query order (no atomics, deterministic). A group of `lanes` units per
+/// key row; lane l accumulates elements l, l + lanes, … so every gathered q/dout row is read by
+/// coalesced group-wide accesses (no reductions, so no shuffles).
 #[cube(launch)]
 pub fn spt_bwd_keys<F: Float>(
     q: &Array<F>,

@@ -152,6 +152,30 @@ pub fn lanes<R: Runtime>(client: &ComputeClient<R>) -> u32 {
     client.properties().hardware.plane_size_max.clamp(1, 128)
 }
 
+/// Lanes per row of the sparse row kernels (`spt_attend_fwd`, `spt_bwd_rows`, `spt_bwd_keys`):
+/// [`ROW_LANES`], or the plane size when smaller (lavapipe: 8), so several rows share a plane and
+/// each lane holds D / lanes elements; 1 where the plane size is not a power of two.
+///
+/// `SPARSECUBE_ROW_LANES=<power of two>` overrides [`ROW_LANES`] (capped at the plane size): on
+/// lavapipe, whose plane is 8, values below 8 exercise several rows per plane.
+pub fn row_lanes<R: Runtime>(client: &ComputeClient<R>) -> u32 {
+    let plane = lanes(client);
+    let want = std::env::var("SPARSECUBE_ROW_LANES")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|v| v.is_power_of_two())
+        .unwrap_or(ROW_LANES);
+    if plane.is_power_of_two() {
+        plane.min(want)
+    } else {
+        1
+    }
+}
+
+/// Lanes per row of the sparse row kernels where the plane allows: a gathered row of D = 64 f32
+/// is then 8 elements per lane, 32 bytes per group access, four rows per 32-wide warp.
+pub const ROW_LANES: u32 = 8;
+
 /// Cube shape of the plane-per-row kernels for `lanes`: `lanes` × rows-per-cube (128 units per
 /// cube, at least one row), and the rows per cube.
 pub fn plane_dims(lanes: u32) -> (CubeDim, u32) {
@@ -225,7 +249,7 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
     let out = client.empty(elems * size_of::<F>());
     let lse = client.empty(rows * 4);
     if plan.fused {
-        let lanes = lanes(client);
+        let lanes = row_lanes(client);
         let (pcount, pdim) = plane_rows_count(client, rows, lanes);
         spt_attend_fwd::launch::<F, R>(
             client,
@@ -297,7 +321,7 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
     let dq = client.empty(elems * size_of::<F>());
     let probs = client.empty(kept * 4);
     let dscores = client.empty(kept * 4);
-    let lanes = lanes(client);
+    let lanes = row_lanes(client);
     let (count, dim) = plane_rows_count(client, rows, lanes);
     spt_bwd_rows::launch::<F, R>(
         client,
