@@ -1,7 +1,7 @@
 //! SPT sparse attention vs dense attention on the same device, forward + backward, for
 //! L ∈ {512, 2048} (override with SPARSECUBE_BENCH_L) and topk = L/8: time and bytes kept for
-//! backward, as ratios. Both sides are this repository's kernels in the same style (one plane per
-//! row, f32 accumulation); PyTorch baselines on a GPU come from scripts/device-check.sh.
+//! backward, as ratios. Both sides are this repository's kernels in the same style (a group of
+//! lanes per row, f32 accumulation); PyTorch baselines on a GPU come from scripts/device-check.sh.
 //!
 //! `cargo bench -p sparsecube-benches --bench spt_attention` (B, H, D, repeats: SPARSECUBE_BENCH_B,
 //! _H, _D, _REPEATS).
