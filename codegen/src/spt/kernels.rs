@@ -1,7 +1,7 @@
 //! `#[cube]` kernels of SPT sparse attention. One unit per query row (or key, or head), or — for
 //! the kernels that gather whole rows (attend, backward rows and keys) — a group of lanes per
-//! row; every shape-independent choice (head dim, PQ layout, top-k, causal, clamp, selector) is a comptime
-//! value of [`SptConfig`], so each distinct config compiles to its own specialised kernel.
+//! row; every shape-independent choice (head dim, PQ layout, top-k, causal, clamp, selector) is a
+//! comptime value of [`SptConfig`], so each distinct config compiles to its own specialised kernel.
 //!
 //! Storage dtype `F` (f32, f16, bf16); every reduction accumulates in f32.
 
