@@ -54,3 +54,57 @@ kernel spt_variant_bf16 {
   dims = (B = 16, H = 32, L = 512, D = 32)
   schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = false)
 }
+
+kernel routed_default_f32 {
+  op = routed-ffn
+  direction = forward
+  dtype = f32
+  pattern = routed(blocks = 4, top = 2, router = sigmoid, gate = output, gate_scale = 2, act = relu)
+  dims = (T = 8192, d_model = 1024, d_ff = 4096)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel routed_default_f16 {
+  op = routed-ffn
+  direction = forward
+  dtype = f16
+  pattern = routed(blocks = 4, top = 2, router = sigmoid, gate = output, gate_scale = 2, act = relu)
+  dims = (T = 8192, d_model = 1024, d_ff = 4096)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel routed_default_bf16 {
+  op = routed-ffn
+  direction = forward
+  dtype = bf16
+  pattern = routed(blocks = 4, top = 2, router = sigmoid, gate = output, gate_scale = 2, act = relu)
+  dims = (T = 8192, d_model = 1024, d_ff = 4096)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel routed_variant_f32 {
+  op = routed-ffn
+  direction = forward
+  dtype = f32
+  pattern = routed(blocks = 16, top = 4, router = softmax, gate = spt-lora, gate_scale = 2, act = gelu)
+  dims = (T = 8192, d_model = 1024, d_ff = 4096)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel routed_variant_f16 {
+  op = routed-ffn
+  direction = forward
+  dtype = f16
+  pattern = routed(blocks = 16, top = 4, router = softmax, gate = spt-lora, gate_scale = 2, act = gelu)
+  dims = (T = 8192, d_model = 1024, d_ff = 4096)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel routed_variant_bf16 {
+  op = routed-ffn
+  direction = forward
+  dtype = bf16
+  pattern = routed(blocks = 16, top = 4, router = softmax, gate = spt-lora, gate_scale = 2, act = gelu)
+  dims = (T = 8192, d_model = 1024, d_ff = 4096)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}

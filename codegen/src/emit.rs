@@ -7,6 +7,12 @@
 //! types) and refuses every I/O call with an error.
 
 use crate::LowerError;
+use crate::routed::RoutedPlan;
+use crate::routed::kernels::{
+    routed_bwd_db2, routed_bwd_dx, routed_bwd_hidden, routed_bwd_router, routed_bwd_router_w,
+    routed_bwd_w1, routed_bwd_w2, routed_count, routed_down, routed_fill, routed_gate,
+    routed_offsets, routed_scan, routed_up,
+};
 use crate::spt::SptPlan;
 use crate::spt::kernels::{
     pq_encode, spt_attend_fwd, spt_bwd_keys, spt_bwd_rows, spt_key_count, spt_key_fill,
@@ -489,6 +495,219 @@ fn spt<F: Float + CubeElement>(
         .collect()
 }
 
+fn routed<F: Float + CubeElement>(
+    plan: &RoutedPlan,
+    target: Target,
+) -> Result<Vec<KernelSource>, CompilationError> {
+    let client = Offline::client(&OfflineDevice);
+    let c = plan.cfg;
+    let defs: Vec<(&'static str, KernelDefinition)> = vec![
+        (
+            "routed_gate",
+            routed_gate::RoutedGate::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "routed_count",
+            routed_count::RoutedCount::<Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                (),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "routed_scan",
+            routed_scan::RoutedScan::<Offline>::new(settings(), client.clone(), arg(), arg(), c)
+                .define(),
+        ),
+        (
+            "routed_offsets",
+            routed_offsets::RoutedOffsets::<Offline>::new(settings(), client.clone(), arg(), c)
+                .define(),
+        ),
+        (
+            "routed_fill",
+            routed_fill::RoutedFill::<Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                (),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "routed_up",
+            routed_up::RoutedUp::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                (),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "routed_down",
+            routed_down::RoutedDown::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                (),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "routed_bwd_hidden",
+            routed_bwd_hidden::RoutedBwdHidden::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                (),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "routed_bwd_router",
+            routed_bwd_router::RoutedBwdRouter::<Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                (),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "routed_bwd_dx",
+            routed_bwd_dx::RoutedBwdDx::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "routed_bwd_w1",
+            routed_bwd_w1::RoutedBwdW1::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "routed_bwd_w2",
+            routed_bwd_w2::RoutedBwdW2::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                (),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "routed_bwd_router_w",
+            routed_bwd_router_w::RoutedBwdRouterW::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                (),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "routed_bwd_db2",
+            routed_bwd_db2::RoutedBwdDb2::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                (),
+            )
+            .define(),
+        ),
+    ];
+    defs.into_iter()
+        .map(|(kernel, def)| {
+            Ok(KernelSource {
+                kernel,
+                source: canonicalize(&compile(def, target)?),
+            })
+        })
+        .collect()
+}
+
 /// Every kernel a spec lowers to, as `target` source.
 pub fn sources(spec: &KernelSpec, target: Target) -> Result<Vec<KernelSource>, LowerError> {
     let fail = |e: CompilationError| LowerError::Unsupported {
@@ -506,6 +725,22 @@ pub fn sources(spec: &KernelSpec, target: Target) -> Result<Vec<KernelSource>, L
                 (DType::F32, _) => spt::<f32>(&plan, target).map_err(fail),
                 (DType::F16, _) => spt::<half::f16>(&plan, target).map_err(fail),
                 (DType::BF16, _) => spt::<half::bf16>(&plan, target).map_err(fail),
+                (DType::I64, _) => Err(LowerError::Unsupported {
+                    op: spec.op,
+                    what: "i64 storage".into(),
+                }),
+            }
+        }
+        OpKind::RoutedFfn => {
+            let plan = RoutedPlan::from_spec(spec)?;
+            match (spec.dtype, target) {
+                (DType::BF16, Target::Wgsl) => Err(LowerError::Unsupported {
+                    op: spec.op,
+                    what: "bf16 storage in WGSL (WGSL has no bf16)".into(),
+                }),
+                (DType::F32, _) => routed::<f32>(&plan, target).map_err(fail),
+                (DType::F16, _) => routed::<half::f16>(&plan, target).map_err(fail),
+                (DType::BF16, _) => routed::<half::bf16>(&plan, target).map_err(fail),
                 (DType::I64, _) => Err(LowerError::Unsupported {
                     op: spec.op,
                     what: "i64 storage".into(),

@@ -9,6 +9,7 @@
 
 pub mod cuda_check;
 pub mod emit;
+pub mod routed;
 pub mod spt;
 
 use kernels_ir::{OpKind, VerifyErrors};

@@ -6,5 +6,6 @@ mod fd;
 mod hand;
 mod identities;
 mod ir;
+mod kernels_routed;
 mod kernels_spt;
 mod sources;

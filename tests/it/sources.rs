@@ -1,12 +1,14 @@
 //! Generated CUDA C++ and WGSL of every SPT kernel for canonical configs, as insta snapshots
 //! (generated without a device, so they run everywhere), and their stability.
 
-use kernels_ir::pattern::{Pattern, PqTopK, Selector, TopK};
+use kernels_ir::pattern::{Activation, GateMode, Pattern, PqTopK, Routed, Router, Selector, TopK};
 use kernels_ir::{DType, KernelSpec, OpKind, Schedule};
 use sparsecube_codegen::emit::{Target, sources};
 
 /// The canonical configs: SPT's defaults (D = 64, topk = L/8, pq-match, f32, fused forward), and
-/// the other branch of every switch (causal, clamp, pq-adc, f16, D = 32, unfused forward chain).
+/// the other branch of every switch (causal, clamp, pq-adc, f16, D = 32, unfused forward chain);
+/// the routed FFN's defaults (4 blocks, top 2, sigmoid, gate on the output, ReLU) and the other
+/// branches (16 blocks top 4, softmax, spt-lora, GELU, f16).
 pub(crate) fn canonical() -> Vec<(&'static str, KernelSpec)> {
     let b = |name: &str, d: usize, p: PqTopK, dtype, fused| {
         KernelSpec::builder(name, OpKind::SptAttention)
@@ -41,7 +43,36 @@ pub(crate) fn canonical() -> Vec<(&'static str, KernelSpec)> {
                 false,
             ),
         ),
+        (
+            "routed_default_f32",
+            routed("routed_default", Routed::default(), DType::F32),
+        ),
+        (
+            "routed_softmax_gelu_lora_f16",
+            routed(
+                "routed_variant",
+                Routed {
+                    blocks: 16,
+                    top: 4,
+                    router: Router::Softmax,
+                    gate: GateMode::SptLora,
+                    act: Activation::Gelu,
+                    ..Routed::default()
+                },
+                DType::F16,
+            ),
+        ),
     ]
+}
+
+/// A routed FFN at the bench's shape (d_model 1024, d_ff 4096, T 8192).
+fn routed(name: &str, r: Routed, dtype: DType) -> KernelSpec {
+    KernelSpec::builder(name, OpKind::RoutedFfn)
+        .dims([("T", 8192), ("d_model", 1024), ("d_ff", 4096)])
+        .pattern(Pattern::Routed(r))
+        .dtype(dtype)
+        .build()
+        .unwrap()
 }
 
 fn joined(spec: &KernelSpec, target: Target) -> String {
@@ -58,22 +89,45 @@ fn generated_sources_snapshots() {
         for (target, ext) in [(Target::Cuda, "cuda"), (Target::Wgsl, "wgsl")] {
             let text = joined(&spec, target);
             // Every kernel of the chain is there: the shared ones and the chosen forward path.
-            let forward: &[&str] = if spec.schedule.fused {
-                &["spt_attend_fwd"]
-            } else {
-                &["spt_sddmm", "spt_softmax", "spt_spmm"]
+            let expected: Vec<&str> = match spec.op {
+                OpKind::SptAttention => {
+                    let forward: &[&str] = if spec.schedule.fused {
+                        &["spt_attend_fwd"]
+                    } else {
+                        &["spt_sddmm", "spt_softmax", "spt_spmm"]
+                    };
+                    [
+                        "pq_encode",
+                        "spt_select",
+                        "spt_bwd_rows",
+                        "spt_key_count",
+                        "spt_key_scan",
+                        "spt_key_offsets",
+                        "spt_key_fill",
+                        "spt_bwd_keys",
+                    ]
+                    .into_iter()
+                    .chain(forward.iter().copied())
+                    .collect()
+                }
+                _ => vec![
+                    "routed_gate",
+                    "routed_count",
+                    "routed_scan",
+                    "routed_offsets",
+                    "routed_fill",
+                    "routed_up",
+                    "routed_down",
+                    "routed_bwd_hidden",
+                    "routed_bwd_router",
+                    "routed_bwd_dx",
+                    "routed_bwd_w1",
+                    "routed_bwd_w2",
+                    "routed_bwd_db2",
+                    "routed_bwd_router_w",
+                ],
             };
-            let shared = [
-                "pq_encode",
-                "spt_select",
-                "spt_bwd_rows",
-                "spt_key_count",
-                "spt_key_scan",
-                "spt_key_offsets",
-                "spt_key_fill",
-                "spt_bwd_keys",
-            ];
-            for k in shared.iter().chain(forward) {
+            for k in expected {
                 assert!(
                     text.contains(&format!("// ===== {k} =====")),
                     "{name}/{ext}: {k} missing"

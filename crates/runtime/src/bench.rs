@@ -13,6 +13,7 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 use kernels_ir::reference::rng::SplitMix64;
 use kernels_ir::{DType, KernelSpec, OpKind};
+use sparsecube_codegen::routed::{self, RoutedPlan};
 use sparsecube_codegen::spt::{self, SptPlan};
 use std::time::Instant;
 
@@ -177,5 +178,120 @@ fn attention_on<R: Runtime, F: crate::execute::HostFloat>(
         repeats: repeats.max(1),
         peak_bytes: peak,
         saved_bytes,
+    })
+}
+
+/// Times the routed FFN, forward + backward (every gradient), at the sizes, pattern and dtype of
+/// `spec` (a `routed-ffn` spec) on `device`, on N(0, 1/fan-in) weights from `seed`. With
+/// `top = blocks` and gate `none` it is the dense FFN in the same kernel style.
+pub fn routed_ffn(
+    device: &Device,
+    spec: &KernelSpec,
+    warmup: usize,
+    repeats: usize,
+    seed: u64,
+) -> Result<Measured, RuntimeError> {
+    if spec.op != OpKind::RoutedFfn {
+        return Err(sparsecube_codegen::LowerError::Unsupported {
+            op: spec.op,
+            what: "the routed FFN bench (it times routed-ffn)".into(),
+        }
+        .into());
+    }
+    match (device, spec.dtype) {
+        (Device::Cuda(c), DType::F32) => {
+            routed_on::<_, f32>(c, "cuda", spec, warmup, repeats, seed)
+        }
+        (Device::Cuda(c), DType::F16) => {
+            routed_on::<_, half::f16>(c, "cuda", spec, warmup, repeats, seed)
+        }
+        (Device::Cuda(c), DType::BF16) => {
+            routed_on::<_, half::bf16>(c, "cuda", spec, warmup, repeats, seed)
+        }
+        (Device::Wgpu(c), DType::F32) => {
+            routed_on::<_, f32>(c, "wgpu", spec, warmup, repeats, seed)
+        }
+        (Device::Wgpu(c), DType::F16) => {
+            routed_on::<_, half::f16>(c, "wgpu", spec, warmup, repeats, seed)
+        }
+        (Device::Reference, _) => Err(RuntimeError::Unavailable {
+            kind: "reference",
+            reason: "the bench times generated kernels: use --device cuda or wgpu".into(),
+        }),
+        (_, dtype) => Err(RuntimeError::Unavailable {
+            kind: device.kind().name(),
+            reason: format!("this adapter cannot store {dtype} (WGSL has no bf16)"),
+        }),
+    }
+}
+
+fn routed_on<R: Runtime, F: crate::execute::HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    spec: &KernelSpec,
+    warmup: usize,
+    repeats: usize,
+    seed: u64,
+) -> Result<Measured, RuntimeError> {
+    let plan = RoutedPlan::from_spec(spec)?;
+    let mut rng = SplitMix64::new(seed);
+    let (t, dm, dff, e) = (
+        plan.t,
+        plan.cfg.dm as usize,
+        plan.dff(),
+        plan.cfg.blocks as usize,
+    );
+    let mut upload = |len: usize, std: f64| -> Handle {
+        let v: Vec<F> = (0..len).map(|_| F::from_f64(std * rng.normal())).collect();
+        client.create_from_slice(F::as_bytes(&v))
+    };
+    let fan = |n: usize| 1.0 / (n as f64).sqrt();
+    let x = upload(t * dm, 1.0);
+    let w1 = upload(dff * dm, fan(dm));
+    let b1 = upload(dff, 0.1);
+    let w2 = upload(dm * dff, fan(dff));
+    let b2 = upload(dm, 0.1);
+    let wr = upload(e * dm, fan(dm));
+    let br = upload(e, 0.1);
+    let dy = upload(t * dm, 1.0);
+    let sync = || {
+        cubecl::future::block_on(client.sync()).map_err(|err| RuntimeError::Device {
+            kind,
+            message: format!("{err:?}"),
+        })
+    };
+    let step = || -> Result<u64, RuntimeError> {
+        let saved = routed::forward::<R, F>(client, &plan, &x, &w1, &b1, &w2, &b2, &wr, &br);
+        let grads = routed::backward::<R, F>(client, &plan, &x, &w1, &w2, &wr, &saved, &dy);
+        sync()?;
+        let bytes = client
+            .memory_usage()
+            .map(|u| u.bytes_in_use)
+            .map_err(|err| RuntimeError::Device {
+                kind,
+                message: format!("{err:?}"),
+            })?
+            + plan.scratch_bytes() as u64;
+        drop((saved, grads));
+        Ok(bytes)
+    };
+    let mut peak = 0;
+    for _ in 0..warmup {
+        peak = peak.max(step()?);
+    }
+    let mut times = Vec::with_capacity(repeats.max(1));
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        peak = peak.max(step()?);
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let (median_ms, min_ms, max_ms) = median_min_max(times);
+    Ok(Measured {
+        median_ms,
+        min_ms,
+        max_ms,
+        repeats: repeats.max(1),
+        peak_bytes: peak,
+        saved_bytes: plan.saved_bytes() as u64,
     })
 }

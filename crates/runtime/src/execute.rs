@@ -6,7 +6,7 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 use kernels_ir::reference::{self, IndexTensor, ReferenceError, Tensor, TensorMap, Value};
 use kernels_ir::{DType, Direction, KernelSpec, OpKind};
-use sparsecube_codegen::{LowerError, spt};
+use sparsecube_codegen::{LowerError, routed, spt};
 
 /// Runs `spec` on `inputs` on `device` and returns the outputs its signature names.
 pub fn run(
@@ -61,31 +61,27 @@ fn on_device<R: Runtime>(
     inputs: &TensorMap,
 ) -> Result<TensorMap, RuntimeError> {
     reference::check_inputs(spec, inputs)?;
+    let native_bf16 = client
+        .properties()
+        .supports_type(half::bf16::as_type_native_unchecked());
     match (spec.op, spec.dtype) {
         (OpKind::SptAttention, DType::F32) => spt_attention::<R, f32>(client, kind, spec, inputs),
         (OpKind::SptAttention, DType::F16) => {
             spt_attention::<R, half::f16>(client, kind, spec, inputs)
         }
-        (OpKind::SptAttention, DType::BF16) => {
-            if client
-                .properties()
-                .supports_type(half::bf16::as_type_native_unchecked())
-            {
-                spt_attention::<R, half::bf16>(client, kind, spec, inputs)
-            } else {
-                // No bf16 storage on this adapter (WGSL has none): the bf16 values are held as
-                // f32 on the device (exactly; twice the memory) and the outputs are rounded to
-                // bf16 on the way out, so the results are those of bf16 storage.
-                let rounded: TensorMap = inputs
-                    .iter()
-                    .map(|(n, v)| (n.clone(), round_bf16(v)))
-                    .collect();
-                let out = spt_attention::<R, f32>(client, kind, spec, &rounded)?;
-                Ok(out
-                    .iter()
-                    .map(|(n, v)| (n.clone(), round_bf16(v)))
-                    .collect())
-            }
+        (OpKind::SptAttention, DType::BF16) if native_bf16 => {
+            spt_attention::<R, half::bf16>(client, kind, spec, inputs)
+        }
+        (OpKind::SptAttention, DType::BF16) => bf16_as_f32(inputs, |ins| {
+            spt_attention::<R, f32>(client, kind, spec, ins)
+        }),
+        (OpKind::RoutedFfn, DType::F32) => routed_ffn::<R, f32>(client, kind, spec, inputs),
+        (OpKind::RoutedFfn, DType::F16) => routed_ffn::<R, half::f16>(client, kind, spec, inputs),
+        (OpKind::RoutedFfn, DType::BF16) if native_bf16 => {
+            routed_ffn::<R, half::bf16>(client, kind, spec, inputs)
+        }
+        (OpKind::RoutedFfn, DType::BF16) => {
+            bf16_as_f32(inputs, |ins| routed_ffn::<R, f32>(client, kind, spec, ins))
         }
         (op, _) => Err(LowerError::Unsupported {
             op,
@@ -93,6 +89,24 @@ fn on_device<R: Runtime>(
         }
         .into()),
     }
+}
+
+/// bf16 on an adapter without bf16 storage (WGSL has none): the bf16 values are held as f32 on
+/// the device (exactly; twice the memory) and the outputs are rounded to bf16 on the way out, so
+/// the results are those of bf16 storage.
+fn bf16_as_f32(
+    inputs: &TensorMap,
+    run: impl FnOnce(&TensorMap) -> Result<TensorMap, RuntimeError>,
+) -> Result<TensorMap, RuntimeError> {
+    let rounded: TensorMap = inputs
+        .iter()
+        .map(|(n, v)| (n.clone(), round_bf16(v)))
+        .collect();
+    let out = run(&rounded)?;
+    Ok(out
+        .iter()
+        .map(|(n, v)| (n.clone(), round_bf16(v)))
+        .collect())
 }
 
 /// `v` rounded to bf16 (index tensors unchanged).
@@ -207,6 +221,79 @@ fn spt_attention<R: Runtime, F: HostFloat>(
                 out.insert(
                     name.into(),
                     Value::F(download::<R, F>(client, kind, h, shape.clone())?),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn routed_ffn<R: Runtime, F: HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    spec: &KernelSpec,
+    inputs: &TensorMap,
+) -> Result<TensorMap, RuntimeError> {
+    let plan = routed::RoutedPlan::from_spec(spec)?;
+    if !client
+        .properties()
+        .supports_type(F::as_type_native_unchecked())
+    {
+        return Err(RuntimeError::Unavailable {
+            kind,
+            reason: format!("this adapter cannot store {}", spec.dtype),
+        });
+    }
+    let [x, w1, b1, w2, b2, wr, br] = ["x", "w1", "b1", "w2", "b2", "wr", "br"]
+        .map(|n| upload::<R, F>(client, tensor(inputs, n)));
+    let saved = routed::forward::<R, F>(client, &plan, &x, &w1, &b1, &w2, &b2, &wr, &br);
+    sync(client, kind)?;
+    let (t, dm) = (plan.t, plan.cfg.dm as usize);
+    let mut out = TensorMap::new();
+    match spec.direction {
+        Direction::Forward => {
+            out.insert(
+                "y".into(),
+                Value::F(download::<R, F>(
+                    client,
+                    kind,
+                    saved.y.clone(),
+                    vec![t, dm],
+                )?),
+            );
+            let bytes =
+                client
+                    .read_one(saved.blocks.clone())
+                    .map_err(|e| RuntimeError::Device {
+                        kind,
+                        message: format!("{e:?}"),
+                    })?;
+            let blocks: Vec<i64> = i32::from_bytes(&bytes)
+                .iter()
+                .map(|&e| i64::from(e))
+                .collect();
+            out.insert(
+                "blocks".into(),
+                Value::I(IndexTensor::new(vec![t, plan.cfg.top as usize], blocks)?),
+            );
+        }
+        Direction::Backward => {
+            let dy = upload::<R, F>(client, tensor(inputs, "dy"));
+            let g = routed::backward::<R, F>(client, &plan, &x, &w1, &w2, &wr, &saved, &dy);
+            sync(client, kind)?;
+            let (dff, e_n) = (plan.dff(), plan.cfg.blocks as usize);
+            for (name, h, shape) in [
+                ("dx", g.dx, vec![t, dm]),
+                ("dw1", g.dw1, vec![dff, dm]),
+                ("db1", g.db1, vec![dff]),
+                ("dw2", g.dw2, vec![dm, dff]),
+                ("db2", g.db2, vec![dm]),
+                ("dwr", g.dwr, vec![e_n, dm]),
+                ("dbr", g.dbr, vec![e_n]),
+            ] {
+                out.insert(
+                    name.into(),
+                    Value::F(download::<R, F>(client, kind, h, shape)?),
                 );
             }
         }

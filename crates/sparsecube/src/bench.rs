@@ -7,7 +7,7 @@
 //! listed with that status, so the table shows the gap instead of hiding it.
 
 use anyhow::{Result, bail};
-use kernels_ir::pattern::{Pattern, PqTopK, TopK};
+use kernels_ir::pattern::{GateMode, Pattern, PqTopK, Routed, TopK};
 use kernels_ir::{DType, KernelSpec, OpKind};
 use serde_json::{Value as Json, json};
 use sparsecube_runtime::Device;
@@ -103,6 +103,29 @@ pub fn paper(scale: Scale) -> Vec<Workload> {
             ],
             BF16,
         ),
+        // Issue 4's routed-FFN bench shapes (d_model 1024, d_ff 4096, T 8192), in f32.
+        workload(
+            "ffn",
+            &[
+                ("T", t),
+                ("d_model", dm / 2),
+                ("d_ff", dff / 2),
+                ("blocks", 4),
+                ("r", 2),
+            ],
+            F32,
+        ),
+        workload(
+            "ffn",
+            &[
+                ("T", t),
+                ("d_model", dm / 2),
+                ("d_ff", dff / 2),
+                ("blocks", 16),
+                ("r", 4),
+            ],
+            F32,
+        ),
         workload("monarch", &[("T", t), ("n", n), ("blocks", 4)], BF16),
         workload("sara-linear", &[("T", t), ("in", n), ("out", n)], BF16),
         workload(
@@ -127,18 +150,30 @@ pub fn paper(scale: Scale) -> Vec<Workload> {
     ]
 }
 
-/// What we run for a workload kind: (implementation, Some(attention) when a kernel exists, or
-/// the issue that builds it).
-fn ours(kind: &str) -> Vec<(&'static str, Result<Attention, &'static str>)> {
+/// What we time for a workload.
+#[derive(Clone, Copy)]
+enum Ours {
+    Attention(Attention),
+    /// The routed FFN with the workload's blocks and top.
+    Routed,
+    /// The same kernels with every block kept and no gate: the dense FFN.
+    RoutedDense,
+}
+
+/// What we run for a workload kind: (implementation, what to time, or the issue that builds it).
+fn ours(kind: &str) -> Vec<(&'static str, Result<Ours, &'static str>)> {
     match kind {
         "attention" => vec![
-            ("sparsecube-spt-sparse", Ok(Attention::Sparse)),
-            ("sparsecube-dense", Ok(Attention::Dense)),
+            (
+                "sparsecube-spt-sparse",
+                Ok(Ours::Attention(Attention::Sparse)),
+            ),
+            ("sparsecube-dense", Ok(Ours::Attention(Attention::Dense))),
         ],
-        "ffn" => vec![(
-            "sparsecube-routed-ffn",
-            Err("not implemented yet (issue 4)"),
-        )],
+        "ffn" => vec![
+            ("sparsecube-routed-ffn", Ok(Ours::Routed)),
+            ("sparsecube-dense-ffn", Ok(Ours::RoutedDense)),
+        ],
         "monarch" => vec![("sparsecube-monarch", Err("not implemented yet (issue 5)"))],
         "sara-linear" => vec![("sparsecube-sara", Err("not implemented yet (issue 5)"))],
         "pst-linear" => vec![("sparsecube-pst", Err("not implemented yet (issue 5)"))],
@@ -161,6 +196,33 @@ fn attention_spec(w: &Workload) -> Result<KernelSpec> {
             topk: TopK::Fixed(w.dim("topk")),
             ..PqTopK::default()
         }))
+        .dtype(w.dtype)
+        .build()?)
+}
+
+fn routed_spec(w: &Workload, dense: bool) -> Result<KernelSpec> {
+    let blocks = w.dim("blocks");
+    let r = if dense {
+        Routed {
+            blocks,
+            top: blocks,
+            gate: GateMode::None,
+            ..Routed::default()
+        }
+    } else {
+        Routed {
+            blocks,
+            top: w.dim("r"),
+            ..Routed::default()
+        }
+    };
+    Ok(KernelSpec::builder("bench", OpKind::RoutedFfn)
+        .dims([
+            ("T", w.dim("T")),
+            ("d_model", w.dim("d_model")),
+            ("d_ff", w.dim("d_ff")),
+        ])
+        .pattern(Pattern::Routed(r))
         .dtype(w.dtype)
         .build()?)
 }
@@ -213,9 +275,25 @@ pub fn run(
         for (name, what) in ours(w.kind) {
             let mut row = match what {
                 Err(status) => json!({"status": status}),
-                Ok(which) => {
-                    let spec = attention_spec(w)?;
-                    match bench::attention(device, &spec, which, warmup, repeats, 0x5EED) {
+                Ok(what) => {
+                    let measured = match what {
+                        Ours::Attention(which) => bench::attention(
+                            device,
+                            &attention_spec(w)?,
+                            which,
+                            warmup,
+                            repeats,
+                            0x5EED,
+                        ),
+                        Ours::Routed | Ours::RoutedDense => bench::routed_ffn(
+                            device,
+                            &routed_spec(w, matches!(what, Ours::RoutedDense))?,
+                            warmup,
+                            repeats,
+                            0x5EED,
+                        ),
+                    };
+                    match measured {
                         Ok(m) => measured_json(&m),
                         Err(e) => json!({"status": format!("error: {e}")}),
                     }

@@ -5,7 +5,9 @@
 use anyhow::{Result, bail};
 use kernels_ir::DType;
 use kernels_ir::reference::rng::SplitMix64;
-use sparsecube_runtime::selftest::{CaseReport, SptCase, check_dense, check_spt, quick_cases};
+use sparsecube_runtime::selftest::{
+    CaseReport, RoutedCase, SptCase, check_dense, check_routed, check_spt, quick_cases,
+};
 use sparsecube_runtime::{Device, DeviceKind};
 
 /// What to run.
@@ -33,11 +35,17 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
     }
     let dtypes = dtypes(device);
     let mut cases: Vec<(bool, SptCase)> = Vec::new();
+    let mut routed: Vec<RoutedCase> = Vec::new();
     if opts.quick {
         for &dt in &dtypes {
             cases.extend(quick_cases(dt).into_iter().map(|c| (false, c)));
         }
         cases.push((true, quick_cases(DType::F32)[0].clone()));
+        // One routed case per dtype: every routed kernel, forward and backward.
+        let mut rng = SplitMix64::new(opts.seed);
+        for &dt in &dtypes {
+            routed.push(RoutedCase::draw(&mut rng, 70, &[dt]));
+        }
     } else {
         let mut rng = SplitMix64::new(opts.seed);
         for _ in 0..opts.cases {
@@ -69,11 +77,14 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
         for _ in 0..4 {
             cases.push((true, SptCase::draw(&mut rng, opts.max_len, &[DType::F32])));
         }
+        for _ in 0..opts.cases / 2 {
+            routed.push(RoutedCase::draw(&mut rng, opts.max_len, &dtypes));
+        }
     }
+    let total = cases.len() + routed.len();
     println!(
-        "selftest on {}: {} case(s), SPT attention forward + backward (and the dense baseline) vs the reference executor",
+        "selftest on {}: {total} case(s), SPT attention (and the dense baseline) and the routed FFN, forward + backward, vs the reference executor",
         sparsecube_runtime::describe(device.kind())?,
-        cases.len()
     );
     let mut failed = 0;
     for (dense, case) in &cases {
@@ -94,9 +105,21 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
             }
         }
     }
-    if failed > 0 {
-        bail!("{failed} of {} case(s) failed", cases.len());
+    for case in &routed {
+        match check_routed(device, case) {
+            Ok(r) => {
+                println!("{r}");
+                failed += usize::from(!r.passed());
+            }
+            Err(e) => {
+                println!("FAIL [{case}]: {e}");
+                failed += 1;
+            }
+        }
     }
-    println!("selftest passed: {} case(s)", cases.len());
+    if failed > 0 {
+        bail!("{failed} of {total} case(s) failed");
+    }
+    println!("selftest passed: {total} case(s)");
     Ok(())
 }

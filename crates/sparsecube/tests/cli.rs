@@ -904,18 +904,21 @@ fn selftest_compares_every_case_on_wgpu_and_refuses_the_reference() {
     ]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
-    // 3 random sparse cases + 4 dense-baseline cases, each a line with its errors.
+    // 3 random sparse cases + 4 dense-baseline cases + 1 routed FFN case (cases / 2), each a
+    // line with its errors.
     assert_eq!(
         out.lines().filter(|l| l.starts_with("ok   [")).count(),
-        7,
+        8,
         "{out}"
     );
-    assert!(out.contains("selftest passed: 7 case(s)"), "{out}");
+    assert!(out.contains("selftest passed: 8 case(s)"), "{out}");
+    assert!(out.contains("ok   [routed T="), "{out}");
     let o = run(&["selftest", "--device", "wgpu", "--quick"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
-    // Two fixed cases per dtype (f32, f16, bf16) + one dense baseline.
-    assert!(out.contains("selftest passed: 7 case(s)"), "{out}");
+    // Two fixed SPT cases per dtype (f32, f16, bf16), one dense baseline, one routed FFN case
+    // per dtype.
+    assert!(out.contains("selftest passed: 10 case(s)"), "{out}");
 }
 
 #[test]
@@ -1018,9 +1021,28 @@ fn bench_lists_the_paper_suite_and_times_the_attention_kernels() {
             .contains("cannot store bf16"),
         "{bf16}"
     );
-    let ffn = find(
-        "ffn/T64-d_model64-d_ff256-blocks4-r2/bf16",
+    // The routed FFN (2 of 4 blocks) and the same kernels with every block kept (the dense FFN).
+    for which in ["sparsecube-routed-ffn", "sparsecube-dense-ffn"] {
+        let row = find("ffn/T64-d_model32-d_ff128-blocks4-r2/f32", which);
+        assert_eq!(row["status"], "ok", "{row}");
+        assert!(row["median_ms"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    // Saved for backward by the routed FFN: gates, blocks, grouping, pre-activations and
+    // activations of the 64·2 kept pairs (block size 32).
+    let routed = find(
+        "ffn/T64-d_model32-d_ff128-blocks4-r2/f32",
         "sparsecube-routed-ffn",
     );
-    assert_eq!(ffn["status"], "not implemented yet (issue 4)");
+    let (t, e, top, bs) = (64u64, 4, 2, 32);
+    let pairs = t * top;
+    assert_eq!(
+        routed["saved_bytes"],
+        4 * (t * e + t * top + (e + 1) + 3 * pairs + 2 * pairs * bs),
+        "{routed}"
+    );
+    let layer = find(
+        "spt-layer/B1-L64-d_model64-H2-d_ff256-topk8-blocks4-r2/bf16",
+        "sparsecube-spt-layer",
+    );
+    assert_eq!(layer["status"], "not implemented yet (issues 4 and 7)");
 }
