@@ -72,6 +72,18 @@ impl RoutedPlan {
         })
     }
 
+    /// (T, d_model, blocks, top, block size).
+    pub fn sizes(&self) -> (usize, usize, usize, usize, usize) {
+        let c = self.cfg;
+        (
+            self.t,
+            c.dm as usize,
+            c.blocks as usize,
+            c.top as usize,
+            c.bs as usize,
+        )
+    }
+
     /// Kept (token, block) pairs, `T·top`.
     pub fn pairs(&self) -> usize {
         self.t * self.cfg.top as usize
@@ -91,11 +103,7 @@ impl RoutedPlan {
     /// the grouping (offsets, pair token/block, slot of each pair) and the pre-activations and
     /// activations of the kept pairs only (2·P·bs f32).
     pub fn saved_bytes(&self) -> usize {
-        let (e, top, bs) = (
-            self.cfg.blocks as usize,
-            self.cfg.top as usize,
-            self.cfg.bs as usize,
-        );
+        let (_, _, e, top, bs) = self.sizes();
         4 * (self.t * e + self.t * top + (e + 1) + 3 * self.pairs() + 2 * self.pairs() * bs)
     }
 
@@ -182,13 +190,7 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
     br: &Handle,
 ) -> RoutedForward {
     let cfg = plan.cfg;
-    let (t, dm, e_n, top, bs) = (
-        plan.t,
-        cfg.dm as usize,
-        cfg.blocks as usize,
-        cfg.top as usize,
-        cfg.bs as usize,
-    );
+    let (t, dm, e_n, top, bs) = plan.sizes();
     let dff = plan.dff();
     let pairs = plan.pairs();
     let chunks = plan.chunks();
@@ -305,13 +307,7 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
     dy: &Handle,
 ) -> RoutedGrads {
     let cfg = plan.cfg;
-    let (t, dm, e_n, top, bs) = (
-        plan.t,
-        cfg.dm as usize,
-        cfg.blocks as usize,
-        cfg.top as usize,
-        cfg.bs as usize,
-    );
+    let (t, dm, e_n, top, bs) = plan.sizes();
     let dff = plan.dff();
     let pairs = plan.pairs();
     let hidden = pairs * bs;

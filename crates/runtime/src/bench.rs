@@ -102,15 +102,7 @@ fn attention_on<R: Runtime, F: crate::execute::HostFloat>(
     seed: u64,
 ) -> Result<Measured, RuntimeError> {
     let plan = SptPlan::from_spec(spec)?;
-    if !client
-        .properties()
-        .supports_type(F::as_type_native_unchecked())
-    {
-        return Err(RuntimeError::Unavailable {
-            kind,
-            reason: format!("this adapter cannot store {}", spec.dtype),
-        });
-    }
+    crate::execute::ensure_storable::<R, F>(client, kind, spec.dtype)?;
     let mut rng = SplitMix64::new(seed);
     let d = plan.cfg.d as usize;
     let n = plan.rows() * d;

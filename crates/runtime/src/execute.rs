@@ -109,6 +109,25 @@ fn bf16_as_f32(
         .collect())
 }
 
+/// A typed error where the adapter cannot hold `F` (`dtype` is its name).
+pub(crate) fn ensure_storable<R: Runtime, F: HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    dtype: DType,
+) -> Result<(), RuntimeError> {
+    if client
+        .properties()
+        .supports_type(F::as_type_native_unchecked())
+    {
+        Ok(())
+    } else {
+        Err(RuntimeError::Unavailable {
+            kind,
+            reason: format!("this adapter cannot store {dtype} (WGSL has no bf16)"),
+        })
+    }
+}
+
 /// `v` rounded to bf16 (index tensors unchanged).
 fn round_bf16(v: &Value) -> Value {
     match v {
@@ -169,18 +188,7 @@ fn spt_attention<R: Runtime, F: HostFloat>(
     inputs: &TensorMap,
 ) -> Result<TensorMap, RuntimeError> {
     let plan = spt::SptPlan::from_spec(spec)?;
-    if !client
-        .properties()
-        .supports_type(F::as_type_native_unchecked())
-    {
-        return Err(RuntimeError::Unavailable {
-            kind,
-            reason: format!(
-                "this adapter cannot store {} (WGSL has no bf16); use f32 or f16",
-                spec.dtype
-            ),
-        });
-    }
+    ensure_storable::<R, F>(client, kind, spec.dtype)?;
     let [q, k, v, cb] =
         ["q", "k", "v", "codebook"].map(|n| upload::<R, F>(client, tensor(inputs, n)));
     let shape = tensor(inputs, "q").shape.clone();
@@ -235,15 +243,7 @@ fn routed_ffn<R: Runtime, F: HostFloat>(
     inputs: &TensorMap,
 ) -> Result<TensorMap, RuntimeError> {
     let plan = routed::RoutedPlan::from_spec(spec)?;
-    if !client
-        .properties()
-        .supports_type(F::as_type_native_unchecked())
-    {
-        return Err(RuntimeError::Unavailable {
-            kind,
-            reason: format!("this adapter cannot store {}", spec.dtype),
-        });
-    }
+    ensure_storable::<R, F>(client, kind, spec.dtype)?;
     let [x, w1, b1, w2, b2, wr, br] = ["x", "w1", "b1", "w2", "b2", "wr", "br"]
         .map(|n| upload::<R, F>(client, tensor(inputs, n)));
     let saved = routed::forward::<R, F>(client, &plan, &x, &w1, &b1, &w2, &b2, &wr, &br);

@@ -231,6 +231,31 @@ fn values(m: &TensorMap, name: &str) -> Result<Vec<f64>, RuntimeError> {
     }
 }
 
+/// Index slots of `name` that differ between the device and the reference (all of them when the
+/// lengths differ).
+fn mismatches(got: &TensorMap, want: &TensorMap, name: &str) -> Result<usize, RuntimeError> {
+    let (g, w) = (values(got, name)?, values(want, name)?);
+    Ok(if g.len() == w.len() {
+        g.iter().zip(&w).filter(|(a, b)| a != b).count()
+    } else {
+        w.len().max(1)
+    })
+}
+
+/// `name` of the device run against the reference's, norm-wise relative.
+fn compare(
+    got: &TensorMap,
+    want: &TensorMap,
+    name: &'static str,
+    tolerance: f64,
+) -> Result<Compared, RuntimeError> {
+    Ok(Compared {
+        name,
+        error: rel_err(&values(got, name)?, &values(want, name)?, 1e-12),
+        tolerance,
+    })
+}
+
 /// Runs `case` forward and backward on `device` and on the reference executor and compares:
 /// selected indices exactly, `out`, `dq`, `dk`, `dv` within [`tolerance`].
 pub fn check_spt(device: &Device, case: &SptCase) -> Result<CaseReport, RuntimeError> {
@@ -246,28 +271,15 @@ pub fn check_spt(device: &Device, case: &SptCase) -> Result<CaseReport, RuntimeE
     let fwd = case.spec(Direction::Forward)?;
     let want = reference::run(&fwd, &ins)?;
     let got = crate::run(device, &fwd, &ins)?;
-    let (gi, wi) = (values(&got, "indices")?, values(&want, "indices")?);
-    report.index_mismatches = if gi.len() == wi.len() {
-        gi.iter().zip(&wi).filter(|(a, b)| a != b).count()
-    } else {
-        wi.len().max(1)
-    };
-    report.outputs.push(Compared {
-        name: "out",
-        error: rel_err(&values(&got, "out")?, &values(&want, "out")?, 1e-12),
-        tolerance: tol,
-    });
+    report.index_mismatches = mismatches(&got, &want, "indices")?;
+    report.outputs.push(compare(&got, &want, "out", tol)?);
 
     ins.insert("dout".into(), dout);
     let bwd = case.spec(Direction::Backward)?;
     let want = reference::run(&bwd, &ins)?;
     let got = crate::run(device, &bwd, &ins)?;
     for name in ["dq", "dk", "dv"] {
-        report.outputs.push(Compared {
-            name,
-            error: rel_err(&values(&got, name)?, &values(&want, name)?, 1e-12),
-            tolerance: tol,
-        });
+        report.outputs.push(compare(&got, &want, name, tol)?);
     }
     Ok(report)
 }
@@ -496,27 +508,14 @@ pub fn check_routed(device: &Device, case: &RoutedCase) -> Result<CaseReport, Ru
     let fwd = case.spec(Direction::Forward)?;
     let want = reference::run(&fwd, &ins)?;
     let got = crate::run(device, &fwd, &ins)?;
-    let (gb, wb) = (values(&got, "blocks")?, values(&want, "blocks")?);
-    report.index_mismatches = if gb.len() == wb.len() {
-        gb.iter().zip(&wb).filter(|(a, b)| a != b).count()
-    } else {
-        wb.len().max(1)
-    };
-    report.outputs.push(Compared {
-        name: "y",
-        error: rel_err(&values(&got, "y")?, &values(&want, "y")?, 1e-12),
-        tolerance: tol,
-    });
+    report.index_mismatches = mismatches(&got, &want, "blocks")?;
+    report.outputs.push(compare(&got, &want, "y", tol)?);
     ins.insert("dy".into(), dy);
     let bwd = case.spec(Direction::Backward)?;
     let want = reference::run(&bwd, &ins)?;
     let got = crate::run(device, &bwd, &ins)?;
     for name in ["dx", "dw1", "db1", "dw2", "db2"] {
-        report.outputs.push(Compared {
-            name,
-            error: rel_err(&values(&got, name)?, &values(&want, name)?, 1e-12),
-            tolerance: tol,
-        });
+        report.outputs.push(compare(&got, &want, name, tol)?);
     }
     let (kappa_w, kappa_b) = case.router_term_scale(&ins)?;
     for (name, kappa) in [("dwr", kappa_w), ("dbr", kappa_b)] {

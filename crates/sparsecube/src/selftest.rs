@@ -87,35 +87,27 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
         sparsecube_runtime::describe(device.kind())?,
     );
     let mut failed = 0;
+    // A device error fails its case; the others still run.
+    let mut record = |case: &dyn std::fmt::Display, report: Result<CaseReport, _>| match report {
+        Ok(r) => {
+            println!("{r}");
+            failed += usize::from(!r.passed());
+        }
+        Err(e) => {
+            println!("FAIL [{case}]: {e}");
+            failed += 1;
+        }
+    };
     for (dense, case) in &cases {
-        let report: Result<CaseReport, _> = if *dense {
+        let report = if *dense {
             check_dense(device, case)
         } else {
             check_spt(device, case)
         };
-        match report {
-            Ok(r) => {
-                println!("{r}");
-                failed += usize::from(!r.passed());
-            }
-            // A device error fails the case; the others still run.
-            Err(e) => {
-                println!("FAIL [{case}]: {e}");
-                failed += 1;
-            }
-        }
+        record(case, report);
     }
     for case in &routed {
-        match check_routed(device, case) {
-            Ok(r) => {
-                println!("{r}");
-                failed += usize::from(!r.passed());
-            }
-            Err(e) => {
-                println!("FAIL [{case}]: {e}");
-                failed += 1;
-            }
-        }
+        record(case, check_routed(device, case));
     }
     if failed > 0 {
         bail!("{failed} of {total} case(s) failed");
