@@ -108,3 +108,30 @@ kernel routed_variant_bf16 {
   dims = (T = 8192, d_model = 1024, d_ff = 4096)
   schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
 }
+
+kernel cbm_top16_f32 {
+  op = cbm-head
+  direction = forward
+  dtype = f32
+  pattern = cbm(topk = 16)
+  dims = (B = 256, C = 512, K = 200)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel cbm_top16_f16 {
+  op = cbm-head
+  direction = forward
+  dtype = f16
+  pattern = cbm(topk = 16)
+  dims = (B = 256, C = 512, K = 200)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel cbm_top16_bf16 {
+  op = cbm-head
+  direction = forward
+  dtype = bf16
+  pattern = cbm(topk = 16)
+  dims = (B = 256, C = 512, K = 200)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}

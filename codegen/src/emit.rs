@@ -7,6 +7,10 @@
 //! types) and refuses every I/O call with an error.
 
 use crate::LowerError;
+use crate::cbm::CbmPlan;
+use crate::cbm::kernels::{
+    cbm_bwd_dwc, cbm_bwd_dwh, cbm_bwd_dx, cbm_bwd_dz, cbm_concepts, cbm_logits, cbm_select,
+};
 use crate::routed::RoutedPlan;
 use crate::routed::kernels::{
     routed_bwd_db2, routed_bwd_dx, routed_bwd_hidden, routed_bwd_router, routed_bwd_router_w,
@@ -708,6 +712,115 @@ fn routed<F: Float + CubeElement>(
         .collect()
 }
 
+fn cbm<F: Float + CubeElement>(
+    plan: &CbmPlan,
+    target: Target,
+) -> Result<Vec<KernelSource>, CompilationError> {
+    let client = Offline::client(&OfflineDevice);
+    let c = plan.cfg;
+    let defs: Vec<(&'static str, KernelDefinition)> = vec![
+        (
+            "cbm_concepts",
+            cbm_concepts::CbmConcepts::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "cbm_select",
+            cbm_select::CbmSelect::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "cbm_logits",
+            cbm_logits::CbmLogits::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "cbm_bwd_dz",
+            cbm_bwd_dz::CbmBwdDz::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "cbm_bwd_dwh",
+            cbm_bwd_dwh::CbmBwdDwh::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                (),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "cbm_bwd_dwc",
+            cbm_bwd_dwc::CbmBwdDwc::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                (),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "cbm_bwd_dx",
+            cbm_bwd_dx::CbmBwdDx::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+    ];
+    defs.into_iter()
+        .map(|(kernel, def)| {
+            Ok(KernelSource {
+                kernel,
+                source: canonicalize(&compile(def, target)?),
+            })
+        })
+        .collect()
+}
+
 /// Every kernel a spec lowers to, as `target` source.
 pub fn sources(spec: &KernelSpec, target: Target) -> Result<Vec<KernelSource>, LowerError> {
     let fail = |e: CompilationError| LowerError::Unsupported {
@@ -741,6 +854,23 @@ pub fn sources(spec: &KernelSpec, target: Target) -> Result<Vec<KernelSource>, L
                 (DType::F32, _) => routed::<f32>(&plan, target).map_err(fail),
                 (DType::F16, _) => routed::<half::f16>(&plan, target).map_err(fail),
                 (DType::BF16, _) => routed::<half::bf16>(&plan, target).map_err(fail),
+                (DType::I64, _) => Err(LowerError::Unsupported {
+                    op: spec.op,
+                    what: "i64 storage".into(),
+                }),
+            }
+        }
+        OpKind::CbmHead => {
+            // Printed with the optional noise input present (the kernels read it then).
+            let plan = CbmPlan::from_spec(spec, true)?;
+            match (spec.dtype, target) {
+                (DType::BF16, Target::Wgsl) => Err(LowerError::Unsupported {
+                    op: spec.op,
+                    what: "bf16 storage in WGSL (WGSL has no bf16)".into(),
+                }),
+                (DType::F32, _) => cbm::<f32>(&plan, target).map_err(fail),
+                (DType::F16, _) => cbm::<half::f16>(&plan, target).map_err(fail),
+                (DType::BF16, _) => cbm::<half::bf16>(&plan, target).map_err(fail),
                 (DType::I64, _) => Err(LowerError::Unsupported {
                     op: spec.op,
                     what: "i64 storage".into(),

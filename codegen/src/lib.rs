@@ -7,6 +7,7 @@
 //! What it is not: device management (that is `sparsecube-runtime`) or the definition of correct
 //! answers (that is `kernels_ir::reference`, which every kernel is tested against).
 
+pub mod cbm;
 pub mod cuda_check;
 pub mod emit;
 pub mod routed;

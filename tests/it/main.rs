@@ -6,6 +6,7 @@ mod fd;
 mod hand;
 mod identities;
 mod ir;
+mod kernels_cbm;
 mod kernels_routed;
 mod kernels_spt;
 mod sources;

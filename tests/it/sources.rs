@@ -1,14 +1,17 @@
 //! Generated CUDA C++ and WGSL of every SPT kernel for canonical configs, as insta snapshots
 //! (generated without a device, so they run everywhere), and their stability.
 
-use kernels_ir::pattern::{Activation, GateMode, Pattern, PqTopK, Routed, Router, Selector, TopK};
+use kernels_ir::pattern::{
+    Activation, Cbm, GateMode, Pattern, PqTopK, Routed, Router, Selector, TopK,
+};
 use kernels_ir::{DType, KernelSpec, OpKind, Schedule};
 use sparsecube_codegen::emit::{Target, sources};
 
 /// The canonical configs: SPT's defaults (D = 64, topk = L/8, pq-match, f32, fused forward), and
 /// the other branch of every switch (causal, clamp, pq-adc, f16, D = 32, unfused forward chain);
 /// the routed FFN's defaults (4 blocks, top 2, sigmoid, gate on the output, ReLU) and the other
-/// branches (16 blocks top 4, softmax, spt-lora, GELU, f16).
+/// branches (16 blocks top 4, softmax, spt-lora, GELU, f16); the Sparse-CBM head keeping 16 of
+/// 512 concepts.
 pub(crate) fn canonical() -> Vec<(&'static str, KernelSpec)> {
     let b = |name: &str, d: usize, p: PqTopK, dtype, fused| {
         KernelSpec::builder(name, OpKind::SptAttention)
@@ -62,6 +65,14 @@ pub(crate) fn canonical() -> Vec<(&'static str, KernelSpec)> {
                 DType::F16,
             ),
         ),
+        (
+            "cbm_top16_f32",
+            KernelSpec::builder("cbm_top16", OpKind::CbmHead)
+                .dims([("B", 256), ("C", 512), ("K", 200)])
+                .pattern(Pattern::Cbm(Cbm { topk: 16 }))
+                .build()
+                .unwrap(),
+        ),
     ]
 }
 
@@ -110,6 +121,15 @@ fn generated_sources_snapshots() {
                     .chain(forward.iter().copied())
                     .collect()
                 }
+                OpKind::CbmHead => vec![
+                    "cbm_concepts",
+                    "cbm_select",
+                    "cbm_logits",
+                    "cbm_bwd_dz",
+                    "cbm_bwd_dwh",
+                    "cbm_bwd_dwc",
+                    "cbm_bwd_dx",
+                ],
                 _ => vec![
                     "routed_gate",
                     "routed_count",

@@ -6,7 +6,7 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 use kernels_ir::reference::{self, IndexTensor, ReferenceError, Tensor, TensorMap, Value};
 use kernels_ir::{DType, Direction, KernelSpec, OpKind};
-use sparsecube_codegen::{LowerError, routed, spt};
+use sparsecube_codegen::{LowerError, cbm, routed, spt};
 
 /// Runs `spec` on `inputs` on `device` and returns the outputs its signature names.
 pub fn run(
@@ -82,6 +82,14 @@ fn on_device<R: Runtime>(
         }
         (OpKind::RoutedFfn, DType::BF16) => {
             bf16_as_f32(inputs, |ins| routed_ffn::<R, f32>(client, kind, spec, ins))
+        }
+        (OpKind::CbmHead, DType::F32) => cbm_head::<R, f32>(client, kind, spec, inputs),
+        (OpKind::CbmHead, DType::F16) => cbm_head::<R, half::f16>(client, kind, spec, inputs),
+        (OpKind::CbmHead, DType::BF16) if native_bf16 => {
+            cbm_head::<R, half::bf16>(client, kind, spec, inputs)
+        }
+        (OpKind::CbmHead, DType::BF16) => {
+            bf16_as_f32(inputs, |ins| cbm_head::<R, f32>(client, kind, spec, ins))
         }
         (op, _) => Err(LowerError::Unsupported {
             op,
@@ -290,6 +298,64 @@ fn routed_ffn<R: Runtime, F: HostFloat>(
                 ("db2", g.db2, vec![dm]),
                 ("dwr", g.dwr, vec![e_n, dm]),
                 ("dbr", g.dbr, vec![e_n]),
+            ] {
+                out.insert(
+                    name.into(),
+                    Value::F(download::<R, F>(client, kind, h, shape)?),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn cbm_head<R: Runtime, F: HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    spec: &KernelSpec,
+    inputs: &TensorMap,
+) -> Result<TensorMap, RuntimeError> {
+    let noise = inputs.get("noise").is_some();
+    let plan = cbm::CbmPlan::from_spec(spec, noise)?;
+    ensure_storable::<R, F>(client, kind, spec.dtype)?;
+    let [x, wc, wh] = ["x", "wc", "wh"].map(|n| upload::<R, F>(client, tensor(inputs, n)));
+    // Without noise the kernel never reads it; any one-element buffer stands in.
+    let noise_h = if noise {
+        upload::<R, F>(client, tensor(inputs, "noise"))
+    } else {
+        client.create_from_slice(F::as_bytes(&[F::from_f64(0.0)]))
+    };
+    let saved = cbm::forward::<R, F>(client, &plan, &x, &wc, &wh, &noise_h);
+    sync(client, kind)?;
+    let (b, c, k) = (plan.b, plan.cfg.c as usize, plan.cfg.k as usize);
+    let mut out = TensorMap::new();
+    match spec.direction {
+        Direction::Forward => {
+            // z is kept in f32 on the device; the op's `z` is in the storage dtype.
+            let z = download::<R, f32>(client, kind, saved.z.clone(), vec![b, c])?;
+            let z = Tensor {
+                shape: z.shape,
+                data: z.data.iter().map(|&v| F::from_f64(v).to_f64()).collect(),
+            };
+            out.insert("z".into(), Value::F(z));
+            out.insert(
+                "logits".into(),
+                Value::F(download::<R, F>(
+                    client,
+                    kind,
+                    saved.logits.clone(),
+                    vec![b, k],
+                )?),
+            );
+        }
+        Direction::Backward => {
+            let dlogits = upload::<R, F>(client, tensor(inputs, "dlogits"));
+            let g = cbm::backward::<R, F>(client, &plan, &x, &wc, &wh, &saved, &dlogits);
+            sync(client, kind)?;
+            for (name, h, shape) in [
+                ("dx", g.dx, vec![b, c]),
+                ("dwc", g.dwc, vec![c, c]),
+                ("dwh", g.dwh, vec![k, c]),
             ] {
                 out.insert(
                     name.into(),

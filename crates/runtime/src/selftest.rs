@@ -8,7 +8,9 @@
 //! 1e-5 for f32 storage, 1e-2 for f16/bf16 storage (f32 accumulation in both).
 
 use crate::{Device, RuntimeError};
-use kernels_ir::pattern::{Activation, GateMode, Pattern, PqTopK, Routed, Router, Selector, TopK};
+use kernels_ir::pattern::{
+    Activation, Cbm, GateMode, Pattern, PqTopK, Routed, Router, Selector, TopK,
+};
 use kernels_ir::reference::rng::SplitMix64;
 use kernels_ir::reference::{self, Tensor, TensorMap, Value};
 use kernels_ir::{DType, Direction, KernelSpec, OpKind, Schedule};
@@ -532,6 +534,122 @@ pub fn check_routed(device: &Device, case: &RoutedCase) -> Result<CaseReport, Ru
             error: diff / norm.max(kappa).max(1e-12),
             tolerance: tol,
         });
+    }
+    Ok(report)
+}
+
+/// One Sparse-CBM head problem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CbmCase {
+    /// Rows (samples).
+    pub b: usize,
+    /// Concepts.
+    pub c: usize,
+    /// Classes.
+    pub k: usize,
+    /// Concepts kept per row (0: all, the dense head).
+    pub topk: usize,
+    /// With the optional noise input.
+    pub noise: bool,
+    /// Storage dtype.
+    pub dtype: DType,
+    /// Seed of the inputs.
+    pub seed: u64,
+}
+
+impl fmt::Display for CbmCase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cbm-head B={} C={} K={} topk={}{} {} seed={}",
+            self.b,
+            self.c,
+            self.k,
+            self.topk,
+            if self.noise { " noise" } else { "" },
+            self.dtype,
+            self.seed
+        )
+    }
+}
+
+impl CbmCase {
+    /// A random case: B in 1..40, C in 1..30, K in 1..10, topk 0 (dense head), 1, a middle count
+    /// or every concept, with or without noise.
+    pub fn draw(rng: &mut SplitMix64, dtypes: &[DType]) -> Self {
+        let mut pick = |n: usize| rng.below(n.max(1));
+        let (b, c, k) = (1 + pick(39), 1 + pick(29), 1 + pick(9));
+        let topk = [0, 1, 1 + pick(c), c][pick(4)];
+        let noise = pick(2) == 1;
+        let dtype = dtypes[pick(dtypes.len())];
+        Self {
+            b,
+            c,
+            k,
+            topk,
+            noise,
+            dtype,
+            seed: rng.next_u64(),
+        }
+    }
+
+    /// The spec of this case in `direction`.
+    pub fn spec(&self, direction: Direction) -> Result<KernelSpec, RuntimeError> {
+        KernelSpec::builder("cbm", OpKind::CbmHead)
+            .dims([("B", self.b), ("C", self.c), ("K", self.k)])
+            .pattern(Pattern::Cbm(Cbm { topk: self.topk }))
+            .dtype(self.dtype)
+            .direction(direction)
+            .build()
+            .map_err(RuntimeError::Spec)
+    }
+
+    /// x, wc, wh (N(0, 1/C)), noise (N(0, 1/4), when drawn) and dlogits, rounded through the
+    /// storage dtype.
+    pub fn inputs(&self) -> TensorMap {
+        let mut rng = SplitMix64::new(self.seed);
+        let fan = 1.0 / (self.c as f64).sqrt();
+        let mut m = TensorMap::new();
+        for (name, shape, std) in [
+            ("x", vec![self.b, self.c], 1.0),
+            ("wc", vec![self.c, self.c], fan),
+            ("wh", vec![self.k, self.c], fan),
+            ("noise", vec![self.b, self.c], 0.5),
+            ("dlogits", vec![self.b, self.k], 1.0),
+        ] {
+            let v = round_to(&rng.normal_tensor(&shape, std), self.dtype);
+            m.insert(name.into(), Value::F(v));
+        }
+        if !self.noise {
+            m.remove("noise");
+        }
+        m
+    }
+}
+
+/// Runs `case` forward and backward on `device` and on the reference executor and compares z,
+/// logits, dx, dwc and dwh within [`tolerance`] (a different kept set shows as a logits error).
+pub fn check_cbm(device: &Device, case: &CbmCase) -> Result<CaseReport, RuntimeError> {
+    let mut ins = case.inputs();
+    let dlogits = ins.remove("dlogits").expect("inputs() draws dlogits");
+    let tol = tolerance(case.dtype);
+    let mut report = CaseReport {
+        case: case.to_string(),
+        index_mismatches: 0,
+        outputs: Vec::new(),
+    };
+    let fwd = case.spec(Direction::Forward)?;
+    let want = reference::run(&fwd, &ins)?;
+    let got = crate::run(device, &fwd, &ins)?;
+    for name in ["z", "logits"] {
+        report.outputs.push(compare(&got, &want, name, tol)?);
+    }
+    ins.insert("dlogits".into(), dlogits);
+    let bwd = case.spec(Direction::Backward)?;
+    let want = reference::run(&bwd, &ins)?;
+    let got = crate::run(device, &bwd, &ins)?;
+    for name in ["dx", "dwc", "dwh"] {
+        report.outputs.push(compare(&got, &want, name, tol)?);
     }
     Ok(report)
 }

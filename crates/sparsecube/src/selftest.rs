@@ -6,7 +6,8 @@ use anyhow::{Result, bail};
 use kernels_ir::DType;
 use kernels_ir::reference::rng::SplitMix64;
 use sparsecube_runtime::selftest::{
-    CaseReport, RoutedCase, SptCase, check_dense, check_routed, check_spt, quick_cases,
+    CaseReport, CbmCase, RoutedCase, SptCase, check_cbm, check_dense, check_routed, check_spt,
+    quick_cases,
 };
 use sparsecube_runtime::{Device, DeviceKind};
 
@@ -36,6 +37,7 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
     let dtypes = dtypes(device);
     let mut cases: Vec<(bool, SptCase)> = Vec::new();
     let mut routed: Vec<RoutedCase> = Vec::new();
+    let mut cbm: Vec<CbmCase> = Vec::new();
     if opts.quick {
         for &dt in &dtypes {
             cases.extend(quick_cases(dt).into_iter().map(|c| (false, c)));
@@ -45,6 +47,7 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
         let mut rng = SplitMix64::new(opts.seed);
         for &dt in &dtypes {
             routed.push(RoutedCase::draw(&mut rng, 70, &[dt]));
+            cbm.push(CbmCase::draw(&mut rng, &[dt]));
         }
     } else {
         let mut rng = SplitMix64::new(opts.seed);
@@ -79,11 +82,12 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
         }
         for _ in 0..opts.cases / 2 {
             routed.push(RoutedCase::draw(&mut rng, opts.max_len, &dtypes));
+            cbm.push(CbmCase::draw(&mut rng, &dtypes));
         }
     }
-    let total = cases.len() + routed.len();
+    let total = cases.len() + routed.len() + cbm.len();
     println!(
-        "selftest on {}: {total} case(s), SPT attention (and the dense baseline) and the routed FFN, forward + backward, vs the reference executor",
+        "selftest on {}: {total} case(s), SPT attention (and the dense baseline), the routed FFN and the Sparse-CBM head, forward + backward, vs the reference executor",
         sparsecube_runtime::describe(device.kind())?,
     );
     let mut failed = 0;
@@ -108,6 +112,9 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
     }
     for case in &routed {
         record(case, check_routed(device, case));
+    }
+    for case in &cbm {
+        record(case, check_cbm(device, case));
     }
     if failed > 0 {
         bail!("{failed} of {total} case(s) failed");

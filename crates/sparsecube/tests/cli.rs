@@ -904,21 +904,22 @@ fn selftest_compares_every_case_on_wgpu_and_refuses_the_reference() {
     ]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
-    // 3 random sparse cases + 4 dense-baseline cases + 1 routed FFN case (cases / 2), each a
-    // line with its errors.
+    // 3 random sparse cases + 4 dense-baseline cases + 1 routed FFN case and 1 CBM head case
+    // (cases / 2 each), each a line with its errors.
     assert_eq!(
         out.lines().filter(|l| l.starts_with("ok   [")).count(),
-        8,
+        9,
         "{out}"
     );
-    assert!(out.contains("selftest passed: 8 case(s)"), "{out}");
+    assert!(out.contains("selftest passed: 9 case(s)"), "{out}");
     assert!(out.contains("ok   [routed T="), "{out}");
+    assert!(out.contains("ok   [cbm-head B="), "{out}");
     let o = run(&["selftest", "--device", "wgpu", "--quick"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
     // Two fixed SPT cases per dtype (f32, f16, bf16), one dense baseline, one routed FFN case
-    // per dtype.
-    assert!(out.contains("selftest passed: 10 case(s)"), "{out}");
+    // and one CBM head case per dtype.
+    assert!(out.contains("selftest passed: 13 case(s)"), "{out}");
 }
 
 #[test]
