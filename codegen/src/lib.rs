@@ -10,6 +10,7 @@
 pub mod cbm;
 pub mod cuda_check;
 pub mod emit;
+mod launch;
 pub mod routed;
 pub mod spt;
 

@@ -6,6 +6,7 @@
 pub mod kernels;
 
 use crate::LowerError;
+use crate::launch::{arr, grid};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 use kernels::{
@@ -14,9 +15,6 @@ use kernels::{
 };
 use kernels_ir::pattern::Pattern;
 use kernels_ir::{KernelSpec, OpKind};
-
-/// Units per cube.
-const UNITS: u32 = 64;
 
 /// Problem sizes and the comptime config of one `cbm-head` spec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,22 +76,6 @@ pub struct CbmGrads {
     pub dwc: Handle,
     /// dwh [K, C].
     pub dwh: Handle,
-}
-
-/// An array argument over `len` scalars of `h`.
-#[allow(unsafe_code)]
-fn arr<R: Runtime>(h: &Handle, len: usize) -> ArrayArg<R> {
-    // SAFETY: every handle passed here was allocated by this module (or by the caller for the
-    // documented shape) with at least `len` elements of the kernel's element type.
-    unsafe { ArrayArg::from_raw_parts(h.clone(), len) }
-}
-
-fn grid<R: Runtime>(client: &ComputeClient<R>, n: usize) -> (CubeCount, CubeDim) {
-    let dim = CubeDim::new_1d(UNITS);
-    (
-        cubecl::calculate_cube_count_elemwise(client, n.max(1), dim),
-        dim,
-    )
 }
 
 /// Runs the forward chain: x [B, C], wc [C, C], wh [K, C] and, when the plan says so, noise

@@ -13,6 +13,7 @@
 pub mod kernels;
 
 use crate::LowerError;
+use crate::launch::{arr, grid};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 use kernels::{
@@ -22,9 +23,6 @@ use kernels::{
 };
 use kernels_ir::pattern::{Activation, GateMode, Pattern, Router};
 use kernels_ir::{KernelSpec, OpKind};
-
-/// Units per cube.
-const UNITS: u32 = 64;
 
 /// Problem sizes and the comptime config of one `routed-ffn` spec.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -157,22 +155,6 @@ pub struct RoutedGrads {
     pub dwr: Handle,
     /// dbr [E].
     pub dbr: Handle,
-}
-
-/// An array argument over `len` scalars of `h`.
-#[allow(unsafe_code)]
-fn arr<R: Runtime>(h: &Handle, len: usize) -> ArrayArg<R> {
-    // SAFETY: every handle passed here was allocated by this module (or by the caller for the
-    // documented shape) with at least `len` elements of the kernel's element type.
-    unsafe { ArrayArg::from_raw_parts(h.clone(), len) }
-}
-
-fn grid<R: Runtime>(client: &ComputeClient<R>, n: usize) -> (CubeCount, CubeDim) {
-    let dim = CubeDim::new_1d(UNITS);
-    (
-        cubecl::calculate_cube_count_elemwise(client, n.max(1), dim),
-        dim,
-    )
 }
 
 /// Runs the forward chain. Weights as in the `run` contract: x [T, d_model], w1 [d_ff, d_model],

@@ -13,6 +13,7 @@ pub mod dense;
 pub mod kernels;
 
 use crate::LowerError;
+use crate::launch::{arr, grid};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 use dense::{dense_attend_fwd, dense_bwd_keys, dense_bwd_rows};
@@ -22,9 +23,6 @@ use kernels::{
 };
 use kernels_ir::pattern::{Pattern, Selector};
 use kernels_ir::{KernelSpec, OpKind};
-
-/// Units per cube for the one-unit-per-row kernels.
-const UNITS: u32 = 64;
 
 /// Problem sizes and the comptime config of one `spt-attention` spec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -138,14 +136,6 @@ pub struct SptGrads {
     pub dv: Handle,
 }
 
-/// An array argument over `len` scalars of `h`.
-#[allow(unsafe_code)]
-fn arr<R: Runtime>(h: &Handle, len: usize) -> ArrayArg<R> {
-    // SAFETY: every handle passed here was allocated by this module (or by the caller for the
-    // documented shape) with at least `len` elements of the kernel's element type.
-    unsafe { ArrayArg::from_raw_parts(h.clone(), len) }
-}
-
 /// Lanes per row of the plane-per-row kernels (`spt_attend_fwd`, `spt_bwd_rows`,
 /// `spt_bwd_keys`): the device's plane (warp, subgroup) size — 32 on NVIDIA, 8 on lavapipe.
 pub fn lanes<R: Runtime>(client: &ComputeClient<R>) -> u32 {
@@ -196,14 +186,6 @@ fn plane_rows_count<R: Runtime>(
     )
 }
 
-fn rows_count<R: Runtime>(client: &ComputeClient<R>, n: usize) -> (CubeCount, CubeDim) {
-    let dim = CubeDim::new_1d(UNITS);
-    (
-        cubecl::calculate_cube_count_elemwise(client, n.max(1), dim),
-        dim,
-    )
-}
-
 /// Runs the forward chain; `q`, `k`, `v` [B, H, L, D] and `codebook` [S, E, d_c] in dtype `F`.
 pub fn forward<R: Runtime, F: Float + CubeElement>(
     client: &ComputeClient<R>,
@@ -220,7 +202,7 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
     let cb_len = s * cfg.e as usize * cfg.dc as usize;
     let codes_q = client.empty(rows * s * 4);
     let codes_k = client.empty(rows * s * 4);
-    let (count, dim) = rows_count(client, rows * s);
+    let (count, dim) = grid(client, rows * s);
     for (x, codes) in [(q, &codes_q), (k, &codes_k)] {
         pq_encode::launch::<F, R>(
             client,
@@ -233,7 +215,7 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
         );
     }
     let indices = client.empty(rows * topk * 4);
-    let (count, dim) = rows_count(client, rows);
+    let (count, dim) = grid(client, rows);
     spt_select::launch::<F, R>(
         client,
         count.clone(),
@@ -346,7 +328,7 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
     let offsets = client.empty(heads * (l + 1) * 4);
     let counts = client.empty(heads * chunks * l * 4);
     let entries = client.empty(kept * 4);
-    let (ccount, cdim) = rows_count(client, heads * chunks);
+    let (ccount, cdim) = grid(client, heads * chunks);
     spt_key_count::launch::<R>(
         client,
         ccount.clone(),
@@ -356,7 +338,7 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
         l as u32,
         cfg.topk,
     );
-    let (kcount, kdim) = rows_count(client, heads * l);
+    let (kcount, kdim) = grid(client, heads * l);
     spt_key_scan::launch::<R>(
         client,
         kcount,
@@ -365,7 +347,7 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
         arr(&offsets, heads * (l + 1)),
         l as u32,
     );
-    let (hcount, hdim) = rows_count(client, heads);
+    let (hcount, hdim) = grid(client, heads);
     spt_key_offsets::launch::<R>(
         client,
         hcount,

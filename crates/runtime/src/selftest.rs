@@ -244,6 +244,15 @@ fn mismatches(got: &TensorMap, want: &TensorMap, name: &str) -> Result<usize, Ru
     })
 }
 
+/// The device's and the reference executor's outputs of `spec` on `ins`.
+fn both(
+    device: &Device,
+    spec: &KernelSpec,
+    ins: &TensorMap,
+) -> Result<(TensorMap, TensorMap), RuntimeError> {
+    Ok((crate::run(device, spec, ins)?, reference::run(spec, ins)?))
+}
+
 /// `name` of the device run against the reference's, norm-wise relative.
 fn compare(
     got: &TensorMap,
@@ -271,15 +280,13 @@ pub fn check_spt(device: &Device, case: &SptCase) -> Result<CaseReport, RuntimeE
     };
 
     let fwd = case.spec(Direction::Forward)?;
-    let want = reference::run(&fwd, &ins)?;
-    let got = crate::run(device, &fwd, &ins)?;
+    let (got, want) = both(device, &fwd, &ins)?;
     report.index_mismatches = mismatches(&got, &want, "indices")?;
     report.outputs.push(compare(&got, &want, "out", tol)?);
 
     ins.insert("dout".into(), dout);
     let bwd = case.spec(Direction::Backward)?;
-    let want = reference::run(&bwd, &ins)?;
-    let got = crate::run(device, &bwd, &ins)?;
+    let (got, want) = both(device, &bwd, &ins)?;
     for name in ["dq", "dk", "dv"] {
         report.outputs.push(compare(&got, &want, name, tol)?);
     }
@@ -508,14 +515,12 @@ pub fn check_routed(device: &Device, case: &RoutedCase) -> Result<CaseReport, Ru
         outputs: Vec::new(),
     };
     let fwd = case.spec(Direction::Forward)?;
-    let want = reference::run(&fwd, &ins)?;
-    let got = crate::run(device, &fwd, &ins)?;
+    let (got, want) = both(device, &fwd, &ins)?;
     report.index_mismatches = mismatches(&got, &want, "blocks")?;
     report.outputs.push(compare(&got, &want, "y", tol)?);
     ins.insert("dy".into(), dy);
     let bwd = case.spec(Direction::Backward)?;
-    let want = reference::run(&bwd, &ins)?;
-    let got = crate::run(device, &bwd, &ins)?;
+    let (got, want) = both(device, &bwd, &ins)?;
     for name in ["dx", "dw1", "db1", "dw2", "db2"] {
         report.outputs.push(compare(&got, &want, name, tol)?);
     }
@@ -639,15 +644,13 @@ pub fn check_cbm(device: &Device, case: &CbmCase) -> Result<CaseReport, RuntimeE
         outputs: Vec::new(),
     };
     let fwd = case.spec(Direction::Forward)?;
-    let want = reference::run(&fwd, &ins)?;
-    let got = crate::run(device, &fwd, &ins)?;
+    let (got, want) = both(device, &fwd, &ins)?;
     for name in ["z", "logits"] {
         report.outputs.push(compare(&got, &want, name, tol)?);
     }
     ins.insert("dlogits".into(), dlogits);
     let bwd = case.spec(Direction::Backward)?;
-    let want = reference::run(&bwd, &ins)?;
-    let got = crate::run(device, &bwd, &ins)?;
+    let (got, want) = both(device, &bwd, &ins)?;
     for name in ["dx", "dwc", "dwh"] {
         report.outputs.push(compare(&got, &want, name, tol)?);
     }
