@@ -189,6 +189,24 @@ fn download<R: Runtime, F: HostFloat>(
     Ok(Tensor::new(shape, data)?)
 }
 
+/// An i32 index tensor on the device, as the i64 `IndexTensor` the outputs hold.
+fn download_indices<R: Runtime>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    h: Handle,
+    shape: Vec<usize>,
+) -> Result<IndexTensor, RuntimeError> {
+    let bytes = client.read_one(h).map_err(|e| RuntimeError::Device {
+        kind,
+        message: format!("{e:?}"),
+    })?;
+    let data = i32::from_bytes(&bytes)
+        .iter()
+        .map(|&j| i64::from(j))
+        .collect();
+    Ok(IndexTensor::new(shape, data)?)
+}
+
 fn spt_attention<R: Runtime, F: HostFloat>(
     client: &ComputeClient<R>,
     kind: &'static str,
@@ -214,20 +232,17 @@ fn spt_attention<R: Runtime, F: HostFloat>(
                     shape.clone(),
                 )?),
             );
-            let bytes =
-                client
-                    .read_one(saved.indices.clone())
-                    .map_err(|e| RuntimeError::Device {
-                        kind,
-                        message: format!("{e:?}"),
-                    })?;
-            let idx: Vec<i64> = i32::from_bytes(&bytes)
-                .iter()
-                .map(|&j| i64::from(j))
-                .collect();
             let mut ishape = shape;
             ishape[3] = plan.cfg.topk as usize;
-            out.insert("indices".into(), Value::I(IndexTensor::new(ishape, idx)?));
+            out.insert(
+                "indices".into(),
+                Value::I(download_indices(
+                    client,
+                    kind,
+                    saved.indices.clone(),
+                    ishape,
+                )?),
+            );
         }
         Direction::Backward => {
             let dout = upload::<R, F>(client, tensor(inputs, "dout"));
@@ -269,20 +284,14 @@ fn routed_ffn<R: Runtime, F: HostFloat>(
                     vec![t, dm],
                 )?),
             );
-            let bytes =
-                client
-                    .read_one(saved.blocks.clone())
-                    .map_err(|e| RuntimeError::Device {
-                        kind,
-                        message: format!("{e:?}"),
-                    })?;
-            let blocks: Vec<i64> = i32::from_bytes(&bytes)
-                .iter()
-                .map(|&e| i64::from(e))
-                .collect();
             out.insert(
                 "blocks".into(),
-                Value::I(IndexTensor::new(vec![t, plan.cfg.top as usize], blocks)?),
+                Value::I(download_indices(
+                    client,
+                    kind,
+                    saved.blocks.clone(),
+                    vec![t, plan.cfg.top as usize],
+                )?),
             );
         }
         Direction::Backward => {
