@@ -135,3 +135,84 @@ kernel cbm_top16_bf16 {
   dims = (B = 256, C = 512, K = 200)
   schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
 }
+
+kernel dense_linear_f32 {
+  op = dense-linear
+  direction = forward
+  dtype = f32
+  pattern = dense
+  dims = (T = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel dense_linear_f16 {
+  op = dense-linear
+  direction = forward
+  dtype = f16
+  pattern = dense
+  dims = (T = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel dense_linear_bf16 {
+  op = dense-linear
+  direction = forward
+  dtype = bf16
+  pattern = dense
+  dims = (T = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel monarch_square_f32 {
+  op = monarch
+  direction = forward
+  dtype = f32
+  pattern = monarch(k = 4, q = 256, p = 256, l = 4, s = 256, r = 256)
+  dims = (N = 8192)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel monarch_square_f16 {
+  op = monarch
+  direction = forward
+  dtype = f16
+  pattern = monarch(k = 4, q = 256, p = 256, l = 4, s = 256, r = 256)
+  dims = (N = 8192)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel monarch_square_bf16 {
+  op = monarch
+  direction = forward
+  dtype = bf16
+  pattern = monarch(k = 4, q = 256, p = 256, l = 4, s = 256, r = 256)
+  dims = (N = 8192)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel monarch_rect_f32 {
+  op = monarch
+  direction = forward
+  dtype = f32
+  pattern = monarch(k = 3, q = 64, p = 128, l = 4, s = 40, r = 48)
+  dims = (N = 64)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel monarch_rect_f16 {
+  op = monarch
+  direction = forward
+  dtype = f16
+  pattern = monarch(k = 3, q = 64, p = 128, l = 4, s = 40, r = 48)
+  dims = (N = 64)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel monarch_rect_bf16 {
+  op = monarch
+  direction = forward
+  dtype = bf16
+  pattern = monarch(k = 3, q = 64, p = 128, l = 4, s = 40, r = 48)
+  dims = (N = 64)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}

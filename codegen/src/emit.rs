@@ -11,11 +11,17 @@ use crate::cbm::CbmPlan;
 use crate::cbm::kernels::{
     cbm_bwd_dwc, cbm_bwd_dwh, cbm_bwd_dx, cbm_bwd_dz, cbm_concepts, cbm_logits, cbm_select,
 };
+use crate::dense::LinearPlan;
+use crate::dense::kernels::{linear_bwd_dbias, linear_bwd_dw, linear_bwd_dx, linear_fwd};
+use crate::monarch::MonarchPlan;
+use crate::monarch::kernels::{
+    MONARCH_UNITS, monarch_bwd_du, monarch_bwd_dw1, monarch_bwd_dw2, monarch_bwd_dx, monarch_fwd,
+};
 use crate::routed::RoutedPlan;
 use crate::routed::kernels::{
-    routed_bwd_db2, routed_bwd_dx, routed_bwd_hidden, routed_bwd_router, routed_bwd_router_w,
-    routed_bwd_w1, routed_bwd_w2, routed_count, routed_down, routed_fill, routed_gate,
-    routed_offsets, routed_scan, routed_up,
+    routed_bwd_db1, routed_bwd_db2, routed_bwd_dx, routed_bwd_dx_combine, routed_bwd_hidden,
+    routed_bwd_router, routed_bwd_router_w, routed_bwd_w1, routed_bwd_w2, routed_combine,
+    routed_count, routed_down, routed_fill, routed_gate, routed_offsets, routed_scan, routed_up,
 };
 use crate::spt::SptPlan;
 use crate::spt::kernels::{
@@ -271,6 +277,7 @@ fn declared_local(line: &str) -> Option<u64> {
 /// Sorts every run of consecutive uninitialised local declarations by variable number.
 /// cubecl-opt 0.10 emits them in `HashMap` order, which changes from one call to the next; their
 /// order within the block has no meaning, so sorting makes the source stable without changing it.
+/// CUDA shared-memory buffers are laid out canonically too (see `canonical_shared`).
 pub fn canonicalize(source: &str) -> String {
     let lines: Vec<&str> = source.lines().collect();
     let mut out: Vec<&str> = Vec::with_capacity(lines.len());
@@ -289,6 +296,7 @@ pub fn canonicalize(source: &str) -> String {
             i += 1;
         }
     }
+    let out = canonical_shared(&out);
     let mut text = out.join("\n");
     if source.ends_with('\n') {
         text.push('\n');
@@ -296,9 +304,76 @@ pub fn canonicalize(source: &str) -> String {
     text
 }
 
+/// A CUDA shared-memory declaration pair (`// Shared array size: N, B bytes` then
+/// `T *shared_memory_K = reinterpret_cast<T*>(&dynamic_shared_mem[OFF]);`): (K, B, the text
+/// before the offset, the text after it).
+fn shared_decl<'a>(comment: &str, decl: &'a str) -> Option<(u64, usize, &'a str, &'a str)> {
+    let bytes = comment
+        .trim()
+        .strip_prefix("// Shared array size:")?
+        .split(',')
+        .nth(1)?
+        .trim()
+        .strip_suffix("bytes")?
+        .trim()
+        .parse()
+        .ok()?;
+    let at = decl.find("shared_memory_")? + "shared_memory_".len();
+    let id = decl[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .ok()?;
+    let open = decl.find("&dynamic_shared_mem[")? + "&dynamic_shared_mem[".len();
+    let close = open + decl[open..].find(']')?;
+    Some((id, bytes, &decl[..open], &decl[close..]))
+}
+
+/// Rewrites every run of CUDA shared-memory declarations in buffer-number order, laid out one
+/// after the other (16-byte aligned). cubecl-opt 0.10 picks both their order and their offsets in
+/// `HashMap` order (a kernel with two buffers prints four variants); any non-overlapping layout
+/// is a valid one, so the canonical source is as correct as the one the runtime compiles.
+fn canonical_shared(lines: &[&str]) -> Vec<String> {
+    let mut out = Vec::with_capacity(lines.len());
+    let mut i = 0;
+    while i < lines.len() {
+        let mut run = Vec::new();
+        while i + 1 < lines.len() {
+            match shared_decl(lines[i], lines[i + 1]) {
+                Some(d) => {
+                    run.push((d, lines[i]));
+                    i += 2;
+                }
+                None => break,
+            }
+        }
+        if run.is_empty() {
+            out.push(lines[i].to_string());
+            i += 1;
+            continue;
+        }
+        run.sort_by_key(|((id, ..), _)| *id);
+        let mut offset = 0usize;
+        for ((_, bytes, head, tail), comment) in run {
+            out.push(comment.to_string());
+            out.push(format!("{head}{offset}{tail}"));
+            offset += bytes.div_ceil(16) * 16;
+        }
+    }
+    out
+}
+
 fn settings() -> KernelSettings {
     KernelSettings::default()
         .cube_dim(CubeDim::new_1d(64))
+        .address_type(AddressType::U32)
+}
+
+/// The cube of the tiled products ([`crate::tile`]).
+fn tile_settings() -> KernelSettings {
+    KernelSettings::default()
+        .cube_dim(crate::tile::cube_dim())
         .address_type(AddressType::U32)
 }
 
@@ -552,7 +627,6 @@ fn routed<F: Float + CubeElement>(
                 arg(),
                 arg(),
                 arg(),
-                arg(),
                 (),
                 c,
             )
@@ -561,8 +635,9 @@ fn routed<F: Float + CubeElement>(
         (
             "routed_up",
             routed_up::RoutedUp::<F, Offline>::new(
-                settings(),
+                tile_settings(),
                 client.clone(),
+                arg(),
                 arg(),
                 arg(),
                 arg(),
@@ -579,9 +654,8 @@ fn routed<F: Float + CubeElement>(
         (
             "routed_down",
             routed_down::RoutedDown::<F, Offline>::new(
-                settings(),
+                tile_settings(),
                 client.clone(),
-                arg(),
                 arg(),
                 arg(),
                 arg(),
@@ -594,9 +668,22 @@ fn routed<F: Float + CubeElement>(
             .define(),
         ),
         (
+            "routed_combine",
+            routed_combine::RoutedCombine::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
             "routed_bwd_hidden",
             routed_bwd_hidden::RoutedBwdHidden::<F, Offline>::new(
-                settings(),
+                tile_settings(),
                 client.clone(),
                 arg(),
                 arg(),
@@ -632,10 +719,22 @@ fn routed<F: Float + CubeElement>(
         (
             "routed_bwd_dx",
             routed_bwd_dx::RoutedBwdDx::<F, Offline>::new(
-                settings(),
+                tile_settings(),
                 client.clone(),
                 arg(),
                 arg(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "routed_bwd_dx_combine",
+            routed_bwd_dx_combine::RoutedBwdDxCombine::<F, Offline>::new(
+                settings(),
+                client.clone(),
                 arg(),
                 arg(),
                 arg(),
@@ -648,9 +747,8 @@ fn routed<F: Float + CubeElement>(
         (
             "routed_bwd_w1",
             routed_bwd_w1::RoutedBwdW1::<F, Offline>::new(
-                settings(),
+                tile_settings(),
                 client.clone(),
-                arg(),
                 arg(),
                 arg(),
                 arg(),
@@ -661,9 +759,21 @@ fn routed<F: Float + CubeElement>(
             .define(),
         ),
         (
+            "routed_bwd_db1",
+            routed_bwd_db1::RoutedBwdDb1::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
             "routed_bwd_w2",
             routed_bwd_w2::RoutedBwdW2::<F, Offline>::new(
-                settings(),
+                tile_settings(),
                 client.clone(),
                 arg(),
                 arg(),
@@ -671,7 +781,6 @@ fn routed<F: Float + CubeElement>(
                 arg(),
                 arg(),
                 arg(),
-                (),
                 c,
             )
             .define(),
@@ -821,6 +930,162 @@ fn cbm<F: Float + CubeElement>(
         .collect()
 }
 
+fn monarch<F: Float + CubeElement>(
+    plan: &MonarchPlan,
+    target: Target,
+) -> Result<Vec<KernelSource>, CompilationError> {
+    let client = Offline::client(&OfflineDevice);
+    let c = plan.cfg;
+    let fused = KernelSettings::default()
+        .cube_dim(CubeDim::new_1d(MONARCH_UNITS))
+        .address_type(AddressType::U32);
+    let defs: Vec<(&'static str, KernelDefinition)> = vec![
+        (
+            "monarch_fwd",
+            monarch_fwd::MonarchFwd::<F, Offline>::new(
+                fused,
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+                true,
+            )
+            .define(),
+        ),
+        (
+            "monarch_bwd_du",
+            monarch_bwd_du::MonarchBwdDu::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "monarch_bwd_dx",
+            monarch_bwd_dx::MonarchBwdDx::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "monarch_bwd_dw1",
+            monarch_bwd_dw1::MonarchBwdDw1::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "monarch_bwd_dw2",
+            monarch_bwd_dw2::MonarchBwdDw2::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+    ];
+    defs.into_iter()
+        .map(|(kernel, def)| {
+            Ok(KernelSource {
+                kernel,
+                source: canonicalize(&compile(def, target)?),
+            })
+        })
+        .collect()
+}
+
+fn dense_linear<F: Float + CubeElement>(
+    plan: &LinearPlan,
+    target: Target,
+) -> Result<Vec<KernelSource>, CompilationError> {
+    let client = Offline::client(&OfflineDevice);
+    let c = plan.cfg;
+    let defs: Vec<(&'static str, KernelDefinition)> = vec![
+        (
+            "linear_fwd",
+            linear_fwd::LinearFwd::<F, Offline>::new(
+                tile_settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "linear_bwd_dx",
+            linear_bwd_dx::LinearBwdDx::<F, Offline>::new(
+                tile_settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "linear_bwd_dw",
+            linear_bwd_dw::LinearBwdDw::<F, Offline>::new(
+                tile_settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "linear_bwd_dbias",
+            linear_bwd_dbias::LinearBwdDbias::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+    ];
+    defs.into_iter()
+        .map(|(kernel, def)| {
+            Ok(KernelSource {
+                kernel,
+                source: canonicalize(&compile(def, target)?),
+            })
+        })
+        .collect()
+}
+
 /// Every kernel a spec lowers to, as `target` source.
 pub fn sources(spec: &KernelSpec, target: Target) -> Result<Vec<KernelSource>, LowerError> {
     let fail = |e: CompilationError| LowerError::Unsupported {
@@ -871,6 +1136,39 @@ pub fn sources(spec: &KernelSpec, target: Target) -> Result<Vec<KernelSource>, L
                 (DType::F32, _) => cbm::<f32>(&plan, target).map_err(fail),
                 (DType::F16, _) => cbm::<half::f16>(&plan, target).map_err(fail),
                 (DType::BF16, _) => cbm::<half::bf16>(&plan, target).map_err(fail),
+                (DType::I64, _) => Err(LowerError::Unsupported {
+                    op: spec.op,
+                    what: "i64 storage".into(),
+                }),
+            }
+        }
+        OpKind::DenseLinear => {
+            spec.verify()?;
+            let plan = LinearPlan::new(spec.dim("T"), spec.dim("in"), spec.dim("out"));
+            match (spec.dtype, target) {
+                (DType::BF16, Target::Wgsl) => Err(LowerError::Unsupported {
+                    op: spec.op,
+                    what: "bf16 storage in WGSL (WGSL has no bf16)".into(),
+                }),
+                (DType::F32, _) => dense_linear::<f32>(&plan, target).map_err(fail),
+                (DType::F16, _) => dense_linear::<half::f16>(&plan, target).map_err(fail),
+                (DType::BF16, _) => dense_linear::<half::bf16>(&plan, target).map_err(fail),
+                (DType::I64, _) => Err(LowerError::Unsupported {
+                    op: spec.op,
+                    what: "i64 storage".into(),
+                }),
+            }
+        }
+        OpKind::Monarch => {
+            let plan = MonarchPlan::from_spec(spec)?;
+            match (spec.dtype, target) {
+                (DType::BF16, Target::Wgsl) => Err(LowerError::Unsupported {
+                    op: spec.op,
+                    what: "bf16 storage in WGSL (WGSL has no bf16)".into(),
+                }),
+                (DType::F32, _) => monarch::<f32>(&plan, target).map_err(fail),
+                (DType::F16, _) => monarch::<half::f16>(&plan, target).map_err(fail),
+                (DType::BF16, _) => monarch::<half::bf16>(&plan, target).map_err(fail),
                 (DType::I64, _) => Err(LowerError::Unsupported {
                     op: spec.op,
                     what: "i64 storage".into(),

@@ -23,3 +23,17 @@ pub(crate) fn grid<R: Runtime>(client: &ComputeClient<R>, n: usize) -> (CubeCoun
         dim,
     )
 }
+
+/// The grid of a grouped tiled product ([`crate::tile`]): x = row-tile slots covering `rows` rows
+/// in `groups` groups, y = column tiles of `n` columns.
+pub(crate) fn grouped_tiles(rows: usize, groups: usize, n: usize) -> (CubeCount, CubeDim) {
+    use crate::tile::{column_tiles, cube_dim, group_tile_slots};
+    (
+        CubeCount::Static(
+            group_tile_slots(rows, groups) as u32,
+            column_tiles(n) as u32,
+            1,
+        ),
+        cube_dim(),
+    )
+}

@@ -9,10 +9,13 @@
 
 pub mod cbm;
 pub mod cuda_check;
+pub mod dense;
 pub mod emit;
 mod launch;
+pub mod monarch;
 pub mod routed;
 pub mod spt;
+pub mod tile;
 
 use kernels_ir::{OpKind, VerifyErrors};
 

@@ -89,6 +89,32 @@ proptest! {
     }
 }
 
+/// Past one tile in every dimension of the tiled products (64 × 64 tiles, 16-step slices): a
+/// group of more than 64 pairs (several row tiles of one block, and a group with a partial
+/// tile), block width and d_model over 64 and not multiples of 16 (several column tiles, a
+/// partial last slice), so tile scheduling across groups and every edge guard are exercised.
+#[test]
+fn products_past_one_tile_in_every_dimension() {
+    for (t, dm, bs, blocks, top) in [(150, 130, 70, 2, 1), (97, 67, 81, 4, 2)] {
+        check(&RoutedCase {
+            t,
+            dm,
+            bs,
+            routed: Routed {
+                blocks,
+                top,
+                router: Router::Softmax,
+                gate: GateMode::SptLora,
+                act: Activation::Gelu,
+                ..Routed::default()
+            },
+            dtype: DType::F32,
+            seed: 5,
+        })
+        .unwrap_or_else(|e| panic!("T {t} d_model {dm} bs {bs} blocks {blocks} top {top}: {e}"));
+    }
+}
+
 /// With every block kept and no gate, the routed FFN on the device is the dense FFN:
 /// y = b2 + act(x·w1ᵀ + b1)·w2ᵀ, computed here in f64 by hand.
 #[test]

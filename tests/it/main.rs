@@ -7,6 +7,7 @@ mod hand;
 mod identities;
 mod ir;
 mod kernels_cbm;
+mod kernels_monarch;
 mod kernels_routed;
 mod kernels_spt;
 mod sources;

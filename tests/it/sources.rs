@@ -2,7 +2,7 @@
 //! (generated without a device, so they run everywhere), and their stability.
 
 use kernels_ir::pattern::{
-    Activation, Cbm, GateMode, Pattern, PqTopK, Routed, Router, Selector, TopK,
+    Activation, Cbm, GateMode, MonarchShape, Pattern, PqTopK, Routed, Router, Selector, TopK,
 };
 use kernels_ir::{DType, KernelSpec, OpKind, Schedule};
 use sparsecube_codegen::emit::{Target, sources};
@@ -11,7 +11,8 @@ use sparsecube_codegen::emit::{Target, sources};
 /// the other branch of every switch (causal, clamp, pq-adc, f16, D = 32, unfused forward chain);
 /// the routed FFN's defaults (4 blocks, top 2, sigmoid, gate on the output, ReLU) and the other
 /// branches (16 blocks top 4, softmax, spt-lora, GELU, f16); the Sparse-CBM head keeping 16 of
-/// 512 concepts.
+/// 512 concepts; the dense linear baseline (8192 rows, 1024 → 1024); Monarch at the bench's square shape (n 1024, 4 blocks, batch 8192) and a
+/// rectangular one (384 → 160 through 192, k 3, l 4, f16).
 pub(crate) fn canonical() -> Vec<(&'static str, KernelSpec)> {
     let b = |name: &str, d: usize, p: PqTopK, dtype, fused| {
         KernelSpec::builder(name, OpKind::SptAttention)
@@ -73,7 +74,49 @@ pub(crate) fn canonical() -> Vec<(&'static str, KernelSpec)> {
                 .build()
                 .unwrap(),
         ),
+        (
+            "dense_linear_f32",
+            KernelSpec::builder("dense_linear", OpKind::DenseLinear)
+                .dims([("T", 8192), ("in", 1024), ("out", 1024)])
+                .pattern(Pattern::Dense)
+                .build()
+                .unwrap(),
+        ),
+        (
+            "monarch_square_f32",
+            monarch(
+                "monarch_square",
+                8192,
+                MonarchShape::square(1024, 4),
+                DType::F32,
+            ),
+        ),
+        (
+            "monarch_rect_f16",
+            monarch(
+                "monarch_rect",
+                64,
+                MonarchShape {
+                    k: 3,
+                    q: 64,
+                    p: 128,
+                    l: 4,
+                    s: 40,
+                    r: 48,
+                },
+                DType::F16,
+            ),
+        ),
     ]
+}
+
+fn monarch(name: &str, n: usize, m: MonarchShape, dtype: DType) -> KernelSpec {
+    KernelSpec::builder(name, OpKind::Monarch)
+        .dims([("N", n)])
+        .pattern(Pattern::Monarch(m))
+        .dtype(dtype)
+        .build()
+        .unwrap()
 }
 
 /// A routed FFN at the bench's shape (d_model 1024, d_ff 4096, T 8192).
@@ -121,6 +164,19 @@ fn generated_sources_snapshots() {
                     .chain(forward.iter().copied())
                     .collect()
                 }
+                OpKind::DenseLinear => vec![
+                    "linear_fwd",
+                    "linear_bwd_dx",
+                    "linear_bwd_dw",
+                    "linear_bwd_dbias",
+                ],
+                OpKind::Monarch => vec![
+                    "monarch_fwd",
+                    "monarch_bwd_du",
+                    "monarch_bwd_dx",
+                    "monarch_bwd_dw1",
+                    "monarch_bwd_dw2",
+                ],
                 OpKind::CbmHead => vec![
                     "cbm_concepts",
                     "cbm_select",
@@ -138,10 +194,13 @@ fn generated_sources_snapshots() {
                     "routed_fill",
                     "routed_up",
                     "routed_down",
+                    "routed_combine",
                     "routed_bwd_hidden",
                     "routed_bwd_router",
                     "routed_bwd_dx",
+                    "routed_bwd_dx_combine",
                     "routed_bwd_w1",
+                    "routed_bwd_db1",
                     "routed_bwd_w2",
                     "routed_bwd_db2",
                     "routed_bwd_router_w",

@@ -7,12 +7,16 @@
 //! and, within a block, in ascending token order. No kernel uses atomics: every sum has a fixed
 //! order, so results are deterministic.
 //!
-//! This first version computes one output element per unit (no shared-memory tiling): correct on
-//! every backend and the reference for the tiled grouped GEMM that autotuning will choose.
+//! The four products over pairs (x·w1ᵀ, h·w2ᵀ, dy·w2, dpre·w1) are grouped GEMMs on the shared
+//! tile mainloop of [`crate::tile`]: one launch for every block, row tiles scheduled across the
+//! variable-size groups on the device; the weight gradients (dw1, dw2) are tiled too, one cube
+//! per tile of a block's slice reducing over the block's group. The router products and the
+//! bias gradients are one output element per unit, each a fixed-order sum.
 
 // `#[cube(launch)]` generates undocumented modules and launch functions next to each kernel.
 #![allow(missing_docs)]
 
+use crate::tile::{MICRO, TILE, TILE_UNITS, TileShape, group_tile, store_tile, tile_product};
 use cubecl::prelude::*;
 
 /// Tokens per chunk of the grouping passes: the unit of parallelism of [`routed_count`] and
@@ -232,7 +236,7 @@ pub fn routed_offsets(offsets: &mut Array<u32>, #[comptime] cfg: RoutedConfig) {
 }
 
 /// Pass 4 of 4: every kept (token, slot) written to its block's group: `pair_token` [P] (the
-/// token), `pair_block` [P] (the block) and `slot_of` [T·top] (where pair (t, slot) went). Chunks
+/// token) and `slot_of` [T·top] (where pair (t, slot) went). Chunks
 /// own ordered sub-ranges of each group and walk their tokens in order, so each group lists its
 /// tokens in ascending order. One unit per chunk; `counts` (from pass 2) is its cursor.
 #[cube(launch)]
@@ -241,7 +245,6 @@ pub fn routed_fill(
     counts: &mut Array<u32>,
     offsets: &Array<u32>,
     pair_token: &mut Array<u32>,
-    pair_block: &mut Array<u32>,
     slot_of: &mut Array<u32>,
     tokens: u32,
     #[comptime] cfg: RoutedConfig,
@@ -262,16 +265,17 @@ pub fn routed_fill(
                 let at = (offsets[e] + cursor) as usize;
                 counts[chunk * e_n + e] = cursor + 1u32;
                 pair_token[at] = t as u32;
-                pair_block[at] = e as u32;
                 slot_of[t * top + s] = at as u32;
             }
         }
     }
 }
 
-/// First grouped product with its epilogue, one unit per (pair p, hidden unit j of the pair's
-/// block): `pre` = x_t·w1[e·bs + j] + b1[e·bs + j] and `h` = act(c_in·pre), both [P, bs] f32 (the
-/// block output before the gate's output coefficient; kept for backward).
+/// First grouped product with its epilogue: one cube per [`TILE`]² tile of [P, bs] within one
+/// block's group (tiles scheduled across the groups by [`group_tile`]), `pre` =
+/// x_t·w1[e·bs + j] + b1[e·bs + j] and `h` = act(c_in·pre), both [P, bs] f32 (the block output
+/// before the gate's output coefficient; kept for backward), and the pair's output coefficient
+/// `cout` [P] f32 (for dw2).
 #[cube(launch)]
 pub fn routed_up<F: Float>(
     x: &Array<F>,
@@ -279,72 +283,152 @@ pub fn routed_up<F: Float>(
     b1: &Array<F>,
     gates: &Array<f32>,
     pair_token: &Array<u32>,
-    pair_block: &Array<u32>,
+    offsets: &Array<u32>,
     pre: &mut Array<f32>,
     h: &mut Array<f32>,
+    cout: &mut Array<f32>,
     gate_scale: f32,
     #[comptime] cfg: RoutedConfig,
 ) {
-    let pos = ABSOLUTE_POS;
     let bs = cfg.bs as usize;
     let dm = cfg.dm as usize;
-    if pos < h.len() {
-        let p = pos / bs;
-        let j = pos % bs;
-        let t = pair_token[p] as usize;
-        let e = pair_block[p] as usize;
-        let col = e * bs + j;
-        let mut z = f32::cast_from(b1[col]);
-        for i in 0..dm {
-            z += f32::cast_from(x[t * dm + i]) * f32::cast_from(w1[col * dm + i]);
+    let (e, p0, p_end, valid) = group_tile(offsets, cfg.blocks);
+    if valid {
+        let n0 = (CUBE_POS_Y * TILE) as usize;
+        let shape = comptime!(TileShape {
+            n: cfg.bs,
+            lda: cfg.dm,
+            a_kmajor: false,
+            gather_a: true,
+            sk: 1,
+            sn: cfg.dm,
+            gather_b: false,
+            scale_b: false,
+        });
+        let acc = tile_product::<F, F>(
+            x,
+            w1,
+            pair_token,
+            gates,
+            p0,
+            p_end,
+            n0,
+            e * bs * dm,
+            0,
+            dm,
+            shape,
+        );
+        #[unroll]
+        for i in 0..MICRO {
+            let p = p0 + (UNIT_POS_Y + i * TILE_UNITS) as usize;
+            if p < p_end {
+                let t = pair_token[p] as usize;
+                let (c_in, c_out) =
+                    coefs(gates[t * (cfg.blocks as usize) + e], gate_scale, cfg.gate);
+                if CUBE_POS_Y == 0 && UNIT_POS_X == 0 {
+                    cout[p] = c_out;
+                }
+                #[unroll]
+                for j in 0..MICRO {
+                    let n = n0 + (UNIT_POS_X + j * TILE_UNITS) as usize;
+                    if n < bs {
+                        let z = acc[(i * MICRO + j) as usize] + f32::cast_from(b1[e * bs + n]);
+                        pre[p * bs + n] = z;
+                        h[p * bs + n] = act(c_in * z, cfg.gelu);
+                    }
+                }
+            }
         }
-        let (c_in, _c_out) = coefs(gates[t * (cfg.blocks as usize) + e], gate_scale, cfg.gate);
-        pre[pos] = z;
-        h[pos] = act(c_in * z, cfg.gelu);
     }
 }
 
-/// Second grouped product, gate scaling and the weighted un-permute, one unit per output element
-/// (t, o): y[t, o] = b2[o] + Σ over the token's kept blocks (ascending) of
-/// c_out · Σ_j h[pair, j] · w2[o, e·bs + j].
+/// Second grouped product with the gate's output coefficient, tiled like [`routed_up`]:
+/// `zp` [P, d_model] f32, zp[p, o] = c_out · Σ_j h[p, j]·w2[o, e·bs + j].
 #[cube(launch)]
 pub fn routed_down<F: Float>(
     h: &Array<f32>,
     w2: &Array<F>,
-    b2: &Array<F>,
     gates: &Array<f32>,
-    blocks: &Array<i32>,
+    pair_token: &Array<u32>,
+    offsets: &Array<u32>,
+    zp: &mut Array<f32>,
+    gate_scale: f32,
+    #[comptime] cfg: RoutedConfig,
+) {
+    let bs = cfg.bs as usize;
+    let dm = cfg.dm as usize;
+    let (e, p0, p_end, valid) = group_tile(offsets, cfg.blocks);
+    if valid {
+        let n0 = (CUBE_POS_Y * TILE) as usize;
+        let shape = comptime!(TileShape {
+            n: cfg.dm,
+            lda: cfg.bs,
+            a_kmajor: false,
+            gather_a: false,
+            sk: 1,
+            sn: cfg.bs * cfg.blocks,
+            gather_b: false,
+            scale_b: false,
+        });
+        let acc = tile_product::<f32, F>(
+            h,
+            w2,
+            pair_token,
+            gates,
+            p0,
+            p_end,
+            n0,
+            e * bs,
+            0,
+            bs,
+            shape,
+        );
+        #[unroll]
+        for i in 0..MICRO {
+            let p = p0 + (UNIT_POS_Y + i * TILE_UNITS) as usize;
+            if p < p_end {
+                let t = pair_token[p] as usize;
+                let (_c_in, c_out) =
+                    coefs(gates[t * (cfg.blocks as usize) + e], gate_scale, cfg.gate);
+                #[unroll]
+                for j in 0..MICRO {
+                    let n = n0 + (UNIT_POS_X + j * TILE_UNITS) as usize;
+                    if n < dm {
+                        zp[p * dm + n] = c_out * acc[(i * MICRO + j) as usize];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The weighted un-permute, one unit per output element (t, o): y[t, o] = b2[o] + Σ over the
+/// token's kept blocks, in ascending order, of zp[pair, o].
+#[cube(launch)]
+pub fn routed_combine<F: Float>(
+    zp: &Array<f32>,
+    b2: &Array<F>,
     slot_of: &Array<u32>,
     y: &mut Array<F>,
-    gate_scale: f32,
     #[comptime] cfg: RoutedConfig,
 ) {
     let pos = ABSOLUTE_POS;
     let dm = cfg.dm as usize;
-    let bs = cfg.bs as usize;
     let top = cfg.top as usize;
-    let dff = bs * (cfg.blocks as usize);
     if pos < y.len() {
         let t = pos / dm;
         let o = pos % dm;
         let mut acc = f32::cast_from(b2[o]);
         for s in 0..top {
-            let e = blocks[t * top + s] as usize;
-            let p = slot_of[t * top + s] as usize;
-            let (_c_in, c_out) = coefs(gates[t * (cfg.blocks as usize) + e], gate_scale, cfg.gate);
-            let mut dot = 0.0f32;
-            for j in 0..bs {
-                dot += h[p * bs + j] * f32::cast_from(w2[o * dff + e * bs + j]);
-            }
-            acc += c_out * dot;
+            acc += zp[(slot_of[t * top + s] as usize) * dm + o];
         }
         y[pos] = F::cast_from(acc);
     }
 }
 
-/// Backward through the second product and the activation, one unit per (pair, j):
-/// w2dy = Σ_o w2[o, col]·dy[t, o]; dz = c_out·w2dy·act'(c_in·pre); `dpre` = c_in·dz, and the two
-/// per-element terms of the gate's gradient, `dco` = h·w2dy (output coefficient) and
+/// Backward through the second product and the activation, tiled like [`routed_up`] over
+/// (pair, j): w2dy = Σ_o dy[t, o]·w2[o, col]; dz = c_out·w2dy·act'(c_in·pre); `dpre` = c_in·dz,
+/// and the two per-element terms of the gate's gradient, `dco` = h·w2dy (output coefficient) and
 /// `dci` = dz·pre (input coefficient), all [P, bs] f32.
 #[cube(launch)]
 pub fn routed_bwd_hidden<F: Float>(
@@ -352,7 +436,7 @@ pub fn routed_bwd_hidden<F: Float>(
     w2: &Array<F>,
     gates: &Array<f32>,
     pair_token: &Array<u32>,
-    pair_block: &Array<u32>,
+    offsets: &Array<u32>,
     pre: &Array<f32>,
     h: &Array<f32>,
     dpre: &mut Array<f32>,
@@ -361,26 +445,55 @@ pub fn routed_bwd_hidden<F: Float>(
     gate_scale: f32,
     #[comptime] cfg: RoutedConfig,
 ) {
-    let pos = ABSOLUTE_POS;
     let bs = cfg.bs as usize;
-    let dm = cfg.dm as usize;
-    let dff = bs * (cfg.blocks as usize);
-    if pos < dpre.len() {
-        let p = pos / bs;
-        let j = pos % bs;
-        let t = pair_token[p] as usize;
-        let e = pair_block[p] as usize;
-        let col = e * bs + j;
-        let mut w2dy = 0.0f32;
-        for o in 0..dm {
-            w2dy += f32::cast_from(w2[o * dff + col]) * f32::cast_from(dy[t * dm + o]);
+    let (e, p0, p_end, valid) = group_tile(offsets, cfg.blocks);
+    if valid {
+        let n0 = (CUBE_POS_Y * TILE) as usize;
+        let shape = comptime!(TileShape {
+            n: cfg.bs,
+            lda: cfg.dm,
+            a_kmajor: false,
+            gather_a: true,
+            sk: cfg.bs * cfg.blocks,
+            sn: 1,
+            gather_b: false,
+            scale_b: false,
+        });
+        let acc = tile_product::<F, F>(
+            dy,
+            w2,
+            pair_token,
+            gates,
+            p0,
+            p_end,
+            n0,
+            e * bs,
+            0,
+            cfg.dm as usize,
+            shape,
+        );
+        #[unroll]
+        for i in 0..MICRO {
+            let p = p0 + (UNIT_POS_Y + i * TILE_UNITS) as usize;
+            if p < p_end {
+                let t = pair_token[p] as usize;
+                let (c_in, c_out) =
+                    coefs(gates[t * (cfg.blocks as usize) + e], gate_scale, cfg.gate);
+                #[unroll]
+                for j in 0..MICRO {
+                    let n = n0 + (UNIT_POS_X + j * TILE_UNITS) as usize;
+                    if n < bs {
+                        let at = p * bs + n;
+                        let w2dy = acc[(i * MICRO + j) as usize];
+                        let z = pre[at];
+                        let dz = c_out * w2dy * act_grad(c_in * z, cfg.gelu);
+                        dpre[at] = c_in * dz;
+                        dco[at] = h[at] * w2dy;
+                        dci[at] = dz * z;
+                    }
+                }
+            }
         }
-        let (c_in, c_out) = coefs(gates[t * (cfg.blocks as usize) + e], gate_scale, cfg.gate);
-        let z = pre[pos];
-        let dz = c_out * w2dy * act_grad(c_in * z, cfg.gelu);
-        dpre[pos] = c_in * dz;
-        dco[pos] = h[pos] * w2dy;
-        dci[pos] = dz * z;
     }
 }
 
@@ -439,22 +552,62 @@ pub fn routed_bwd_router(
     }
 }
 
-/// dx, one unit per (t, i): Σ over the token's kept blocks of Σ_j dpre·w1[e·bs + j, i], plus
-/// Σ_e dlogit[t, e]·wr[e, i].
+/// dx through the blocks, tiled like [`routed_up`]: `zdx` [P, d_model] f32,
+/// zdx[p, i] = Σ_j dpre[p, j]·w1[e·bs + j, i].
 #[cube(launch)]
 pub fn routed_bwd_dx<F: Float>(
-    w1: &Array<F>,
-    wr: &Array<F>,
-    blocks: &Array<i32>,
-    slot_of: &Array<u32>,
     dpre: &Array<f32>,
+    w1: &Array<F>,
+    pair_token: &Array<u32>,
+    offsets: &Array<u32>,
+    zdx: &mut Array<f32>,
+    #[comptime] cfg: RoutedConfig,
+) {
+    let bs = cfg.bs as usize;
+    let dm = cfg.dm as usize;
+    let (e, p0, p_end, valid) = group_tile(offsets, cfg.blocks);
+    if valid {
+        let n0 = (CUBE_POS_Y * TILE) as usize;
+        let shape = comptime!(TileShape {
+            n: cfg.dm,
+            lda: cfg.bs,
+            a_kmajor: false,
+            gather_a: false,
+            sk: cfg.dm,
+            sn: 1,
+            gather_b: false,
+            scale_b: false,
+        });
+        let acc = tile_product::<f32, F>(
+            dpre,
+            w1,
+            pair_token,
+            dpre,
+            p0,
+            p_end,
+            n0,
+            e * bs * dm,
+            0,
+            bs,
+            shape,
+        );
+        store_tile::<f32>(zdx, &acc, p0, p_end, n0, 0, cfg.dm, cfg.dm);
+    }
+}
+
+/// dx, one unit per (t, i): Σ over the token's kept blocks, in ascending order, of zdx[pair, i],
+/// plus the router path Σ_e dlogit[t, e]·wr[e, i].
+#[cube(launch)]
+pub fn routed_bwd_dx_combine<F: Float>(
+    zdx: &Array<f32>,
+    wr: &Array<F>,
+    slot_of: &Array<u32>,
     dlogit: &Array<f32>,
     dx: &mut Array<F>,
     #[comptime] cfg: RoutedConfig,
 ) {
     let pos = ABSOLUTE_POS;
     let dm = cfg.dm as usize;
-    let bs = cfg.bs as usize;
     let top = cfg.top as usize;
     let e_n = cfg.blocks as usize;
     if pos < dx.len() {
@@ -462,11 +615,7 @@ pub fn routed_bwd_dx<F: Float>(
         let i = pos % dm;
         let mut acc = 0.0f32;
         for s in 0..top {
-            let e = blocks[t * top + s] as usize;
-            let p = slot_of[t * top + s] as usize;
-            for j in 0..bs {
-                acc += dpre[p * bs + j] * f32::cast_from(w1[(e * bs + j) * dm + i]);
-            }
+            acc += zdx[(slot_of[t * top + s] as usize) * dm + i];
         }
         for e in 0..e_n {
             acc += dlogit[t * e_n + e] * f32::cast_from(wr[e * dm + i]);
@@ -475,9 +624,8 @@ pub fn routed_bwd_dx<F: Float>(
     }
 }
 
-/// dw1 and db1, one unit per (column col = e·bs + j, input i ∈ 0..=d_model; i = d_model is the
-/// bias): Σ over the pairs of block e, in group order, of dpre·x_t (or dpre). Columns of a block
-/// no token kept are 0.
+/// dw1, one cube per [`TILE`]² tile of block e's [bs, d_model] slice (cube z = e): Σ over the
+/// block's pairs, in group order, of dpre[p, j]·x[t_p, i]. Blocks no token kept get 0.
 #[cube(launch)]
 pub fn routed_bwd_w1<F: Float>(
     x: &Array<F>,
@@ -485,68 +633,109 @@ pub fn routed_bwd_w1<F: Float>(
     offsets: &Array<u32>,
     dpre: &Array<f32>,
     dw1: &mut Array<F>,
+    #[comptime] cfg: RoutedConfig,
+) {
+    let bs = cfg.bs as usize;
+    let dm = cfg.dm as usize;
+    let e = CUBE_POS_Z as usize;
+    let r0 = (CUBE_POS_X * TILE) as usize;
+    let n0 = (CUBE_POS_Y * TILE) as usize;
+    let shape = comptime!(TileShape {
+        n: cfg.dm,
+        lda: cfg.bs,
+        a_kmajor: true,
+        gather_a: false,
+        sk: cfg.dm,
+        sn: 1,
+        gather_b: true,
+        scale_b: false,
+    });
+    let acc = tile_product::<f32, F>(
+        dpre,
+        x,
+        pair_token,
+        dpre,
+        r0,
+        bs,
+        n0,
+        0,
+        offsets[e] as usize,
+        offsets[e + 1] as usize,
+        shape,
+    );
+    store_tile::<F>(dw1, &acc, r0, bs, n0, e * bs * dm, cfg.dm, cfg.dm);
+}
+
+/// db1, one unit per column col = e·bs + j: Σ over the block's pairs, in group order, of dpre.
+#[cube(launch)]
+pub fn routed_bwd_db1<F: Float>(
+    offsets: &Array<u32>,
+    dpre: &Array<f32>,
     db1: &mut Array<F>,
     #[comptime] cfg: RoutedConfig,
 ) {
-    let pos = ABSOLUTE_POS;
-    let dm = cfg.dm as usize;
+    let col = ABSOLUTE_POS;
     let bs = cfg.bs as usize;
-    let width = dm + 1;
-    if pos < db1.len() * width {
-        let col = pos / width;
-        let i = pos % width;
+    if col < db1.len() {
         let e = col / bs;
         let j = col % bs;
         let mut acc = 0.0f32;
-        let start = offsets[e] as usize;
-        let end = offsets[e + 1] as usize;
-        for p in start..end {
-            let mut xv = 1.0f32;
-            if i < dm {
-                xv = f32::cast_from(x[(pair_token[p] as usize) * dm + i]);
-            }
-            acc += dpre[p * bs + j] * xv;
+        for p in offsets[e] as usize..offsets[e + 1] as usize {
+            acc += dpre[p * bs + j];
         }
-        if i < dm {
-            dw1[col * dm + i] = F::cast_from(acc);
-        } else {
-            db1[col] = F::cast_from(acc);
-        }
+        db1[col] = F::cast_from(acc);
     }
 }
 
-/// dw2, one unit per (o, col = e·bs + j): Σ over the pairs of block e of c_out·h·dy[t, o].
+/// dw2, one cube per [`TILE`]² tile of block e's [d_model, bs] slice (cube z = e): Σ over the
+/// block's pairs, in group order, of dy[t_p, o]·c_out(p)·h[p, j].
 #[cube(launch)]
 pub fn routed_bwd_w2<F: Float>(
     dy: &Array<F>,
-    gates: &Array<f32>,
     pair_token: &Array<u32>,
     offsets: &Array<u32>,
     h: &Array<f32>,
+    cout: &Array<f32>,
     dw2: &mut Array<F>,
-    gate_scale: f32,
     #[comptime] cfg: RoutedConfig,
 ) {
-    let pos = ABSOLUTE_POS;
-    let dm = cfg.dm as usize;
     let bs = cfg.bs as usize;
-    let e_n = cfg.blocks as usize;
-    let dff = bs * e_n;
-    if pos < dw2.len() {
-        let o = pos / dff;
-        let col = pos % dff;
-        let e = col / bs;
-        let j = col % bs;
-        let mut acc = 0.0f32;
-        let start = offsets[e] as usize;
-        let end = offsets[e + 1] as usize;
-        for p in start..end {
-            let t = pair_token[p] as usize;
-            let (_c_in, c_out) = coefs(gates[t * e_n + e], gate_scale, cfg.gate);
-            acc += c_out * h[p * bs + j] * f32::cast_from(dy[t * dm + o]);
-        }
-        dw2[pos] = F::cast_from(acc);
-    }
+    let e = CUBE_POS_Z as usize;
+    let r0 = (CUBE_POS_X * TILE) as usize;
+    let n0 = (CUBE_POS_Y * TILE) as usize;
+    let shape = comptime!(TileShape {
+        n: cfg.bs,
+        lda: cfg.dm,
+        a_kmajor: true,
+        gather_a: true,
+        sk: cfg.bs,
+        sn: 1,
+        gather_b: false,
+        scale_b: true,
+    });
+    let acc = tile_product::<F, f32>(
+        dy,
+        h,
+        pair_token,
+        cout,
+        r0,
+        cfg.dm as usize,
+        n0,
+        0,
+        offsets[e] as usize,
+        offsets[e + 1] as usize,
+        shape,
+    );
+    store_tile::<F>(
+        dw2,
+        &acc,
+        r0,
+        cfg.dm as usize,
+        n0,
+        e * bs,
+        cfg.bs,
+        comptime!(cfg.bs * cfg.blocks),
+    );
 }
 
 /// db2 = Σ_t dy[t, ·], one unit per output column.

@@ -4,21 +4,26 @@
 //!
 //! Forward: `routed_gate` (gates, kept blocks) → grouping by block, a deterministic counting sort
 //! in four passes (`routed_count` → `routed_scan` → `routed_offsets` → `routed_fill`) →
-//! `routed_up` (x·w1ᵀ + b1 and the activation over the kept pairs only) → `routed_down` (·w2ᵀ,
-//! gate scaling and the weighted combine, + b2).
-//! Backward: `routed_bwd_hidden` → `routed_bwd_router` (router logits) → `routed_bwd_dx`,
-//! `routed_bwd_w1` (dw1, db1), `routed_bwd_w2`, `routed_bwd_db2`, `routed_bwd_router_w` (dwr,
+//! `routed_up` (x·w1ᵀ + b1 and the activation over the kept pairs only) → `routed_down` (·w2ᵀ and
+//! the gate's output coefficient, per pair) → `routed_combine` (the weighted un-permute, + b2).
+//! The four products over pairs are grouped tiled GEMMs ([`crate::tile`]): one launch each for
+//! every block, tiles scheduled across the groups on the device.
+//! Backward: `routed_bwd_hidden` → `routed_bwd_router` (router logits) → `routed_bwd_dx` (per
+//! pair) → `routed_bwd_dx_combine` (+ the router path), `routed_bwd_w1` and `routed_bwd_w2`
+//! (tiled per block), `routed_bwd_db1`, `routed_bwd_db2`, `routed_bwd_router_w` (dwr,
 //! dbr). Only kept (token, block) pairs are computed.
 
 pub mod kernels;
 
 use crate::LowerError;
-use crate::launch::{arr, grid};
+use crate::launch::{arr, grid, grouped_tiles};
+use crate::tile;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 use kernels::{
-    RoutedConfig, TOKEN_CHUNK, routed_bwd_db2, routed_bwd_dx, routed_bwd_hidden, routed_bwd_router,
-    routed_bwd_router_w, routed_bwd_w1, routed_bwd_w2, routed_count, routed_down, routed_fill,
+    RoutedConfig, TOKEN_CHUNK, routed_bwd_db1, routed_bwd_db2, routed_bwd_dx,
+    routed_bwd_dx_combine, routed_bwd_hidden, routed_bwd_router, routed_bwd_router_w,
+    routed_bwd_w1, routed_bwd_w2, routed_combine, routed_count, routed_down, routed_fill,
     routed_gate, routed_offsets, routed_scan, routed_up,
 };
 use kernels_ir::pattern::{Activation, GateMode, Pattern, Router};
@@ -98,21 +103,33 @@ impl RoutedPlan {
     }
 
     /// Bytes kept between forward and backward besides the inputs and `y`: gates, kept blocks,
-    /// the grouping (offsets, pair token/block, slot of each pair) and the pre-activations and
-    /// activations of the kept pairs only (2·P·bs f32).
+    /// the grouping (offsets, token of each pair, pair of each slot), each pair's output
+    /// coefficient and the pre-activations and activations of the kept pairs only (2·P·bs f32).
     pub fn saved_bytes(&self) -> usize {
         let (_, _, e, top, bs) = self.sizes();
         4 * (self.t * e + self.t * top + (e + 1) + 3 * self.pairs() + 2 * self.pairs() * bs)
     }
 
-    /// Bytes the launchers allocate and release within a call, at most: forward's chunk counts,
-    /// backward's dpre/dco/dci (3·P·bs f32) and router logit gradients.
+    /// Bytes the launchers allocate and release within a call, at most: forward's chunk counts
+    /// and per-pair outputs of the second product (P·d_model f32, summed per token by the
+    /// combine), backward's dpre/dco/dci (3·P·bs f32), router logit gradients and per-pair dx
+    /// rows (P·d_model f32).
     pub fn scratch_bytes(&self) -> usize {
         let e = self.cfg.blocks as usize;
-        let fwd = 4 * self.chunks() * e;
-        let bwd = 4 * (3 * self.pairs() * self.cfg.bs as usize + self.t * e);
+        let dm = self.cfg.dm as usize;
+        let fwd = 4 * (self.chunks() * e + self.pairs() * dm);
+        let bwd = 4 * (3 * self.pairs() * self.cfg.bs as usize + self.t * e + self.pairs() * dm);
         fwd.max(bwd)
     }
+}
+
+/// The grid of a per-block weight gradient: one cube per tile of each block's [rows, cols] slice.
+fn weight_tiles(rows: usize, cols: usize, blocks: usize) -> CubeCount {
+    CubeCount::Static(
+        tile::column_tiles(rows) as u32,
+        tile::column_tiles(cols) as u32,
+        blocks as u32,
+    )
 }
 
 /// Handles written by [`forward`] and read by [`backward`].
@@ -128,14 +145,14 @@ pub struct RoutedForward {
     pub offsets: Handle,
     /// Token of each pair [P], u32.
     pub pair_token: Handle,
-    /// Block of each pair [P], u32.
-    pub pair_block: Handle,
     /// Pair of each (token, slot) [T·top], u32.
     pub slot_of: Handle,
     /// Pre-activations [P, bs], f32.
     pub pre: Handle,
     /// Activations [P, bs], f32.
     pub h: Handle,
+    /// The gate's output coefficient of each pair [P], f32.
+    pub cout: Handle,
 }
 
 /// Handles written by [`backward`], in the storage dtype.
@@ -214,7 +231,6 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
     let (ocount, odim) = grid(client, 1);
     routed_offsets::launch::<R>(client, ocount, odim, arr(&offsets, e_n + 1), cfg);
     let pair_token = client.empty(pairs * 4);
-    let pair_block = client.empty(pairs * 4);
     let slot_of = client.empty(pairs * 4);
     routed_fill::launch::<R>(
         client,
@@ -224,14 +240,14 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
         arr(&counts, chunks * e_n),
         arr(&offsets, e_n + 1),
         arr(&pair_token, pairs),
-        arr(&pair_block, pairs),
         arr(&slot_of, pairs),
         t as u32,
         cfg,
     );
     let pre = client.empty(pairs * bs * 4);
     let h = client.empty(pairs * bs * 4);
-    let (count, dim) = grid(client, pairs * bs);
+    let cout = client.empty(pairs * 4);
+    let (count, dim) = grouped_tiles(pairs, e_n, bs);
     routed_up::launch::<F, R>(
         client,
         count,
@@ -241,26 +257,38 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
         arr(b1, dff),
         arr(&gates, t * e_n),
         arr(&pair_token, pairs),
-        arr(&pair_block, pairs),
+        arr(&offsets, e_n + 1),
         arr(&pre, pairs * bs),
         arr(&h, pairs * bs),
+        arr(&cout, pairs),
         plan.gate_scale,
         cfg,
     );
-    let y = client.empty(t * dm * size_of::<F>());
-    let (count, dim) = grid(client, t * dm);
+    let zp = client.empty(pairs * dm * 4);
+    let (count, dim) = grouped_tiles(pairs, e_n, dm);
     routed_down::launch::<F, R>(
         client,
         count,
         dim,
         arr(&h, pairs * bs),
         arr(w2, dm * dff),
-        arr(b2, dm),
         arr(&gates, t * e_n),
-        arr(&blocks, t * top),
+        arr(&pair_token, pairs),
+        arr(&offsets, e_n + 1),
+        arr(&zp, pairs * dm),
+        plan.gate_scale,
+        cfg,
+    );
+    let y = client.empty(t * dm * size_of::<F>());
+    let (count, dim) = grid(client, t * dm);
+    routed_combine::launch::<F, R>(
+        client,
+        count,
+        dim,
+        arr(&zp, pairs * dm),
+        arr(b2, dm),
         arr(&slot_of, pairs),
         arr(&y, t * dm),
-        plan.gate_scale,
         cfg,
     );
     RoutedForward {
@@ -269,10 +297,10 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
         gates,
         offsets,
         pair_token,
-        pair_block,
         slot_of,
         pre,
         h,
+        cout,
     }
 }
 
@@ -296,7 +324,7 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
     let dpre = client.empty(hidden * 4);
     let dco = client.empty(hidden * 4);
     let dci = client.empty(hidden * 4);
-    let (count, dim) = grid(client, hidden);
+    let (count, dim) = grouped_tiles(pairs, e_n, bs);
     routed_bwd_hidden::launch::<F, R>(
         client,
         count,
@@ -305,7 +333,7 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
         arr(w2, dm * dff),
         arr(&saved.gates, t * e_n),
         arr(&saved.pair_token, pairs),
-        arr(&saved.pair_block, pairs),
+        arr(&saved.offsets, e_n + 1),
         arr(&saved.pre, hidden),
         arr(&saved.h, hidden),
         arr(&dpre, hidden),
@@ -329,49 +357,66 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
         plan.gate_scale,
         cfg,
     );
-    let dx = client.empty(t * dm * size_of::<F>());
-    let (count, dim) = grid(client, t * dm);
+    let zdx = client.empty(pairs * dm * 4);
+    let (count, dim) = grouped_tiles(pairs, e_n, dm);
     routed_bwd_dx::launch::<F, R>(
         client,
         count,
         dim,
-        arr(w1, dff * dm),
-        arr(wr, e_n * dm),
-        arr(&saved.blocks, t * top),
-        arr(&saved.slot_of, pairs),
         arr(&dpre, hidden),
+        arr(w1, dff * dm),
+        arr(&saved.pair_token, pairs),
+        arr(&saved.offsets, e_n + 1),
+        arr(&zdx, pairs * dm),
+        cfg,
+    );
+    let dx = client.empty(t * dm * size_of::<F>());
+    let (count, dim) = grid(client, t * dm);
+    routed_bwd_dx_combine::launch::<F, R>(
+        client,
+        count,
+        dim,
+        arr(&zdx, pairs * dm),
+        arr(wr, e_n * dm),
+        arr(&saved.slot_of, pairs),
         arr(&dlogit, t * e_n),
         arr(&dx, t * dm),
         cfg,
     );
     let dw1 = client.empty(dff * dm * size_of::<F>());
-    let db1 = client.empty(dff * size_of::<F>());
-    let (count, dim) = grid(client, dff * (dm + 1));
     routed_bwd_w1::launch::<F, R>(
         client,
-        count,
-        dim,
+        weight_tiles(bs, dm, e_n),
+        tile::cube_dim(),
         arr(x, t * dm),
         arr(&saved.pair_token, pairs),
         arr(&saved.offsets, e_n + 1),
         arr(&dpre, hidden),
         arr(&dw1, dff * dm),
+        cfg,
+    );
+    let db1 = client.empty(dff * size_of::<F>());
+    let (count, dim) = grid(client, dff);
+    routed_bwd_db1::launch::<F, R>(
+        client,
+        count,
+        dim,
+        arr(&saved.offsets, e_n + 1),
+        arr(&dpre, hidden),
         arr(&db1, dff),
         cfg,
     );
     let dw2 = client.empty(dm * dff * size_of::<F>());
-    let (count, dim) = grid(client, dm * dff);
     routed_bwd_w2::launch::<F, R>(
         client,
-        count,
-        dim,
+        weight_tiles(dm, bs, e_n),
+        tile::cube_dim(),
         arr(dy, t * dm),
-        arr(&saved.gates, t * e_n),
         arr(&saved.pair_token, pairs),
         arr(&saved.offsets, e_n + 1),
         arr(&saved.h, hidden),
+        arr(&saved.cout, pairs),
         arr(&dw2, dm * dff),
-        plan.gate_scale,
         cfg,
     );
     let db2 = client.empty(dm * size_of::<F>());

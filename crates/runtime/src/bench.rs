@@ -13,6 +13,8 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 use kernels_ir::reference::rng::SplitMix64;
 use kernels_ir::{DType, KernelSpec, OpKind};
+use sparsecube_codegen::dense::{self as linear, LinearPlan};
+use sparsecube_codegen::monarch::{self, MonarchPlan};
 use sparsecube_codegen::routed::{self, RoutedPlan};
 use sparsecube_codegen::spt::{self, SptPlan};
 use std::time::Instant;
@@ -175,7 +177,7 @@ fn attention_on<R: Runtime, F: crate::execute::HostFloat>(
 
 /// Times the routed FFN, forward + backward (every gradient), at the sizes, pattern and dtype of
 /// `spec` (a `routed-ffn` spec) on `device`, on N(0, 1/fan-in) weights from `seed`. With
-/// `top = blocks` and gate `none` it is the dense FFN in the same kernel style.
+/// one block, `top = 1` and gate `none` it is the dense FFN in the same kernel style.
 pub fn routed_ffn(
     device: &Device,
     spec: &KernelSpec,
@@ -286,4 +288,143 @@ fn routed_on<R: Runtime, F: crate::execute::HostFloat>(
         peak_bytes: peak,
         saved_bytes: plan.saved_bytes() as u64,
     })
+}
+
+/// Runs `step` (one forward + backward, returning what must stay alive until the device is
+/// synchronised) `warmup` times untimed and `repeats` times timed; the peak is the allocator's
+/// bytes in use after each synchronised step plus `scratch` (what the launchers release within a
+/// call).
+fn timed<R: Runtime, T>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    warmup: usize,
+    repeats: usize,
+    scratch: usize,
+    saved: usize,
+    mut step: impl FnMut() -> T,
+) -> Result<Measured, RuntimeError> {
+    let device_err = |e: String| RuntimeError::Device { kind, message: e };
+    let mut run = || -> Result<u64, RuntimeError> {
+        let alive = step();
+        cubecl::future::block_on(client.sync()).map_err(|e| device_err(format!("{e:?}")))?;
+        let bytes = client
+            .memory_usage()
+            .map(|u| u.bytes_in_use)
+            .map_err(|e| device_err(format!("{e:?}")))?;
+        drop(alive);
+        Ok(bytes + scratch as u64)
+    };
+    let mut peak = 0;
+    for _ in 0..warmup {
+        peak = peak.max(run()?);
+    }
+    let mut times = Vec::with_capacity(repeats.max(1));
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        peak = peak.max(run()?);
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let (median_ms, min_ms, max_ms) = median_min_max(times);
+    Ok(Measured {
+        median_ms,
+        min_ms,
+        max_ms,
+        repeats: repeats.max(1),
+        peak_bytes: peak,
+        saved_bytes: saved as u64,
+    })
+}
+
+/// Which linear map is timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Linear {
+    /// The spec's Monarch map (the fused forward and its backward).
+    Monarch,
+    /// The dense linear it replaces (n_in → n_out, with a bias), on the same tile mainloop as
+    /// the grouped products.
+    Dense,
+}
+
+/// Times `which` linear map, forward + backward (dx and the weight gradients), at the sizes and
+/// dtype of `spec` (a `monarch` spec) on `device`, on N(0, 1/fan-in) weights from `seed`.
+pub fn linear(
+    device: &Device,
+    spec: &KernelSpec,
+    which: Linear,
+    warmup: usize,
+    repeats: usize,
+    seed: u64,
+) -> Result<Measured, RuntimeError> {
+    if spec.op != OpKind::Monarch {
+        return Err(sparsecube_codegen::LowerError::Unsupported {
+            op: spec.op,
+            what: "the linear bench (it times monarch and its dense counterpart)".into(),
+        }
+        .into());
+    }
+    let args = (spec, which, warmup, repeats, seed);
+    match (device, spec.dtype) {
+        (Device::Cuda(c), DType::F32) => linear_on::<_, f32>(c, "cuda", args),
+        (Device::Cuda(c), DType::F16) => linear_on::<_, half::f16>(c, "cuda", args),
+        (Device::Cuda(c), DType::BF16) => linear_on::<_, half::bf16>(c, "cuda", args),
+        (Device::Wgpu(c), DType::F32) => linear_on::<_, f32>(c, "wgpu", args),
+        (Device::Wgpu(c), DType::F16) => linear_on::<_, half::f16>(c, "wgpu", args),
+        (Device::Reference, _) => Err(RuntimeError::Unavailable {
+            kind: "reference",
+            reason: "the bench times generated kernels: use --device cuda or wgpu".into(),
+        }),
+        (_, dtype) => Err(RuntimeError::Unavailable {
+            kind: device.kind().name(),
+            reason: format!("this adapter cannot store {dtype} (WGSL has no bf16)"),
+        }),
+    }
+}
+
+fn linear_on<R: Runtime, F: crate::execute::HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    (spec, which, warmup, repeats, seed): (&KernelSpec, Linear, usize, usize, u64),
+) -> Result<Measured, RuntimeError> {
+    let plan = MonarchPlan::from_spec(spec)?;
+    crate::execute::ensure_storable::<R, F>(client, kind, spec.dtype)?;
+    let (n, n_in, inner, n_out) = plan.sizes();
+    let (s1, s2) = plan.factor_sizes();
+    let mut rng = SplitMix64::new(seed);
+    let mut upload = |len: usize, std: f64| -> Handle {
+        let v: Vec<F> = (0..len).map(|_| F::from_f64(std * rng.normal())).collect();
+        client.create_from_slice(F::as_bytes(&v))
+    };
+    let fan = |k: usize| 1.0 / (k as f64).sqrt();
+    let x = upload(n * n_in, 1.0);
+    let dy = upload(n * n_out, 1.0);
+    match which {
+        Linear::Monarch => {
+            let w1 = upload(s1, fan(plan.cfg.p as usize));
+            let w2 = upload(s2, fan(plan.cfg.r as usize));
+            // Backward's du [N, k·q] f32 is released within the call.
+            timed(
+                client,
+                kind,
+                warmup,
+                repeats,
+                4 * n * inner,
+                plan.saved_bytes(),
+                || {
+                    let saved = monarch::forward::<R, F>(client, &plan, &x, &w1, &w2, true);
+                    let grads = monarch::backward::<R, F>(client, &plan, &x, &w1, &w2, &saved, &dy);
+                    (saved, grads)
+                },
+            )
+        }
+        Linear::Dense => {
+            let dense = LinearPlan::new(n, n_in, n_out);
+            let w = upload(n_out * n_in, fan(n_in));
+            let bias = upload(n_out, 0.1);
+            timed(client, kind, warmup, repeats, 0, 0, || {
+                let y = linear::forward::<R, F>(client, &dense, &x, &w, &bias);
+                let grads = linear::backward::<R, F>(client, &dense, &x, &w, &dy);
+                (y, grads)
+            })
+        }
+    }
 }

@@ -6,7 +6,7 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 use kernels_ir::reference::{self, IndexTensor, ReferenceError, Tensor, TensorMap, Value};
 use kernels_ir::{DType, Direction, KernelSpec, OpKind};
-use sparsecube_codegen::{LowerError, cbm, routed, spt};
+use sparsecube_codegen::{LowerError, cbm, dense, monarch, routed, spt};
 
 /// Runs `spec` on `inputs` on `device` and returns the outputs its signature names.
 pub fn run(
@@ -90,6 +90,24 @@ fn on_device<R: Runtime>(
         }
         (OpKind::CbmHead, DType::BF16) => {
             bf16_as_f32(inputs, |ins| cbm_head::<R, f32>(client, kind, spec, ins))
+        }
+        (OpKind::DenseLinear, DType::F32) => dense_linear::<R, f32>(client, kind, spec, inputs),
+        (OpKind::DenseLinear, DType::F16) => {
+            dense_linear::<R, half::f16>(client, kind, spec, inputs)
+        }
+        (OpKind::DenseLinear, DType::BF16) if native_bf16 => {
+            dense_linear::<R, half::bf16>(client, kind, spec, inputs)
+        }
+        (OpKind::DenseLinear, DType::BF16) => bf16_as_f32(inputs, |ins| {
+            dense_linear::<R, f32>(client, kind, spec, ins)
+        }),
+        (OpKind::Monarch, DType::F32) => monarch_op::<R, f32>(client, kind, spec, inputs),
+        (OpKind::Monarch, DType::F16) => monarch_op::<R, half::f16>(client, kind, spec, inputs),
+        (OpKind::Monarch, DType::BF16) if native_bf16 => {
+            monarch_op::<R, half::bf16>(client, kind, spec, inputs)
+        }
+        (OpKind::Monarch, DType::BF16) => {
+            bf16_as_f32(inputs, |ins| monarch_op::<R, f32>(client, kind, spec, ins))
         }
         (op, _) => Err(LowerError::Unsupported {
             op,
@@ -314,6 +332,84 @@ fn routed_ffn<R: Runtime, F: HostFloat>(
                 );
             }
         }
+    }
+    Ok(out)
+}
+
+fn dense_linear<R: Runtime, F: HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    spec: &KernelSpec,
+    inputs: &TensorMap,
+) -> Result<TensorMap, RuntimeError> {
+    spec.verify()?;
+    ensure_storable::<R, F>(client, kind, spec.dtype)?;
+    let (n, n_in, n_out) = (spec.dim("T"), spec.dim("in"), spec.dim("out"));
+    let plan = dense::LinearPlan::new(n, n_in, n_out);
+    let [x, w, bias] = ["x", "w", "bias"].map(|n| upload::<R, F>(client, tensor(inputs, n)));
+    let mut out = TensorMap::new();
+    match spec.direction {
+        Direction::Forward => {
+            let y = dense::forward::<R, F>(client, &plan, &x, &w, &bias);
+            sync(client, kind)?;
+            out.insert(
+                "y".into(),
+                Value::F(download::<R, F>(client, kind, y, vec![n, n_out])?),
+            );
+        }
+        Direction::Backward => {
+            let dy = upload::<R, F>(client, tensor(inputs, "dy"));
+            let (dx, dw, dbias) = dense::backward::<R, F>(client, &plan, &x, &w, &dy);
+            sync(client, kind)?;
+            for (name, h, shape) in [
+                ("dx", dx, vec![n, n_in]),
+                ("dw", dw, vec![n_out, n_in]),
+                ("dbias", dbias, vec![n_out]),
+            ] {
+                out.insert(
+                    name.into(),
+                    Value::F(download::<R, F>(client, kind, h, shape)?),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn monarch_op<R: Runtime, F: HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    spec: &KernelSpec,
+    inputs: &TensorMap,
+) -> Result<TensorMap, RuntimeError> {
+    let plan = monarch::MonarchPlan::from_spec(spec)?;
+    ensure_storable::<R, F>(client, kind, spec.dtype)?;
+    let [x, w1, w2] = ["x", "w1", "w2"].map(|n| upload::<R, F>(client, tensor(inputs, n)));
+    let backward = spec.direction == Direction::Backward;
+    let saved = monarch::forward::<R, F>(client, &plan, &x, &w1, &w2, backward);
+    let mut out = TensorMap::new();
+    if backward {
+        let dy = upload::<R, F>(client, tensor(inputs, "dy"));
+        let g = monarch::backward::<R, F>(client, &plan, &x, &w1, &w2, &saved, &dy);
+        sync(client, kind)?;
+        for (name, h, like) in [
+            ("dx", g.dx, "x"),
+            ("dw1", g.dw1, "w1"),
+            ("dw2", g.dw2, "w2"),
+        ] {
+            let shape = tensor(inputs, like).shape.clone();
+            out.insert(
+                name.into(),
+                Value::F(download::<R, F>(client, kind, h, shape)?),
+            );
+        }
+    } else {
+        sync(client, kind)?;
+        let (n, _, _, n_out) = plan.sizes();
+        out.insert(
+            "y".into(),
+            Value::F(download::<R, F>(client, kind, saved.y, vec![n, n_out])?),
+        );
     }
     Ok(out)
 }

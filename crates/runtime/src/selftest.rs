@@ -9,7 +9,7 @@
 
 use crate::{Device, RuntimeError};
 use kernels_ir::pattern::{
-    Activation, Cbm, GateMode, Pattern, PqTopK, Routed, Router, Selector, TopK,
+    Activation, Cbm, GateMode, MonarchShape, Pattern, PqTopK, Routed, Router, Selector, TopK,
 };
 use kernels_ir::reference::rng::SplitMix64;
 use kernels_ir::reference::{self, Tensor, TensorMap, Value};
@@ -652,6 +652,198 @@ pub fn check_cbm(device: &Device, case: &CbmCase) -> Result<CaseReport, RuntimeE
     let bwd = case.spec(Direction::Backward)?;
     let (got, want) = both(device, &bwd, &ins)?;
     for name in ["dx", "dwc", "dwh"] {
+        report.outputs.push(compare(&got, &want, name, tol)?);
+    }
+    Ok(report)
+}
+
+/// One Monarch problem: x [N, k·p], w1 [k, q, p], w2 [l, s, r] with k·q = l·r.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MonarchCase {
+    /// Rows of x.
+    pub n: usize,
+    /// Factor shapes.
+    pub shape: MonarchShape,
+    /// Storage dtype.
+    pub dtype: DType,
+    /// Seed of the inputs.
+    pub seed: u64,
+}
+
+impl fmt::Display for MonarchCase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.shape;
+        write!(
+            f,
+            "monarch N={} w1=[{},{},{}] w2=[{},{},{}] {} seed={}",
+            self.n, m.k, m.q, m.p, m.l, m.s, m.r, self.dtype, self.seed
+        )
+    }
+}
+
+impl MonarchCase {
+    /// A random, generally non-square case: N in 1..40, k and l in 1..=6, p and s in 1..=12, and
+    /// an intermediate width k·q that l divides (q drawn as a multiple of l / gcd(k, l)).
+    pub fn draw(rng: &mut SplitMix64, dtypes: &[DType]) -> Self {
+        let mut pick = |n: usize| rng.below(n.max(1));
+        let (k, l) = (1 + pick(6), 1 + pick(6));
+        let step = l / gcd(k, l);
+        let q = step * (1 + pick(3));
+        let r = k * q / l;
+        let (p, s) = (1 + pick(12), 1 + pick(12));
+        let n = 1 + pick(39);
+        let dtype = dtypes[pick(dtypes.len())];
+        Self {
+            n,
+            shape: MonarchShape { k, q, p, l, s, r },
+            dtype,
+            seed: rng.next_u64(),
+        }
+    }
+
+    /// The spec of this case in `direction`.
+    pub fn spec(&self, direction: Direction) -> Result<KernelSpec, RuntimeError> {
+        KernelSpec::builder("monarch", OpKind::Monarch)
+            .dims([("N", self.n)])
+            .pattern(Pattern::Monarch(self.shape))
+            .dtype(self.dtype)
+            .direction(direction)
+            .build()
+            .map_err(RuntimeError::Spec)
+    }
+
+    /// x (N(0, 1)), w1 (N(0, 1/p)), w2 (N(0, 1/r)) and dy, rounded through the storage dtype.
+    pub fn inputs(&self) -> TensorMap {
+        let m = &self.shape;
+        let mut rng = SplitMix64::new(self.seed);
+        let mut out = TensorMap::new();
+        for (name, shape, std) in [
+            ("x", vec![self.n, m.n_in()], 1.0),
+            ("w1", vec![m.k, m.q, m.p], 1.0 / (m.p as f64).sqrt()),
+            ("w2", vec![m.l, m.s, m.r], 1.0 / (m.r as f64).sqrt()),
+            ("dy", vec![self.n, m.n_out()], 1.0),
+        ] {
+            let v = round_to(&rng.normal_tensor(&shape, std), self.dtype);
+            out.insert(name.into(), Value::F(v));
+        }
+        out
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// Runs `case` forward and backward on `device` and on the reference executor and compares y,
+/// dx, dw1 and dw2 within [`tolerance`].
+pub fn check_monarch(device: &Device, case: &MonarchCase) -> Result<CaseReport, RuntimeError> {
+    let mut ins = case.inputs();
+    let dy = ins.remove("dy").expect("inputs() draws dy");
+    let tol = tolerance(case.dtype);
+    let mut report = CaseReport {
+        case: case.to_string(),
+        index_mismatches: 0,
+        outputs: Vec::new(),
+    };
+    let (got, want) = both(device, &case.spec(Direction::Forward)?, &ins)?;
+    report.outputs.push(compare(&got, &want, "y", tol)?);
+    ins.insert("dy".into(), dy);
+    let (got, want) = both(device, &case.spec(Direction::Backward)?, &ins)?;
+    for name in ["dx", "dw1", "dw2"] {
+        report.outputs.push(compare(&got, &want, name, tol)?);
+    }
+    Ok(report)
+}
+
+/// One dense linear problem (`dense-linear`, the baseline the structured linears are timed
+/// against): x [T, in], w [out, in], bias [out].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinearCase {
+    /// Rows.
+    pub t: usize,
+    /// Input features.
+    pub n_in: usize,
+    /// Output features.
+    pub n_out: usize,
+    /// Storage dtype.
+    pub dtype: DType,
+    /// Seed of the inputs.
+    pub seed: u64,
+}
+
+impl fmt::Display for LinearCase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "dense-linear T={} in={} out={} {} seed={}",
+            self.t, self.n_in, self.n_out, self.dtype, self.seed
+        )
+    }
+}
+
+impl LinearCase {
+    /// A random case past one 64-wide tile in every dimension: T in 1..150, in and out in 1..100.
+    pub fn draw(rng: &mut SplitMix64, dtypes: &[DType]) -> Self {
+        let mut pick = |n: usize| rng.below(n.max(1));
+        let (t, n_in, n_out) = (1 + pick(149), 1 + pick(99), 1 + pick(99));
+        let dtype = dtypes[pick(dtypes.len())];
+        Self {
+            t,
+            n_in,
+            n_out,
+            dtype,
+            seed: rng.next_u64(),
+        }
+    }
+
+    /// The spec of this case in `direction`.
+    pub fn spec(&self, direction: Direction) -> Result<KernelSpec, RuntimeError> {
+        KernelSpec::builder("linear", OpKind::DenseLinear)
+            .dims([("T", self.t), ("in", self.n_in), ("out", self.n_out)])
+            .pattern(Pattern::Dense)
+            .dtype(self.dtype)
+            .direction(direction)
+            .build()
+            .map_err(RuntimeError::Spec)
+    }
+
+    /// x, w (N(0, 1/in)), bias and dy, rounded through the storage dtype.
+    pub fn inputs(&self) -> TensorMap {
+        let mut rng = SplitMix64::new(self.seed);
+        let mut out = TensorMap::new();
+        for (name, shape, std) in [
+            ("x", vec![self.t, self.n_in], 1.0),
+            (
+                "w",
+                vec![self.n_out, self.n_in],
+                1.0 / (self.n_in as f64).sqrt(),
+            ),
+            ("bias", vec![self.n_out], 0.5),
+            ("dy", vec![self.t, self.n_out], 1.0),
+        ] {
+            let v = round_to(&rng.normal_tensor(&shape, std), self.dtype);
+            out.insert(name.into(), Value::F(v));
+        }
+        out
+    }
+}
+
+/// Runs `case` forward and backward on `device` and on the reference executor and compares y,
+/// dx, dw and dbias within [`tolerance`].
+pub fn check_linear(device: &Device, case: &LinearCase) -> Result<CaseReport, RuntimeError> {
+    let mut ins = case.inputs();
+    let dy = ins.remove("dy").expect("inputs() draws dy");
+    let tol = tolerance(case.dtype);
+    let mut report = CaseReport {
+        case: case.to_string(),
+        index_mismatches: 0,
+        outputs: Vec::new(),
+    };
+    let (got, want) = both(device, &case.spec(Direction::Forward)?, &ins)?;
+    report.outputs.push(compare(&got, &want, "y", tol)?);
+    ins.insert("dy".into(), dy);
+    let (got, want) = both(device, &case.spec(Direction::Backward)?, &ins)?;
+    for name in ["dx", "dw", "dbias"] {
         report.outputs.push(compare(&got, &want, name, tol)?);
     }
     Ok(report)

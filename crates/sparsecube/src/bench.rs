@@ -7,11 +7,11 @@
 //! listed with that status, so the table shows the gap instead of hiding it.
 
 use anyhow::{Result, bail};
-use kernels_ir::pattern::{GateMode, Pattern, PqTopK, Routed, TopK};
+use kernels_ir::pattern::{GateMode, MonarchShape, Pattern, PqTopK, Routed, TopK};
 use kernels_ir::{DType, KernelSpec, OpKind};
 use serde_json::{Value as Json, json};
 use sparsecube_runtime::Device;
-use sparsecube_runtime::bench::{self, Attention, Measured};
+use sparsecube_runtime::bench::{self, Attention, Linear, Measured};
 
 /// Problem sizes of a suite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -66,9 +66,9 @@ fn workload(kind: &'static str, dims: &[(&'static str, usize)], dtype: DType) ->
 /// The `paper` suite at `scale`.
 pub fn paper(scale: Scale) -> Vec<Workload> {
     use DType::{BF16, F32};
-    let (b, h, l, d, long_b, long_l, t, dm, dff, n) = match scale {
-        Scale::Full => (16, 32, 512, 64, 2, 2048, 8192, 2048, 8192, 2048),
-        Scale::Tiny => (1, 2, 64, 32, 1, 128, 64, 64, 256, 64),
+    let (b, h, l, d, long_b, long_l, t, dm, dff, n, small_t) = match scale {
+        Scale::Full => (16, 32, 512, 64, 2, 2048, 8192, 2048, 8192, 2048, 16),
+        Scale::Tiny => (1, 2, 64, 32, 1, 128, 64, 64, 256, 64, 4),
     };
     vec![
         workload(
@@ -127,6 +127,19 @@ pub fn paper(scale: Scale) -> Vec<Workload> {
             F32,
         ),
         workload("monarch", &[("T", t), ("n", n), ("blocks", 4)], BF16),
+        // Issue 5's Monarch bench shapes (4 blocks; n 1024 and 4096; batch 16 and 8192), in f32.
+        workload(
+            "monarch",
+            &[("T", small_t), ("n", n / 2), ("blocks", 4)],
+            F32,
+        ),
+        workload("monarch", &[("T", t), ("n", n / 2), ("blocks", 4)], F32),
+        workload(
+            "monarch",
+            &[("T", small_t), ("n", 2 * n), ("blocks", 4)],
+            F32,
+        ),
+        workload("monarch", &[("T", t), ("n", 2 * n), ("blocks", 4)], F32),
         workload("sara-linear", &[("T", t), ("in", n), ("out", n)], BF16),
         workload(
             "pst-linear",
@@ -156,8 +169,10 @@ enum Ours {
     Attention(Attention),
     /// The routed FFN with the workload's blocks and top.
     Routed,
-    /// The same kernels with every block kept and no gate: the dense FFN.
+    /// The same kernels with one block of all d_ff, kept by every token, no gate: the dense FFN.
     RoutedDense,
+    /// A Monarch map or the dense GEMM it replaces.
+    Linear(Linear),
 }
 
 /// What we run for a workload kind: (implementation, what to time, or the issue that builds it).
@@ -174,7 +189,10 @@ fn ours(kind: &str) -> Vec<(&'static str, Result<Ours, &'static str>)> {
             ("sparsecube-routed-ffn", Ok(Ours::Routed)),
             ("sparsecube-dense-ffn", Ok(Ours::RoutedDense)),
         ],
-        "monarch" => vec![("sparsecube-monarch", Err("not implemented yet (issue 5)"))],
+        "monarch" => vec![
+            ("sparsecube-monarch", Ok(Ours::Linear(Linear::Monarch))),
+            ("sparsecube-dense-linear", Ok(Ours::Linear(Linear::Dense))),
+        ],
         "sara-linear" => vec![("sparsecube-sara", Err("not implemented yet (issue 5)"))],
         "pst-linear" => vec![("sparsecube-pst", Err("not implemented yet (issue 5)"))],
         _ => vec![(
@@ -201,17 +219,19 @@ fn attention_spec(w: &Workload) -> Result<KernelSpec> {
 }
 
 fn routed_spec(w: &Workload, dense: bool) -> Result<KernelSpec> {
-    let blocks = w.dim("blocks");
+    // The dense FFN: one block holding all of d_ff, kept by every token, no gate — the same
+    // kernels with one group of T rows (every block kept of `blocks` would grow the per-pair
+    // un-permute buffer to T·blocks rows).
     let r = if dense {
         Routed {
-            blocks,
-            top: blocks,
+            blocks: 1,
+            top: 1,
             gate: GateMode::None,
             ..Routed::default()
         }
     } else {
         Routed {
-            blocks,
+            blocks: w.dim("blocks"),
             top: w.dim("r"),
             ..Routed::default()
         }
@@ -223,6 +243,15 @@ fn routed_spec(w: &Workload, dense: bool) -> Result<KernelSpec> {
             ("d_ff", w.dim("d_ff")),
         ])
         .pattern(Pattern::Routed(r))
+        .dtype(w.dtype)
+        .build()?)
+}
+
+fn monarch_spec(w: &Workload) -> Result<KernelSpec> {
+    let n = w.dim("n");
+    Ok(KernelSpec::builder("bench", OpKind::Monarch)
+        .dims([("N", w.dim("T"))])
+        .pattern(Pattern::Monarch(MonarchShape::square(n, w.dim("blocks"))))
         .dtype(w.dtype)
         .build()?)
 }
@@ -292,6 +321,9 @@ pub fn run(
                             repeats,
                             0x5EED,
                         ),
+                        Ours::Linear(which) => {
+                            bench::linear(device, &monarch_spec(w)?, which, warmup, repeats, 0x5EED)
+                        }
                     };
                     match measured {
                         Ok(m) => measured_json(&m),

@@ -6,8 +6,8 @@ use anyhow::{Result, bail};
 use kernels_ir::DType;
 use kernels_ir::reference::rng::SplitMix64;
 use sparsecube_runtime::selftest::{
-    CaseReport, CbmCase, RoutedCase, SptCase, check_cbm, check_dense, check_routed, check_spt,
-    quick_cases,
+    CaseReport, CbmCase, LinearCase, MonarchCase, RoutedCase, SptCase, check_cbm, check_dense,
+    check_linear, check_monarch, check_routed, check_spt, quick_cases,
 };
 use sparsecube_runtime::{Device, DeviceKind};
 
@@ -38,6 +38,8 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
     let mut cases: Vec<(bool, SptCase)> = Vec::new();
     let mut routed: Vec<RoutedCase> = Vec::new();
     let mut cbm: Vec<CbmCase> = Vec::new();
+    let mut monarch: Vec<MonarchCase> = Vec::new();
+    let mut linear: Vec<LinearCase> = Vec::new();
     if opts.quick {
         for &dt in &dtypes {
             cases.extend(quick_cases(dt).into_iter().map(|c| (false, c)));
@@ -48,6 +50,8 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
         for &dt in &dtypes {
             routed.push(RoutedCase::draw(&mut rng, 70, &[dt]));
             cbm.push(CbmCase::draw(&mut rng, &[dt]));
+            monarch.push(MonarchCase::draw(&mut rng, &[dt]));
+            linear.push(LinearCase::draw(&mut rng, &[dt]));
         }
     } else {
         let mut rng = SplitMix64::new(opts.seed);
@@ -83,11 +87,13 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
         for _ in 0..opts.cases / 2 {
             routed.push(RoutedCase::draw(&mut rng, opts.max_len, &dtypes));
             cbm.push(CbmCase::draw(&mut rng, &dtypes));
+            monarch.push(MonarchCase::draw(&mut rng, &dtypes));
+            linear.push(LinearCase::draw(&mut rng, &dtypes));
         }
     }
-    let total = cases.len() + routed.len() + cbm.len();
+    let total = cases.len() + routed.len() + cbm.len() + monarch.len() + linear.len();
     println!(
-        "selftest on {}: {total} case(s), SPT attention (and the dense baseline), the routed FFN and the Sparse-CBM head, forward + backward, vs the reference executor",
+        "selftest on {}: {total} case(s), SPT attention (and the dense baseline), the routed FFN, the Sparse-CBM head, Monarch and the dense linear, forward + backward, vs the reference executor",
         sparsecube_runtime::describe(device.kind())?,
     );
     let mut failed = 0;
@@ -115,6 +121,12 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
     }
     for case in &cbm {
         record(case, check_cbm(device, case));
+    }
+    for case in &monarch {
+        record(case, check_monarch(device, case));
+    }
+    for case in &linear {
+        record(case, check_linear(device, case));
     }
     if failed > 0 {
         bail!("{failed} of {total} case(s) failed");

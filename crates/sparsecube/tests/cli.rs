@@ -904,22 +904,24 @@ fn selftest_compares_every_case_on_wgpu_and_refuses_the_reference() {
     ]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
-    // 3 random sparse cases + 4 dense-baseline cases + 1 routed FFN case and 1 CBM head case
-    // (cases / 2 each), each a line with its errors.
+    // 3 random sparse cases + 4 dense-baseline cases + 1 routed FFN, 1 CBM head, 1 Monarch and
+    // 1 dense linear case (cases / 2 each), each a line with its errors.
     assert_eq!(
         out.lines().filter(|l| l.starts_with("ok   [")).count(),
-        9,
+        11,
         "{out}"
     );
-    assert!(out.contains("selftest passed: 9 case(s)"), "{out}");
+    assert!(out.contains("selftest passed: 11 case(s)"), "{out}");
     assert!(out.contains("ok   [routed T="), "{out}");
     assert!(out.contains("ok   [cbm-head B="), "{out}");
+    assert!(out.contains("ok   [monarch N="), "{out}");
+    assert!(out.contains("ok   [dense-linear T="), "{out}");
     let o = run(&["selftest", "--device", "wgpu", "--quick"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
-    // Two fixed SPT cases per dtype (f32, f16, bf16), one dense baseline, one routed FFN case
-    // and one CBM head case per dtype.
-    assert!(out.contains("selftest passed: 13 case(s)"), "{out}");
+    // Two fixed SPT cases per dtype (f32, f16, bf16), one dense baseline, and one routed FFN,
+    // CBM head, Monarch and dense linear case per dtype.
+    assert!(out.contains("selftest passed: 19 case(s)"), "{out}");
 }
 
 #[test]
@@ -1022,7 +1024,19 @@ fn bench_lists_the_paper_suite_and_times_the_attention_kernels() {
             .contains("cannot store bf16"),
         "{bf16}"
     );
-    // The routed FFN (2 of 4 blocks) and the same kernels with every block kept (the dense FFN).
+    // Monarch (4 blocks, square) and the dense linear it replaces, at both batch sizes; Monarch
+    // keeps its f32 intermediate u [N, n] for backward.
+    for (t, n) in [(4u64, 32u64), (64, 32), (4, 128), (64, 128)] {
+        let id = format!("monarch/T{t}-n{n}-blocks4/f32");
+        for which in ["sparsecube-monarch", "sparsecube-dense-linear"] {
+            let row = find(&id, which);
+            assert_eq!(row["status"], "ok", "{row}");
+            assert!(row["median_ms"].as_f64().unwrap() > 0.0, "{row}");
+        }
+        assert_eq!(find(&id, "sparsecube-monarch")["saved_bytes"], 4 * t * n);
+    }
+    // The routed FFN (2 of 4 blocks) and the same kernels with one block of all d_ff (the dense
+    // FFN).
     for which in ["sparsecube-routed-ffn", "sparsecube-dense-ffn"] {
         let row = find("ffn/T64-d_model32-d_ff128-blocks4-r2/f32", which);
         assert_eq!(row["status"], "ok", "{row}");
