@@ -163,6 +163,33 @@ kernel dense_linear_bf16 {
   schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
 }
 
+kernel sara_ratio_f32 {
+  op = sara-linear
+  direction = forward
+  dtype = f32
+  pattern = sara(ratio = 0.1)
+  dims = (T = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel sara_ratio_f16 {
+  op = sara-linear
+  direction = forward
+  dtype = f16
+  pattern = sara(ratio = 0.1)
+  dims = (T = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel sara_ratio_bf16 {
+  op = sara-linear
+  direction = forward
+  dtype = bf16
+  pattern = sara(ratio = 0.1)
+  dims = (T = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
 kernel monarch_square_f32 {
   op = monarch
   direction = forward

@@ -237,6 +237,20 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
     w: &Handle,
     dy: &Handle,
 ) -> (Handle, Handle, Handle) {
+    (
+        backward_dx::<R, F>(client, plan, w, dy),
+        backward_dw::<R, F>(client, plan, x, dy),
+        backward_dbias::<R, F>(client, plan, dy),
+    )
+}
+
+/// dx = dy·w.
+pub fn backward_dx<R: Runtime, F: Float + CubeElement>(
+    client: &ComputeClient<R>,
+    plan: &LinearPlan,
+    w: &Handle,
+    dy: &Handle,
+) -> Handle {
     let (n, n_in, n_out) = (plan.n, plan.cfg.n_in as usize, plan.cfg.n_out as usize);
     let none = client.empty(4);
     let dx = client.empty(n * n_in * size_of::<F>());
@@ -251,6 +265,18 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
         arr(&dx, n * n_in),
         plan.cfg,
     );
+    dx
+}
+
+/// dw = dyᵀ·x, [n_out, n_in].
+pub fn backward_dw<R: Runtime, F: Float + CubeElement>(
+    client: &ComputeClient<R>,
+    plan: &LinearPlan,
+    x: &Handle,
+    dy: &Handle,
+) -> Handle {
+    let (n, n_in, n_out) = (plan.n, plan.cfg.n_in as usize, plan.cfg.n_out as usize);
+    let none = client.empty(4);
     let dw = client.empty(n_out * n_in * size_of::<F>());
     linear_bwd_dw::launch::<F, R>(
         client,
@@ -263,6 +289,16 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
         arr(&dw, n_out * n_in),
         plan.cfg,
     );
+    dw
+}
+
+/// dbias = the column sums of dy.
+pub fn backward_dbias<R: Runtime, F: Float + CubeElement>(
+    client: &ComputeClient<R>,
+    plan: &LinearPlan,
+    dy: &Handle,
+) -> Handle {
+    let (n, n_out) = (plan.n, plan.cfg.n_out as usize);
     let dbias = client.empty(n_out * size_of::<F>());
     let (count, dim) = grid(client, n_out);
     linear_bwd_dbias::launch::<F, R>(
@@ -273,5 +309,5 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
         arr(&dbias, n_out),
         plan.cfg,
     );
-    (dx, dw, dbias)
+    dbias
 }

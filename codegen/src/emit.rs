@@ -23,6 +23,11 @@ use crate::routed::kernels::{
     routed_bwd_router, routed_bwd_router_w, routed_bwd_w1, routed_bwd_w2, routed_combine,
     routed_count, routed_down, routed_fill, routed_gate, routed_offsets, routed_scan, routed_up,
 };
+use crate::sara::SaraPlan;
+use crate::sara::kernels::{sara_adamw, sara_dv, sara_gather, sara_scatter};
+use crate::select::kernels::{
+    select_bins, select_count, select_fill, select_hist, select_pick, select_scan,
+};
 use crate::spt::SptPlan;
 use crate::spt::kernels::{
     pq_encode, spt_attend_fwd, spt_bwd_keys, spt_bwd_rows, spt_key_count, spt_key_fill,
@@ -1086,6 +1091,141 @@ fn dense_linear<F: Float + CubeElement>(
         .collect()
 }
 
+fn sara<F: Float + CubeElement>(
+    plan: &SaraPlan,
+    target: Target,
+) -> Result<Vec<KernelSource>, CompilationError> {
+    let client = Offline::client(&OfflineDevice);
+    let mut defs: Vec<(&'static str, KernelDefinition)> = Vec::new();
+    for (pass, name) in [
+        "select_hist_pass0",
+        "select_hist_pass1",
+        "select_hist_pass2",
+        "select_hist_pass3",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        defs.push((
+            name,
+            select_hist::SelectHist::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                pass as u32,
+            )
+            .define(),
+        ));
+    }
+    defs.extend([
+        (
+            "select_bins",
+            select_bins::SelectBins::<Offline>::new(settings(), client.clone(), arg(), arg())
+                .define(),
+        ),
+        (
+            "select_pick",
+            select_pick::SelectPick::<Offline>::new(settings(), client.clone(), arg(), arg())
+                .define(),
+        ),
+        (
+            "select_count",
+            select_count::SelectCount::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+            )
+            .define(),
+        ),
+        (
+            "select_scan",
+            select_scan::SelectScan::<Offline>::new(settings(), client.clone(), arg(), arg())
+                .define(),
+        ),
+        (
+            "select_fill",
+            select_fill::SelectFill::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+            )
+            .define(),
+        ),
+        (
+            "sara_gather",
+            sara_gather::SaraGather::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+            )
+            .define(),
+        ),
+        (
+            "sara_scatter",
+            sara_scatter::SaraScatter::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+            )
+            .define(),
+        ),
+        (
+            "sara_dv",
+            sara_dv::SaraDv::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                plan.n_in as u32,
+                plan.n_out as u32,
+            )
+            .define(),
+        ),
+        (
+            "sara_adamw",
+            sara_adamw::SaraAdamw::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+            )
+            .define(),
+        ),
+    ]);
+    let mut out: Vec<KernelSource> = defs
+        .into_iter()
+        .map(|(kernel, def)| {
+            Ok(KernelSource {
+                kernel,
+                source: canonicalize(&compile(def, target)?),
+            })
+        })
+        .collect::<Result<_, CompilationError>>()?;
+    // The forward GEMM and dx run on the dense linear's kernels (dw is never formed).
+    out.extend(
+        dense_linear::<F>(&plan.linear(), target)?
+            .into_iter()
+            .filter(|k| k.kernel != "linear_bwd_dw"),
+    );
+    Ok(out)
+}
+
 /// Every kernel a spec lowers to, as `target` source.
 pub fn sources(spec: &KernelSpec, target: Target) -> Result<Vec<KernelSource>, LowerError> {
     let fail = |e: CompilationError| LowerError::Unsupported {
@@ -1153,6 +1293,22 @@ pub fn sources(spec: &KernelSpec, target: Target) -> Result<Vec<KernelSource>, L
                 (DType::F32, _) => dense_linear::<f32>(&plan, target).map_err(fail),
                 (DType::F16, _) => dense_linear::<half::f16>(&plan, target).map_err(fail),
                 (DType::BF16, _) => dense_linear::<half::bf16>(&plan, target).map_err(fail),
+                (DType::I64, _) => Err(LowerError::Unsupported {
+                    op: spec.op,
+                    what: "i64 storage".into(),
+                }),
+            }
+        }
+        OpKind::SaraLinear => {
+            let plan = SaraPlan::from_spec(spec)?;
+            match (spec.dtype, target) {
+                (DType::BF16, Target::Wgsl) => Err(LowerError::Unsupported {
+                    op: spec.op,
+                    what: "bf16 storage in WGSL (WGSL has no bf16)".into(),
+                }),
+                (DType::F32, _) => sara::<f32>(&plan, target).map_err(fail),
+                (DType::F16, _) => sara::<half::f16>(&plan, target).map_err(fail),
+                (DType::BF16, _) => sara::<half::bf16>(&plan, target).map_err(fail),
                 (DType::I64, _) => Err(LowerError::Unsupported {
                     op: spec.op,
                     what: "i64 storage".into(),

@@ -14,6 +14,8 @@ pub mod emit;
 mod launch;
 pub mod monarch;
 pub mod routed;
+pub mod sara;
+pub mod select;
 pub mod spt;
 pub mod tile;
 

@@ -9,5 +9,6 @@ mod ir;
 mod kernels_cbm;
 mod kernels_monarch;
 mod kernels_routed;
+mod kernels_sara;
 mod kernels_spt;
 mod sources;

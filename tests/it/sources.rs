@@ -2,7 +2,8 @@
 //! (generated without a device, so they run everywhere), and their stability.
 
 use kernels_ir::pattern::{
-    Activation, Cbm, GateMode, MonarchShape, Pattern, PqTopK, Routed, Router, Selector, TopK,
+    Activation, Cbm, GateMode, MonarchShape, Pattern, PqTopK, Routed, Router, Sara, SaraSelect,
+    Selector, TopK,
 };
 use kernels_ir::{DType, KernelSpec, OpKind, Schedule};
 use sparsecube_codegen::emit::{Target, sources};
@@ -11,7 +12,8 @@ use sparsecube_codegen::emit::{Target, sources};
 /// the other branch of every switch (causal, clamp, pq-adc, f16, D = 32, unfused forward chain);
 /// the routed FFN's defaults (4 blocks, top 2, sigmoid, gate on the output, ReLU) and the other
 /// branches (16 blocks top 4, softmax, spt-lora, GELU, f16); the Sparse-CBM head keeping 16 of
-/// 512 concepts; the dense linear baseline (8192 rows, 1024 → 1024); Monarch at the bench's square shape (n 1024, 4 blocks, batch 8192) and a
+/// 512 concepts; the dense linear baseline (8192 rows, 1024 → 1024); SaRA keeping 10 % of a
+/// 1024 × 1024 weight; Monarch at the bench's square shape (n 1024, 4 blocks, batch 8192) and a
 /// rectangular one (384 → 160 through 192, k 3, l 4, f16).
 pub(crate) fn canonical() -> Vec<(&'static str, KernelSpec)> {
     let b = |name: &str, d: usize, p: PqTopK, dtype, fused| {
@@ -79,6 +81,16 @@ pub(crate) fn canonical() -> Vec<(&'static str, KernelSpec)> {
             KernelSpec::builder("dense_linear", OpKind::DenseLinear)
                 .dims([("T", 8192), ("in", 1024), ("out", 1024)])
                 .pattern(Pattern::Dense)
+                .build()
+                .unwrap(),
+        ),
+        (
+            "sara_ratio_f32",
+            KernelSpec::builder("sara_ratio", OpKind::SaraLinear)
+                .dims([("T", 8192), ("in", 1024), ("out", 1024)])
+                .pattern(Pattern::Sara(Sara {
+                    select: SaraSelect::Ratio(0.1),
+                }))
                 .build()
                 .unwrap(),
         ),
@@ -168,6 +180,22 @@ fn generated_sources_snapshots() {
                     "linear_fwd",
                     "linear_bwd_dx",
                     "linear_bwd_dw",
+                    "linear_bwd_dbias",
+                ],
+                OpKind::SaraLinear => vec![
+                    "select_hist_pass0",
+                    "select_hist_pass3",
+                    "select_bins",
+                    "select_pick",
+                    "select_count",
+                    "select_scan",
+                    "select_fill",
+                    "sara_gather",
+                    "sara_scatter",
+                    "sara_dv",
+                    "sara_adamw",
+                    "linear_fwd",
+                    "linear_bwd_dx",
                     "linear_bwd_dbias",
                 ],
                 OpKind::Monarch => vec![

@@ -16,6 +16,7 @@ use kernels_ir::{DType, KernelSpec, OpKind};
 use sparsecube_codegen::dense::{self as linear, LinearPlan};
 use sparsecube_codegen::monarch::{self, MonarchPlan};
 use sparsecube_codegen::routed::{self, RoutedPlan};
+use sparsecube_codegen::sara::{self, SaraPlan};
 use sparsecube_codegen::spt::{self, SptPlan};
 use std::time::Instant;
 
@@ -426,5 +427,176 @@ fn linear_on<R: Runtime, F: crate::execute::HostFloat>(
                 (y, grads)
             })
         }
+    }
+}
+
+/// Which linear backward [`backward_allocation`] measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backward {
+    /// SaRA: dx, the packed dv at the mask positions and dbias.
+    Sara,
+    /// The dense linear: dx, the full dw [out, in] and dbias.
+    Dense,
+}
+
+/// Device bytes the backward of a `T`×`n_in` → `n_out` linear allocates and still holds when it
+/// returns (its outputs and anything else it left alive), f32, with a SaRA mask of the
+/// `⌊ratio·out·in⌋` smallest weights: the allocator's bytes in use after the backward minus
+/// before it, both synchronised. What the memory claim of SaRA is tested on.
+pub fn backward_allocation(
+    device: &Device,
+    which: Backward,
+    (t, n_in, n_out): (usize, usize, usize),
+    ratio: f64,
+    seed: u64,
+) -> Result<u64, RuntimeError> {
+    match device {
+        Device::Cuda(c) => backward_allocation_on(c, "cuda", which, (t, n_in, n_out), ratio, seed),
+        Device::Wgpu(c) => backward_allocation_on(c, "wgpu", which, (t, n_in, n_out), ratio, seed),
+        Device::Reference => Err(RuntimeError::Unavailable {
+            kind: "reference",
+            reason: "device allocations are measured on cuda or wgpu".into(),
+        }),
+    }
+}
+
+fn backward_allocation_on<R: Runtime>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    which: Backward,
+    (t, n_in, n_out): (usize, usize, usize),
+    ratio: f64,
+    seed: u64,
+) -> Result<u64, RuntimeError> {
+    let device_err = |e: String| RuntimeError::Device { kind, message: e };
+    let mut rng = SplitMix64::new(seed);
+    let mut upload = |len: usize| -> Handle {
+        let v: Vec<f32> = (0..len).map(|_| rng.normal() as f32).collect();
+        client.create_from_slice(f32::as_bytes(&v))
+    };
+    let (x, w, dy) = (upload(t * n_in), upload(n_out * n_in), upload(t * n_out));
+    let in_use = || -> Result<u64, RuntimeError> {
+        cubecl::future::block_on(client.sync()).map_err(|e| device_err(format!("{e:?}")))?;
+        client
+            .memory_usage()
+            .map(|u| u.bytes_in_use)
+            .map_err(|e| device_err(format!("{e:?}")))
+    };
+    match which {
+        Backward::Sara => {
+            let spec = KernelSpec::builder("sara", OpKind::SaraLinear)
+                .dims([("T", t), ("in", n_in), ("out", n_out)])
+                .pattern(kernels_ir::pattern::Pattern::Sara(
+                    kernels_ir::pattern::Sara {
+                        select: kernels_ir::pattern::SaraSelect::Ratio(ratio),
+                    },
+                ))
+                .build()?;
+            let plan = SaraPlan::from_spec(&spec)?;
+            let (index, nnz) = sara::mask::<R, f32>(client, &plan, &w).map_err(device_err)?;
+            let before = in_use()?;
+            let grads = sara::backward::<R, f32>(client, &plan, &x, &w, &index, nnz, &dy);
+            let after = in_use()?;
+            drop(grads);
+            Ok(after.saturating_sub(before))
+        }
+        Backward::Dense => {
+            let plan = LinearPlan::new(t, n_in, n_out);
+            let before = in_use()?;
+            let grads = linear::backward::<R, f32>(client, &plan, &x, &w, &dy);
+            let after = in_use()?;
+            drop(grads);
+            Ok(after.saturating_sub(before))
+        }
+    }
+}
+
+/// Which SaRA training step [`sara_step`] times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaraStep {
+    /// Ours: forward on W_eff, backward with dv at the mask positions only, sparse AdamW
+    /// (moments of nnz values).
+    Sparse,
+    /// What the paper's code does: the dense weight gradient dw [out, in] (then masked), on the
+    /// same GEMM kernels.
+    DenseGrad,
+}
+
+/// Times one SaRA training step at the sizes, rule and dtype of `spec` (a `sara-linear` spec) on
+/// `device`, on N(0, 1/in) weights from `seed`; the mask is selected once, outside the timing.
+pub fn sara_step(
+    device: &Device,
+    spec: &KernelSpec,
+    which: SaraStep,
+    warmup: usize,
+    repeats: usize,
+    seed: u64,
+) -> Result<Measured, RuntimeError> {
+    let args = (spec, which, warmup, repeats, seed);
+    match (device, spec.dtype) {
+        (Device::Cuda(c), DType::F32) => sara_on::<_, f32>(c, "cuda", args),
+        (Device::Cuda(c), DType::F16) => sara_on::<_, half::f16>(c, "cuda", args),
+        (Device::Cuda(c), DType::BF16) => sara_on::<_, half::bf16>(c, "cuda", args),
+        (Device::Wgpu(c), DType::F32) => sara_on::<_, f32>(c, "wgpu", args),
+        (Device::Wgpu(c), DType::F16) => sara_on::<_, half::f16>(c, "wgpu", args),
+        (Device::Reference, _) => Err(RuntimeError::Unavailable {
+            kind: "reference",
+            reason: "the bench times generated kernels: use --device cuda or wgpu".into(),
+        }),
+        (_, dtype) => Err(RuntimeError::Unavailable {
+            kind: device.kind().name(),
+            reason: format!("this adapter cannot store {dtype} (WGSL has no bf16)"),
+        }),
+    }
+}
+
+fn sara_on<R: Runtime, F: crate::execute::HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    (spec, which, warmup, repeats, seed): (&KernelSpec, SaraStep, usize, usize, u64),
+) -> Result<Measured, RuntimeError> {
+    let plan = SaraPlan::from_spec(spec)?;
+    crate::execute::ensure_storable::<R, F>(client, kind, spec.dtype)?;
+    let (t, n_in, n_out) = (plan.t, plan.n_in, plan.n_out);
+    let mut rng = SplitMix64::new(seed);
+    let mut upload = |len: usize, std: f64| -> Handle {
+        let v: Vec<F> = (0..len).map(|_| F::from_f64(std * rng.normal())).collect();
+        client.create_from_slice(F::as_bytes(&v))
+    };
+    let x = upload(t * n_in, 1.0);
+    let w = upload(n_out * n_in, 1.0 / (n_in as f64).sqrt());
+    let bias = upload(n_out, 0.1);
+    let dy = upload(t * n_out, 1.0);
+    let (index, nnz) = sara::mask::<R, F>(client, &plan, &w)
+        .map_err(|message| RuntimeError::Device { kind, message })?;
+    let v = sara::gather::<R, F>(client, &w, &index, nnz, plan.weights());
+    let zeros = vec![0.0f32; nnz.max(1)];
+    let m = client.create_from_slice(f32::as_bytes(&zeros));
+    let s = client.create_from_slice(f32::as_bytes(&zeros));
+    let h = sara::AdamW {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 1e-2,
+    };
+    let lin = plan.linear();
+    let mut step = 0u32;
+    match which {
+        SaraStep::Sparse => timed(client, kind, warmup, repeats, 0, 4 * nnz, || {
+            step += 1;
+            sara::scatter::<R, F>(client, &w, &index, &v, nnz, plan.weights());
+            let y = sara::forward::<R, F>(client, &plan, &x, &w, &bias);
+            let g = sara::backward::<R, F>(client, &plan, &x, &w, &index, nnz, &dy);
+            sara::adamw_step::<R, F>(client, &v, &g.dv, &m, &s, nnz, step, &h);
+            (y, g)
+        }),
+        SaraStep::DenseGrad => timed(client, kind, warmup, repeats, 0, 0, || {
+            step += 1;
+            sara::scatter::<R, F>(client, &w, &index, &v, nnz, plan.weights());
+            let y = linear::forward::<R, F>(client, &lin, &x, &w, &bias);
+            let g = linear::backward::<R, F>(client, &lin, &x, &w, &dy);
+            (y, g)
+        }),
     }
 }

@@ -6,7 +6,7 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 use kernels_ir::reference::{self, IndexTensor, ReferenceError, Tensor, TensorMap, Value};
 use kernels_ir::{DType, Direction, KernelSpec, OpKind};
-use sparsecube_codegen::{LowerError, cbm, dense, monarch, routed, spt};
+use sparsecube_codegen::{LowerError, cbm, dense, monarch, routed, sara, spt};
 
 /// Runs `spec` on `inputs` on `device` and returns the outputs its signature names.
 pub fn run(
@@ -101,6 +101,14 @@ fn on_device<R: Runtime>(
         (OpKind::DenseLinear, DType::BF16) => bf16_as_f32(inputs, |ins| {
             dense_linear::<R, f32>(client, kind, spec, ins)
         }),
+        (OpKind::SaraLinear, DType::F32) => sara_linear::<R, f32>(client, kind, spec, inputs),
+        (OpKind::SaraLinear, DType::F16) => sara_linear::<R, half::f16>(client, kind, spec, inputs),
+        (OpKind::SaraLinear, DType::BF16) if native_bf16 => {
+            sara_linear::<R, half::bf16>(client, kind, spec, inputs)
+        }
+        (OpKind::SaraLinear, DType::BF16) => {
+            bf16_as_f32(inputs, |ins| sara_linear::<R, f32>(client, kind, spec, ins))
+        }
         (OpKind::Monarch, DType::F32) => monarch_op::<R, f32>(client, kind, spec, inputs),
         (OpKind::Monarch, DType::F16) => monarch_op::<R, half::f16>(client, kind, spec, inputs),
         (OpKind::Monarch, DType::BF16) if native_bf16 => {
@@ -374,6 +382,105 @@ fn dense_linear<R: Runtime, F: HostFloat>(
         }
     }
     Ok(out)
+}
+
+fn sara_linear<R: Runtime, F: HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    spec: &KernelSpec,
+    inputs: &TensorMap,
+) -> Result<TensorMap, RuntimeError> {
+    let plan = sara::SaraPlan::from_spec(spec)?;
+    ensure_storable::<R, F>(client, kind, spec.dtype)?;
+    let device = |message: String| RuntimeError::Device { kind, message };
+    let [x, w, bias] = ["x", "w", "bias"].map(|n| upload::<R, F>(client, tensor(inputs, n)));
+    let len = plan.weights();
+    let (index, nnz) = sara::mask::<R, F>(client, &plan, &w).map_err(device)?;
+    let v = match inputs.get("v") {
+        Some(_) => {
+            let given = tensor(inputs, "v");
+            if given.numel() != nnz {
+                return Err(kernels_ir::reference::ReferenceError::ShapeMismatch {
+                    name: "v".into(),
+                    expected: format!("[{nnz}] (nnz of the mask)"),
+                    actual: given.shape.clone(),
+                }
+                .into());
+            }
+            upload::<R, F>(client, given)
+        }
+        None => sara::gather::<R, F>(client, &w, &index, nnz, len),
+    };
+    // `w` is this call's own copy: it becomes W_eff in place.
+    sara::scatter::<R, F>(client, &w, &index, &v, nnz, len);
+    let mut out = TensorMap::new();
+    match spec.direction {
+        Direction::Forward => {
+            let y = sara::forward::<R, F>(client, &plan, &x, &w, &bias);
+            sync(client, kind)?;
+            out.insert(
+                "y".into(),
+                Value::F(download::<R, F>(client, kind, y, vec![plan.t, plan.n_out])?),
+            );
+            let index = if nnz == 0 {
+                Vec::new()
+            } else {
+                u32::from_bytes(
+                    &client
+                        .read_one(index)
+                        .map_err(|e| device(format!("{e:?}")))?,
+                )
+                .iter()
+                .map(|&i| i64::from(i))
+                .collect()
+            };
+            out.insert(
+                "mask_index".into(),
+                Value::I(IndexTensor::new(vec![nnz], index)?),
+            );
+            out.insert(
+                "v".into(),
+                Value::F(download_len::<R, F>(client, kind, v, nnz)?),
+            );
+        }
+        Direction::Backward => {
+            let dy = upload::<R, F>(client, tensor(inputs, "dy"));
+            let g = sara::backward::<R, F>(client, &plan, &x, &w, &index, nnz, &dy);
+            sync(client, kind)?;
+            out.insert(
+                "dx".into(),
+                Value::F(download::<R, F>(
+                    client,
+                    kind,
+                    g.dx,
+                    vec![plan.t, plan.n_in],
+                )?),
+            );
+            out.insert(
+                "dbias".into(),
+                Value::F(download::<R, F>(client, kind, g.dbias, vec![plan.n_out])?),
+            );
+            out.insert(
+                "dv".into(),
+                Value::F(download_len::<R, F>(client, kind, g.dv, nnz)?),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// A 1-D tensor of `len` values (a placeholder handle when `len` = 0).
+fn download_len<R: Runtime, F: HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    h: Handle,
+    len: usize,
+) -> Result<Tensor, RuntimeError> {
+    if len == 0 {
+        return Ok(Tensor::new(vec![0], Vec::new())?);
+    }
+    let t = download::<R, F>(client, kind, h, vec![len])?;
+    Ok(t)
 }
 
 fn monarch_op<R: Runtime, F: HostFloat>(

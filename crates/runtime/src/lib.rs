@@ -9,6 +9,7 @@
 
 pub mod bench;
 mod execute;
+pub mod optim;
 pub mod selftest;
 
 use cubecl::cuda::{CudaDevice, CudaRuntime};

@@ -9,7 +9,8 @@
 
 use crate::{Device, RuntimeError};
 use kernels_ir::pattern::{
-    Activation, Cbm, GateMode, MonarchShape, Pattern, PqTopK, Routed, Router, Selector, TopK,
+    Activation, Cbm, GateMode, MonarchShape, Pattern, PqTopK, Routed, Router, Sara, SaraSelect,
+    Selector, TopK,
 };
 use kernels_ir::reference::rng::SplitMix64;
 use kernels_ir::reference::{self, Tensor, TensorMap, Value};
@@ -844,6 +845,146 @@ pub fn check_linear(device: &Device, case: &LinearCase) -> Result<CaseReport, Ru
     ins.insert("dy".into(), dy);
     let (got, want) = both(device, &case.spec(Direction::Backward)?, &ins)?;
     for name in ["dx", "dw", "dbias"] {
+        report.outputs.push(compare(&got, &want, name, tol)?);
+    }
+    Ok(report)
+}
+
+/// One SaRA linear problem: x [T, in], w [out, in], bias [out], the mask rule, optionally the
+/// packed values `v` (else v = w at the mask).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SaraCase {
+    /// Rows.
+    pub t: usize,
+    /// Input features.
+    pub n_in: usize,
+    /// Output features.
+    pub n_out: usize,
+    /// Mask rule.
+    pub select: SaraSelect,
+    /// Weights on a coarse grid (multiples of std/8): many equal magnitudes, so ties at the
+    /// k-th value and at the threshold.
+    pub ties: bool,
+    /// Give trained packed values `v` (random) instead of w's own.
+    pub with_v: bool,
+    /// Storage dtype.
+    pub dtype: DType,
+    /// Seed of the inputs.
+    pub seed: u64,
+}
+
+impl fmt::Display for SaraCase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let select = match self.select {
+            SaraSelect::Threshold(t) => format!("threshold={t:e}"),
+            SaraSelect::Ratio(r) => format!("ratio={r}"),
+        };
+        write!(
+            f,
+            "sara-linear T={} in={} out={} {select}{}{} {} seed={}",
+            self.t,
+            self.n_in,
+            self.n_out,
+            if self.ties { " ties" } else { "" },
+            if self.with_v { " v" } else { "" },
+            self.dtype,
+            self.seed
+        )
+    }
+}
+
+impl SaraCase {
+    /// A random case: T in 1..80, in and out in 1..100; a ratio (with nnz = 0 and nnz = all among
+    /// the draws) or a threshold around the weights' scale; ties or not; v given or not.
+    pub fn draw(rng: &mut SplitMix64, dtypes: &[DType]) -> Self {
+        let mut pick = |n: usize| rng.below(n.max(1));
+        let (t, n_in, n_out) = (1 + pick(79), 1 + pick(99), 1 + pick(99));
+        let std = 1.0 / (n_in as f64).sqrt();
+        let select = match pick(5) {
+            0 => SaraSelect::Ratio(1e-9),
+            1 => SaraSelect::Ratio(1.0),
+            2 => SaraSelect::Ratio([0.1, 0.2, 0.5][pick(3)]),
+            3 => SaraSelect::Threshold(std * [0.125, 0.25, 0.5][pick(3)]),
+            _ => SaraSelect::Threshold(2e-3),
+        };
+        let (ties, with_v) = (pick(2) == 1, pick(2) == 1);
+        let dtype = dtypes[pick(dtypes.len())];
+        Self {
+            t,
+            n_in,
+            n_out,
+            select,
+            ties,
+            with_v,
+            dtype,
+            seed: rng.next_u64(),
+        }
+    }
+
+    /// The spec of this case in `direction`.
+    pub fn spec(&self, direction: Direction) -> Result<KernelSpec, RuntimeError> {
+        KernelSpec::builder("sara", OpKind::SaraLinear)
+            .dims([("T", self.t), ("in", self.n_in), ("out", self.n_out)])
+            .pattern(Pattern::Sara(Sara {
+                select: self.select,
+            }))
+            .dtype(self.dtype)
+            .direction(direction)
+            .build()
+            .map_err(RuntimeError::Spec)
+    }
+
+    /// x, w (N(0, 1/in), on the grid when `ties`), bias, dy and, when `with_v`, v (one value
+    /// per mask position), rounded through the storage dtype.
+    pub fn inputs(&self) -> TensorMap {
+        let mut rng = SplitMix64::new(self.seed);
+        let std = 1.0 / (self.n_in as f64).sqrt();
+        let mut out = TensorMap::new();
+        for (name, shape, s) in [
+            ("x", vec![self.t, self.n_in], 1.0),
+            ("w", vec![self.n_out, self.n_in], std),
+            ("bias", vec![self.n_out], 0.5),
+            ("dy", vec![self.t, self.n_out], 1.0),
+        ] {
+            let mut v = rng.normal_tensor(&shape, s);
+            if self.ties && name == "w" {
+                for x in &mut v.data {
+                    *x = (*x * 8.0 / std).round() * std / 8.0;
+                }
+            }
+            out.insert(name.into(), Value::F(round_to(&v, self.dtype)));
+        }
+        if self.with_v {
+            let Value::F(w) = &out["w"] else {
+                unreachable!("w is a float tensor")
+            };
+            let nnz = reference::sara::mask(w, self.select).len();
+            let v = rng.normal_tensor(&[nnz], std);
+            out.insert("v".into(), Value::F(round_to(&v, self.dtype)));
+        }
+        out
+    }
+}
+
+/// Runs `case` forward and backward on `device` and on the reference executor: the mask indices
+/// exactly, y, v, dx, dv and dbias within [`tolerance`].
+pub fn check_sara(device: &Device, case: &SaraCase) -> Result<CaseReport, RuntimeError> {
+    let mut ins = case.inputs();
+    let dy = ins.remove("dy").expect("inputs() draws dy");
+    let tol = tolerance(case.dtype);
+    let mut report = CaseReport {
+        case: case.to_string(),
+        index_mismatches: 0,
+        outputs: Vec::new(),
+    };
+    let (got, want) = both(device, &case.spec(Direction::Forward)?, &ins)?;
+    report.index_mismatches = mismatches(&got, &want, "mask_index")?;
+    for name in ["y", "v"] {
+        report.outputs.push(compare(&got, &want, name, tol)?);
+    }
+    ins.insert("dy".into(), dy);
+    let (got, want) = both(device, &case.spec(Direction::Backward)?, &ins)?;
+    for name in ["dx", "dv", "dbias"] {
         report.outputs.push(compare(&got, &want, name, tol)?);
     }
     Ok(report)

@@ -7,11 +7,11 @@
 //! listed with that status, so the table shows the gap instead of hiding it.
 
 use anyhow::{Result, bail};
-use kernels_ir::pattern::{GateMode, MonarchShape, Pattern, PqTopK, Routed, TopK};
+use kernels_ir::pattern::{GateMode, MonarchShape, Pattern, PqTopK, Routed, Sara, TopK};
 use kernels_ir::{DType, KernelSpec, OpKind};
 use serde_json::{Value as Json, json};
 use sparsecube_runtime::Device;
-use sparsecube_runtime::bench::{self, Attention, Linear, Measured};
+use sparsecube_runtime::bench::{self, Attention, Linear, Measured, SaraStep};
 
 /// Problem sizes of a suite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -142,6 +142,11 @@ pub fn paper(scale: Scale) -> Vec<Workload> {
         workload("monarch", &[("T", t), ("n", 2 * n), ("blocks", 4)], F32),
         workload("sara-linear", &[("T", t), ("in", n), ("out", n)], BF16),
         workload(
+            "sara-linear",
+            &[("T", t), ("in", n / 2), ("out", n / 2)],
+            F32,
+        ),
+        workload(
             "pst-linear",
             &[("T", t), ("in", n), ("out", n), ("rank", 8)],
             BF16,
@@ -173,6 +178,8 @@ enum Ours {
     RoutedDense,
     /// A Monarch map or the dense GEMM it replaces.
     Linear(Linear),
+    /// A SaRA training step (default threshold 2e-3) or the dense-gradient step.
+    Sara(SaraStep),
 }
 
 /// What we run for a workload kind: (implementation, what to time, or the issue that builds it).
@@ -193,7 +200,13 @@ fn ours(kind: &str) -> Vec<(&'static str, Result<Ours, &'static str>)> {
             ("sparsecube-monarch", Ok(Ours::Linear(Linear::Monarch))),
             ("sparsecube-dense-linear", Ok(Ours::Linear(Linear::Dense))),
         ],
-        "sara-linear" => vec![("sparsecube-sara", Err("not implemented yet (issue 5)"))],
+        "sara-linear" => vec![
+            ("sparsecube-sara", Ok(Ours::Sara(SaraStep::Sparse))),
+            (
+                "sparsecube-sara-dense-grad",
+                Ok(Ours::Sara(SaraStep::DenseGrad)),
+            ),
+        ],
         "pst-linear" => vec![("sparsecube-pst", Err("not implemented yet (issue 5)"))],
         _ => vec![(
             "sparsecube-spt-layer",
@@ -252,6 +265,18 @@ fn monarch_spec(w: &Workload) -> Result<KernelSpec> {
     Ok(KernelSpec::builder("bench", OpKind::Monarch)
         .dims([("N", w.dim("T"))])
         .pattern(Pattern::Monarch(MonarchShape::square(n, w.dim("blocks"))))
+        .dtype(w.dtype)
+        .build()?)
+}
+
+fn sara_spec(w: &Workload) -> Result<KernelSpec> {
+    Ok(KernelSpec::builder("bench", OpKind::SaraLinear)
+        .dims([
+            ("T", w.dim("T")),
+            ("in", w.dim("in")),
+            ("out", w.dim("out")),
+        ])
+        .pattern(Pattern::Sara(Sara::default()))
         .dtype(w.dtype)
         .build()?)
 }
@@ -323,6 +348,9 @@ pub fn run(
                         ),
                         Ours::Linear(which) => {
                             bench::linear(device, &monarch_spec(w)?, which, warmup, repeats, 0x5EED)
+                        }
+                        Ours::Sara(which) => {
+                            bench::sara_step(device, &sara_spec(w)?, which, warmup, repeats, 0x5EED)
                         }
                     };
                     match measured {

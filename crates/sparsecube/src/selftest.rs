@@ -6,8 +6,8 @@ use anyhow::{Result, bail};
 use kernels_ir::DType;
 use kernels_ir::reference::rng::SplitMix64;
 use sparsecube_runtime::selftest::{
-    CaseReport, CbmCase, LinearCase, MonarchCase, RoutedCase, SptCase, check_cbm, check_dense,
-    check_linear, check_monarch, check_routed, check_spt, quick_cases,
+    CaseReport, CbmCase, LinearCase, MonarchCase, RoutedCase, SaraCase, SptCase, check_cbm,
+    check_dense, check_linear, check_monarch, check_routed, check_sara, check_spt, quick_cases,
 };
 use sparsecube_runtime::{Device, DeviceKind};
 
@@ -40,6 +40,7 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
     let mut cbm: Vec<CbmCase> = Vec::new();
     let mut monarch: Vec<MonarchCase> = Vec::new();
     let mut linear: Vec<LinearCase> = Vec::new();
+    let mut sara: Vec<SaraCase> = Vec::new();
     if opts.quick {
         for &dt in &dtypes {
             cases.extend(quick_cases(dt).into_iter().map(|c| (false, c)));
@@ -52,6 +53,7 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
             cbm.push(CbmCase::draw(&mut rng, &[dt]));
             monarch.push(MonarchCase::draw(&mut rng, &[dt]));
             linear.push(LinearCase::draw(&mut rng, &[dt]));
+            sara.push(SaraCase::draw(&mut rng, &[dt]));
         }
     } else {
         let mut rng = SplitMix64::new(opts.seed);
@@ -89,11 +91,12 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
             cbm.push(CbmCase::draw(&mut rng, &dtypes));
             monarch.push(MonarchCase::draw(&mut rng, &dtypes));
             linear.push(LinearCase::draw(&mut rng, &dtypes));
+            sara.push(SaraCase::draw(&mut rng, &dtypes));
         }
     }
-    let total = cases.len() + routed.len() + cbm.len() + monarch.len() + linear.len();
+    let total = cases.len() + routed.len() + cbm.len() + monarch.len() + linear.len() + sara.len();
     println!(
-        "selftest on {}: {total} case(s), SPT attention (and the dense baseline), the routed FFN, the Sparse-CBM head, Monarch and the dense linear, forward + backward, vs the reference executor",
+        "selftest on {}: {total} case(s), SPT attention (and the dense baseline), the routed FFN, the Sparse-CBM head, Monarch, the dense linear and SaRA, forward + backward, vs the reference executor",
         sparsecube_runtime::describe(device.kind())?,
     );
     let mut failed = 0;
@@ -127,6 +130,9 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
     }
     for case in &linear {
         record(case, check_linear(device, case));
+    }
+    for case in &sara {
+        record(case, check_sara(device, case));
     }
     if failed > 0 {
         bail!("{failed} of {total} case(s) failed");
