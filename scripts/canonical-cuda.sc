@@ -190,6 +190,33 @@ kernel sara_ratio_bf16 {
   schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
 }
 
+kernel pst_default_f32 {
+  op = pst-linear
+  direction = forward
+  dtype = f32
+  pattern = pst(sparsity = 0.9, rank = 8, mask_rank = 8, alpha1 = 1, alpha2 = 1, beta = 1, s0 = 0, warmup = 0.1, cooldown = 0.3)
+  dims = (T = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel pst_default_f16 {
+  op = pst-linear
+  direction = forward
+  dtype = f16
+  pattern = pst(sparsity = 0.9, rank = 8, mask_rank = 8, alpha1 = 1, alpha2 = 1, beta = 1, s0 = 0, warmup = 0.1, cooldown = 0.3)
+  dims = (T = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel pst_default_bf16 {
+  op = pst-linear
+  direction = forward
+  dtype = bf16
+  pattern = pst(sparsity = 0.9, rank = 8, mask_rank = 8, alpha1 = 1, alpha2 = 1, beta = 1, s0 = 0, warmup = 0.1, cooldown = 0.3)
+  dims = (T = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
 kernel monarch_square_f32 {
   op = monarch
   direction = forward

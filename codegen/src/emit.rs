@@ -17,6 +17,10 @@ use crate::monarch::MonarchPlan;
 use crate::monarch::kernels::{
     MONARCH_UNITS, monarch_bwd_du, monarch_bwd_dw1, monarch_bwd_dw2, monarch_bwd_dx, monarch_fwd,
 };
+use crate::pst::PstPlan;
+use crate::pst::kernels::{
+    pst_bwd_cols, pst_bwd_dx, pst_bwd_rows, pst_bwd_w, pst_fwd, pst_mask, pst_score,
+};
 use crate::routed::RoutedPlan;
 use crate::routed::kernels::{
     routed_bwd_db1, routed_bwd_db2, routed_bwd_dx, routed_bwd_dx_combine, routed_bwd_hidden,
@@ -26,7 +30,7 @@ use crate::routed::kernels::{
 use crate::sara::SaraPlan;
 use crate::sara::kernels::{sara_adamw, sara_dv, sara_gather, sara_scatter};
 use crate::select::kernels::{
-    select_bins, select_count, select_fill, select_hist, select_pick, select_scan,
+    select_bins, select_count, select_cutoff, select_fill, select_hist, select_pick, select_scan,
 };
 use crate::spt::SptPlan;
 use crate::spt::kernels::{
@@ -1091,11 +1095,13 @@ fn dense_linear<F: Float + CubeElement>(
         .collect()
 }
 
-fn sara<F: Float + CubeElement>(
-    plan: &SaraPlan,
-    target: Target,
-) -> Result<Vec<KernelSource>, CompilationError> {
-    let client = Offline::client(&OfflineDevice);
+/// The selection's kernels (`crate::select`): the radix passes, the compaction's count, scan and
+/// tie cutoff, and with `fill` the index list.
+fn select_defs<F: Float + CubeElement>(
+    client: &ComputeClient<Offline>,
+    signed: bool,
+    fill: bool,
+) -> Vec<(&'static str, KernelDefinition)> {
     let mut defs: Vec<(&'static str, KernelDefinition)> = Vec::new();
     for (pass, name) in [
         "select_hist_pass0",
@@ -1115,6 +1121,7 @@ fn sara<F: Float + CubeElement>(
                 arg(),
                 arg(),
                 pass as u32,
+                signed,
             )
             .define(),
         ));
@@ -1138,6 +1145,7 @@ fn sara<F: Float + CubeElement>(
                 arg(),
                 arg(),
                 arg(),
+                signed,
             )
             .define(),
         ),
@@ -1146,7 +1154,21 @@ fn sara<F: Float + CubeElement>(
             select_scan::SelectScan::<Offline>::new(settings(), client.clone(), arg(), arg())
                 .define(),
         ),
-        (
+    ]);
+    defs.push((
+        "select_cutoff",
+        select_cutoff::SelectCutoff::<F, Offline>::new(
+            settings(),
+            client.clone(),
+            arg(),
+            arg(),
+            arg(),
+            signed,
+        )
+        .define(),
+    ));
+    if fill {
+        defs.push((
             "select_fill",
             select_fill::SelectFill::<F, Offline>::new(
                 settings(),
@@ -1155,9 +1177,171 @@ fn sara<F: Float + CubeElement>(
                 arg(),
                 arg(),
                 arg(),
+                signed,
+            )
+            .define(),
+        ));
+    }
+    defs
+}
+
+fn pst<F: Float + CubeElement>(
+    plan: &PstPlan,
+    target: Target,
+) -> Result<Vec<KernelSource>, CompilationError> {
+    let client = Offline::client(&OfflineDevice);
+    let c = plan.cfg;
+    let mut defs: Vec<(&'static str, KernelDefinition)> = vec![(
+        "pst_score",
+        pst_score::PstScore::<F, Offline>::new(
+            settings(),
+            client.clone(),
+            arg(),
+            arg(),
+            arg(),
+            arg(),
+            arg(),
+            arg(),
+            arg(),
+            arg(),
+            arg(),
+            c,
+        )
+        .define(),
+    )];
+    // The selection runs over the f32 score, in signed order, to a pivot state.
+    defs.extend(select_defs::<f32>(&client, true, false));
+    defs.extend([
+        (
+            "pst_mask",
+            pst_mask::PstMask::<F, Offline>::new(settings(), client.clone(), arg(), arg(), arg())
+                .define(),
+        ),
+        (
+            "pst_fwd",
+            pst_fwd::PstFwd::<F, Offline>::new(
+                tile_settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                c,
             )
             .define(),
         ),
+        (
+            "pst_bwd_dx",
+            pst_bwd_dx::PstBwdDx::<F, Offline>::new(
+                tile_settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "pst_bwd_w",
+            pst_bwd_w::PstBwdW::<F, Offline>::new(
+                tile_settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "pst_bwd_rows",
+            pst_bwd_rows::PstBwdRows::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "pst_bwd_cols",
+            pst_bwd_cols::PstBwdCols::<F, Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+    ]);
+    let mut out: Vec<KernelSource> = defs
+        .into_iter()
+        .map(|(kernel, def)| {
+            Ok(KernelSource {
+                kernel,
+                source: canonicalize(&compile(def, target)?),
+            })
+        })
+        .collect::<Result<_, CompilationError>>()?;
+    out.extend(
+        dense_linear::<F>(
+            &LinearPlan::new(plan.t, c.n_in as usize, c.n_out as usize),
+            target,
+        )?
+        .into_iter()
+        .filter(|k| k.kernel == "linear_bwd_dbias"),
+    );
+    Ok(out)
+}
+
+fn sara<F: Float + CubeElement>(
+    plan: &SaraPlan,
+    target: Target,
+) -> Result<Vec<KernelSource>, CompilationError> {
+    let client = Offline::client(&OfflineDevice);
+    let mut defs = select_defs::<F>(&client, false, true);
+    defs.extend([
         (
             "sara_gather",
             sara_gather::SaraGather::<F, Offline>::new(
@@ -1293,6 +1477,22 @@ pub fn sources(spec: &KernelSpec, target: Target) -> Result<Vec<KernelSource>, L
                 (DType::F32, _) => dense_linear::<f32>(&plan, target).map_err(fail),
                 (DType::F16, _) => dense_linear::<half::f16>(&plan, target).map_err(fail),
                 (DType::BF16, _) => dense_linear::<half::bf16>(&plan, target).map_err(fail),
+                (DType::I64, _) => Err(LowerError::Unsupported {
+                    op: spec.op,
+                    what: "i64 storage".into(),
+                }),
+            }
+        }
+        OpKind::PstLinear => {
+            let plan = PstPlan::from_spec(spec)?;
+            match (spec.dtype, target) {
+                (DType::BF16, Target::Wgsl) => Err(LowerError::Unsupported {
+                    op: spec.op,
+                    what: "bf16 storage in WGSL (WGSL has no bf16)".into(),
+                }),
+                (DType::F32, _) => pst::<f32>(&plan, target).map_err(fail),
+                (DType::F16, _) => pst::<half::f16>(&plan, target).map_err(fail),
+                (DType::BF16, _) => pst::<half::bf16>(&plan, target).map_err(fail),
                 (DType::I64, _) => Err(LowerError::Unsupported {
                     op: spec.op,
                     what: "i64 storage".into(),

@@ -13,6 +13,7 @@ pub mod dense;
 pub mod emit;
 mod launch;
 pub mod monarch;
+pub mod pst;
 pub mod routed;
 pub mod sara;
 pub mod select;

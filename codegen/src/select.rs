@@ -22,10 +22,32 @@ pub mod kernels {
     /// Buckets of one radix pass (8 bits).
     pub const RADIX: u32 = 256;
 
-    /// The sortable key of a value: the bits of |v| as f32.
+    /// The sortable key of a value: the bits of |v| as f32, or, `signed`, the bits of v mapped
+    /// so that unsigned order is float order (negative: all bits flipped; else the sign bit
+    /// set).
     #[cube]
-    fn key<F: Float>(v: F) -> u32 {
-        u32::reinterpret(f32::abs(f32::cast_from(v)))
+    pub fn key<F: Float>(v: F, #[comptime] signed: bool) -> u32 {
+        let mut k = u32::reinterpret(f32::abs(f32::cast_from(v)));
+        if signed {
+            let bits = u32::reinterpret(f32::cast_from(v));
+            k = bits | 0x8000_0000u32;
+            if (bits >> 31u32) == 1u32 {
+                k = !bits;
+            }
+        }
+        k
+    }
+
+    /// Whether the element at `flat` with key `k` is selected, by the pivot state of a finished
+    /// selection: below the pivot, or equal to it and at or before the tie cutoff.
+    #[cube]
+    pub fn selected(k: u32, flat: usize, state: &Array<u32>) -> bool {
+        let pivot = state[0];
+        let mut take = k < pivot;
+        if k == pivot && state[1] > 0u32 {
+            take = (flat as u32) <= state[3];
+        }
+        take
     }
 
     /// Radix pass `pass` (0 = the top 8 bits), step 1: per chunk, the histogram of digit `pass`
@@ -37,6 +59,7 @@ pub mod kernels {
         state: &Array<u32>,
         hist: &mut Array<u32>,
         #[comptime] pass: u32,
+        #[comptime] signed: bool,
     ) {
         let chunk = ABSOLUTE_POS;
         let radix = RADIX as usize;
@@ -51,7 +74,7 @@ pub mod kernels {
             }
             let prefix = state[0];
             for at in first..last {
-                let k = key::<F>(w[at]);
+                let k = key::<F>(w[at], signed);
                 let mut matches = true;
                 if pass > 0 {
                     matches = (k >> comptime!(32 - 8 * pass)) == prefix;
@@ -107,7 +130,12 @@ pub mod kernels {
     /// Compaction, step 1: per chunk, how many keys are below the pivot (`state[0]`) and how
     /// many equal it. `counts` [chunks, 2]; one unit per chunk.
     #[cube(launch)]
-    pub fn select_count<F: Float>(w: &Array<F>, state: &Array<u32>, counts: &mut Array<u32>) {
+    pub fn select_count<F: Float>(
+        w: &Array<F>,
+        state: &Array<u32>,
+        counts: &mut Array<u32>,
+        #[comptime] signed: bool,
+    ) {
         let chunk = ABSOLUTE_POS;
         if chunk < counts.len() / 2 {
             let first = chunk * (SELECT_CHUNK as usize);
@@ -119,7 +147,7 @@ pub mod kernels {
             let mut less = 0u32;
             let mut equal = 0u32;
             for at in first..last {
-                let k = key::<F>(w[at]);
+                let k = key::<F>(w[at], signed);
                 if k < pivot {
                     less += 1u32;
                 }
@@ -134,7 +162,8 @@ pub mod kernels {
 
     /// Step 2: per chunk, in place, the selected elements before it and the pivot-equal elements
     /// before it (exclusive prefixes, equal ones taken while fewer than `state[1]` came before),
-    /// and the total selected into `state[2]`. One unit.
+    /// and the total selected into `state[2]`. One unit (chunks are 1024 elements: a 16M-weight
+    /// matrix is 16 384 iterations).
     #[cube(launch)]
     pub fn select_scan(counts: &mut Array<u32>, state: &mut Array<u32>) {
         if ABSOLUTE_POS == 0 {
@@ -167,6 +196,7 @@ pub mod kernels {
         state: &Array<u32>,
         counts: &Array<u32>,
         index: &mut Array<u32>,
+        #[comptime] signed: bool,
     ) {
         let chunk = ABSOLUTE_POS;
         if chunk < counts.len() / 2 {
@@ -180,7 +210,7 @@ pub mod kernels {
             let mut at_out = counts[chunk * 2] as usize;
             let mut equal = counts[chunk * 2 + 1];
             for at in first..last {
-                let k = key::<F>(w[at]);
+                let k = key::<F>(w[at], signed);
                 let mut take = k < pivot;
                 if k == pivot {
                     take = equal < need;
@@ -193,14 +223,46 @@ pub mod kernels {
             }
         }
     }
+
+    /// The flat index of the last pivot-equal element taken, into `state[3]` (when any is
+    /// taken): the chunk holding it walks its elements. One unit per chunk.
+    #[cube(launch)]
+    pub fn select_cutoff<F: Float>(
+        w: &Array<F>,
+        state: &mut Array<u32>,
+        counts: &Array<u32>,
+        #[comptime] signed: bool,
+    ) {
+        let chunk = ABSOLUTE_POS;
+        if chunk < counts.len() / 2 {
+            let first = chunk * (SELECT_CHUNK as usize);
+            let mut last = first + SELECT_CHUNK as usize;
+            if last > w.len() {
+                last = w.len();
+            }
+            let pivot = state[0];
+            let need = state[1];
+            let mut equal = counts[chunk * 2 + 1];
+            if need > 0u32 && equal < need {
+                for at in first..last {
+                    if key::<F>(w[at], signed) == pivot {
+                        if equal + 1u32 == need {
+                            state[3] = at as u32;
+                        }
+                        equal += 1u32;
+                    }
+                }
+            }
+        }
+    }
 }
 
 use crate::launch::{arr, grid};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 use kernels::{
-    RADIX, SELECT_CHUNK, select_bins, select_count, select_fill, select_hist, select_pick,
-    select_scan,
+    RADIX, SELECT_CHUNK, select_bins, select_count, select_cutoff, select_fill, select_hist,
+    select_pick, select_scan,
 };
 
 /// Which elements a selection keeps.
@@ -220,26 +282,28 @@ fn f32_at_or_above(t: f64) -> u32 {
     f.abs().to_bits()
 }
 
-/// Selects among the `len` elements of `w` (dtype `F`) on the device. Returns the flat indices
-/// [nnz] (u32, ascending; a 4-byte placeholder when nnz = 0) and nnz, read back once (the count
-/// decides the packed buffers' sizes).
-pub fn select<R: Runtime, F: Float + CubeElement>(
+/// Runs the selection up to the pivot state on the device, without reading anything back:
+/// `state` = [pivot key, pivot-equal elements taken, total selected, flat index of the last
+/// pivot-equal one taken] (u32 ×4), plus the per-chunk prefixes `counts` the compaction uses.
+/// `signed` orders by value instead of magnitude.
+pub fn pivot<R: Runtime, F: Float + CubeElement>(
     client: &ComputeClient<R>,
     w: &Handle,
     len: usize,
     keep: Keep,
-) -> Result<(Handle, usize), String> {
+    signed: bool,
+) -> (Handle, Handle) {
     let chunks = len.div_ceil(SELECT_CHUNK as usize).max(1);
     let radix = RADIX as usize;
-    // state = [pivot, rank among the pivot-equal / how many equal ones to take, nnz].
-    let init: [u32; 3] = match keep {
-        Keep::Smallest(k) if k >= len => [u32::MAX, 0, 0],
-        Keep::Smallest(0) => [0, 0, 0],
-        Keep::Smallest(k) => [0, k as u32, 0],
-        Keep::Below(t) => [f32_at_or_above(t), 0, 0],
+    let init: [u32; 4] = match keep {
+        Keep::Smallest(k) if k >= len => [u32::MAX, 0, 0, 0],
+        Keep::Smallest(0) => [0, 0, 0, 0],
+        Keep::Smallest(k) => [0, k as u32, 0, 0],
+        Keep::Below(t) => [f32_at_or_above(t), 0, 0, 0],
     };
     let state = client.create_from_slice(u32::as_bytes(&init));
     let (ccount, cdim) = grid(client, chunks);
+    let (one, one_dim) = grid(client, 1);
     if let Keep::Smallest(k) = keep
         && k > 0
         && k < len
@@ -247,16 +311,16 @@ pub fn select<R: Runtime, F: Float + CubeElement>(
         let hist = client.empty(chunks * radix * 4);
         let totals = client.empty(radix * 4);
         let (bcount, bdim) = grid(client, radix);
-        let (one, one_dim) = grid(client, 1);
         for pass in 0..4u32 {
             select_hist::launch::<F, R>(
                 client,
                 ccount.clone(),
                 cdim,
                 arr(w, len),
-                arr(&state, 3),
+                arr(&state, 4),
                 arr(&hist, chunks * radix),
                 pass,
+                signed,
             );
             select_bins::launch::<R>(
                 client,
@@ -270,7 +334,7 @@ pub fn select<R: Runtime, F: Float + CubeElement>(
                 one.clone(),
                 one_dim,
                 arr(&totals, radix),
-                arr(&state, 3),
+                arr(&state, 4),
             );
         }
     }
@@ -280,30 +344,55 @@ pub fn select<R: Runtime, F: Float + CubeElement>(
         ccount.clone(),
         cdim,
         arr(w, len),
-        arr(&state, 3),
+        arr(&state, 4),
         arr(&counts, chunks * 2),
+        signed,
     );
-    let (one, one_dim) = grid(client, 1);
     select_scan::launch::<R>(
         client,
         one,
         one_dim,
         arr(&counts, chunks * 2),
-        arr(&state, 3),
+        arr(&state, 4),
     );
+    select_cutoff::launch::<F, R>(
+        client,
+        ccount,
+        cdim,
+        arr(w, len),
+        arr(&state, 4),
+        arr(&counts, chunks * 2),
+        signed,
+    );
+    (state, counts)
+}
+
+/// Selects among the `len` elements of `w` (dtype `F`, by magnitude) on the device. Returns the
+/// flat indices [nnz] (u32, ascending; a 4-byte placeholder when nnz = 0) and nnz, read back
+/// once (the count decides the packed buffers' sizes).
+pub fn select<R: Runtime, F: Float + CubeElement>(
+    client: &ComputeClient<R>,
+    w: &Handle,
+    len: usize,
+    keep: Keep,
+) -> Result<(Handle, usize), String> {
+    let chunks = len.div_ceil(SELECT_CHUNK as usize).max(1);
+    let (state, counts) = pivot::<R, F>(client, w, len, keep, false);
     let bytes = client
         .read_one(state.clone())
         .map_err(|e| format!("{e:?}"))?;
     let nnz = u32::from_bytes(&bytes)[2] as usize;
     let index = client.empty(nnz.max(1) * 4);
+    let (ccount, cdim) = grid(client, chunks);
     select_fill::launch::<F, R>(
         client,
         ccount,
         cdim,
         arr(w, len),
-        arr(&state, 3),
+        arr(&state, 4),
         arr(&counts, chunks * 2),
         arr(&index, nnz.max(1)),
+        false,
     );
     Ok((index, nnz))
 }

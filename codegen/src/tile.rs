@@ -27,7 +27,7 @@ pub const TILE_UNITS: u32 = 16;
 /// Rows and columns each unit accumulates.
 pub const MICRO: u32 = TILE / TILE_UNITS;
 /// Row pitch of the staging buffers (padded against bank conflicts).
-const PITCH: u32 = TILE + 1;
+pub const PITCH: u32 = TILE + 1;
 
 /// Comptime layout of one tiled product `C[r, n] = Σ_k A[r, k]·B[k, n]` for rows r of C in
 /// `r0..r_end`, columns below `n`, reduction steps `k` in `k_begin..k_end` (runtime).
@@ -81,102 +81,149 @@ pub fn tile_product<FA: Float, FB: Float>(
     k_end: usize,
     #[comptime] s: TileShape,
 ) -> Array<f32> {
-    let tx = UNIT_POS_X as usize;
-    let ty = UNIT_POS_Y as usize;
-    let unit = ty * (TILE_UNITS as usize) + tx;
-    let units = comptime!(TILE_UNITS * TILE_UNITS);
-    let tile = TILE as usize;
-    let tk = TILE_K as usize;
-    let pitch = PITCH as usize;
     let mut sa = SharedMemory::<f32>::new(comptime!((TILE_K * PITCH) as usize));
     let mut sb = SharedMemory::<f32>::new(comptime!((TILE_K * PITCH) as usize));
+    let mut acc = zero_tile();
+    let mut k0 = k_begin;
+    while k0 < k_end {
+        load_a_slice::<FA>(&mut sa, a, rows, r0, r_end, k0, k_end, s);
+        load_b_slice::<FB>(&mut sb, b, rows, scale, n0, b0, k0, k_end, s);
+        sync_cube();
+        multiply_slice(&sa, &sb, &mut acc);
+        sync_cube();
+        k0 += TILE_K as usize;
+    }
+    acc
+}
+
+/// A zeroed register tile.
+#[cube]
+pub fn zero_tile() -> Array<f32> {
     let mut acc = Array::<f32>::new(comptime!((MICRO * MICRO) as usize));
     #[unroll]
     for i in 0..comptime!(MICRO * MICRO) {
         acc[i as usize] = 0.0f32;
     }
-    let n_len = s.n as usize;
-    let mut k0 = k_begin;
-    while k0 < k_end {
-        // A slice: TILE rows × TILE_K steps, read along whichever axis is contiguous.
-        #[unroll]
-        for q in 0..comptime!(TILE * TILE_K / (TILE_UNITS * TILE_UNITS)) {
-            let l = unit + (q * units) as usize;
-            let mut m = l / tk;
-            let mut k = l % tk;
-            if s.a_kmajor {
-                m = l % tile;
-                k = l / tile;
-            }
-            let r = r0 + m;
-            let kk = k0 + k;
-            let mut v = 0.0f32;
-            if r < r_end && kk < k_end {
-                if s.a_kmajor {
-                    let mut ra = kk;
-                    if s.gather_a {
-                        ra = rows[kk] as usize;
-                    }
-                    v = f32::cast_from(a[ra * (s.lda as usize) + r]);
-                } else {
-                    let mut ra = r;
-                    if s.gather_a {
-                        ra = rows[r] as usize;
-                    }
-                    v = f32::cast_from(a[ra * (s.lda as usize) + kk]);
-                }
-            }
-            sa[k * pitch + m] = v;
-        }
-        // B slice: TILE_K steps × TILE columns, read along whichever axis is contiguous.
-        #[unroll]
-        for q in 0..comptime!(TILE * TILE_K / (TILE_UNITS * TILE_UNITS)) {
-            let l = unit + (q * units) as usize;
-            let mut k = l / tile;
-            let mut n = l % tile;
-            if comptime!(s.sk == 1 && !s.gather_b) {
-                k = l % tk;
-                n = l / tk;
-            }
-            let kk = k0 + k;
-            let mut v = 0.0f32;
-            if kk < k_end && n0 + n < n_len {
-                let mut rb = kk;
-                if s.gather_b {
-                    rb = rows[kk] as usize;
-                }
-                v = f32::cast_from(b[b0 + rb * (s.sk as usize) + (n0 + n) * (s.sn as usize)]);
-                if s.scale_b {
-                    v *= scale[kk];
-                }
-            }
-            sb[k * pitch + n] = v;
-        }
-        sync_cube();
-        // Not unrolled here: NVRTC unrolls a constant 16-step loop itself, and the printed
-        // sources stay readable.
-        for k in 0..TILE_K {
-            let base = (k as usize) * pitch;
-            let mut av = Array::<f32>::new(comptime!(MICRO as usize));
-            let mut bv = Array::<f32>::new(comptime!(MICRO as usize));
-            #[unroll]
-            for i in 0..MICRO {
-                av[i as usize] = sa[base + ty + (i * TILE_UNITS) as usize];
-                bv[i as usize] = sb[base + tx + (i * TILE_UNITS) as usize];
-            }
-            #[unroll]
-            for i in 0..MICRO {
-                #[unroll]
-                for j in 0..MICRO {
-                    let at = (i * MICRO + j) as usize;
-                    acc[at] += av[i as usize] * bv[j as usize];
-                }
-            }
-        }
-        sync_cube();
-        k0 += tk;
-    }
     acc
+}
+
+/// This unit's part of staging the A slice (TILE rows × TILE_K steps from `k0`) into `sa`,
+/// read along whichever axis is contiguous; out of range reads as 0.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn load_a_slice<FA: Float>(
+    sa: &mut SharedMemory<f32>,
+    a: &Array<FA>,
+    rows: &Array<u32>,
+    r0: usize,
+    r_end: usize,
+    k0: usize,
+    k_end: usize,
+    #[comptime] s: TileShape,
+) {
+    let unit = (UNIT_POS_Y * TILE_UNITS + UNIT_POS_X) as usize;
+    let tile = TILE as usize;
+    let tk = TILE_K as usize;
+    #[unroll]
+    for q in 0..comptime!(TILE * TILE_K / (TILE_UNITS * TILE_UNITS)) {
+        let l = unit + (q * TILE_UNITS * TILE_UNITS) as usize;
+        let mut m = l / tk;
+        let mut k = l % tk;
+        if s.a_kmajor {
+            m = l % tile;
+            k = l / tile;
+        }
+        let r = r0 + m;
+        let kk = k0 + k;
+        let mut v = 0.0f32;
+        if r < r_end && kk < k_end {
+            if s.a_kmajor {
+                let mut ra = kk;
+                if s.gather_a {
+                    ra = rows[kk] as usize;
+                }
+                v = f32::cast_from(a[ra * (s.lda as usize) + r]);
+            } else {
+                let mut ra = r;
+                if s.gather_a {
+                    ra = rows[r] as usize;
+                }
+                v = f32::cast_from(a[ra * (s.lda as usize) + kk]);
+            }
+        }
+        sa[k * (PITCH as usize) + m] = v;
+    }
+}
+
+/// This unit's part of staging the B slice (TILE_K steps from `k0` × TILE columns from `n0`)
+/// into `sb`, read along whichever axis is contiguous; out of range reads as 0.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn load_b_slice<FB: Float>(
+    sb: &mut SharedMemory<f32>,
+    b: &Array<FB>,
+    rows: &Array<u32>,
+    scale: &Array<f32>,
+    n0: usize,
+    b0: usize,
+    k0: usize,
+    k_end: usize,
+    #[comptime] s: TileShape,
+) {
+    let unit = (UNIT_POS_Y * TILE_UNITS + UNIT_POS_X) as usize;
+    let tile = TILE as usize;
+    let tk = TILE_K as usize;
+    #[unroll]
+    for q in 0..comptime!(TILE * TILE_K / (TILE_UNITS * TILE_UNITS)) {
+        let l = unit + (q * TILE_UNITS * TILE_UNITS) as usize;
+        let mut k = l / tile;
+        let mut n = l % tile;
+        if comptime!(s.sk == 1 && !s.gather_b) {
+            k = l % tk;
+            n = l / tk;
+        }
+        let kk = k0 + k;
+        let mut v = 0.0f32;
+        if kk < k_end && n0 + n < s.n as usize {
+            let mut rb = kk;
+            if s.gather_b {
+                rb = rows[kk] as usize;
+            }
+            v = f32::cast_from(b[b0 + rb * (s.sk as usize) + (n0 + n) * (s.sn as usize)]);
+            if s.scale_b {
+                v *= scale[kk];
+            }
+        }
+        sb[k * (PITCH as usize) + n] = v;
+    }
+}
+
+/// Accumulates the staged slices into this unit's register tile: acc[i, j] += Σ_k
+/// sa[k, y + 16·i]·sb[k, x + 16·j].
+#[cube]
+pub fn multiply_slice(sa: &SharedMemory<f32>, sb: &SharedMemory<f32>, acc: &mut Array<f32>) {
+    let tx = UNIT_POS_X as usize;
+    let ty = UNIT_POS_Y as usize;
+    // Not unrolled here: NVRTC unrolls a constant 16-step loop itself, and the printed sources
+    // stay readable.
+    for k in 0..TILE_K {
+        let base = (k as usize) * (PITCH as usize);
+        let mut av = Array::<f32>::new(comptime!(MICRO as usize));
+        let mut bv = Array::<f32>::new(comptime!(MICRO as usize));
+        #[unroll]
+        for i in 0..MICRO {
+            av[i as usize] = sa[base + ty + (i * TILE_UNITS) as usize];
+            bv[i as usize] = sb[base + tx + (i * TILE_UNITS) as usize];
+        }
+        #[unroll]
+        for i in 0..MICRO {
+            #[unroll]
+            for j in 0..MICRO {
+                let at = (i * MICRO + j) as usize;
+                acc[at] += av[i as usize] * bv[j as usize];
+            }
+        }
+    }
 }
 
 /// Writes this unit's register tile to `c[(r0 + row)·ldc + c0 + n0 + column]` for rows below

@@ -37,6 +37,11 @@ const MAX_REGISTERS: u32 = 255;
 fn spill_budget(config: &str, dtype: DType, kernel: &str) -> u32 {
     match (config, dtype, kernel) {
         (_, DType::F16 | DType::BF16, "pq_encode") => 8,
+        // The weight tile recomputes M ⊙ W' from rank-8 factors per element (16 half loads
+        // converted to f32 each): 8 B at 64 registers in bf16.
+        (_, DType::F16 | DType::BF16, "pst_bwd_dx") => 8,
+        // The straight-through epilogue recomputes W' and S per element of the tile in bf16.
+        (_, DType::BF16, "pst_bwd_w") => 40,
         _ => 0,
     }
 }

@@ -3,6 +3,7 @@
 //! candidates, D ∈ {16, 32, 64}, both selectors, clamp on and off, fused and unfused forward,
 //! f32, f16 and bf16 storage.
 
+use kernels_ir::pattern::{MonarchShape, Pattern};
 use kernels_ir::reference::{TensorMap, Value};
 use kernels_ir::{DType, Direction, KernelSpec, OpKind};
 use proptest::prelude::*;
@@ -93,20 +94,22 @@ fn ops_without_kernels_are_a_clear_error_on_wgpu() {
     let Some(device) = wgpu_or_skip("ops_without_kernels") else {
         return;
     };
-    let spec = KernelSpec::builder("m", OpKind::DenseLinear)
-        .dims([("T", 1), ("in", 1), ("out", 1)])
+    // The projection is a host SVD (reference only); it has no generated kernel.
+    let spec = KernelSpec::builder("m", OpKind::MonarchProject)
+        .pattern(Pattern::Monarch(MonarchShape::square(4, 2)))
         .build()
         .unwrap();
     let mut ins = TensorMap::new();
-    for (n, s) in [("x", vec![1, 1]), ("w", vec![1, 1]), ("bias", vec![1])] {
-        ins.insert(n.into(), Value::F(kernels_ir::reference::Tensor::zeros(&s)));
-    }
+    ins.insert(
+        "w".into(),
+        Value::F(kernels_ir::reference::Tensor::zeros(&[4, 4])),
+    );
     let err = sparsecube_runtime::run(&device, &spec, &ins)
         .unwrap_err()
         .to_string();
     assert_eq!(
         err,
-        "dense-linear: no generated kernel for the wgpu device yet; run it with --device reference"
+        "monarch-project: no generated kernel for the wgpu device yet; run it with --device reference"
     );
 }
 

@@ -8,6 +8,7 @@ mod identities;
 mod ir;
 mod kernels_cbm;
 mod kernels_monarch;
+mod kernels_pst;
 mod kernels_routed;
 mod kernels_sara;
 mod kernels_spt;

@@ -2,8 +2,8 @@
 //! (generated without a device, so they run everywhere), and their stability.
 
 use kernels_ir::pattern::{
-    Activation, Cbm, GateMode, MonarchShape, Pattern, PqTopK, Routed, Router, Sara, SaraSelect,
-    Selector, TopK,
+    Activation, Cbm, GateMode, MonarchShape, Pattern, PqTopK, Pst, Routed, Router, Sara,
+    SaraSelect, Selector, TopK,
 };
 use kernels_ir::{DType, KernelSpec, OpKind, Schedule};
 use sparsecube_codegen::emit::{Target, sources};
@@ -13,7 +13,7 @@ use sparsecube_codegen::emit::{Target, sources};
 /// the routed FFN's defaults (4 blocks, top 2, sigmoid, gate on the output, ReLU) and the other
 /// branches (16 blocks top 4, softmax, spt-lora, GELU, f16); the Sparse-CBM head keeping 16 of
 /// 512 concepts; the dense linear baseline (8192 rows, 1024 → 1024); SaRA keeping 10 % of a
-/// 1024 × 1024 weight; Monarch at the bench's square shape (n 1024, 4 blocks, batch 8192) and a
+/// 1024 × 1024 weight; PST's defaults (90 % sparsity, ranks 8) on the same weight; Monarch at the bench's square shape (n 1024, 4 blocks, batch 8192) and a
 /// rectangular one (384 → 160 through 192, k 3, l 4, f16).
 pub(crate) fn canonical() -> Vec<(&'static str, KernelSpec)> {
     let b = |name: &str, d: usize, p: PqTopK, dtype, fused| {
@@ -91,6 +91,14 @@ pub(crate) fn canonical() -> Vec<(&'static str, KernelSpec)> {
                 .pattern(Pattern::Sara(Sara {
                     select: SaraSelect::Ratio(0.1),
                 }))
+                .build()
+                .unwrap(),
+        ),
+        (
+            "pst_default_f32",
+            KernelSpec::builder("pst_default", OpKind::PstLinear)
+                .dims([("T", 8192), ("in", 1024), ("out", 1024)])
+                .pattern(Pattern::Pst(Pst::default()))
                 .build()
                 .unwrap(),
         ),
@@ -180,6 +188,18 @@ fn generated_sources_snapshots() {
                     "linear_fwd",
                     "linear_bwd_dx",
                     "linear_bwd_dw",
+                    "linear_bwd_dbias",
+                ],
+                OpKind::PstLinear => vec![
+                    "pst_score",
+                    "select_hist_pass0",
+                    "select_cutoff",
+                    "pst_mask",
+                    "pst_fwd",
+                    "pst_bwd_dx",
+                    "pst_bwd_w",
+                    "pst_bwd_rows",
+                    "pst_bwd_cols",
                     "linear_bwd_dbias",
                 ],
                 OpKind::SaraLinear => vec![

@@ -15,6 +15,7 @@ use kernels_ir::reference::rng::SplitMix64;
 use kernels_ir::{DType, KernelSpec, OpKind};
 use sparsecube_codegen::dense::{self as linear, LinearPlan};
 use sparsecube_codegen::monarch::{self, MonarchPlan};
+use sparsecube_codegen::pst::{self, PstPlan};
 use sparsecube_codegen::routed::{self, RoutedPlan};
 use sparsecube_codegen::sara::{self, SaraPlan};
 use sparsecube_codegen::spt::{self, SptPlan};
@@ -598,5 +599,87 @@ fn sara_on<R: Runtime, F: crate::execute::HostFloat>(
             let g = linear::backward::<R, F>(client, &lin, &x, &w, &dy);
             (y, g)
         }),
+    }
+}
+
+/// Which PST training step [`pst_step`] times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PstStep {
+    /// Ours: score, selection, masked GEMM forward, straight-through backward (every gradient).
+    Masked,
+    /// The dense linear of the same shape (forward + backward), the GEMM PST replaces.
+    Dense,
+}
+
+/// Times one PST training step at the sizes, pattern and dtype of `spec` (a `pst-linear` spec)
+/// on `device`, from `seed` (trained factors, so the selection is not trivial).
+pub fn pst_step(
+    device: &Device,
+    spec: &KernelSpec,
+    which: PstStep,
+    warmup: usize,
+    repeats: usize,
+    seed: u64,
+) -> Result<Measured, RuntimeError> {
+    let args = (spec, which, warmup, repeats, seed);
+    match (device, spec.dtype) {
+        (Device::Cuda(c), DType::F32) => pst_on::<_, f32>(c, "cuda", args),
+        (Device::Cuda(c), DType::F16) => pst_on::<_, half::f16>(c, "cuda", args),
+        (Device::Cuda(c), DType::BF16) => pst_on::<_, half::bf16>(c, "cuda", args),
+        (Device::Wgpu(c), DType::F32) => pst_on::<_, f32>(c, "wgpu", args),
+        (Device::Wgpu(c), DType::F16) => pst_on::<_, half::f16>(c, "wgpu", args),
+        (Device::Reference, _) => Err(RuntimeError::Unavailable {
+            kind: "reference",
+            reason: "the bench times generated kernels: use --device cuda or wgpu".into(),
+        }),
+        (_, dtype) => Err(RuntimeError::Unavailable {
+            kind: device.kind().name(),
+            reason: format!("this adapter cannot store {dtype} (WGSL has no bf16)"),
+        }),
+    }
+}
+
+fn pst_on<R: Runtime, F: crate::execute::HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    (spec, which, warmup, repeats, seed): (&KernelSpec, PstStep, usize, usize, u64),
+) -> Result<Measured, RuntimeError> {
+    let plan = PstPlan::from_spec(spec)?;
+    crate::execute::ensure_storable::<R, F>(client, kind, spec.dtype)?;
+    let (t, n_in, n_out, r, rm) = plan.sizes();
+    let mut rng = SplitMix64::new(seed);
+    let mut upload = |len: usize, std: f64| -> Handle {
+        let v: Vec<F> = (0..len).map(|_| F::from_f64(std * rng.normal())).collect();
+        client.create_from_slice(F::as_bytes(&v))
+    };
+    let std = 1.0 / (n_in as f64).sqrt();
+    let x = upload(t * n_in, 1.0);
+    let dy = upload(t * n_out, 1.0);
+    let bias = upload(n_out, 0.1);
+    let f = pst::PstFactors {
+        w: upload(n_out * n_in, std),
+        u: upload(n_out * r, 0.1),
+        v: upload(r * n_in, 0.1),
+        ma: upload(n_out * rm, 0.1),
+        mb: upload(rm * n_in, 0.1 * std),
+        mr: upload(n_out, 0.1 * std),
+        mc: upload(n_in, 0.1 * std),
+    };
+    match which {
+        // Scratch within the step: the score (f32, [out, in]) and backward's dW', dS.
+        PstStep::Masked => timed(client, kind, warmup, repeats, 8 * n_out * n_in, 0, || {
+            let m = pst::select_mask::<R, F>(client, &plan, &f);
+            let y = pst::forward::<R, F>(client, &plan, &x, &f, &m, &bias);
+            let g = pst::backward::<R, F>(client, &plan, &x, &f, &m, &dy);
+            (m, y, g)
+        }),
+        PstStep::Dense => {
+            let lin = LinearPlan::new(t, n_in, n_out);
+            timed(client, kind, warmup, repeats, 0, 0, || {
+                let y = linear::forward::<R, F>(client, &lin, &x, &f.w, &bias);
+                let g = linear::backward::<R, F>(client, &lin, &x, &f.w, &dy);
+                (y, g)
+            })
+        }
     }
 }

@@ -6,7 +6,7 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 use kernels_ir::reference::{self, IndexTensor, ReferenceError, Tensor, TensorMap, Value};
 use kernels_ir::{DType, Direction, KernelSpec, OpKind};
-use sparsecube_codegen::{LowerError, cbm, dense, monarch, routed, sara, spt};
+use sparsecube_codegen::{LowerError, cbm, dense, monarch, pst, routed, sara, spt};
 
 /// Runs `spec` on `inputs` on `device` and returns the outputs its signature names.
 pub fn run(
@@ -108,6 +108,14 @@ fn on_device<R: Runtime>(
         }
         (OpKind::SaraLinear, DType::BF16) => {
             bf16_as_f32(inputs, |ins| sara_linear::<R, f32>(client, kind, spec, ins))
+        }
+        (OpKind::PstLinear, DType::F32) => pst_linear::<R, f32>(client, kind, spec, inputs),
+        (OpKind::PstLinear, DType::F16) => pst_linear::<R, half::f16>(client, kind, spec, inputs),
+        (OpKind::PstLinear, DType::BF16) if native_bf16 => {
+            pst_linear::<R, half::bf16>(client, kind, spec, inputs)
+        }
+        (OpKind::PstLinear, DType::BF16) => {
+            bf16_as_f32(inputs, |ins| pst_linear::<R, f32>(client, kind, spec, ins))
         }
         (OpKind::Monarch, DType::F32) => monarch_op::<R, f32>(client, kind, spec, inputs),
         (OpKind::Monarch, DType::F16) => monarch_op::<R, half::f16>(client, kind, spec, inputs),
@@ -481,6 +489,64 @@ fn download_len<R: Runtime, F: HostFloat>(
     }
     let t = download::<R, F>(client, kind, h, vec![len])?;
     Ok(t)
+}
+
+fn pst_linear<R: Runtime, F: HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    spec: &KernelSpec,
+    inputs: &TensorMap,
+) -> Result<TensorMap, RuntimeError> {
+    let plan = pst::PstPlan::from_spec(spec)?;
+    ensure_storable::<R, F>(client, kind, spec.dtype)?;
+    let up = |n: &str| upload::<R, F>(client, tensor(inputs, n));
+    let factors = pst::PstFactors {
+        w: up("w"),
+        u: up("u"),
+        v: up("v"),
+        ma: up("ma"),
+        mb: up("mb"),
+        mr: up("mr"),
+        mc: up("mc"),
+    };
+    let (x, bias) = (up("x"), up("bias"));
+    let (t, n_in, n_out, r, rm) = plan.sizes();
+    let mask = pst::select_mask::<R, F>(client, &plan, &factors);
+    let mut out = TensorMap::new();
+    match spec.direction {
+        Direction::Forward => {
+            let y = pst::forward::<R, F>(client, &plan, &x, &factors, &mask, &bias);
+            let m = pst::mask_values::<R, F>(client, &plan, &mask);
+            sync(client, kind)?;
+            for (name, h, shape) in [("y", y, vec![t, n_out]), ("mask", m, vec![n_out, n_in])] {
+                out.insert(
+                    name.into(),
+                    Value::F(download::<R, F>(client, kind, h, shape)?),
+                );
+            }
+        }
+        Direction::Backward => {
+            let dy = up("dy");
+            let g = pst::backward::<R, F>(client, &plan, &x, &factors, &mask, &dy);
+            sync(client, kind)?;
+            for (name, h, shape) in [
+                ("dx", g.dx, vec![t, n_in]),
+                ("dbias", g.dbias, vec![n_out]),
+                ("du", g.du, vec![n_out, r]),
+                ("dv", g.dv, vec![r, n_in]),
+                ("dma", g.dma, vec![n_out, rm]),
+                ("dmb", g.dmb, vec![rm, n_in]),
+                ("dmr", g.dmr, vec![n_out]),
+                ("dmc", g.dmc, vec![n_in]),
+            ] {
+                out.insert(
+                    name.into(),
+                    Value::F(download::<R, F>(client, kind, h, shape)?),
+                );
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn monarch_op<R: Runtime, F: HostFloat>(

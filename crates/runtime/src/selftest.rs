@@ -9,8 +9,8 @@
 
 use crate::{Device, RuntimeError};
 use kernels_ir::pattern::{
-    Activation, Cbm, GateMode, MonarchShape, Pattern, PqTopK, Routed, Router, Sara, SaraSelect,
-    Selector, TopK,
+    Activation, Cbm, GateMode, MonarchShape, Pattern, PqTopK, Pst, Routed, Router, Sara,
+    SaraSelect, Selector, TopK,
 };
 use kernels_ir::reference::rng::SplitMix64;
 use kernels_ir::reference::{self, Tensor, TensorMap, Value};
@@ -985,6 +985,140 @@ pub fn check_sara(device: &Device, case: &SaraCase) -> Result<CaseReport, Runtim
     ins.insert("dy".into(), dy);
     let (got, want) = both(device, &case.spec(Direction::Backward)?, &ins)?;
     for name in ["dx", "dv", "dbias"] {
+        report.outputs.push(compare(&got, &want, name, tol)?);
+    }
+    Ok(report)
+}
+
+/// One PST linear problem: x [T, in], the frozen w [out, in], bias, and the trainable factors
+/// u [out, r], v [r, in], ma [out, rm], mb [rm, in], mr [out], mc [in].
+#[derive(Clone, Debug, PartialEq)]
+pub struct PstCase {
+    /// Rows.
+    pub t: usize,
+    /// Input features.
+    pub n_in: usize,
+    /// Output features.
+    pub n_out: usize,
+    /// The pattern (sparsity, ranks, coefficients).
+    pub pst: Pst,
+    /// Factors at PST's initialisation (v, mb, mr, mc = 0: the score is |w|), so scores tie
+    /// exactly wherever weights do.
+    pub at_init: bool,
+    /// Weights on a coarse grid (multiples of std/8): many equal scores at init.
+    pub ties: bool,
+    /// Storage dtype.
+    pub dtype: DType,
+    /// Seed of the inputs.
+    pub seed: u64,
+}
+
+impl fmt::Display for PstCase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pst-linear T={} in={} out={} sparsity={} rank={} mask_rank={}{}{} {} seed={}",
+            self.t,
+            self.n_in,
+            self.n_out,
+            self.pst.sparsity,
+            self.pst.rank,
+            self.pst.mask_rank,
+            if self.at_init { " init" } else { "" },
+            if self.ties { " ties" } else { "" },
+            self.dtype,
+            self.seed
+        )
+    }
+}
+
+impl PstCase {
+    /// A random case: T in 1..60, in and out in 1..90, sparsity 0, 0.5 or 0.9, ranks 1..=8,
+    /// at init or trained factors, ties or not.
+    pub fn draw(rng: &mut SplitMix64, dtypes: &[DType]) -> Self {
+        let mut pick = |n: usize| rng.below(n.max(1));
+        let (t, n_in, n_out) = (1 + pick(59), 1 + pick(89), 1 + pick(89));
+        let pst = Pst {
+            sparsity: [0.0, 0.5, 0.9][pick(3)],
+            rank: 1 + pick(8),
+            mask_rank: 1 + pick(8),
+            ..Pst::default()
+        };
+        let (at_init, ties) = (pick(2) == 1, pick(2) == 1);
+        let dtype = dtypes[pick(dtypes.len())];
+        Self {
+            t,
+            n_in,
+            n_out,
+            pst,
+            at_init,
+            ties,
+            dtype,
+            seed: rng.next_u64(),
+        }
+    }
+
+    /// The spec of this case in `direction`.
+    pub fn spec(&self, direction: Direction) -> Result<KernelSpec, RuntimeError> {
+        KernelSpec::builder("pst", OpKind::PstLinear)
+            .dims([("T", self.t), ("in", self.n_in), ("out", self.n_out)])
+            .pattern(Pattern::Pst(self.pst))
+            .dtype(self.dtype)
+            .direction(direction)
+            .build()
+            .map_err(RuntimeError::Spec)
+    }
+
+    /// Every input, rounded through the storage dtype (see [`PstCase::at_init`], `ties`).
+    pub fn inputs(&self) -> TensorMap {
+        let mut rng = SplitMix64::new(self.seed);
+        let std = 1.0 / (self.n_in as f64).sqrt();
+        let (o, i, r, rm) = (self.n_out, self.n_in, self.pst.rank, self.pst.mask_rank);
+        let mut out = TensorMap::new();
+        for (name, shape, s, zero_at_init) in [
+            ("x", vec![self.t, i], 1.0, false),
+            ("w", vec![o, i], std, false),
+            ("bias", vec![o], 0.5, false),
+            ("u", vec![o, r], 0.1, false),
+            ("v", vec![r, i], 0.1, true),
+            ("ma", vec![o, rm], 0.1, false),
+            ("mb", vec![rm, i], 0.1 * std, true),
+            ("mr", vec![o], 0.1 * std, true),
+            ("mc", vec![i], 0.1 * std, true),
+            ("dy", vec![self.t, o], 1.0, false),
+        ] {
+            let mut v = rng.normal_tensor(&shape, s);
+            if self.at_init && zero_at_init {
+                v.data.iter_mut().for_each(|x| *x = 0.0);
+            }
+            if self.ties && name == "w" {
+                for x in &mut v.data {
+                    *x = (*x * 8.0 / std).round() * std / 8.0;
+                }
+            }
+            out.insert(name.into(), Value::F(round_to(&v, self.dtype)));
+        }
+        out
+    }
+}
+
+/// Runs `case` forward and backward on `device` and on the reference executor: the mask exactly,
+/// y and every gradient within [`tolerance`].
+pub fn check_pst(device: &Device, case: &PstCase) -> Result<CaseReport, RuntimeError> {
+    let mut ins = case.inputs();
+    let dy = ins.remove("dy").expect("inputs() draws dy");
+    let tol = tolerance(case.dtype);
+    let mut report = CaseReport {
+        case: case.to_string(),
+        index_mismatches: 0,
+        outputs: Vec::new(),
+    };
+    let (got, want) = both(device, &case.spec(Direction::Forward)?, &ins)?;
+    report.index_mismatches = mismatches(&got, &want, "mask")?;
+    report.outputs.push(compare(&got, &want, "y", tol)?);
+    ins.insert("dy".into(), dy);
+    let (got, want) = both(device, &case.spec(Direction::Backward)?, &ins)?;
+    for name in ["dx", "dbias", "du", "dv", "dma", "dmb", "dmr", "dmc"] {
         report.outputs.push(compare(&got, &want, name, tol)?);
     }
     Ok(report)

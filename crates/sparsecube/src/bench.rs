@@ -7,11 +7,11 @@
 //! listed with that status, so the table shows the gap instead of hiding it.
 
 use anyhow::{Result, bail};
-use kernels_ir::pattern::{GateMode, MonarchShape, Pattern, PqTopK, Routed, Sara, TopK};
+use kernels_ir::pattern::{GateMode, MonarchShape, Pattern, PqTopK, Pst, Routed, Sara, TopK};
 use kernels_ir::{DType, KernelSpec, OpKind};
 use serde_json::{Value as Json, json};
 use sparsecube_runtime::Device;
-use sparsecube_runtime::bench::{self, Attention, Linear, Measured, SaraStep};
+use sparsecube_runtime::bench::{self, Attention, Linear, Measured, PstStep, SaraStep};
 
 /// Problem sizes of a suite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -152,6 +152,11 @@ pub fn paper(scale: Scale) -> Vec<Workload> {
             BF16,
         ),
         workload(
+            "pst-linear",
+            &[("T", t), ("in", n / 2), ("out", n / 2), ("rank", 8)],
+            F32,
+        ),
+        workload(
             "spt-layer",
             &[
                 ("B", b),
@@ -180,6 +185,8 @@ enum Ours {
     Linear(Linear),
     /// A SaRA training step (default threshold 2e-3) or the dense-gradient step.
     Sara(SaraStep),
+    /// A PST training step (defaults, the workload's rank) or the dense linear.
+    Pst(PstStep),
 }
 
 /// What we run for a workload kind: (implementation, what to time, or the issue that builds it).
@@ -207,7 +214,10 @@ fn ours(kind: &str) -> Vec<(&'static str, Result<Ours, &'static str>)> {
                 Ok(Ours::Sara(SaraStep::DenseGrad)),
             ),
         ],
-        "pst-linear" => vec![("sparsecube-pst", Err("not implemented yet (issue 5)"))],
+        "pst-linear" => vec![
+            ("sparsecube-pst", Ok(Ours::Pst(PstStep::Masked))),
+            ("sparsecube-dense-linear", Ok(Ours::Pst(PstStep::Dense))),
+        ],
         _ => vec![(
             "sparsecube-spt-layer",
             Err("not implemented yet (issues 4 and 7)"),
@@ -265,6 +275,21 @@ fn monarch_spec(w: &Workload) -> Result<KernelSpec> {
     Ok(KernelSpec::builder("bench", OpKind::Monarch)
         .dims([("N", w.dim("T"))])
         .pattern(Pattern::Monarch(MonarchShape::square(n, w.dim("blocks"))))
+        .dtype(w.dtype)
+        .build()?)
+}
+
+fn pst_spec(w: &Workload) -> Result<KernelSpec> {
+    Ok(KernelSpec::builder("bench", OpKind::PstLinear)
+        .dims([
+            ("T", w.dim("T")),
+            ("in", w.dim("in")),
+            ("out", w.dim("out")),
+        ])
+        .pattern(Pattern::Pst(Pst {
+            rank: w.dim("rank"),
+            ..Pst::default()
+        }))
         .dtype(w.dtype)
         .build()?)
 }
@@ -351,6 +376,9 @@ pub fn run(
                         }
                         Ours::Sara(which) => {
                             bench::sara_step(device, &sara_spec(w)?, which, warmup, repeats, 0x5EED)
+                        }
+                        Ours::Pst(which) => {
+                            bench::pst_step(device, &pst_spec(w)?, which, warmup, repeats, 0x5EED)
                         }
                     };
                     match measured {

@@ -6,8 +6,9 @@ use anyhow::{Result, bail};
 use kernels_ir::DType;
 use kernels_ir::reference::rng::SplitMix64;
 use sparsecube_runtime::selftest::{
-    CaseReport, CbmCase, LinearCase, MonarchCase, RoutedCase, SaraCase, SptCase, check_cbm,
-    check_dense, check_linear, check_monarch, check_routed, check_sara, check_spt, quick_cases,
+    CaseReport, CbmCase, LinearCase, MonarchCase, PstCase, RoutedCase, SaraCase, SptCase,
+    check_cbm, check_dense, check_linear, check_monarch, check_pst, check_routed, check_sara,
+    check_spt, quick_cases,
 };
 use sparsecube_runtime::{Device, DeviceKind};
 
@@ -41,6 +42,7 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
     let mut monarch: Vec<MonarchCase> = Vec::new();
     let mut linear: Vec<LinearCase> = Vec::new();
     let mut sara: Vec<SaraCase> = Vec::new();
+    let mut pst: Vec<PstCase> = Vec::new();
     if opts.quick {
         for &dt in &dtypes {
             cases.extend(quick_cases(dt).into_iter().map(|c| (false, c)));
@@ -54,6 +56,7 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
             monarch.push(MonarchCase::draw(&mut rng, &[dt]));
             linear.push(LinearCase::draw(&mut rng, &[dt]));
             sara.push(SaraCase::draw(&mut rng, &[dt]));
+            pst.push(PstCase::draw(&mut rng, &[dt]));
         }
     } else {
         let mut rng = SplitMix64::new(opts.seed);
@@ -92,11 +95,18 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
             monarch.push(MonarchCase::draw(&mut rng, &dtypes));
             linear.push(LinearCase::draw(&mut rng, &dtypes));
             sara.push(SaraCase::draw(&mut rng, &dtypes));
+            pst.push(PstCase::draw(&mut rng, &dtypes));
         }
     }
-    let total = cases.len() + routed.len() + cbm.len() + monarch.len() + linear.len() + sara.len();
+    let total = cases.len()
+        + routed.len()
+        + cbm.len()
+        + monarch.len()
+        + linear.len()
+        + sara.len()
+        + pst.len();
     println!(
-        "selftest on {}: {total} case(s), SPT attention (and the dense baseline), the routed FFN, the Sparse-CBM head, Monarch, the dense linear and SaRA, forward + backward, vs the reference executor",
+        "selftest on {}: {total} case(s), SPT attention (and the dense baseline), the routed FFN, the Sparse-CBM head, Monarch, the dense linear, SaRA and PST, forward + backward, vs the reference executor",
         sparsecube_runtime::describe(device.kind())?,
     );
     let mut failed = 0;
@@ -133,6 +143,9 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
     }
     for case in &sara {
         record(case, check_sara(device, case));
+    }
+    for case in &pst {
+        record(case, check_pst(device, case));
     }
     if failed > 0 {
         bail!("{failed} of {total} case(s) failed");

@@ -905,13 +905,14 @@ fn selftest_compares_every_case_on_wgpu_and_refuses_the_reference() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
     // 3 random sparse cases + 4 dense-baseline cases + 1 routed FFN, 1 CBM head, 1 Monarch,
-    // 1 dense linear and 1 SaRA case (cases / 2 each), each a line with its errors.
+    // 1 dense linear, 1 SaRA and 1 PST case (cases / 2 each), each a line with its errors.
     assert_eq!(
         out.lines().filter(|l| l.starts_with("ok   [")).count(),
-        12,
+        13,
         "{out}"
     );
-    assert!(out.contains("selftest passed: 12 case(s)"), "{out}");
+    assert!(out.contains("selftest passed: 13 case(s)"), "{out}");
+    assert!(out.contains("ok   [pst-linear T="), "{out}");
     assert!(out.contains("ok   [sara-linear T="), "{out}");
     assert!(out.contains("ok   [routed T="), "{out}");
     assert!(out.contains("ok   [cbm-head B="), "{out}");
@@ -921,8 +922,8 @@ fn selftest_compares_every_case_on_wgpu_and_refuses_the_reference() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
     // Two fixed SPT cases per dtype (f32, f16, bf16), one dense baseline, and one routed FFN,
-    // CBM head, Monarch, dense linear and SaRA case per dtype.
-    assert!(out.contains("selftest passed: 22 case(s)"), "{out}");
+    // CBM head, Monarch, dense linear, SaRA and PST case per dtype.
+    assert!(out.contains("selftest passed: 25 case(s)"), "{out}");
 }
 
 #[test]
@@ -1036,7 +1037,13 @@ fn bench_lists_the_paper_suite_and_times_the_attention_kernels() {
         }
         assert_eq!(find(&id, "sparsecube-monarch")["saved_bytes"], 4 * t * n);
     }
-    // SaRA's step (threshold 2e-3) and the dense-gradient step: the dense one holds dw.
+    // PST's step (score, selection, masked GEMM, backward) and the dense linear.
+    let id = "pst-linear/T64-in32-out32-rank8/f32";
+    for which in ["sparsecube-pst", "sparsecube-dense-linear"] {
+        let row = find(id, which);
+        assert_eq!(row["status"], "ok", "{row}");
+    }
+    // SaRA's step (threshold 2e-3) and the dense-gradient step.
     let id = "sara-linear/T64-in32-out32/f32";
     let sparse = find(id, "sparsecube-sara");
     let dense_grad = find(id, "sparsecube-sara-dense-grad");
