@@ -28,7 +28,7 @@ use crate::routed::kernels::{
     routed_count, routed_down, routed_fill, routed_gate, routed_offsets, routed_scan, routed_up,
 };
 use crate::sara::SaraPlan;
-use crate::sara::kernels::{sara_adamw, sara_dv, sara_gather, sara_scatter};
+use crate::sara::kernels::{sara_adamw, sara_carry, sara_dv, sara_gather, sara_scatter};
 use crate::select::kernels::{
     select_bins, select_count, select_cutoff, select_fill, select_hist, select_pick, select_scan,
 };
@@ -1388,6 +1388,21 @@ fn sara<F: Float + CubeElement>(
                 arg(),
                 arg(),
                 arg(),
+            )
+            .define(),
+        ),
+        (
+            "sara_carry",
+            sara_carry::SaraCarry::<Offline>::new(
+                settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                (),
             )
             .define(),
         ),

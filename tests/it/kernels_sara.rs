@@ -176,3 +176,72 @@ fn sparse_adamw_matches_reference() {
         assert!(err <= 1e-5, "{name}: {err:.3e}");
     }
 }
+
+/// Progressive re-masking on the device: the new mask is the reference's mask of the current
+/// effective weight (trained values in place), the packed values are read from it, and the
+/// moments of surviving positions are carried over exactly (new positions start at zero).
+#[test]
+fn progressive_remask_carries_the_state_of_surviving_positions() {
+    use kernels_ir::reference::Tensor;
+    use kernels_ir::reference::rng::SplitMix64;
+    use kernels_ir::reference::sara::{effective_weight, mask};
+    use sparsecube_runtime::optim::{AdamState, SaraSet, sara_remask};
+    use std::collections::HashMap;
+    let Some(device) = wgpu_or_skip("sara remask") else {
+        return;
+    };
+    let (o, i) = (37usize, 53usize);
+    let mut rng = SplitMix64::new(12);
+    let round = |t: Tensor| Tensor {
+        data: t.data.iter().map(|&x| f64::from(x as f32)).collect(),
+        ..t
+    };
+    let w = round(rng.normal_tensor(&[o, i], 0.1));
+    let rule = SaraSelect::Ratio(0.2);
+    let old_index = mask(&w, rule);
+    let n = old_index.len();
+    let draw = |rng: &mut SplitMix64, s: f64| -> Vec<f32> {
+        (0..n).map(|_| (s * rng.normal()) as f32).collect()
+    };
+    // Training moved the retrained values (some grew past their neighbours: they leave the mask).
+    let old = SaraSet {
+        index: old_index.iter().map(|&f| f as u32).collect(),
+        state: AdamState {
+            v: draw(&mut rng, 0.1),
+            m: draw(&mut rng, 1.0),
+            s: draw(&mut rng, 1.0).iter().map(|x| x.abs()).collect(),
+        },
+    };
+    let v64: Vec<f64> = old.state.v.iter().map(|&x| f64::from(x)).collect();
+    let w_eff = effective_weight(&w, &old_index, &v64);
+    let w32: Vec<f32> = w_eff.data.iter().map(|&x| x as f32).collect();
+    let got = sara_remask(&device, &w32, [o, i], rule, &old).unwrap();
+
+    let want_index = mask(&w_eff, rule);
+    let got_index: Vec<usize> = got.index.iter().map(|&f| f as usize).collect();
+    assert_eq!(got_index, want_index);
+    let carried: HashMap<usize, (f32, f32)> = old_index
+        .iter()
+        .enumerate()
+        .map(|(j, &f)| (f, (old.state.m[j], old.state.s[j])))
+        .collect();
+    let (mut survived, mut fresh) = (0, 0);
+    for (j, &f) in want_index.iter().enumerate() {
+        assert_eq!(got.state.v[j], w32[f], "v at flat {f}");
+        let (m, s) = carried.get(&f).copied().unwrap_or((0.0, 0.0));
+        if carried.contains_key(&f) {
+            survived += 1;
+        } else {
+            fresh += 1;
+        }
+        assert_eq!(
+            (got.state.m[j], got.state.s[j]),
+            (m, s),
+            "moments at flat {f}"
+        );
+    }
+    assert!(
+        survived > 0 && fresh > 0,
+        "{survived} survived, {fresh} new"
+    );
+}

@@ -3,7 +3,7 @@
 //! candidates, D ∈ {16, 32, 64}, both selectors, clamp on and off, fused and unfused forward,
 //! f32, f16 and bf16 storage.
 
-use kernels_ir::pattern::{MonarchShape, Pattern};
+use kernels_ir::pattern::{BlockDiagonal, Pattern};
 use kernels_ir::reference::{TensorMap, Value};
 use kernels_ir::{DType, Direction, KernelSpec, OpKind};
 use proptest::prelude::*;
@@ -94,22 +94,21 @@ fn ops_without_kernels_are_a_clear_error_on_wgpu() {
     let Some(device) = wgpu_or_skip("ops_without_kernels") else {
         return;
     };
-    // The projection is a host SVD (reference only); it has no generated kernel.
-    let spec = KernelSpec::builder("m", OpKind::MonarchProject)
-        .pattern(Pattern::Monarch(MonarchShape::square(4, 2)))
+    let spec = KernelSpec::builder("m", OpKind::BlockDiagLinear)
+        .dims([("N", 1), ("in", 4), ("out", 4)])
+        .pattern(Pattern::BlockDiagonal(BlockDiagonal { blocks: 2 }))
         .build()
         .unwrap();
     let mut ins = TensorMap::new();
-    ins.insert(
-        "w".into(),
-        Value::F(kernels_ir::reference::Tensor::zeros(&[4, 4])),
-    );
+    for (n, s) in [("x", vec![1, 4]), ("w", vec![2, 2, 2])] {
+        ins.insert(n.into(), Value::F(kernels_ir::reference::Tensor::zeros(&s)));
+    }
     let err = sparsecube_runtime::run(&device, &spec, &ins)
         .unwrap_err()
         .to_string();
     assert_eq!(
         err,
-        "monarch-project: no generated kernel for the wgpu device yet; run it with --device reference"
+        "block-diag-linear: no generated kernel for the wgpu device yet; run it with --device reference"
     );
 }
 

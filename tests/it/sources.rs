@@ -214,6 +214,7 @@ fn generated_sources_snapshots() {
                     "sara_scatter",
                     "sara_dv",
                     "sara_adamw",
+                    "sara_carry",
                     "linear_fwd",
                     "linear_bwd_dx",
                     "linear_bwd_dbias",

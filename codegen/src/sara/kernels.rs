@@ -82,3 +82,45 @@ pub fn sara_adamw<F: Float>(
         v[j] = F::cast_from(value);
     }
 }
+
+/// Progressive re-masking: the optimizer state of the new mask's j-th position — the old
+/// moments where the position was already retrained (found by binary search in the old,
+/// ascending index list), zero where it is new. One unit per new position.
+#[cube(launch)]
+pub fn sara_carry(
+    new_index: &Array<u32>,
+    old_index: &Array<u32>,
+    old_m: &Array<f32>,
+    old_s: &Array<f32>,
+    new_m: &mut Array<f32>,
+    new_s: &mut Array<f32>,
+    old_nnz: u32,
+) {
+    let j = ABSOLUTE_POS;
+    if j < new_m.len() {
+        let flat = new_index[j];
+        // Lower bound of `flat` in old_index[0..old_nnz).
+        let mut lo = 0u32;
+        let mut hi = old_nnz;
+        while lo < hi {
+            let mid = (lo + hi) / 2u32;
+            if old_index[mid as usize] < flat {
+                lo = mid + 1u32;
+            } else {
+                hi = mid;
+            }
+        }
+        let mut m = 0.0f32;
+        let mut s = 0.0f32;
+        // Nested, not `&&`: the second test reads old_index[lo] only when lo is in range.
+        #[allow(clippy::collapsible_if)]
+        if lo < old_nnz {
+            if old_index[lo as usize] == flat {
+                m = old_m[lo as usize];
+                s = old_s[lo as usize];
+            }
+        }
+        new_m[j] = m;
+        new_s[j] = s;
+    }
+}

@@ -12,7 +12,7 @@ use crate::launch::{arr, grid};
 use crate::select::{self, Keep};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
-use kernels::{sara_adamw, sara_dv, sara_gather, sara_scatter};
+use kernels::{sara_adamw, sara_carry, sara_dv, sara_gather, sara_scatter};
 use kernels_ir::pattern::{Pattern, SaraSelect};
 use kernels_ir::{KernelSpec, OpKind};
 
@@ -230,4 +230,38 @@ pub fn adamw_step<R: Runtime, F: Float + CubeElement>(
         arr(s, nnz),
         arr(&hyper, 9),
     );
+}
+
+/// The optimizer state after progressive re-masking: for the new mask `new_index` [new_nnz]
+/// (selected on the current W_eff, whose retrained positions hold the trained values, so
+/// [`gather`] gives the new packed values), the f32 moments (m, s) carried over from the old
+/// mask `old_index` [old_nnz] where a position survives, and zero where it is new.
+#[allow(clippy::too_many_arguments)]
+pub fn carry_state<R: Runtime>(
+    client: &ComputeClient<R>,
+    new_index: &Handle,
+    new_nnz: usize,
+    old_index: &Handle,
+    old_nnz: usize,
+    old_m: &Handle,
+    old_s: &Handle,
+) -> (Handle, Handle) {
+    let new_m = client.empty(new_nnz.max(1) * 4);
+    let new_s = client.empty(new_nnz.max(1) * 4);
+    if new_nnz > 0 {
+        let (count, dim) = grid(client, new_nnz);
+        sara_carry::launch::<R>(
+            client,
+            count,
+            dim,
+            arr(new_index, new_nnz),
+            arr(old_index, old_nnz.max(1)),
+            arr(old_m, old_nnz.max(1)),
+            arr(old_s, old_nnz.max(1)),
+            arr(&new_m, new_nnz),
+            arr(&new_s, new_nnz),
+            old_nnz as u32,
+        );
+    }
+    (new_m, new_s)
 }

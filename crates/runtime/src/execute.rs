@@ -117,6 +117,9 @@ fn on_device<R: Runtime>(
         (OpKind::PstLinear, DType::BF16) => {
             bf16_as_f32(inputs, |ins| pst_linear::<R, f32>(client, kind, spec, ins))
         }
+        // The projection is a truncated SVD per sub-block, a one-time conversion: it runs on the
+        // host in f64 (reference quality, METHODS.md §3) whichever device is asked for.
+        (OpKind::MonarchProject, _) => Ok(reference::run(spec, inputs)?),
         (OpKind::Monarch, DType::F32) => monarch_op::<R, f32>(client, kind, spec, inputs),
         (OpKind::Monarch, DType::F16) => monarch_op::<R, half::f16>(client, kind, spec, inputs),
         (OpKind::Monarch, DType::BF16) if native_bf16 => {

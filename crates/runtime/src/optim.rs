@@ -1,8 +1,10 @@
 //! Optimizer steps on the device over packed trainable values (SaRA's sparse AdamW: state size
-//! = nnz, never a dense [out, in] moment).
+//! = nnz, never a dense [out, in] moment), and SaRA's progressive re-masking, which carries the
+//! optimizer state of every surviving position.
 
 use crate::{Device, RuntimeError};
 use cubecl::prelude::*;
+use kernels_ir::pattern::SaraSelect;
 use sparsecube_codegen::sara::{self, AdamW};
 
 /// Packed values and their two f32 moments, host side.
@@ -72,5 +74,101 @@ fn on<R: Runtime>(
         v: down(v)?,
         m: down(m)?,
         s: down(s)?,
+    })
+}
+
+/// SaRA's packed trainable set of one weight: the mask (ascending flat indices), the values and
+/// the AdamW moments, host side.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SaraSet {
+    /// Flat indices of the retrained weights, ascending.
+    pub index: Vec<u32>,
+    /// Values and moments, one per index.
+    pub state: AdamState,
+}
+
+/// Progressive re-masking on `device` (METHODS.md §4): the mask recomputed by `select` on the
+/// current effective weight `w_eff` [out, in] (row-major, f32), the packed values read from it,
+/// and the moments of every surviving position carried over from `old` (new positions start at
+/// zero).
+pub fn sara_remask(
+    device: &Device,
+    w_eff: &[f32],
+    shape: [usize; 2],
+    select: SaraSelect,
+    old: &SaraSet,
+) -> Result<SaraSet, RuntimeError> {
+    let len = shape[0] * shape[1];
+    let n = old.index.len();
+    if w_eff.len() != len
+        || old.state.v.len() != n
+        || old.state.m.len() != n
+        || old.state.s.len() != n
+    {
+        return Err(kernels_ir::reference::ReferenceError::ShapeMismatch {
+            name: "sara set".into(),
+            expected: format!("w_eff of {len} values and index, v, m, s of equal length"),
+            actual: vec![w_eff.len(), n, old.state.m.len(), old.state.s.len()],
+        }
+        .into());
+    }
+    match device {
+        Device::Cuda(c) => remask_on(c, "cuda", w_eff, shape, select, old),
+        Device::Wgpu(c) => remask_on(c, "wgpu", w_eff, shape, select, old),
+        Device::Reference => Err(RuntimeError::Unavailable {
+            kind: "reference",
+            reason: "the device optimizer runs on cuda or wgpu (the reference has its own)".into(),
+        }),
+    }
+}
+
+fn remask_on<R: Runtime>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    w_eff: &[f32],
+    shape: [usize; 2],
+    select: SaraSelect,
+    old: &SaraSet,
+) -> Result<SaraSet, RuntimeError> {
+    let device = |message: String| RuntimeError::Device { kind, message };
+    let up_f =
+        |x: &[f32]| client.create_from_slice(f32::as_bytes(if x.is_empty() { &[0.0] } else { x }));
+    let up_u =
+        |x: &[u32]| client.create_from_slice(u32::as_bytes(if x.is_empty() { &[0] } else { x }));
+    let len = shape[0] * shape[1];
+    let plan = sara::SaraPlan {
+        t: 1,
+        n_in: shape[1],
+        n_out: shape[0],
+        select,
+    };
+    let w = up_f(w_eff);
+    let (index, nnz) = sara::mask::<R, f32>(client, &plan, &w).map_err(device)?;
+    let v = sara::gather::<R, f32>(client, &w, &index, nnz, len);
+    let (old_index, old_m, old_s) = (up_u(&old.index), up_f(&old.state.m), up_f(&old.state.s));
+    let (m, s) = sara::carry_state(
+        client,
+        &index,
+        nnz,
+        &old_index,
+        old.index.len(),
+        &old_m,
+        &old_s,
+    );
+    let read = |h, n: usize| -> Result<Vec<u8>, RuntimeError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = client.read_one(h).map_err(|e| device(format!("{e:?}")))?;
+        Ok(bytes[..4 * n].to_vec())
+    };
+    let floats = |b: Vec<u8>| f32::from_bytes(&b).to_vec();
+    Ok(SaraSet {
+        index: u32::from_bytes(&read(index, nnz)?).to_vec(),
+        state: AdamState {
+            v: floats(read(v, nnz)?),
+            m: floats(read(m, nnz)?),
+            s: floats(read(s, nnz)?),
+        },
     })
 }
