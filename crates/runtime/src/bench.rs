@@ -116,65 +116,30 @@ fn attention_on<R: Runtime, F: crate::execute::HostFloat>(
     };
     let [q, k, v, dout] = [n; 4].map(&mut upload);
     let codebook = upload((d / plan.cfg.dc as usize) * plan.cfg.e as usize * plan.cfg.dc as usize);
-    let sync = || {
-        cubecl::future::block_on(client.sync()).map_err(|e| RuntimeError::Device {
+    match which {
+        Attention::Sparse => timed(
+            client,
             kind,
-            message: format!("{e:?}"),
-        })
-    };
-    let in_use = || -> Result<u64, RuntimeError> {
-        client
-            .memory_usage()
-            .map(|u| u.bytes_in_use)
-            .map_err(|e| RuntimeError::Device {
-                kind,
-                message: format!("{e:?}"),
-            })
-    };
-    // One step; returns the bytes in use while everything of the step is alive.
-    let step = || -> Result<u64, RuntimeError> {
-        match which {
-            Attention::Sparse => {
+            warmup,
+            repeats,
+            plan.scratch_bytes(),
+            plan.saved_bytes(),
+            || {
                 let saved = spt::forward::<R, F>(client, &plan, &q, &k, &v, &codebook);
                 let grads = spt::backward::<R, F>(client, &plan, &q, &k, &v, &saved, &dout);
-                sync()?;
-                let bytes = in_use()? + plan.scratch_bytes() as u64;
-                drop((saved, grads));
-                Ok(bytes)
-            }
-            Attention::Dense => {
-                let (out, grads) =
-                    spt::dense_forward_backward::<R, F>(client, &plan, &q, &k, &v, &dout);
-                sync()?;
-                let bytes = in_use()? + plan.dense_scratch_bytes() as u64;
-                drop((out, grads));
-                Ok(bytes)
-            }
-        }
-    };
-    let mut peak = 0;
-    for _ in 0..warmup {
-        peak = peak.max(step()?);
+                (saved, grads)
+            },
+        ),
+        Attention::Dense => timed(
+            client,
+            kind,
+            warmup,
+            repeats,
+            plan.dense_scratch_bytes(),
+            plan.rows() * 4,
+            || spt::dense_forward_backward::<R, F>(client, &plan, &q, &k, &v, &dout),
+        ),
     }
-    let mut times = Vec::with_capacity(repeats.max(1));
-    for _ in 0..repeats.max(1) {
-        let t = Instant::now();
-        peak = peak.max(step()?);
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    let (median_ms, min_ms, max_ms) = median_min_max(times);
-    let saved_bytes = match which {
-        Attention::Sparse => plan.saved_bytes(),
-        Attention::Dense => plan.rows() * 4,
-    } as u64;
-    Ok(Measured {
-        median_ms,
-        min_ms,
-        max_ms,
-        repeats: repeats.max(1),
-        peak_bytes: peak,
-        saved_bytes,
-    })
 }
 
 /// Times the routed FFN, forward + backward (every gradient), at the sizes, pattern and dtype of
@@ -250,46 +215,19 @@ fn routed_on<R: Runtime, F: crate::execute::HostFloat>(
     let wr = upload(e * dm, fan(dm));
     let br = upload(e, 0.1);
     let dy = upload(t * dm, 1.0);
-    let sync = || {
-        cubecl::future::block_on(client.sync()).map_err(|err| RuntimeError::Device {
-            kind,
-            message: format!("{err:?}"),
-        })
-    };
-    let step = || -> Result<u64, RuntimeError> {
-        let saved = routed::forward::<R, F>(client, &plan, &x, &w1, &b1, &w2, &b2, &wr, &br);
-        let grads = routed::backward::<R, F>(client, &plan, &x, &w1, &w2, &wr, &saved, &dy);
-        sync()?;
-        let bytes = client
-            .memory_usage()
-            .map(|u| u.bytes_in_use)
-            .map_err(|err| RuntimeError::Device {
-                kind,
-                message: format!("{err:?}"),
-            })?
-            + plan.scratch_bytes() as u64;
-        drop((saved, grads));
-        Ok(bytes)
-    };
-    let mut peak = 0;
-    for _ in 0..warmup {
-        peak = peak.max(step()?);
-    }
-    let mut times = Vec::with_capacity(repeats.max(1));
-    for _ in 0..repeats.max(1) {
-        let start = Instant::now();
-        peak = peak.max(step()?);
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    let (median_ms, min_ms, max_ms) = median_min_max(times);
-    Ok(Measured {
-        median_ms,
-        min_ms,
-        max_ms,
-        repeats: repeats.max(1),
-        peak_bytes: peak,
-        saved_bytes: plan.saved_bytes() as u64,
-    })
+    timed(
+        client,
+        kind,
+        warmup,
+        repeats,
+        plan.scratch_bytes(),
+        plan.saved_bytes(),
+        || {
+            let saved = routed::forward::<R, F>(client, &plan, &x, &w1, &b1, &w2, &b2, &wr, &br);
+            let grads = routed::backward::<R, F>(client, &plan, &x, &w1, &w2, &wr, &saved, &dy);
+            (saved, grads)
+        },
+    )
 }
 
 /// Runs `step` (one forward + backward, returning what must stay alive until the device is
