@@ -21,6 +21,28 @@ use sparsecube_codegen::sara::{self, SaraPlan};
 use sparsecube_codegen::spt::{self, SptPlan};
 use std::time::Instant;
 
+/// Runs `$on::<R, F>(client, kind, $args)` for the device and storage dtype (bf16 only where
+/// the adapter stores it), or says why the bench cannot run there.
+macro_rules! on_device {
+    ($device:expr, $dtype:expr, $on:ident, $args:expr) => {
+        match ($device, $dtype) {
+            (Device::Cuda(c), DType::F32) => $on::<_, f32>(c, "cuda", $args),
+            (Device::Cuda(c), DType::F16) => $on::<_, half::f16>(c, "cuda", $args),
+            (Device::Cuda(c), DType::BF16) => $on::<_, half::bf16>(c, "cuda", $args),
+            (Device::Wgpu(c), DType::F32) => $on::<_, f32>(c, "wgpu", $args),
+            (Device::Wgpu(c), DType::F16) => $on::<_, half::f16>(c, "wgpu", $args),
+            (Device::Reference, _) => Err(RuntimeError::Unavailable {
+                kind: "reference",
+                reason: "the bench times generated kernels: use --device cuda or wgpu".into(),
+            }),
+            (_, dtype) => Err(RuntimeError::Unavailable {
+                kind: $device.kind().name(),
+                reason: format!("this adapter cannot store {dtype} (WGSL has no bf16)"),
+            }),
+        }
+    };
+}
+
 /// What one benchmarked step measured.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Measured {
@@ -303,21 +325,7 @@ pub fn linear(
         .into());
     }
     let args = (spec, which, warmup, repeats, seed);
-    match (device, spec.dtype) {
-        (Device::Cuda(c), DType::F32) => linear_on::<_, f32>(c, "cuda", args),
-        (Device::Cuda(c), DType::F16) => linear_on::<_, half::f16>(c, "cuda", args),
-        (Device::Cuda(c), DType::BF16) => linear_on::<_, half::bf16>(c, "cuda", args),
-        (Device::Wgpu(c), DType::F32) => linear_on::<_, f32>(c, "wgpu", args),
-        (Device::Wgpu(c), DType::F16) => linear_on::<_, half::f16>(c, "wgpu", args),
-        (Device::Reference, _) => Err(RuntimeError::Unavailable {
-            kind: "reference",
-            reason: "the bench times generated kernels: use --device cuda or wgpu".into(),
-        }),
-        (_, dtype) => Err(RuntimeError::Unavailable {
-            kind: device.kind().name(),
-            reason: format!("this adapter cannot store {dtype} (WGSL has no bf16)"),
-        }),
-    }
+    on_device!(device, spec.dtype, linear_on, args)
 }
 
 fn linear_on<R: Runtime, F: crate::execute::HostFloat>(
@@ -472,21 +480,7 @@ pub fn sara_step(
     seed: u64,
 ) -> Result<Measured, RuntimeError> {
     let args = (spec, which, warmup, repeats, seed);
-    match (device, spec.dtype) {
-        (Device::Cuda(c), DType::F32) => sara_on::<_, f32>(c, "cuda", args),
-        (Device::Cuda(c), DType::F16) => sara_on::<_, half::f16>(c, "cuda", args),
-        (Device::Cuda(c), DType::BF16) => sara_on::<_, half::bf16>(c, "cuda", args),
-        (Device::Wgpu(c), DType::F32) => sara_on::<_, f32>(c, "wgpu", args),
-        (Device::Wgpu(c), DType::F16) => sara_on::<_, half::f16>(c, "wgpu", args),
-        (Device::Reference, _) => Err(RuntimeError::Unavailable {
-            kind: "reference",
-            reason: "the bench times generated kernels: use --device cuda or wgpu".into(),
-        }),
-        (_, dtype) => Err(RuntimeError::Unavailable {
-            kind: device.kind().name(),
-            reason: format!("this adapter cannot store {dtype} (WGSL has no bf16)"),
-        }),
-    }
+    on_device!(device, spec.dtype, sara_on, args)
 }
 
 fn sara_on<R: Runtime, F: crate::execute::HostFloat>(
@@ -560,21 +554,7 @@ pub fn pst_step(
     seed: u64,
 ) -> Result<Measured, RuntimeError> {
     let args = (spec, which, warmup, repeats, seed);
-    match (device, spec.dtype) {
-        (Device::Cuda(c), DType::F32) => pst_on::<_, f32>(c, "cuda", args),
-        (Device::Cuda(c), DType::F16) => pst_on::<_, half::f16>(c, "cuda", args),
-        (Device::Cuda(c), DType::BF16) => pst_on::<_, half::bf16>(c, "cuda", args),
-        (Device::Wgpu(c), DType::F32) => pst_on::<_, f32>(c, "wgpu", args),
-        (Device::Wgpu(c), DType::F16) => pst_on::<_, half::f16>(c, "wgpu", args),
-        (Device::Reference, _) => Err(RuntimeError::Unavailable {
-            kind: "reference",
-            reason: "the bench times generated kernels: use --device cuda or wgpu".into(),
-        }),
-        (_, dtype) => Err(RuntimeError::Unavailable {
-            kind: device.kind().name(),
-            reason: format!("this adapter cannot store {dtype} (WGSL has no bf16)"),
-        }),
-    }
+    on_device!(device, spec.dtype, pst_on, args)
 }
 
 fn pst_on<R: Runtime, F: crate::execute::HostFloat>(
