@@ -163,6 +163,87 @@ kernel dense_linear_bf16 {
   schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
 }
 
+kernel dense_linear_tk16_f32 {
+  op = dense-linear
+  direction = forward
+  dtype = f32
+  pattern = dense
+  dims = (T = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true)
+}
+
+kernel dense_linear_tk16_f16 {
+  op = dense-linear
+  direction = forward
+  dtype = f16
+  pattern = dense
+  dims = (T = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true)
+}
+
+kernel dense_linear_tk16_bf16 {
+  op = dense-linear
+  direction = forward
+  dtype = bf16
+  pattern = dense
+  dims = (T = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true)
+}
+
+kernel block_diag_f32 {
+  op = block-diag-linear
+  direction = forward
+  dtype = f32
+  pattern = block-diagonal(blocks = 4)
+  dims = (N = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel block_diag_f16 {
+  op = block-diag-linear
+  direction = forward
+  dtype = f16
+  pattern = block-diagonal(blocks = 4)
+  dims = (N = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel block_diag_bf16 {
+  op = block-diag-linear
+  direction = forward
+  dtype = bf16
+  pattern = block-diagonal(blocks = 4)
+  dims = (N = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel pq_encode_f32 {
+  op = pq-encode
+  direction = forward
+  dtype = f32
+  pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
+  dims = (N = 8192, D = 64)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel pq_encode_f16 {
+  op = pq-encode
+  direction = forward
+  dtype = f16
+  pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
+  dims = (N = 8192, D = 64)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel pq_encode_bf16 {
+  op = pq-encode
+  direction = forward
+  dtype = bf16
+  pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
+  dims = (N = 8192, D = 64)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
 kernel sara_ratio_f32 {
   op = sara-linear
   direction = forward
@@ -242,6 +323,33 @@ kernel monarch_square_bf16 {
   pattern = monarch(k = 4, q = 256, p = 256, l = 4, s = 256, r = 256)
   dims = (N = 8192)
   schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel monarch_rows4_f32 {
+  op = monarch
+  direction = forward
+  dtype = f32
+  pattern = monarch(k = 4, q = 256, p = 256, l = 4, s = 256, r = 256)
+  dims = (N = 8192)
+  schedule = (tile_m = 4, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel monarch_rows4_f16 {
+  op = monarch
+  direction = forward
+  dtype = f16
+  pattern = monarch(k = 4, q = 256, p = 256, l = 4, s = 256, r = 256)
+  dims = (N = 8192)
+  schedule = (tile_m = 4, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+}
+
+kernel monarch_rows4_bf16 {
+  op = monarch
+  direction = forward
+  dtype = bf16
+  pattern = monarch(k = 4, q = 256, p = 256, l = 4, s = 256, r = 256)
+  dims = (N = 8192)
+  schedule = (tile_m = 4, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
 }
 
 kernel monarch_rect_f32 {

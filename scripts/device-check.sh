@@ -14,6 +14,7 @@
 #                                                              → selftest.log
 #   4. compute-sanitizer memcheck and racecheck over one call of each kernel → sanitizer.log
 #   5. `sparsecube bench --suite paper --device cuda --json`   → ours.json
+#  5b. `sparsecube tune --device cuda` over every op's schedule space → tune.json
 #   6. benches/torch_baselines.py on the same shapes (and a CPU smoke run at tiny shapes), with
 #      the measured ceilings (copy bandwidth, matmul rates)   → torch.json
 #  6b. Nsight Compute: per-kernel time and DRAM bytes of one attention step → ncu.csv
@@ -101,6 +102,11 @@ step "sparsecube bench --suite paper" 120 /tmp/ours.out \
     "$BIN" bench --suite paper --device cuda --json
 # The JSON document is the last thing printed; the progress lines go to stderr.
 sed -n '/^{/,$p' /tmp/ours.out >"$OUT/ours.json"
+
+# 5b. The autotuner on the card: every op's schedule space at its example size, cache under $OUT
+#     (the report shows each candidate's time and speed-up over the fallback).
+step "sparsecube tune" 90 "$OUT/tune.log" \
+    "$BIN" tune --device cuda --budget 60 --cache-dir "$OUT/tune-cache" --json "$OUT/tune.json"
 
 # 6. PyTorch on the same shapes (suite read from our --list, so the shapes cannot drift).
 "$BIN" bench --suite paper --list --scale tiny >/tmp/suite-tiny.json

@@ -87,6 +87,9 @@ pub fn proptest_config(cases: u32) -> Config {
 /// The wgpu device for kernel tests. Absent device: the test prints why and is skipped, unless
 /// `SPARSECUBE_REQUIRE_WGPU` is set (CI sets it), where an absent device fails the test.
 pub fn wgpu_or_skip(test: &str) -> Option<sparsecube_runtime::Device> {
+    // Kernel tests run the schedule their spec is written with, whatever a developer's tuning
+    // cache holds (every schedule point is tested on its own in `tune`).
+    sparsecube_runtime::tune::set_policy(sparsecube_runtime::tune::Policy::Off);
     match sparsecube_runtime::wgpu() {
         Ok(d) => Some(d),
         Err(e) if std::env::var_os("SPARSECUBE_REQUIRE_WGPU").is_some() => {

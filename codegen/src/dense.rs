@@ -19,6 +19,8 @@ pub mod kernels {
         pub n_in: u32,
         /// Output features.
         pub n_out: u32,
+        /// Reduction steps per staged slice of the tile mainloop (the schedule's `tile_k`).
+        pub tk: u32,
     }
 
     /// y [N, n_out] = x [N, n_in]·wᵀ + bias (w [n_out, n_in]), one 64×64 tile of y per cube.
@@ -44,6 +46,7 @@ pub mod kernels {
             sn: cfg.n_in,
             gather_b: false,
             scale_b: false,
+            tk: cfg.tk,
         });
         let acc = tile_product::<F, F>(
             x,
@@ -114,6 +117,7 @@ pub mod kernels {
             sn: 1,
             gather_b: false,
             scale_b: false,
+            tk: cfg.tk,
         });
         let acc = tile_product::<F, F>(
             dy,
@@ -153,6 +157,7 @@ pub mod kernels {
             sn: 1,
             gather_b: false,
             scale_b: false,
+            tk: cfg.tk,
         });
         let acc = tile_product::<F, F>(
             dy,
@@ -187,15 +192,28 @@ pub struct LinearPlan {
 }
 
 impl LinearPlan {
-    /// The plan of x [n, n_in]·wᵀ with w [n_out, n_in].
-    pub fn new(n: usize, n_in: usize, n_out: usize) -> Self {
+    /// The plan of x [n, n_in]·wᵀ with w [n_out, n_in], staging `tile_k` reduction steps per
+    /// slice (one of [`kernels_ir::Knob::TILE_K`], the schedule's `tile_k`).
+    pub fn new(n: usize, n_in: usize, n_out: usize, tile_k: u32) -> Self {
         Self {
             cfg: LinearConfig {
                 n_in: n_in as u32,
                 n_out: n_out as u32,
+                tk: tile_k,
             },
             n,
         }
+    }
+
+    /// The plan of a verified `dense-linear` spec (sizes `T`, `in`, `out`; the schedule's
+    /// `tile_k`).
+    pub fn from_spec(spec: &kernels_ir::KernelSpec) -> Self {
+        Self::new(
+            spec.dim("T"),
+            spec.dim("in"),
+            spec.dim("out"),
+            spec.schedule.tile_k,
+        )
     }
 }
 

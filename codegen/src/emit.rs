@@ -7,6 +7,8 @@
 //! types) and refuses every I/O call with an error.
 
 use crate::LowerError;
+use crate::blockdiag::BlockDiagPlan;
+use crate::blockdiag::kernels::{block_diag_bwd_dw, block_diag_bwd_dx, block_diag_fwd};
 use crate::cbm::CbmPlan;
 use crate::cbm::kernels::{
     cbm_bwd_dwc, cbm_bwd_dwh, cbm_bwd_dx, cbm_bwd_dz, cbm_concepts, cbm_logits, cbm_select,
@@ -32,11 +34,11 @@ use crate::sara::kernels::{sara_adamw, sara_carry, sara_dv, sara_gather, sara_sc
 use crate::select::kernels::{
     select_bins, select_count, select_cutoff, select_fill, select_hist, select_pick, select_scan,
 };
-use crate::spt::SptPlan;
 use crate::spt::kernels::{
     pq_encode, spt_attend_fwd, spt_bwd_keys, spt_bwd_rows, spt_key_count, spt_key_fill,
     spt_key_offsets, spt_key_scan, spt_sddmm, spt_select, spt_softmax, spt_spmm,
 };
+use crate::spt::{EncodePlan, SptPlan};
 use cubecl::prelude::*;
 use cubecl_common::backtrace::BackTrace;
 use cubecl_common::bytes::Bytes;
@@ -1326,7 +1328,7 @@ fn pst<F: Float + CubeElement>(
         .collect::<Result<_, CompilationError>>()?;
     out.extend(
         dense_linear::<F>(
-            &LinearPlan::new(plan.t, c.n_in as usize, c.n_out as usize),
+            &LinearPlan::new(plan.t, c.n_in as usize, c.n_out as usize, c.tk),
             target,
         )?
         .into_iter()
@@ -1425,130 +1427,135 @@ fn sara<F: Float + CubeElement>(
     Ok(out)
 }
 
-/// Every kernel a spec lowers to, as `target` source.
+/// The sources of `$gen::<F>(&$plan, target)` for the spec's storage dtype `F` (f32, f16, bf16;
+/// WGSL has no bf16, and no op stores i64 floats).
+macro_rules! per_dtype {
+    ($spec:expr, $target:expr, $gen:ident, $plan:expr) => {{
+        let fail = |e: CompilationError| LowerError::Unsupported {
+            op: $spec.op,
+            what: format!("source generation ({e:?})"),
+        };
+        match ($spec.dtype, $target) {
+            (DType::BF16, Target::Wgsl) => Err(LowerError::Unsupported {
+                op: $spec.op,
+                what: "bf16 storage in WGSL (WGSL has no bf16)".into(),
+            }),
+            (DType::F32, _) => $gen::<f32>(&$plan, $target).map_err(fail),
+            (DType::F16, _) => $gen::<half::f16>(&$plan, $target).map_err(fail),
+            (DType::BF16, _) => $gen::<half::bf16>(&$plan, $target).map_err(fail),
+            (DType::I64, _) => Err(LowerError::Unsupported {
+                op: $spec.op,
+                what: "i64 storage".into(),
+            }),
+        }
+    }};
+}
+
+/// Every kernel a spec lowers to, as `target` source. `monarch-project` has none: it is a
+/// one-time host conversion (a truncated SVD per sub-block, f64).
 pub fn sources(spec: &KernelSpec, target: Target) -> Result<Vec<KernelSource>, LowerError> {
-    let fail = |e: CompilationError| LowerError::Unsupported {
-        op: spec.op,
-        what: format!("source generation ({e:?})"),
-    };
     match spec.op {
-        OpKind::SptAttention => {
-            let plan = SptPlan::from_spec(spec)?;
-            match (spec.dtype, target) {
-                (DType::BF16, Target::Wgsl) => Err(LowerError::Unsupported {
-                    op: spec.op,
-                    what: "bf16 storage in WGSL (WGSL has no bf16)".into(),
-                }),
-                (DType::F32, _) => spt::<f32>(&plan, target).map_err(fail),
-                (DType::F16, _) => spt::<half::f16>(&plan, target).map_err(fail),
-                (DType::BF16, _) => spt::<half::bf16>(&plan, target).map_err(fail),
-                (DType::I64, _) => Err(LowerError::Unsupported {
-                    op: spec.op,
-                    what: "i64 storage".into(),
-                }),
-            }
-        }
-        OpKind::RoutedFfn => {
-            let plan = RoutedPlan::from_spec(spec)?;
-            match (spec.dtype, target) {
-                (DType::BF16, Target::Wgsl) => Err(LowerError::Unsupported {
-                    op: spec.op,
-                    what: "bf16 storage in WGSL (WGSL has no bf16)".into(),
-                }),
-                (DType::F32, _) => routed::<f32>(&plan, target).map_err(fail),
-                (DType::F16, _) => routed::<half::f16>(&plan, target).map_err(fail),
-                (DType::BF16, _) => routed::<half::bf16>(&plan, target).map_err(fail),
-                (DType::I64, _) => Err(LowerError::Unsupported {
-                    op: spec.op,
-                    what: "i64 storage".into(),
-                }),
-            }
-        }
-        OpKind::CbmHead => {
-            // Printed with the optional noise input present (the kernels read it then).
-            let plan = CbmPlan::from_spec(spec, true)?;
-            match (spec.dtype, target) {
-                (DType::BF16, Target::Wgsl) => Err(LowerError::Unsupported {
-                    op: spec.op,
-                    what: "bf16 storage in WGSL (WGSL has no bf16)".into(),
-                }),
-                (DType::F32, _) => cbm::<f32>(&plan, target).map_err(fail),
-                (DType::F16, _) => cbm::<half::f16>(&plan, target).map_err(fail),
-                (DType::BF16, _) => cbm::<half::bf16>(&plan, target).map_err(fail),
-                (DType::I64, _) => Err(LowerError::Unsupported {
-                    op: spec.op,
-                    what: "i64 storage".into(),
-                }),
-            }
-        }
+        OpKind::SptAttention => per_dtype!(spec, target, spt, SptPlan::from_spec(spec)?),
+        OpKind::PqEncode => per_dtype!(spec, target, pq_encode_only, EncodePlan::from_spec(spec)?),
+        OpKind::RoutedFfn => per_dtype!(spec, target, routed, RoutedPlan::from_spec(spec)?),
+        // Printed with the optional noise input present (the kernels read it then).
+        OpKind::CbmHead => per_dtype!(spec, target, cbm, CbmPlan::from_spec(spec, true)?),
         OpKind::DenseLinear => {
             spec.verify()?;
-            let plan = LinearPlan::new(spec.dim("T"), spec.dim("in"), spec.dim("out"));
-            match (spec.dtype, target) {
-                (DType::BF16, Target::Wgsl) => Err(LowerError::Unsupported {
-                    op: spec.op,
-                    what: "bf16 storage in WGSL (WGSL has no bf16)".into(),
-                }),
-                (DType::F32, _) => dense_linear::<f32>(&plan, target).map_err(fail),
-                (DType::F16, _) => dense_linear::<half::f16>(&plan, target).map_err(fail),
-                (DType::BF16, _) => dense_linear::<half::bf16>(&plan, target).map_err(fail),
-                (DType::I64, _) => Err(LowerError::Unsupported {
-                    op: spec.op,
-                    what: "i64 storage".into(),
-                }),
-            }
+            per_dtype!(spec, target, dense_linear, LinearPlan::from_spec(spec))
         }
-        OpKind::PstLinear => {
-            let plan = PstPlan::from_spec(spec)?;
-            match (spec.dtype, target) {
-                (DType::BF16, Target::Wgsl) => Err(LowerError::Unsupported {
-                    op: spec.op,
-                    what: "bf16 storage in WGSL (WGSL has no bf16)".into(),
-                }),
-                (DType::F32, _) => pst::<f32>(&plan, target).map_err(fail),
-                (DType::F16, _) => pst::<half::f16>(&plan, target).map_err(fail),
-                (DType::BF16, _) => pst::<half::bf16>(&plan, target).map_err(fail),
-                (DType::I64, _) => Err(LowerError::Unsupported {
-                    op: spec.op,
-                    what: "i64 storage".into(),
-                }),
-            }
+        OpKind::PstLinear => per_dtype!(spec, target, pst, PstPlan::from_spec(spec)?),
+        OpKind::SaraLinear => per_dtype!(spec, target, sara, SaraPlan::from_spec(spec)?),
+        OpKind::Monarch => per_dtype!(spec, target, monarch, MonarchPlan::from_spec(spec)?),
+        OpKind::BlockDiagLinear => {
+            per_dtype!(spec, target, block_diag, BlockDiagPlan::from_spec(spec)?)
         }
-        OpKind::SaraLinear => {
-            let plan = SaraPlan::from_spec(spec)?;
-            match (spec.dtype, target) {
-                (DType::BF16, Target::Wgsl) => Err(LowerError::Unsupported {
-                    op: spec.op,
-                    what: "bf16 storage in WGSL (WGSL has no bf16)".into(),
-                }),
-                (DType::F32, _) => sara::<f32>(&plan, target).map_err(fail),
-                (DType::F16, _) => sara::<half::f16>(&plan, target).map_err(fail),
-                (DType::BF16, _) => sara::<half::bf16>(&plan, target).map_err(fail),
-                (DType::I64, _) => Err(LowerError::Unsupported {
-                    op: spec.op,
-                    what: "i64 storage".into(),
-                }),
-            }
-        }
-        OpKind::Monarch => {
-            let plan = MonarchPlan::from_spec(spec)?;
-            match (spec.dtype, target) {
-                (DType::BF16, Target::Wgsl) => Err(LowerError::Unsupported {
-                    op: spec.op,
-                    what: "bf16 storage in WGSL (WGSL has no bf16)".into(),
-                }),
-                (DType::F32, _) => monarch::<f32>(&plan, target).map_err(fail),
-                (DType::F16, _) => monarch::<half::f16>(&plan, target).map_err(fail),
-                (DType::BF16, _) => monarch::<half::bf16>(&plan, target).map_err(fail),
-                (DType::I64, _) => Err(LowerError::Unsupported {
-                    op: spec.op,
-                    what: "i64 storage".into(),
-                }),
-            }
-        }
-        op => Err(LowerError::Unsupported {
-            op,
-            what: "source generation".into(),
+        OpKind::MonarchProject => Err(LowerError::HostOnly {
+            op: spec.op,
+            why: "the projection is a one-time conversion, a truncated SVD per sub-block in f64 \
+                  on the host (`sparsecube run monarch-project` runs it on any device)",
         }),
     }
+}
+
+/// `pq-encode` alone: the attention chain's encoding kernel.
+fn pq_encode_only<F: Float + CubeElement>(
+    plan: &EncodePlan,
+    target: Target,
+) -> Result<Vec<KernelSource>, CompilationError> {
+    let client = Offline::client(&OfflineDevice);
+    let def = pq_encode::PqEncode::<F, Offline>::new(
+        settings(),
+        client.clone(),
+        arg(),
+        arg(),
+        arg(),
+        plan.cfg,
+    )
+    .define();
+    Ok(vec![KernelSource {
+        kernel: "pq_encode",
+        source: canonicalize(&compile(def, target)?),
+    }])
+}
+
+/// The block-diagonal map's forward, dx and dw.
+fn block_diag<F: Float + CubeElement>(
+    plan: &BlockDiagPlan,
+    target: Target,
+) -> Result<Vec<KernelSource>, CompilationError> {
+    let client = Offline::client(&OfflineDevice);
+    let c = plan.cfg;
+    let defs: Vec<(&'static str, KernelDefinition)> = vec![
+        (
+            "block_diag_fwd",
+            block_diag_fwd::BlockDiagFwd::<F, Offline>::new(
+                tile_settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "block_diag_bwd_dx",
+            block_diag_bwd_dx::BlockDiagBwdDx::<F, Offline>::new(
+                tile_settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+        (
+            "block_diag_bwd_dw",
+            block_diag_bwd_dw::BlockDiagBwdDw::<F, Offline>::new(
+                tile_settings(),
+                client.clone(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                arg(),
+                c,
+            )
+            .define(),
+        ),
+    ];
+    defs.into_iter()
+        .map(|(kernel, def)| {
+            Ok(KernelSource {
+                kernel,
+                source: canonicalize(&compile(def, target)?),
+            })
+        })
+        .collect()
 }

@@ -7,6 +7,7 @@
 //! What it is not: device management (that is `sparsecube-runtime`) or the definition of correct
 //! answers (that is `kernels_ir::reference`, which every kernel is tested against).
 
+pub mod blockdiag;
 pub mod cbm;
 pub mod cuda_check;
 pub mod dense;
@@ -35,5 +36,13 @@ pub enum LowerError {
         op: OpKind,
         /// What is missing.
         what: String,
+    },
+    /// The op is a host computation by design: it has no kernels to print.
+    #[error("{op} has no generated kernels: {why}")]
+    HostOnly {
+        /// The op.
+        op: OpKind,
+        /// What it is and how to run it.
+        why: &'static str,
     },
 }

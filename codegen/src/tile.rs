@@ -1,6 +1,6 @@
 //! The shared-memory tiled product every grouped GEMM of the crate is built on: one cube computes a
 //! [`TILE`] × [`TILE`] block of `C = A·B` for rows of one group, stepping through the reduction in
-//! [`TILE_K`]-wide slices staged in shared memory (f32, whatever the storage dtype), each unit
+//! `tk`-wide slices staged in shared memory (f32, whatever the storage dtype), each unit
 //! holding a [`MICRO`] × [`MICRO`] register tile.
 //!
 //! Cubes are [`TILE_UNITS`] × [`TILE_UNITS`] units. Unit (x, y) owns rows `y + 16·i` and columns
@@ -20,8 +20,9 @@ use cubecl::prelude::*;
 
 /// Rows and columns of one output tile.
 pub const TILE: u32 = 64;
-/// Reduction slice staged in shared memory per step.
-pub const TILE_K: u32 = 16;
+/// The reduction slices staged in shared memory per step that the mainloop supports (the
+/// schedule's `tile_k`; the IR's schedule space of every tiled op).
+pub const TILE_KS: [u32; 2] = [16, 32];
 /// Units per side of a cube (`TILE_UNITS²` units per cube).
 pub const TILE_UNITS: u32 = 16;
 /// Rows and columns each unit accumulates.
@@ -55,6 +56,8 @@ pub struct TileShape {
     pub gather_b: bool,
     /// `B`'s rows are scaled by `scale[k]`.
     pub scale_b: bool,
+    /// Reduction steps staged per slice (one of [`TILE_KS`]).
+    pub tk: u32,
 }
 
 /// The cube dimension every tiled kernel is launched with.
@@ -81,17 +84,17 @@ pub fn tile_product<FA: Float, FB: Float>(
     k_end: usize,
     #[comptime] s: TileShape,
 ) -> Array<f32> {
-    let mut sa = SharedMemory::<f32>::new(comptime!((TILE_K * PITCH) as usize));
-    let mut sb = SharedMemory::<f32>::new(comptime!((TILE_K * PITCH) as usize));
+    let mut sa = SharedMemory::<f32>::new(comptime!((s.tk * PITCH) as usize));
+    let mut sb = SharedMemory::<f32>::new(comptime!((s.tk * PITCH) as usize));
     let mut acc = zero_tile();
     let mut k0 = k_begin;
     while k0 < k_end {
         load_a_slice::<FA>(&mut sa, a, rows, r0, r_end, k0, k_end, s);
         load_b_slice::<FB>(&mut sb, b, rows, scale, n0, b0, k0, k_end, s);
         sync_cube();
-        multiply_slice(&sa, &sb, &mut acc);
+        multiply_slice(&sa, &sb, &mut acc, s.tk);
         sync_cube();
-        k0 += TILE_K as usize;
+        k0 += s.tk as usize;
     }
     acc
 }
@@ -107,7 +110,7 @@ pub fn zero_tile() -> Array<f32> {
     acc
 }
 
-/// This unit's part of staging the A slice (TILE rows × TILE_K steps from `k0`) into `sa`,
+/// This unit's part of staging the A slice (TILE rows × `tk` steps from `k0`) into `sa`,
 /// read along whichever axis is contiguous; out of range reads as 0.
 #[cube]
 #[allow(clippy::too_many_arguments)]
@@ -123,9 +126,9 @@ pub fn load_a_slice<FA: Float>(
 ) {
     let unit = (UNIT_POS_Y * TILE_UNITS + UNIT_POS_X) as usize;
     let tile = TILE as usize;
-    let tk = TILE_K as usize;
+    let tk = s.tk as usize;
     #[unroll]
-    for q in 0..comptime!(TILE * TILE_K / (TILE_UNITS * TILE_UNITS)) {
+    for q in 0..comptime!(TILE * s.tk / (TILE_UNITS * TILE_UNITS)) {
         let l = unit + (q * TILE_UNITS * TILE_UNITS) as usize;
         let mut m = l / tk;
         let mut k = l % tk;
@@ -155,7 +158,7 @@ pub fn load_a_slice<FA: Float>(
     }
 }
 
-/// This unit's part of staging the B slice (TILE_K steps from `k0` × TILE columns from `n0`)
+/// This unit's part of staging the B slice (`tk` steps from `k0` × TILE columns from `n0`)
 /// into `sb`, read along whichever axis is contiguous; out of range reads as 0.
 #[cube]
 #[allow(clippy::too_many_arguments)]
@@ -172,9 +175,9 @@ pub fn load_b_slice<FB: Float>(
 ) {
     let unit = (UNIT_POS_Y * TILE_UNITS + UNIT_POS_X) as usize;
     let tile = TILE as usize;
-    let tk = TILE_K as usize;
+    let tk = s.tk as usize;
     #[unroll]
-    for q in 0..comptime!(TILE * TILE_K / (TILE_UNITS * TILE_UNITS)) {
+    for q in 0..comptime!(TILE * s.tk / (TILE_UNITS * TILE_UNITS)) {
         let l = unit + (q * TILE_UNITS * TILE_UNITS) as usize;
         let mut k = l / tile;
         let mut n = l % tile;
@@ -201,12 +204,17 @@ pub fn load_b_slice<FB: Float>(
 /// Accumulates the staged slices into this unit's register tile: acc[i, j] += Σ_k
 /// sa[k, y + 16·i]·sb[k, x + 16·j].
 #[cube]
-pub fn multiply_slice(sa: &SharedMemory<f32>, sb: &SharedMemory<f32>, acc: &mut Array<f32>) {
+pub fn multiply_slice(
+    sa: &SharedMemory<f32>,
+    sb: &SharedMemory<f32>,
+    acc: &mut Array<f32>,
+    #[comptime] tk: u32,
+) {
     let tx = UNIT_POS_X as usize;
     let ty = UNIT_POS_Y as usize;
-    // Not unrolled here: NVRTC unrolls a constant 16-step loop itself, and the printed sources
-    // stay readable.
-    for k in 0..TILE_K {
+    // Not unrolled here: NVRTC unrolls a constant-trip loop itself, and the printed sources stay
+    // readable.
+    for k in 0..tk {
         let base = (k as usize) * (PITCH as usize);
         let mut av = Array::<f32>::new(comptime!(MICRO as usize));
         let mut bv = Array::<f32>::new(comptime!(MICRO as usize));

@@ -50,6 +50,38 @@ pub struct Cost {
 }
 
 impl KernelSpec {
+    /// An example problem of `op` at a moderate size (a layer of a small transformer: 512–1024
+    /// wide, 256–1024 rows), f32, forward, the op's default pattern (Monarch: 1024 → 1024 in 4
+    /// blocks): what `sparsecube gen` and `sparsecube tune` use for the sizes and pattern
+    /// arguments not given on their command line.
+    pub fn example(op: OpKind) -> KernelSpec {
+        use crate::pattern::{MonarchShape, Pattern};
+        let dims: &[(&str, usize)] = match op {
+            OpKind::SptAttention => &[("B", 2), ("H", 4), ("L", 256), ("D", 64)],
+            OpKind::PqEncode => &[("N", 1024), ("D", 64)],
+            OpKind::RoutedFfn => &[("T", 512), ("d_model", 512), ("d_ff", 2048)],
+            OpKind::Monarch => &[("N", 512)],
+            OpKind::MonarchProject => &[],
+            OpKind::BlockDiagLinear => &[("N", 512), ("in", 1024), ("out", 1024)],
+            OpKind::SaraLinear | OpKind::PstLinear | OpKind::DenseLinear => {
+                &[("T", 512), ("in", 1024), ("out", 1024)]
+            }
+            OpKind::CbmHead => &[("B", 256), ("C", 512), ("K", 10)],
+        };
+        let mut b = KernelSpec::builder(op.name().replace('-', "_"), op);
+        if matches!(op, OpKind::Monarch | OpKind::MonarchProject) {
+            b = b.pattern(Pattern::Monarch(MonarchShape::square(1024, 4)));
+        }
+        for (n, v) in dims {
+            b = b.dim(n, *v);
+        }
+        // Every example verifies (tested); building it cannot fail.
+        match b.build() {
+            Ok(spec) => spec,
+            Err(e) => unreachable!("the example of {op} does not verify: {e}"),
+        }
+    }
+
     /// Starts a builder for `op` named `name`, with the op's default pattern, f32, forward.
     pub fn builder(name: impl Into<String>, op: OpKind) -> KernelSpecBuilder {
         KernelSpecBuilder {

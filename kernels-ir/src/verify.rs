@@ -324,6 +324,15 @@ fn check_schedule(spec: &KernelSpec, r: &mut Report<'_>) {
     r.check((1..=4).contains(&s.stages), f, || {
         format!("stages = {} must be between 1 and 4", s.stages)
     });
+    if crate::schedule::Knob::of(spec.op).contains(&crate::schedule::Knob::TileK) {
+        let ks = crate::schedule::Knob::TILE_K;
+        r.check(ks.contains(&s.tile_k), f, || {
+            format!(
+                "tile_k = {} is not a slice depth of {}'s tile mainloop; use one of {ks:?}",
+                s.tile_k, spec.op
+            )
+        });
+    }
     let threads = u64::from(s.tile_m) * u64::from(s.tile_n) / u64::from(s.vector.max(1));
     r.check(threads <= 65536, f, || {
         format!(

@@ -42,6 +42,10 @@ fn spill_budget(config: &str, dtype: DType, kernel: &str) -> u32 {
         (_, DType::F16 | DType::BF16, "pst_bwd_dx") => 8,
         // The straight-through epilogue recomputes W' and S per element of the tile in bf16.
         (_, DType::BF16, "pst_bwd_w") => 40,
+        // 16 blocks (the group search unrolled over 16 offsets), the GELU epilogue and the
+        // default 32-step slices: 8 B at 64 registers in f32 (tile_k = 16 has none; the tuner
+        // picks between them on the device).
+        ("routed_softmax_gelu_lora_f16", DType::F32, "routed_up") => 8,
         _ => 0,
     }
 }

@@ -13,3 +13,4 @@ mod kernels_routed;
 mod kernels_sara;
 mod kernels_spt;
 mod sources;
+mod tune;

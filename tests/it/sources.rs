@@ -2,8 +2,8 @@
 //! (generated without a device, so they run everywhere), and their stability.
 
 use kernels_ir::pattern::{
-    Activation, Cbm, GateMode, MonarchShape, Pattern, PqTopK, Pst, Routed, Router, Sara,
-    SaraSelect, Selector, TopK,
+    Activation, BlockDiagonal, Cbm, GateMode, MonarchShape, Pattern, PqTopK, Pst, Routed, Router,
+    Sara, SaraSelect, Selector, TopK,
 };
 use kernels_ir::{DType, KernelSpec, OpKind, Schedule};
 use sparsecube_codegen::emit::{Target, sources};
@@ -13,8 +13,11 @@ use sparsecube_codegen::emit::{Target, sources};
 /// the routed FFN's defaults (4 blocks, top 2, sigmoid, gate on the output, ReLU) and the other
 /// branches (16 blocks top 4, softmax, spt-lora, GELU, f16); the Sparse-CBM head keeping 16 of
 /// 512 concepts; the dense linear baseline (8192 rows, 1024 → 1024); SaRA keeping 10 % of a
-/// 1024 × 1024 weight; PST's defaults (90 % sparsity, ranks 8) on the same weight; Monarch at the bench's square shape (n 1024, 4 blocks, batch 8192) and a
-/// rectangular one (384 → 160 through 192, k 3, l 4, f16).
+/// 1024 × 1024 weight; PST's defaults (90 % sparsity, ranks 8) on the same weight; Monarch at
+/// the bench's square shape (n 1024, 4 blocks, batch 8192; the default and the 4-rows-per-cube
+/// schedule) and a rectangular one (384 → 160 through 192, k 3, l 4, f16); the block-diagonal
+/// map (4 blocks of 256 × 256); PQ encoding alone (D 64); the dense linear at tile_k = 16 (the
+/// other point of the tile mainloop's schedule space).
 pub(crate) fn canonical() -> Vec<(&'static str, KernelSpec)> {
     let b = |name: &str, d: usize, p: PqTopK, dtype, fused| {
         KernelSpec::builder(name, OpKind::SptAttention)
@@ -84,6 +87,35 @@ pub(crate) fn canonical() -> Vec<(&'static str, KernelSpec)> {
                 .build()
                 .unwrap(),
         ),
+        // The other point of the tile mainloop's schedule space (the autotuner's tile_k = 16).
+        (
+            "dense_linear_tk16_f32",
+            KernelSpec::builder("dense_linear_tk16", OpKind::DenseLinear)
+                .dims([("T", 8192), ("in", 1024), ("out", 1024)])
+                .pattern(Pattern::Dense)
+                .schedule(Schedule {
+                    tile_k: 16,
+                    ..Schedule::default()
+                })
+                .build()
+                .unwrap(),
+        ),
+        (
+            "block_diag_f32",
+            KernelSpec::builder("block_diag", OpKind::BlockDiagLinear)
+                .dims([("N", 8192), ("in", 1024), ("out", 1024)])
+                .pattern(Pattern::BlockDiagonal(BlockDiagonal { blocks: 4 }))
+                .build()
+                .unwrap(),
+        ),
+        (
+            "pq_encode_f32",
+            KernelSpec::builder("pq_encode", OpKind::PqEncode)
+                .dims([("N", 8192), ("D", 64)])
+                .pattern(Pattern::PqTopK(PqTopK::default()))
+                .build()
+                .unwrap(),
+        ),
         (
             "sara_ratio_f32",
             KernelSpec::builder("sara_ratio", OpKind::SaraLinear)
@@ -110,6 +142,23 @@ pub(crate) fn canonical() -> Vec<(&'static str, KernelSpec)> {
                 MonarchShape::square(1024, 4),
                 DType::F32,
             ),
+        ),
+        // Monarch's smallest rows-per-cube point of the schedule space.
+        (
+            "monarch_rows4_f32",
+            KernelSpec {
+                name: "monarch_rows4".into(),
+                schedule: Schedule {
+                    tile_m: 4,
+                    ..Schedule::default()
+                },
+                ..monarch(
+                    "monarch_rows4",
+                    8192,
+                    MonarchShape::square(1024, 4),
+                    DType::F32,
+                )
+            },
         ),
         (
             "monarch_rect_f16",
@@ -226,6 +275,10 @@ fn generated_sources_snapshots() {
                     "monarch_bwd_dw1",
                     "monarch_bwd_dw2",
                 ],
+                OpKind::PqEncode => vec!["pq_encode"],
+                OpKind::BlockDiagLinear => {
+                    vec!["block_diag_fwd", "block_diag_bwd_dx", "block_diag_bwd_dw"]
+                }
                 OpKind::CbmHead => vec![
                     "cbm_concepts",
                     "cbm_select",

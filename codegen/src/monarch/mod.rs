@@ -18,7 +18,7 @@ use kernels::{
     monarch_fwd,
 };
 use kernels_ir::pattern::Pattern;
-use kernels_ir::{KernelSpec, OpKind};
+use kernels_ir::{KernelSpec, Knob, OpKind};
 
 /// Most loop iterations one unit of the fused forward runs per phase. Past ~65 535 iterations
 /// per invocation llvmpipe (lavapipe) silently leaves a loop, so the rows per cube are chosen to
@@ -26,8 +26,6 @@ use kernels_ir::{KernelSpec, OpKind};
 const MAX_UNIT_ITERATIONS: u32 = 16_384;
 /// Shared memory of the fused forward's intermediate slice, at most (bytes).
 const MAX_SHARED_BYTES: u32 = 16 * 1024;
-/// Rows of x per cube of the fused forward, at most.
-const MAX_ROWS: u32 = 16;
 
 /// Problem sizes and the comptime config of one `monarch` spec.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -38,9 +36,10 @@ pub struct MonarchPlan {
     pub n: usize,
 }
 
-/// The rows per cube of the fused forward: the largest power of two up to [`MAX_ROWS`] whose
-/// per-unit loop lengths and shared slice fit the limits above (at least 1).
-fn rows_per_cube(p: u32, q: u32, r: u32, s: u32) -> u32 {
+/// The rows per cube of the fused forward: the largest power of two up to `tile_m` (the
+/// schedule's, at most [`Knob::MONARCH_MAX_ROWS`]) whose per-unit loop lengths and shared slice
+/// fit the limits above (at least 1).
+fn rows_per_cube(tile_m: u32, p: u32, q: u32, r: u32, s: u32) -> u32 {
     let _ = q;
     let fits = |rows: u32| {
         let phase1 = (rows * r).div_ceil(MONARCH_UNITS) * p;
@@ -49,7 +48,10 @@ fn rows_per_cube(p: u32, q: u32, r: u32, s: u32) -> u32 {
             && phase2 <= MAX_UNIT_ITERATIONS
             && rows * r * 4 <= MAX_SHARED_BYTES
     };
-    let mut rows = MAX_ROWS;
+    let mut rows = 1;
+    while rows * 2 <= tile_m.min(Knob::MONARCH_MAX_ROWS) {
+        rows *= 2;
+    }
     while rows > 1 && !fits(rows) {
         rows /= 2;
     }
@@ -81,7 +83,7 @@ impl MonarchPlan {
                 l,
                 s,
                 r,
-                rows: rows_per_cube(p, q, r, s),
+                rows: rows_per_cube(spec.schedule.tile_m, p, q, r, s),
             },
             n: spec.dim("N"),
         })

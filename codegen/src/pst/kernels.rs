@@ -13,7 +13,7 @@
 
 use crate::select::kernels::{key, selected};
 use crate::tile::{
-    MICRO, PITCH, TILE, TILE_K, TILE_UNITS, TileShape, load_a_slice, multiply_slice, store_tile,
+    MICRO, PITCH, TILE, TILE_UNITS, TileShape, load_a_slice, multiply_slice, store_tile,
     tile_product, zero_tile,
 };
 use cubecl::prelude::*;
@@ -29,6 +29,8 @@ pub struct PstConfig {
     pub rank: u32,
     /// Rank of A·B.
     pub mrank: u32,
+    /// Reduction steps per staged slice of the tile mainloop (the schedule's `tile_k`).
+    pub tk: u32,
 }
 
 /// (W'[o, i], S[o, i]) in f32.
@@ -161,19 +163,20 @@ pub fn pst_fwd<F: Float>(
         sn: cfg.n_in,
         gather_b: false,
         scale_b: false,
+        tk: cfg.tk,
     });
-    let mut sa = SharedMemory::<f32>::new(comptime!((TILE_K * PITCH) as usize));
-    let mut sb = SharedMemory::<f32>::new(comptime!((TILE_K * PITCH) as usize));
+    let mut sa = SharedMemory::<f32>::new(comptime!((cfg.tk * PITCH) as usize));
+    let mut sb = SharedMemory::<f32>::new(comptime!((cfg.tk * PITCH) as usize));
     let mut acc = zero_tile();
     let mut k0 = 0usize;
     while k0 < n_in {
         load_a_slice::<F>(&mut sa, x, state, r0, rows, k0, n_in, shape);
         // B[k = i, n = o] = (M ⊙ W')[o, i], read along i (contiguous in w, v and mb).
         #[unroll]
-        for q in 0..comptime!(TILE * TILE_K / (TILE_UNITS * TILE_UNITS)) {
+        for q in 0..comptime!(TILE * cfg.tk / (TILE_UNITS * TILE_UNITS)) {
             let l = unit + (q * TILE_UNITS * TILE_UNITS) as usize;
-            let k = l % (TILE_K as usize);
-            let n = l / (TILE_K as usize);
+            let k = l % (cfg.tk as usize);
+            let n = l / (cfg.tk as usize);
             let mut value = 0.0f32;
             if k0 + k < n_in && n0 + n < n_out {
                 value =
@@ -182,9 +185,9 @@ pub fn pst_fwd<F: Float>(
             sb[k * (PITCH as usize) + n] = value;
         }
         sync_cube();
-        multiply_slice(&sa, &sb, &mut acc);
+        multiply_slice(&sa, &sb, &mut acc, cfg.tk);
         sync_cube();
-        k0 += TILE_K as usize;
+        k0 += cfg.tk as usize;
     }
     let mut out = Array::<f32>::new(comptime!((MICRO * MICRO) as usize));
     #[unroll]
@@ -234,16 +237,17 @@ pub fn pst_bwd_dx<F: Float>(
         sn: 1,
         gather_b: false,
         scale_b: false,
+        tk: cfg.tk,
     });
-    let mut sa = SharedMemory::<f32>::new(comptime!((TILE_K * PITCH) as usize));
-    let mut sb = SharedMemory::<f32>::new(comptime!((TILE_K * PITCH) as usize));
+    let mut sa = SharedMemory::<f32>::new(comptime!((cfg.tk * PITCH) as usize));
+    let mut sb = SharedMemory::<f32>::new(comptime!((cfg.tk * PITCH) as usize));
     let mut acc = zero_tile();
     let mut k0 = 0usize;
     while k0 < n_out {
         load_a_slice::<F>(&mut sa, dy, state, r0, rows, k0, n_out, shape);
         // B[k = o, n = i] = (M ⊙ W')[o, i], read along i.
         #[unroll]
-        for q in 0..comptime!(TILE * TILE_K / (TILE_UNITS * TILE_UNITS)) {
+        for q in 0..comptime!(TILE * cfg.tk / (TILE_UNITS * TILE_UNITS)) {
             let l = unit + (q * TILE_UNITS * TILE_UNITS) as usize;
             let k = l / (TILE as usize);
             let n = l % (TILE as usize);
@@ -255,9 +259,9 @@ pub fn pst_bwd_dx<F: Float>(
             sb[k * (PITCH as usize) + n] = value;
         }
         sync_cube();
-        multiply_slice(&sa, &sb, &mut acc);
+        multiply_slice(&sa, &sb, &mut acc, cfg.tk);
         sync_cube();
-        k0 += TILE_K as usize;
+        k0 += cfg.tk as usize;
     }
     store_tile::<F>(dx, &acc, r0, rows, n0, 0, cfg.n_in, cfg.n_in);
 }
@@ -297,6 +301,7 @@ pub fn pst_bwd_w<F: Float>(
         sn: 1,
         gather_b: false,
         scale_b: false,
+        tk: cfg.tk,
     });
     let acc = tile_product::<F, F>(dy, x, state, coef, r0, n_out, n0, 0, 0, rows, shape);
     #[unroll]

@@ -47,6 +47,7 @@ impl PstPlan {
                 n_out: spec.dim("out") as u32,
                 rank: p.rank as u32,
                 mrank: p.mask_rank as u32,
+                tk: spec.schedule.tile_k,
             },
             t: spec.dim("T"),
             sparsity: p.sparsity,
@@ -316,7 +317,7 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
         arr(&dmc, i),
         plan.cfg,
     );
-    let dbias = dense::backward_dbias::<R, F>(client, &LinearPlan::new(t, i, o), dy);
+    let dbias = dense::backward_dbias::<R, F>(client, &LinearPlan::new(t, i, o, plan.cfg.tk), dy);
     PstGrads {
         dx,
         dbias,

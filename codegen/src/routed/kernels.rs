@@ -40,6 +40,8 @@ pub struct RoutedConfig {
     pub gate: u32,
     /// Exact-erf GELU (else ReLU).
     pub gelu: bool,
+    /// Reduction steps per staged slice of the tile mainloop (the schedule's `tile_k`).
+    pub tk: u32,
 }
 
 /// The activation.
@@ -304,6 +306,7 @@ pub fn routed_up<F: Float>(
             sn: cfg.dm,
             gather_b: false,
             scale_b: false,
+            tk: cfg.tk,
         });
         let acc = tile_product::<F, F>(
             x,
@@ -369,6 +372,7 @@ pub fn routed_down<F: Float>(
             sn: cfg.bs * cfg.blocks,
             gather_b: false,
             scale_b: false,
+            tk: cfg.tk,
         });
         let acc = tile_product::<f32, F>(
             h,
@@ -458,6 +462,7 @@ pub fn routed_bwd_hidden<F: Float>(
             sn: 1,
             gather_b: false,
             scale_b: false,
+            tk: cfg.tk,
         });
         let acc = tile_product::<F, F>(
             dy,
@@ -577,6 +582,7 @@ pub fn routed_bwd_dx<F: Float>(
             sn: 1,
             gather_b: false,
             scale_b: false,
+            tk: cfg.tk,
         });
         let acc = tile_product::<f32, F>(
             dpre,
@@ -649,6 +655,7 @@ pub fn routed_bwd_w1<F: Float>(
         sn: 1,
         gather_b: true,
         scale_b: false,
+        tk: cfg.tk,
     });
     let acc = tile_product::<f32, F>(
         dpre,
@@ -712,6 +719,7 @@ pub fn routed_bwd_w2<F: Float>(
         sn: 1,
         gather_b: false,
         scale_b: true,
+        tk: cfg.tk,
     });
     let acc = tile_product::<F, f32>(
         dy,

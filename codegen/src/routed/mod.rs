@@ -69,6 +69,7 @@ impl RoutedPlan {
                     GateMode::SptLora => 2,
                 },
                 gelu: r.act == Activation::Gelu,
+                tk: spec.schedule.tile_k,
             },
             t: spec.dim("T"),
             gate_scale: r.gate_scale as f32,

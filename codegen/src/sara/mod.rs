@@ -27,6 +27,8 @@ pub struct SaraPlan {
     pub n_out: usize,
     /// Mask rule.
     pub select: SaraSelect,
+    /// The schedule's `tile_k` (the dense products' slice depth).
+    pub tile_k: u32,
 }
 
 impl SaraPlan {
@@ -44,12 +46,13 @@ impl SaraPlan {
             n_in: spec.dim("in"),
             n_out: spec.dim("out"),
             select: s.select,
+            tile_k: spec.schedule.tile_k,
         })
     }
 
     /// The dense linear the forward and dx run on.
     pub fn linear(&self) -> LinearPlan {
-        LinearPlan::new(self.t, self.n_in, self.n_out)
+        LinearPlan::new(self.t, self.n_in, self.n_out, self.tile_k)
     }
 
     /// Weights of the layer, `out·in`.

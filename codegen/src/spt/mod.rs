@@ -114,6 +114,66 @@ impl SptPlan {
     }
 }
 
+/// One `pq-encode` spec: the codes of N rows of width D against a codebook [S, E, d_c] (the
+/// encoding kernel of the attention chain, on its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncodePlan {
+    /// Comptime config (`d`, `s`, `e`, `dc` are read; the attention fields are unused).
+    pub cfg: SptConfig,
+    /// Rows.
+    pub n: usize,
+}
+
+impl EncodePlan {
+    /// Lowers a verified `pq-encode` spec.
+    pub fn from_spec(spec: &KernelSpec) -> Result<Self, LowerError> {
+        spec.verify()?;
+        let (Pattern::PqTopK(p), OpKind::PqEncode) = (spec.pattern, spec.op) else {
+            return Err(LowerError::Unsupported {
+                op: spec.op,
+                what: "this lowering (it is pq-encode's)".into(),
+            });
+        };
+        let d = spec.dim("D");
+        Ok(Self {
+            cfg: SptConfig {
+                d: d as u32,
+                s: (d / p.sub_dim) as u32,
+                e: p.codewords as u32,
+                dc: p.sub_dim as u32,
+                topk: 0,
+                causal: false,
+                clamp: false,
+                adc: false,
+            },
+            n: spec.dim("N"),
+        })
+    }
+}
+
+/// Codes [N, S] (u32) of the rows of `x` [N, D].
+pub fn encode<R: Runtime, F: Float + CubeElement>(
+    client: &ComputeClient<R>,
+    plan: &EncodePlan,
+    x: &Handle,
+    codebook: &Handle,
+) -> Handle {
+    let c = plan.cfg;
+    let (s, cb_len) = (c.s as usize, (c.s * c.e * c.dc) as usize);
+    let codes = client.empty(plan.n * s * 4);
+    let (count, dim) = grid(client, plan.n * s);
+    pq_encode::launch::<F, R>(
+        client,
+        count,
+        dim,
+        arr(x, plan.n * c.d as usize),
+        arr(codebook, cb_len),
+        arr(&codes, plan.n * s),
+        c,
+    );
+    codes
+}
+
 /// Handles written by [`forward`].
 #[derive(Clone, Debug)]
 pub struct SptForward {

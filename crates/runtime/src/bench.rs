@@ -13,6 +13,7 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 use kernels_ir::reference::rng::SplitMix64;
 use kernels_ir::{DType, KernelSpec, OpKind};
+use sparsecube_codegen::cbm;
 use sparsecube_codegen::dense::{self as linear, LinearPlan};
 use sparsecube_codegen::monarch::{self, MonarchPlan};
 use sparsecube_codegen::pst::{self, PstPlan};
@@ -365,7 +366,7 @@ fn linear_on<R: Runtime, F: crate::execute::HostFloat>(
             )
         }
         Linear::Dense => {
-            let dense = LinearPlan::new(n, n_in, n_out);
+            let dense = LinearPlan::new(n, n_in, n_out, kernels_ir::Schedule::default().tile_k);
             let w = upload(n_out * n_in, fan(n_in));
             let bias = upload(n_out, 0.1);
             timed(client, kind, warmup, repeats, 0, 0, || {
@@ -374,6 +375,126 @@ fn linear_on<R: Runtime, F: crate::execute::HostFloat>(
                 (y, grads)
             })
         }
+    }
+}
+
+/// Times the dense linear of `spec` (a `dense-linear` spec: x [T, in] · wᵀ + bias, then dx, dw
+/// and dbias) with its schedule's `tile_k`, on N(0, 1/fan-in) weights from `seed`.
+pub fn dense_linear(
+    device: &Device,
+    spec: &KernelSpec,
+    warmup: usize,
+    repeats: usize,
+    seed: u64,
+) -> Result<Measured, RuntimeError> {
+    if spec.op != OpKind::DenseLinear {
+        return Err(sparsecube_codegen::LowerError::Unsupported {
+            op: spec.op,
+            what: "the dense linear bench (it times dense-linear)".into(),
+        }
+        .into());
+    }
+    spec.verify()?;
+    let args = (spec, warmup, repeats, seed);
+    on_device!(device, spec.dtype, dense_linear_on, args)
+}
+
+fn dense_linear_on<R: Runtime, F: crate::execute::HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    (spec, warmup, repeats, seed): (&KernelSpec, usize, usize, u64),
+) -> Result<Measured, RuntimeError> {
+    crate::execute::ensure_storable::<R, F>(client, kind, spec.dtype)?;
+    let plan = LinearPlan::from_spec(spec);
+    let (n, n_in, n_out) = (plan.n, plan.cfg.n_in as usize, plan.cfg.n_out as usize);
+    let mut rng = SplitMix64::new(seed);
+    let mut upload = |len: usize, std: f64| -> Handle {
+        let v: Vec<F> = (0..len).map(|_| F::from_f64(std * rng.normal())).collect();
+        client.create_from_slice(F::as_bytes(&v))
+    };
+    let x = upload(n * n_in, 1.0);
+    let dy = upload(n * n_out, 1.0);
+    let w = upload(n_out * n_in, 1.0 / (n_in as f64).sqrt());
+    let bias = upload(n_out, 0.1);
+    timed(client, kind, warmup, repeats, 0, 0, || {
+        let y = linear::forward::<R, F>(client, &plan, &x, &w, &bias);
+        let grads = linear::backward::<R, F>(client, &plan, &x, &w, &dy);
+        (y, grads)
+    })
+}
+
+/// Times the Sparse-CBM head of `spec` (a `cbm-head` spec; `topk = 0` is the dense head, every
+/// concept kept), forward + backward (dx, dwc, dwh), without Gumbel noise, on N(0, 1/fan-in)
+/// weights from `seed`.
+pub fn cbm_head(
+    device: &Device,
+    spec: &KernelSpec,
+    warmup: usize,
+    repeats: usize,
+    seed: u64,
+) -> Result<Measured, RuntimeError> {
+    if spec.op != OpKind::CbmHead {
+        return Err(sparsecube_codegen::LowerError::Unsupported {
+            op: spec.op,
+            what: "the CBM bench (it times cbm-head)".into(),
+        }
+        .into());
+    }
+    let args = (spec, warmup, repeats, seed);
+    on_device!(device, spec.dtype, cbm_on, args)
+}
+
+fn cbm_on<R: Runtime, F: crate::execute::HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    (spec, warmup, repeats, seed): (&KernelSpec, usize, usize, u64),
+) -> Result<Measured, RuntimeError> {
+    let plan = cbm::CbmPlan::from_spec(spec, false)?;
+    crate::execute::ensure_storable::<R, F>(client, kind, spec.dtype)?;
+    let (b, c, k) = (plan.b, plan.cfg.c as usize, plan.cfg.k as usize);
+    let mut rng = SplitMix64::new(seed);
+    let mut upload = |len: usize, std: f64| -> Handle {
+        let v: Vec<F> = (0..len.max(1))
+            .map(|_| F::from_f64(std * rng.normal()))
+            .collect();
+        client.create_from_slice(F::as_bytes(&v))
+    };
+    let fan = 1.0 / (c as f64).sqrt();
+    let x = upload(b * c, 1.0);
+    let wc = upload(c * c, fan);
+    let wh = upload(k * c, fan);
+    let dlogits = upload(b * k, 1.0);
+    let noise = upload(1, 0.0);
+    timed(client, kind, warmup, repeats, 0, 0, || {
+        let saved = cbm::forward::<R, F>(client, &plan, &x, &wc, &wh, &noise);
+        let grads = cbm::backward::<R, F>(client, &plan, &x, &wc, &wh, &saved, &dlogits);
+        (saved, grads)
+    })
+}
+
+/// Times one training step (forward + backward) of our kernels for `spec` with its schedule:
+/// what the autotuner measures per candidate. SPT attention, the routed FFN, Monarch, SaRA, PST,
+/// the CBM head and the dense linear have kernels to time; other ops are an error.
+pub fn step(
+    device: &Device,
+    spec: &KernelSpec,
+    warmup: usize,
+    repeats: usize,
+    seed: u64,
+) -> Result<Measured, RuntimeError> {
+    match spec.op {
+        OpKind::SptAttention => attention(device, spec, Attention::Sparse, warmup, repeats, seed),
+        OpKind::RoutedFfn => routed_ffn(device, spec, warmup, repeats, seed),
+        OpKind::Monarch => linear(device, spec, Linear::Monarch, warmup, repeats, seed),
+        OpKind::SaraLinear => sara_step(device, spec, SaraStep::Sparse, warmup, repeats, seed),
+        OpKind::PstLinear => pst_step(device, spec, PstStep::Masked, warmup, repeats, seed),
+        OpKind::DenseLinear => dense_linear(device, spec, warmup, repeats, seed),
+        OpKind::CbmHead => cbm_head(device, spec, warmup, repeats, seed),
+        op => Err(sparsecube_codegen::LowerError::Unsupported {
+            op,
+            what: "a timed step (no bench for this op)".into(),
+        }
+        .into()),
     }
 }
 
@@ -448,7 +569,7 @@ fn backward_allocation_on<R: Runtime>(
             Ok(after.saturating_sub(before))
         }
         Backward::Dense => {
-            let plan = LinearPlan::new(t, n_in, n_out);
+            let plan = LinearPlan::new(t, n_in, n_out, kernels_ir::Schedule::default().tile_k);
             let before = in_use()?;
             let grads = linear::backward::<R, f32>(client, &plan, &x, &w, &dy);
             let after = in_use()?;
@@ -592,7 +713,7 @@ fn pst_on<R: Runtime, F: crate::execute::HostFloat>(
             (m, y, g)
         }),
         PstStep::Dense => {
-            let lin = LinearPlan::new(t, n_in, n_out);
+            let lin = LinearPlan::new(t, n_in, n_out, plan.cfg.tk);
             timed(client, kind, warmup, repeats, 0, 0, || {
                 let y = linear::forward::<R, F>(client, &lin, &x, &f.w, &bias);
                 let g = linear::backward::<R, F>(client, &lin, &x, &f.w, &dy);

@@ -6,7 +6,7 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 use kernels_ir::reference::{self, IndexTensor, ReferenceError, Tensor, TensorMap, Value};
 use kernels_ir::{DType, Direction, KernelSpec, OpKind};
-use sparsecube_codegen::{LowerError, cbm, dense, monarch, pst, routed, sara, spt};
+use sparsecube_codegen::{LowerError, blockdiag, cbm, dense, monarch, pst, routed, sara, spt};
 
 /// Runs `spec` on `inputs` on `device` and returns the outputs its signature names.
 pub fn run(
@@ -14,6 +14,7 @@ pub fn run(
     spec: &KernelSpec,
     inputs: &TensorMap,
 ) -> Result<TensorMap, RuntimeError> {
+    let spec = &crate::tune::resolve(device, spec);
     match device {
         Device::Reference => Ok(reference::run(spec, inputs)?),
         Device::Wgpu(client) => on_device(client, "wgpu", spec, inputs),
@@ -64,75 +65,36 @@ fn on_device<R: Runtime>(
     let native_bf16 = client
         .properties()
         .supports_type(half::bf16::as_type_native_unchecked());
-    match (spec.op, spec.dtype) {
-        (OpKind::SptAttention, DType::F32) => spt_attention::<R, f32>(client, kind, spec, inputs),
-        (OpKind::SptAttention, DType::F16) => {
-            spt_attention::<R, half::f16>(client, kind, spec, inputs)
-        }
-        (OpKind::SptAttention, DType::BF16) if native_bf16 => {
-            spt_attention::<R, half::bf16>(client, kind, spec, inputs)
-        }
-        (OpKind::SptAttention, DType::BF16) => bf16_as_f32(inputs, |ins| {
-            spt_attention::<R, f32>(client, kind, spec, ins)
-        }),
-        (OpKind::RoutedFfn, DType::F32) => routed_ffn::<R, f32>(client, kind, spec, inputs),
-        (OpKind::RoutedFfn, DType::F16) => routed_ffn::<R, half::f16>(client, kind, spec, inputs),
-        (OpKind::RoutedFfn, DType::BF16) if native_bf16 => {
-            routed_ffn::<R, half::bf16>(client, kind, spec, inputs)
-        }
-        (OpKind::RoutedFfn, DType::BF16) => {
-            bf16_as_f32(inputs, |ins| routed_ffn::<R, f32>(client, kind, spec, ins))
-        }
-        (OpKind::CbmHead, DType::F32) => cbm_head::<R, f32>(client, kind, spec, inputs),
-        (OpKind::CbmHead, DType::F16) => cbm_head::<R, half::f16>(client, kind, spec, inputs),
-        (OpKind::CbmHead, DType::BF16) if native_bf16 => {
-            cbm_head::<R, half::bf16>(client, kind, spec, inputs)
-        }
-        (OpKind::CbmHead, DType::BF16) => {
-            bf16_as_f32(inputs, |ins| cbm_head::<R, f32>(client, kind, spec, ins))
-        }
-        (OpKind::DenseLinear, DType::F32) => dense_linear::<R, f32>(client, kind, spec, inputs),
-        (OpKind::DenseLinear, DType::F16) => {
-            dense_linear::<R, half::f16>(client, kind, spec, inputs)
-        }
-        (OpKind::DenseLinear, DType::BF16) if native_bf16 => {
-            dense_linear::<R, half::bf16>(client, kind, spec, inputs)
-        }
-        (OpKind::DenseLinear, DType::BF16) => bf16_as_f32(inputs, |ins| {
-            dense_linear::<R, f32>(client, kind, spec, ins)
-        }),
-        (OpKind::SaraLinear, DType::F32) => sara_linear::<R, f32>(client, kind, spec, inputs),
-        (OpKind::SaraLinear, DType::F16) => sara_linear::<R, half::f16>(client, kind, spec, inputs),
-        (OpKind::SaraLinear, DType::BF16) if native_bf16 => {
-            sara_linear::<R, half::bf16>(client, kind, spec, inputs)
-        }
-        (OpKind::SaraLinear, DType::BF16) => {
-            bf16_as_f32(inputs, |ins| sara_linear::<R, f32>(client, kind, spec, ins))
-        }
-        (OpKind::PstLinear, DType::F32) => pst_linear::<R, f32>(client, kind, spec, inputs),
-        (OpKind::PstLinear, DType::F16) => pst_linear::<R, half::f16>(client, kind, spec, inputs),
-        (OpKind::PstLinear, DType::BF16) if native_bf16 => {
-            pst_linear::<R, half::bf16>(client, kind, spec, inputs)
-        }
-        (OpKind::PstLinear, DType::BF16) => {
-            bf16_as_f32(inputs, |ins| pst_linear::<R, f32>(client, kind, spec, ins))
-        }
+    // `$op::<R, F>` for the spec's storage dtype; bf16 where the adapter cannot store it is held
+    // as f32 (see `bf16_as_f32`).
+    macro_rules! per_dtype {
+        ($op:ident) => {
+            match spec.dtype {
+                DType::F32 => $op::<R, f32>(client, kind, spec, inputs),
+                DType::F16 => $op::<R, half::f16>(client, kind, spec, inputs),
+                DType::BF16 if native_bf16 => $op::<R, half::bf16>(client, kind, spec, inputs),
+                DType::BF16 => bf16_as_f32(inputs, |ins| $op::<R, f32>(client, kind, spec, ins)),
+                DType::I64 => Err(LowerError::Unsupported {
+                    op: spec.op,
+                    what: "i64 storage".into(),
+                }
+                .into()),
+            }
+        };
+    }
+    match spec.op {
+        OpKind::SptAttention => per_dtype!(spt_attention),
+        OpKind::PqEncode => per_dtype!(pq_encode),
+        OpKind::RoutedFfn => per_dtype!(routed_ffn),
+        OpKind::CbmHead => per_dtype!(cbm_head),
+        OpKind::DenseLinear => per_dtype!(dense_linear),
+        OpKind::SaraLinear => per_dtype!(sara_linear),
+        OpKind::PstLinear => per_dtype!(pst_linear),
+        OpKind::Monarch => per_dtype!(monarch_op),
+        OpKind::BlockDiagLinear => per_dtype!(block_diag_linear),
         // The projection is a truncated SVD per sub-block, a one-time conversion: it runs on the
         // host in f64 (reference quality, METHODS.md §3) whichever device is asked for.
-        (OpKind::MonarchProject, _) => Ok(reference::run(spec, inputs)?),
-        (OpKind::Monarch, DType::F32) => monarch_op::<R, f32>(client, kind, spec, inputs),
-        (OpKind::Monarch, DType::F16) => monarch_op::<R, half::f16>(client, kind, spec, inputs),
-        (OpKind::Monarch, DType::BF16) if native_bf16 => {
-            monarch_op::<R, half::bf16>(client, kind, spec, inputs)
-        }
-        (OpKind::Monarch, DType::BF16) => {
-            bf16_as_f32(inputs, |ins| monarch_op::<R, f32>(client, kind, spec, ins))
-        }
-        (op, _) => Err(LowerError::Unsupported {
-            op,
-            what: format!("the {kind} device"),
-        }
-        .into()),
+        OpKind::MonarchProject => Ok(reference::run(spec, inputs)?),
     }
 }
 
@@ -364,7 +326,7 @@ fn dense_linear<R: Runtime, F: HostFloat>(
     spec.verify()?;
     ensure_storable::<R, F>(client, kind, spec.dtype)?;
     let (n, n_in, n_out) = (spec.dim("T"), spec.dim("in"), spec.dim("out"));
-    let plan = dense::LinearPlan::new(n, n_in, n_out);
+    let plan = dense::LinearPlan::new(n, n_in, n_out, spec.schedule.tile_k);
     let [x, w, bias] = ["x", "w", "bias"].map(|n| upload::<R, F>(client, tensor(inputs, n)));
     let mut out = TensorMap::new();
     match spec.direction {
@@ -586,6 +548,66 @@ fn monarch_op<R: Runtime, F: HostFloat>(
             "y".into(),
             Value::F(download::<R, F>(client, kind, saved.y, vec![n, n_out])?),
         );
+    }
+    Ok(out)
+}
+
+fn pq_encode<R: Runtime, F: HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    spec: &KernelSpec,
+    inputs: &TensorMap,
+) -> Result<TensorMap, RuntimeError> {
+    let plan = spt::EncodePlan::from_spec(spec)?;
+    ensure_storable::<R, F>(client, kind, spec.dtype)?;
+    let [x, codebook] = ["x", "codebook"].map(|n| upload::<R, F>(client, tensor(inputs, n)));
+    let codes = spt::encode::<R, F>(client, &plan, &x, &codebook);
+    sync(client, kind)?;
+    let mut out = TensorMap::new();
+    out.insert(
+        "codes".into(),
+        Value::I(download_indices(
+            client,
+            kind,
+            codes,
+            vec![plan.n, plan.cfg.s as usize],
+        )?),
+    );
+    Ok(out)
+}
+
+fn block_diag_linear<R: Runtime, F: HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    spec: &KernelSpec,
+    inputs: &TensorMap,
+) -> Result<TensorMap, RuntimeError> {
+    let plan = blockdiag::BlockDiagPlan::from_spec(spec)?;
+    ensure_storable::<R, F>(client, kind, spec.dtype)?;
+    let [x, w] = ["x", "w"].map(|n| upload::<R, F>(client, tensor(inputs, n)));
+    let (n, n_in, n_out) = plan.sizes();
+    let mut out = TensorMap::new();
+    match spec.direction {
+        Direction::Forward => {
+            let y = blockdiag::forward::<R, F>(client, &plan, &x, &w);
+            sync(client, kind)?;
+            out.insert(
+                "y".into(),
+                Value::F(download::<R, F>(client, kind, y, vec![n, n_out])?),
+            );
+        }
+        Direction::Backward => {
+            let dy = upload::<R, F>(client, tensor(inputs, "dy"));
+            let (dx, dw) = blockdiag::backward::<R, F>(client, &plan, &x, &w, &dy);
+            sync(client, kind)?;
+            let w_shape = tensor(inputs, "w").shape.clone();
+            for (name, h, shape) in [("dx", dx, vec![n, n_in]), ("dw", dw, w_shape)] {
+                out.insert(
+                    name.into(),
+                    Value::F(download::<R, F>(client, kind, h, shape)?),
+                );
+            }
+        }
     }
     Ok(out)
 }

@@ -11,6 +11,7 @@ pub mod bench;
 mod execute;
 pub mod optim;
 pub mod selftest;
+pub mod tune;
 
 use cubecl::cuda::{CudaDevice, CudaRuntime};
 use cubecl::prelude::*;
@@ -147,13 +148,26 @@ pub fn cuda() -> Result<Device, RuntimeError> {
     }
 }
 
+/// The wgpu adapter's (name, driver and driver info, backend) once it is opened.
+static WGPU_ADAPTER: OnceLock<(String, String)> = OnceLock::new();
+
 /// Opens the default wgpu adapter (a discrete or integrated GPU, else a software one).
 pub fn wgpu() -> Result<Device, RuntimeError> {
     static CLIENT: OnceLock<Result<ComputeClient<WgpuRuntime>, String>> = OnceLock::new();
     let result = CLIENT.get_or_init(|| {
         quietly(|| {
+            // The same setup `WgpuRuntime::client` makes on first use, done here to keep the
+            // adapter's name and driver (the tuning cache's key).
+            let setup = cubecl::wgpu::init_setup::<cubecl::wgpu::AutoGraphicsApi>(
+                &WgpuDevice::DefaultDevice,
+                cubecl::wgpu::RuntimeOptions::default(),
+            );
+            let info = setup.adapter.get_info();
+            let _ = WGPU_ADAPTER.set((
+                info.name.clone(),
+                format!("{} {} ({:?})", info.driver, info.driver_info, info.backend),
+            ));
             let client = WgpuRuntime::client(&WgpuDevice::DefaultDevice);
-            // Force adapter selection now rather than at the first launch.
             let _ = client.properties();
             client
         })
@@ -175,6 +189,54 @@ pub fn open(kind: Option<DeviceKind>) -> Result<Device, RuntimeError> {
         Some(DeviceKind::Wgpu) => wgpu(),
         Some(DeviceKind::Reference) => Ok(Device::Reference),
         None => Ok(cuda().or_else(|_| wgpu()).unwrap_or(Device::Reference)),
+    }
+}
+
+/// CUDA device 0's name and the driver's version, through the driver API (libcuda is loaded and
+/// initialised by then: only called on an opened CUDA device).
+#[allow(unsafe_code)]
+fn cuda_name_and_driver() -> Option<(String, String)> {
+    type GetName = unsafe extern "C" fn(*mut std::ffi::c_char, i32, i32) -> i32;
+    type GetVersion = unsafe extern "C" fn(*mut i32) -> i32;
+    // SAFETY: the signatures are the CUDA driver API's `cuDeviceGetName(char*, int, CUdevice)`
+    // and `cuDriverGetVersion(int*)`; the buffer outlives the call and its length is passed;
+    // both return CUDA_SUCCESS (0) or an error code, checked before the outputs are read.
+    unsafe {
+        let lib = libloading::Library::new("libcuda.so.1").ok()?;
+        let get_name: libloading::Symbol<GetName> = lib.get(b"cuDeviceGetName\0").ok()?;
+        let get_version: libloading::Symbol<GetVersion> = lib.get(b"cuDriverGetVersion\0").ok()?;
+        let mut buf = [0 as std::ffi::c_char; 256];
+        if get_name(buf.as_mut_ptr(), buf.len() as i32, 0) != 0 {
+            return None;
+        }
+        let name = std::ffi::CStr::from_ptr(buf.as_ptr())
+            .to_string_lossy()
+            .into_owned();
+        let mut version = 0i32;
+        if get_version(&mut version) != 0 {
+            return None;
+        }
+        Some((
+            name,
+            format!("CUDA driver {}.{}", version / 1000, (version % 1000) / 10),
+        ))
+    }
+}
+
+/// The name and driver of an opened device (what the tuning cache is keyed by).
+pub fn device_name_and_driver(device: &Device) -> (String, String) {
+    match device {
+        Device::Cuda(_) => cuda_name_and_driver().unwrap_or_else(|| {
+            (
+                "CUDA device 0".into(),
+                "CUDA driver (version unknown)".into(),
+            )
+        }),
+        Device::Wgpu(_) => WGPU_ADAPTER
+            .get()
+            .cloned()
+            .unwrap_or_else(|| ("wgpu default adapter".into(), "unknown driver".into())),
+        Device::Reference => ("reference".into(), "host".into()),
     }
 }
 

@@ -141,6 +141,7 @@ fn remask_on<R: Runtime>(
         n_in: shape[1],
         n_out: shape[0],
         select,
+        tile_k: kernels_ir::Schedule::default().tile_k,
     };
     let w = up_f(w_eff);
     let (index, nnz) = sara::mask::<R, f32>(client, &plan, &w).map_err(device)?;

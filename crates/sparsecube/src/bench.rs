@@ -1,4 +1,7 @@
-//! `sparsecube bench`: the benchmark suites, on one device, as a table or JSON.
+//! `sparsecube bench`: the benchmark suites, on one device, as a table or JSON, with the ratio
+//! of each of our kernels to its dense baseline measured in the same run.
+//!
+//! The `all` suite holds one workload per op that has kernels and a dense counterpart.
 //!
 //! The `paper` suite holds the shapes of the published settings (the SPT paper's layer: d_model
 //! 2048, 32 heads, d_ff 8192, sequence 512, batch 16) for every workload that
@@ -7,7 +10,7 @@
 //! listed with that status, so the table shows the gap instead of hiding it.
 
 use anyhow::{Result, bail};
-use kernels_ir::pattern::{GateMode, MonarchShape, Pattern, PqTopK, Pst, Routed, Sara, TopK};
+use kernels_ir::pattern::{Cbm, GateMode, MonarchShape, Pattern, PqTopK, Pst, Routed, Sara, TopK};
 use kernels_ir::{DType, KernelSpec, OpKind};
 use serde_json::{Value as Json, json};
 use sparsecube_runtime::Device;
@@ -16,10 +19,131 @@ use sparsecube_runtime::bench::{self, Attention, Linear, Measured, PstStep, Sara
 /// Problem sizes of a suite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scale {
+    /// `full` on CUDA, `small` on other devices.
+    Auto,
     /// The published shapes (needs a GPU).
     Full,
-    /// Small shapes with the same structure, for CPU adapters and CI.
+    /// Layer-sized shapes a CPU adapter (lavapipe) times in seconds per step.
+    Small,
+    /// The smallest shapes with the same structure, for CI.
     Tiny,
+}
+
+impl Scale {
+    /// `Auto` made concrete for `device` (`full` without one: what `--list` shows).
+    pub fn on(self, device: Option<&Device>) -> Scale {
+        match (self, device) {
+            (Scale::Auto, Some(Device::Cuda(_)) | None) => Scale::Full,
+            (Scale::Auto, Some(_)) => Scale::Small,
+            (s, _) => s,
+        }
+    }
+}
+
+/// A benchmark suite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Suite {
+    /// One workload per op with kernels and a dense counterpart.
+    All,
+    /// The published settings, joined with the PyTorch baselines by `scripts/device-check.sh`.
+    Paper,
+}
+
+impl Suite {
+    /// The suite called `name`.
+    pub fn from_name(name: &str) -> Result<Suite> {
+        match name {
+            "all" => Ok(Suite::All),
+            "paper" => Ok(Suite::Paper),
+            _ => bail!("unknown suite `{name}`: the suites are `all` and `paper`"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Suite::All => "all",
+            Suite::Paper => "paper",
+        }
+    }
+
+    fn workloads(self, scale: Scale) -> Vec<Workload> {
+        match self {
+            Suite::All => all(scale),
+            Suite::Paper => paper(scale),
+        }
+    }
+}
+
+/// Which workloads of a suite run.
+pub struct Filter<'a> {
+    /// Only this op's.
+    pub op: Option<OpKind>,
+    /// Only those whose id contains this text.
+    pub workload: Option<&'a str>,
+}
+
+/// The op a workload kind times.
+fn op_of(kind: &str) -> Option<OpKind> {
+    Some(match kind {
+        "attention" => OpKind::SptAttention,
+        "ffn" => OpKind::RoutedFfn,
+        "monarch" => OpKind::Monarch,
+        "sara-linear" => OpKind::SaraLinear,
+        "pst-linear" => OpKind::PstLinear,
+        "cbm-head" => OpKind::CbmHead,
+        _ => return None,
+    })
+}
+
+/// The `all` suite at `scale`: one f32 workload per op with kernels and a dense counterpart.
+pub fn all(scale: Scale) -> Vec<Workload> {
+    use DType::F32;
+    // (B, H, L, D), (T, d_model, d_ff), (rows, n) of the linears, (B, C, K, topk) of the CBM.
+    let ((b, h, l, d), (t, dm, dff), (rows, n), (cb, cc, ck, ctop)) = match scale {
+        Scale::Full | Scale::Auto => (
+            (16, 32, 512, 64),
+            (8192, 2048, 8192),
+            (8192, 2048),
+            (4096, 2048, 1000, 32),
+        ),
+        Scale::Small => (
+            (1, 4, 256, 64),
+            (512, 256, 1024),
+            (512, 512),
+            (256, 512, 10, 32),
+        ),
+        Scale::Tiny => ((1, 2, 64, 32), (64, 64, 256), (64, 64), (16, 64, 4, 8)),
+    };
+    vec![
+        workload(
+            "attention",
+            &[("B", b), ("H", h), ("L", l), ("D", d), ("topk", l / 8)],
+            F32,
+        ),
+        workload(
+            "ffn",
+            &[
+                ("T", t),
+                ("d_model", dm),
+                ("d_ff", dff),
+                ("blocks", 4),
+                ("r", 2),
+            ],
+            F32,
+        ),
+        workload("monarch", &[("T", rows), ("n", n), ("blocks", 4)], F32),
+        workload("sara-linear", &[("T", rows), ("in", n), ("out", n)], F32),
+        workload(
+            "pst-linear",
+            &[("T", rows), ("in", n), ("out", n), ("rank", 8)],
+            F32,
+        ),
+        workload(
+            "cbm-head",
+            &[("B", cb), ("C", cc), ("K", ck), ("topk", ctop)],
+            F32,
+        ),
+    ]
 }
 
 /// One benchmarked problem.
@@ -67,7 +191,8 @@ fn workload(kind: &'static str, dims: &[(&'static str, usize)], dtype: DType) ->
 pub fn paper(scale: Scale) -> Vec<Workload> {
     use DType::{BF16, F32};
     let (b, h, l, d, long_b, long_l, t, dm, dff, n, small_t) = match scale {
-        Scale::Full => (16, 32, 512, 64, 2, 2048, 8192, 2048, 8192, 2048, 16),
+        Scale::Full | Scale::Auto => (16, 32, 512, 64, 2, 2048, 8192, 2048, 8192, 2048, 16),
+        Scale::Small => (1, 4, 256, 64, 1, 512, 512, 512, 2048, 512, 16),
         Scale::Tiny => (1, 2, 64, 32, 1, 128, 64, 64, 256, 64, 4),
     };
     vec![
@@ -187,6 +312,10 @@ enum Ours {
     Sara(SaraStep),
     /// A PST training step (defaults, the workload's rank) or the dense linear.
     Pst(PstStep),
+    /// The CBM head with the workload's top-k, or with every concept kept (dense).
+    Cbm {
+        dense: bool,
+    },
 }
 
 /// What we run for a workload kind: (implementation, what to time, or the issue that builds it).
@@ -217,6 +346,10 @@ fn ours(kind: &str) -> Vec<(&'static str, Result<Ours, &'static str>)> {
         "pst-linear" => vec![
             ("sparsecube-pst", Ok(Ours::Pst(PstStep::Masked))),
             ("sparsecube-dense-linear", Ok(Ours::Pst(PstStep::Dense))),
+        ],
+        "cbm-head" => vec![
+            ("sparsecube-sparse-cbm", Ok(Ours::Cbm { dense: false })),
+            ("sparsecube-dense-cbm", Ok(Ours::Cbm { dense: true })),
         ],
         _ => vec![(
             "sparsecube-spt-layer",
@@ -306,6 +439,16 @@ fn sara_spec(w: &Workload) -> Result<KernelSpec> {
         .build()?)
 }
 
+fn cbm_spec(w: &Workload, dense: bool) -> Result<KernelSpec> {
+    Ok(KernelSpec::builder("bench", OpKind::CbmHead)
+        .dims([("B", w.dim("B")), ("C", w.dim("C")), ("K", w.dim("K"))])
+        .pattern(Pattern::Cbm(Cbm {
+            topk: if dense { 0 } else { w.dim("topk") },
+        }))
+        .dtype(w.dtype)
+        .build()?)
+}
+
 fn measured_json(m: &Measured) -> Json {
     json!({
         "status": "ok",
@@ -318,30 +461,43 @@ fn measured_json(m: &Measured) -> Json {
     })
 }
 
-/// Runs the `paper` suite (the workloads whose id contains `only`) on `device` and prints JSON
-/// (`json`) or a markdown table.
+/// Runs `suite` (the workloads `filter` keeps) on `device` and prints JSON (`json_out`) or
+/// markdown tables: every implementation's row, then per workload the ratios ours / dense of
+/// the median step time and of the peak device memory, both measured in this run.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
+    suite: Suite,
     device: Option<&Device>,
     scale: Scale,
-    only: Option<&str>,
+    filter: &Filter<'_>,
     warmup: usize,
     repeats: usize,
     json_out: bool,
     list: bool,
 ) -> Result<()> {
-    let suite: Vec<Workload> = paper(scale)
+    let scale = scale.on(device);
+    let workloads: Vec<Workload> = suite
+        .workloads(scale)
         .into_iter()
-        .filter(|w| only.is_none_or(|o| w.id.contains(o)))
+        .filter(|w| filter.workload.is_none_or(|o| w.id.contains(o)))
+        .filter(|w| filter.op.is_none_or(|op| op_of(w.kind) == Some(op)))
         .collect();
-    if suite.is_empty() {
+    if workloads.is_empty() {
+        let what = match (filter.op, filter.workload) {
+            (Some(op), _) => format!("op {op}"),
+            (None, Some(w)) => format!("`{w}`"),
+            (None, None) => "the filter".into(),
+        };
         bail!(
-            "no workload of the paper suite matches `{}`; see `sparsecube bench --list`",
-            only.unwrap_or_default()
+            "no workload of the {} suite matches {what}; see `sparsecube bench --suite {} --list`",
+            suite.name(),
+            suite.name()
         );
     }
-    let workloads: Vec<Json> = suite.iter().map(Workload::to_json).collect();
+    let scale_name = format!("{scale:?}").to_lowercase();
+    let listed: Vec<Json> = workloads.iter().map(Workload::to_json).collect();
     if list {
-        let doc = json!({"suite": "paper", "scale": format!("{scale:?}").to_lowercase(), "workloads": workloads});
+        let doc = json!({"suite": suite.name(), "scale": scale_name, "workloads": listed});
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
@@ -350,82 +506,123 @@ pub fn run(
     };
     let describe = sparsecube_runtime::describe(device.kind())?;
     let mut results = Vec::new();
-    for w in &suite {
+    let mut ratios = Vec::new();
+    for w in &workloads {
+        let mut rows = Vec::new();
         for (name, what) in ours(w.kind) {
             let mut row = match what {
                 Err(status) => json!({"status": status}),
-                Ok(what) => {
-                    let measured = match what {
-                        Ours::Attention(which) => bench::attention(
-                            device,
-                            &attention_spec(w)?,
-                            which,
-                            warmup,
-                            repeats,
-                            0x5EED,
-                        ),
-                        Ours::Routed | Ours::RoutedDense => bench::routed_ffn(
-                            device,
-                            &routed_spec(w, matches!(what, Ours::RoutedDense))?,
-                            warmup,
-                            repeats,
-                            0x5EED,
-                        ),
-                        Ours::Linear(which) => {
-                            bench::linear(device, &monarch_spec(w)?, which, warmup, repeats, 0x5EED)
-                        }
-                        Ours::Sara(which) => {
-                            bench::sara_step(device, &sara_spec(w)?, which, warmup, repeats, 0x5EED)
-                        }
-                        Ours::Pst(which) => {
-                            bench::pst_step(device, &pst_spec(w)?, which, warmup, repeats, 0x5EED)
-                        }
-                    };
-                    match measured {
-                        Ok(m) => measured_json(&m),
-                        Err(e) => json!({"status": format!("error: {e}")}),
-                    }
-                }
+                Ok(what) => match measure(device, w, what, warmup, repeats) {
+                    Ok(m) => measured_json(&m),
+                    Err(e) => json!({"status": format!("error: {e:#}")}),
+                },
             };
             row["workload"] = json!(w.id);
             row["impl"] = json!(name);
             if !json_out {
-                eprintln!("{}", row);
+                eprintln!("{row}");
             }
-            results.push(row);
+            rows.push(row);
         }
+        // The first implementation is ours, the second its dense baseline.
+        if let [ours, dense, ..] = rows.as_slice() {
+            let ratio = |k: &str| match (ours[k].as_f64(), dense[k].as_f64()) {
+                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                _ => None,
+            };
+            ratios.push(json!({
+                "workload": w.id,
+                "op": op_of(w.kind).map(|o| o.name()),
+                "ours": ours["impl"],
+                "baseline": dense["impl"],
+                "time_ratio": ratio("median_ms"),
+                "peak_ratio": ratio("peak_bytes"),
+            }));
+        }
+        results.extend(rows);
     }
     let doc = json!({
-        "suite": "paper",
-        "scale": format!("{scale:?}").to_lowercase(),
+        "suite": suite.name(),
+        "scale": scale_name,
         "device": describe,
-        "workloads": workloads,
+        "warmup": warmup,
+        "repeats": repeats.max(1),
+        "workloads": listed,
         "results": results,
+        "ratios": ratios,
     });
     if json_out {
         println!("{}", serde_json::to_string_pretty(&doc)?);
-    } else {
-        println!("| workload | impl | median ms | peak MiB | saved MiB | status |");
-        println!("|---|---|---|---|---|---|");
-        for r in doc["results"].as_array().into_iter().flatten() {
-            let mib = |k: &str| {
-                r[k].as_f64()
-                    .map(|b| format!("{:.1}", b / 1048576.0))
-                    .unwrap_or_else(|| "—".into())
-            };
-            println!(
-                "| {} | {} | {} | {} | {} | {} |",
-                r["workload"].as_str().unwrap_or(""),
-                r["impl"].as_str().unwrap_or(""),
-                r["median_ms"]
-                    .as_f64()
-                    .map(|t| format!("{t:.3}"))
-                    .unwrap_or_else(|| "—".into()),
-                mib("peak_bytes"),
-                mib("saved_bytes"),
-                r["status"].as_str().unwrap_or("")
-            );
-        }
+        return Ok(());
+    }
+    println!("| workload | impl | median ms | peak MiB | saved MiB | status |");
+    println!("|---|---|---|---|---|---|");
+    for r in doc["results"].as_array().into_iter().flatten() {
+        let mib = |k: &str| {
+            r[k].as_f64()
+                .map(|b| format!("{:.1}", b / 1048576.0))
+                .unwrap_or_else(|| "—".into())
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            r["workload"].as_str().unwrap_or(""),
+            r["impl"].as_str().unwrap_or(""),
+            r["median_ms"]
+                .as_f64()
+                .map(|t| format!("{t:.3}"))
+                .unwrap_or_else(|| "—".into()),
+            mib("peak_bytes"),
+            mib("saved_bytes"),
+            r["status"].as_str().unwrap_or("")
+        );
+    }
+    println!("\n| workload | ours / dense time | ours / dense peak memory |");
+    println!("|---|---|---|");
+    for r in doc["ratios"].as_array().into_iter().flatten() {
+        let f = |k: &str| {
+            r[k].as_f64()
+                .map(|v| format!("{v:.3}"))
+                .unwrap_or_else(|| "—".into())
+        };
+        println!(
+            "| {} | {} | {} |",
+            r["workload"].as_str().unwrap_or(""),
+            f("time_ratio"),
+            f("peak_ratio")
+        );
     }
     Ok(())
+}
+
+/// Times one implementation of `w`.
+fn measure(
+    device: &Device,
+    w: &Workload,
+    what: Ours,
+    warmup: usize,
+    repeats: usize,
+) -> Result<Measured> {
+    const SEED: u64 = 0x5EED;
+    Ok(match what {
+        Ours::Attention(which) => {
+            bench::attention(device, &attention_spec(w)?, which, warmup, repeats, SEED)?
+        }
+        Ours::Routed | Ours::RoutedDense => bench::routed_ffn(
+            device,
+            &routed_spec(w, matches!(what, Ours::RoutedDense))?,
+            warmup,
+            repeats,
+            SEED,
+        )?,
+        Ours::Linear(which) => {
+            bench::linear(device, &monarch_spec(w)?, which, warmup, repeats, SEED)?
+        }
+        Ours::Sara(which) => {
+            bench::sara_step(device, &sara_spec(w)?, which, warmup, repeats, SEED)?
+        }
+        Ours::Pst(which) => bench::pst_step(device, &pst_spec(w)?, which, warmup, repeats, SEED)?,
+        Ours::Cbm { dense } => {
+            bench::cbm_head(device, &cbm_spec(w, dense)?, warmup, repeats, SEED)?
+        }
+    })
 }

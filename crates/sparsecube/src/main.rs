@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod io;
 mod selftest;
+mod tune;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -25,15 +26,41 @@ use std::process::ExitCode;
     about = "Sparse fine-tuning kernels: run, check and compare sparse ops"
 )]
 struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides it.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Problem sizes, pattern arguments and schedule of one spec on the command line; sizes and
+/// arguments not given come from the op's example problem (`KernelSpec::example`).
+#[derive(clap::Args, Clone, Debug)]
+struct SpecArgs {
+    /// A problem size, NAME=VALUE (repeatable), e.g. --dim B=16 --dim L=512; defaults: the op's
+    /// example problem (spt-attention B=2 H=4 L=256 D=64, routed-ffn T=512 d_model=512
+    /// d_ff=2048, linears T=512 in=out=1024, monarch N=512 with 1024 → 1024 in 4 blocks, ...).
+    #[arg(long = "dim", value_name = "NAME=VALUE")]
+    dims: Vec<String>,
+    /// A pattern parameter, NAME=VALUE (repeatable), e.g. --param topk=64.
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    params: Vec<String>,
+    /// Storage dtype of the floating-point tensors.
+    #[arg(long, default_value = "f32")]
+    dtype: DType,
+    /// Forward or backward.
+    #[arg(long, default_value = "forward")]
+    direction: Direction,
+    /// Schedule fields, NAME=VALUE[,NAME=VALUE...], e.g. --schedule tile_k=16 or
+    /// --schedule fused=false (the fields each op reads: `sparsecube tune --help`).
+    #[arg(long, value_name = "FIELDS")]
+    schedule: Option<String>,
 }
 
 /// Where an op runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Device {
-    /// The fastest device present: CUDA, else wgpu, else the reference executor (which also runs
-    /// the ops that have no generated kernel yet).
+    /// The fastest device present: CUDA, else wgpu, else the f64 reference executor.
     Auto,
     /// The f64 reference executor (results written as f32).
     Reference,
@@ -91,20 +118,10 @@ enum Command {
         #[arg(required_unless_present = "file")]
         op: Option<OpKind>,
         /// An IR text file instead of OP.
-        #[arg(long, conflicts_with_all = ["op", "dims", "params"])]
+        #[arg(long, conflicts_with_all = ["op", "dims", "params", "schedule"])]
         file: Option<PathBuf>,
-        /// A problem size, NAME=VALUE (repeatable), e.g. --dim B=16 --dim L=512.
-        #[arg(long = "dim", value_name = "NAME=VALUE")]
-        dims: Vec<String>,
-        /// A pattern parameter, NAME=VALUE (repeatable), e.g. --param topk=64.
-        #[arg(long = "param", value_name = "NAME=VALUE")]
-        params: Vec<String>,
-        /// Storage dtype of the floating-point tensors.
-        #[arg(long, default_value = "f32")]
-        dtype: DType,
-        /// Forward or backward (the same kernels serve both for spt-attention).
-        #[arg(long, default_value = "forward")]
-        direction: Direction,
+        #[command(flatten)]
+        spec: SpecArgs,
         /// Source language.
         #[arg(long, value_enum)]
         target: GenTarget,
@@ -114,8 +131,54 @@ enum Command {
         #[arg(long)]
         resources: bool,
     },
-    /// List the devices present: CUDA, wgpu adapters, the reference executor.
+    /// List the devices present (CUDA, the wgpu adapter, the reference executor) with their
+    /// properties and the tuning cache each uses.
     Devices,
+    /// Autotune: time every schedule the IR's space holds for a spec (a training step each:
+    /// forward + backward) and keep the fastest in the device's tuning cache.
+    ///
+    /// The candidates are the spec's own schedule (the fallback, what runs untuned) and every
+    /// other value of the schedule fields its op reads: tile_k = 16 | 32 (routed-ffn,
+    /// dense-linear, sara-linear, pst-linear: the tile mainloop's slice depth), tile_m = 16 | 8 |
+    /// 4 (monarch: rows per cube of the fused forward), fused = true | false (spt-attention).
+    /// Ops without such fields have one candidate and are recorded without timing. Keys bucket
+    /// the sizes to powers of two. The cache is a JSON file per device, driver and version in
+    /// $SPARSECUBE_CACHE_DIR, else $XDG_CACHE_HOME/sparsecube, else ~/.cache/sparsecube; a
+    /// second run reuses it (the table says "from the cache"). Launches (`run`, `selftest`,
+    /// the training runtime) use the cached winner of a default-schedule spec;
+    /// SPARSECUBE_AUTOTUNE=off|cached|on (default cached; on also tunes unseen keys).
+    Tune {
+        /// The op (e.g. routed-ffn); omit it with --file, or omit both to tune every op that
+        /// has schedule fields at its example size.
+        op: Option<OpKind>,
+        /// An IR text file: every kernel in it is tuned.
+        #[arg(long, conflicts_with_all = ["op", "dims", "params", "schedule"])]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Where the kernels run (auto: CUDA, else wgpu).
+        #[arg(long, value_enum, default_value_t = Device::Auto)]
+        device: Device,
+        /// Seconds for all sweeps together: no new candidate starts after it (a started spec's
+        /// fallback is always timed; specs not started are reported as skipped).
+        #[arg(long, value_name = "SECONDS")]
+        budget: Option<f64>,
+        /// Timed steps per candidate (the median counts).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Untimed steps per candidate first (compilation, allocator warm-up).
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Tune again even when the cache holds the key.
+        #[arg(long)]
+        force: bool,
+        /// The cache directory instead of the user cache directory.
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+        /// Also write the results as JSON to REPORT (replaced atomically).
+        #[arg(long, value_name = "REPORT")]
+        json: Option<PathBuf>,
+    },
     /// Compare every generated kernel (forward and backward) with the reference executor on
     /// random shapes, on one device; exits non-zero when any case fails.
     Selftest {
@@ -137,17 +200,24 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
-    /// Time the kernels of a benchmark suite on one device (median of repeated forward + backward
-    /// steps, peak device memory), as a table or JSON.
+    /// Time our kernels against the dense baseline in the same run on one device: the median of
+    /// repeated, device-synchronised training steps (forward + backward) after warm-up, the peak
+    /// device memory, and the ratios sparse / dense of both.
+    ///
+    /// Suites: `all` (one workload per op with kernels and a dense counterpart — spt-attention,
+    /// routed-ffn, monarch, sara-linear, pst-linear, cbm-head), `paper` (the published shapes;
+    /// see benches/torch_baselines.py).
     Bench {
-        /// The suite: `paper` (the published shapes; see benches/torch_baselines.py).
-        #[arg(long, default_value = "paper")]
+        /// Only this op's workloads of the suite (e.g. `sparsecube bench routed-ffn`).
+        op: Option<OpKind>,
+        /// The suite: `all` or `paper`.
+        #[arg(long, default_value = "all")]
         suite: String,
         /// Where the kernels run (auto: CUDA, else wgpu).
         #[arg(long, value_enum, default_value_t = Device::Auto)]
         device: Device,
-        /// Problem sizes.
-        #[arg(long, value_enum, default_value_t = bench::Scale::Full)]
+        /// Problem sizes (auto: full on CUDA, small elsewhere).
+        #[arg(long, value_enum, default_value_t = bench::Scale::Auto)]
         scale: bench::Scale,
         /// Untimed steps first.
         #[arg(long, default_value_t = 3)]
@@ -174,8 +244,26 @@ enum Command {
     },
 }
 
+fn init_logs(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logs(cli.verbose);
     let result = match cli.command {
         Command::Run {
             op,
@@ -188,23 +276,33 @@ fn main() -> ExitCode {
         Command::Gen {
             op,
             file,
-            dims,
-            params,
-            dtype,
-            direction,
+            spec,
             target,
             resources,
-        } => gen_sources(
+        } => gen_sources(op, file.as_deref(), &spec, target, resources),
+        Command::Devices => devices(),
+        Command::Tune {
+            op,
+            file,
+            spec,
+            device,
+            budget,
+            repeats,
+            warmup,
+            force,
+            cache_dir,
+            json,
+        } => tune_cmd(
             op,
             file.as_deref(),
-            &dims,
-            &params,
-            dtype,
-            direction,
-            target,
-            resources,
+            &spec,
+            device,
+            budget,
+            (warmup, repeats),
+            force,
+            cache_dir.as_deref(),
+            json.as_deref(),
         ),
-        Command::Devices => devices(),
         Command::Selftest {
             device,
             cases,
@@ -223,6 +321,7 @@ fn main() -> ExitCode {
             )
         }),
         Command::Bench {
+            op,
             suite,
             device,
             scale,
@@ -232,32 +331,27 @@ fn main() -> ExitCode {
             list,
             workload,
         } => {
-            if suite != "paper" {
-                Err(anyhow::anyhow!(
-                    "unknown suite `{suite}`: the suites are `paper`"
-                ))
-            } else if list {
-                bench::run(
-                    None,
-                    scale,
-                    workload.as_deref(),
-                    warmup,
-                    repeats,
-                    json,
-                    true,
-                )
-            } else {
-                open_kernel_device(device).and_then(|dev| {
+            let filter = bench::Filter {
+                op,
+                workload: workload.as_deref(),
+            };
+            match bench::Suite::from_name(&suite) {
+                Err(e) => Err(e),
+                Ok(suite) if list => {
+                    bench::run(suite, None, scale, &filter, warmup, repeats, json, true)
+                }
+                Ok(suite) => open_kernel_device(device).and_then(|dev| {
                     bench::run(
+                        suite,
                         Some(&dev),
                         scale,
-                        workload.as_deref(),
+                        &filter,
                         warmup,
                         repeats,
                         json,
                         false,
                     )
-                })
+                }),
             }
         }
         Command::Demo { seed } => demo::run(seed),
@@ -272,13 +366,18 @@ fn main() -> ExitCode {
 }
 
 fn parse_params(params: &[String]) -> Result<Vec<(String, String)>> {
-    params
+    parse_pairs("--param", "topk=16", params)
+}
+
+/// `NAME=VALUE` items of option `flag` (`example` shows one in the error).
+fn parse_pairs(flag: &str, example: &str, items: &[String]) -> Result<Vec<(String, String)>> {
+    items
         .iter()
         .map(|p| match p.split_once('=') {
             Some((n, v)) if !n.trim().is_empty() && !v.trim().is_empty() => {
                 Ok((n.trim().to_string(), v.trim().to_string()))
             }
-            _ => bail!("--param `{p}` is not NAME=VALUE (for example --param topk=16)"),
+            _ => bail!("{flag} `{p}` is not NAME=VALUE (for example {flag} {example})"),
         })
         .collect()
 }
@@ -334,13 +433,112 @@ fn run(
     Ok(())
 }
 
+/// The specs of `OP` (with its command-line sizes, arguments and schedule over its example
+/// problem) or of every kernel in `--file`.
+fn specs_from_cli(
+    op: Option<OpKind>,
+    file: Option<&std::path::Path>,
+    args: &SpecArgs,
+) -> Result<Vec<KernelSpec>> {
+    match (op, file) {
+        (_, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read `{}`", path.display()))?;
+            let module: Module = text
+                .parse()
+                .with_context(|| format!("`{}`", path.display()))?;
+            verify_module(&module).with_context(|| format!("`{}`", path.display()))?;
+            Ok(module.kernels)
+        }
+        (Some(op), None) => Ok(vec![spec_from_cli(op, args)?]),
+        (None, None) => bail!("give an OP or --file"),
+    }
+}
+
+/// One spec of `op`: the example problem, overridden by the command line.
+fn spec_from_cli(op: OpKind, args: &SpecArgs) -> Result<KernelSpec> {
+    let example = KernelSpec::example(op);
+    let given = parse_params(&args.params)?;
+    let mut pattern_args: Vec<(String, String)> = example
+        .pattern
+        .args()
+        .into_iter()
+        .filter(|(n, _)| !given.iter().any(|(g, _)| g == n))
+        .map(|(n, v)| (n.to_string(), v))
+        .collect();
+    pattern_args.extend(given);
+    let pattern = kernels_ir::Pattern::from_args(op.pattern_kind(), pattern_args)?;
+    let mut dims = example.dims.clone();
+    for (n, v) in parse_pairs("--dim", "T=512", &args.dims)? {
+        let v: usize = v
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--dim {n}={v}: `{v}` is not a non-negative integer"))?;
+        dims.insert(n, v);
+    }
+    let schedule = match &args.schedule {
+        None => kernels_ir::Schedule::default(),
+        Some(text) => {
+            let items: Vec<String> = text.split(',').map(|s| s.trim().to_string()).collect();
+            kernels_ir::Schedule::from_args(parse_pairs("--schedule", "tile_k=16", &items)?)
+                .with_context(|| format!("--schedule `{text}`"))?
+        }
+    };
+    let mut b = KernelSpec::builder(op.name().replace('-', "_"), op)
+        .pattern(pattern)
+        .dtype(args.dtype)
+        .direction(args.direction)
+        .schedule(schedule);
+    for (n, v) in &dims {
+        b = b.dim(n, *v);
+    }
+    Ok(b.build()?)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tune_cmd(
+    op: Option<OpKind>,
+    file: Option<&std::path::Path>,
+    args: &SpecArgs,
+    device: Device,
+    budget: Option<f64>,
+    (warmup, repeats): (usize, usize),
+    force: bool,
+    cache_dir: Option<&std::path::Path>,
+    json: Option<&std::path::Path>,
+) -> Result<()> {
+    let budget = match budget {
+        Some(b) if !(b.is_finite() && b > 0.0) => {
+            bail!("--budget {b}: give a positive number of seconds")
+        }
+        b => b.map(std::time::Duration::from_secs_f64),
+    };
+    let specs = match (op, file) {
+        (None, None) => OpKind::ALL
+            .iter()
+            .filter(|op| !kernels_ir::Knob::of(**op).is_empty())
+            .map(|op| spec_from_cli(*op, args))
+            .collect::<Result<Vec<_>>>()?,
+        _ => specs_from_cli(op, file, args)?,
+    };
+    let dev = open_kernel_device(device)?;
+    tune::run(
+        &dev,
+        &tune::Request {
+            specs,
+            budget,
+            repeats: repeats.max(1),
+            warmup,
+            force,
+            cache_dir,
+            json,
+        },
+    )
+}
+
 fn gen_sources(
     op: Option<OpKind>,
     file: Option<&std::path::Path>,
-    dims: &[String],
-    params: &[String],
-    dtype: DType,
-    direction: Direction,
+    args: &SpecArgs,
     target: GenTarget,
     resources: bool,
 ) -> Result<()> {
@@ -354,38 +552,7 @@ fn gen_sources(
     } else {
         None
     };
-    let specs = match (op, file) {
-        (_, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read `{}`", path.display()))?;
-            let module: Module = text
-                .parse()
-                .with_context(|| format!("`{}`", path.display()))?;
-            verify_module(&module).with_context(|| format!("`{}`", path.display()))?;
-            module.kernels
-        }
-        (Some(op), None) => {
-            let dims = parse_params(dims)?
-                .into_iter()
-                .map(|(n, v)| {
-                    let v: usize = v.parse().map_err(|_| {
-                        anyhow::anyhow!("--dim {n}={v}: `{v}` is not a non-negative integer")
-                    })?;
-                    Ok((n, v))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let pattern = kernels_ir::Pattern::from_args(op.pattern_kind(), parse_params(params)?)?;
-            let mut b = KernelSpec::builder(op.name().replace('-', "_"), op)
-                .pattern(pattern)
-                .dtype(dtype)
-                .direction(direction);
-            for (n, v) in &dims {
-                b = b.dim(n, *v);
-            }
-            vec![b.build()?]
-        }
-        (None, None) => bail!("give an OP or --file"),
-    };
+    let specs = specs_from_cli(op, file, args)?;
     if let Some(cuda) = &toolchain {
         let (major, minor) = cuda.nvrtc_version()?;
         println!(
@@ -425,9 +592,30 @@ fn open_kernel_device(device: Device) -> Result<sparsecube_runtime::Device> {
 }
 
 fn devices() -> Result<()> {
+    use sparsecube_runtime::tune::{DeviceIdentity, TuneCache, cache_dir};
     for kind in [DeviceKind::Cuda, DeviceKind::Wgpu, DeviceKind::Reference] {
         match sparsecube_runtime::describe(kind) {
-            Ok(text) => println!("{:<10} present: {text}", kind.name()),
+            Ok(text) => {
+                println!("{:<10} present: {text}", kind.name());
+                if kind == DeviceKind::Reference {
+                    continue;
+                }
+                let dev = sparsecube_runtime::open(Some(kind))?;
+                let identity = DeviceIdentity::of(&dev);
+                println!("{:<10}   device: {}", "", identity.device);
+                println!("{:<10}   driver: {}", "", identity.driver);
+                let cache = TuneCache::open(&cache_dir(), identity);
+                let state = match &cache.discarded {
+                    Some(why) => format!("unusable ({why}), rebuilt by the next `tune`"),
+                    None if cache.path().exists() => format!("{} tuned key(s)", cache.len()),
+                    None => "none yet (`sparsecube tune` writes it)".into(),
+                };
+                println!(
+                    "{:<10}   tuning cache: {} — {state}",
+                    "",
+                    cache.path().display()
+                );
+            }
             Err(e) => println!("{:<10} absent: {e}", kind.name()),
         }
     }

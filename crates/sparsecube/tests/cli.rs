@@ -12,7 +12,11 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sparsecube"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sparsecube"));
+    // Launches run the schedules they are given, whatever the machine's tuning cache holds
+    // (`tune` is tested with its own --cache-dir).
+    c.env("SPARSECUBE_AUTOTUNE", "off");
+    c
 }
 
 fn write(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
@@ -774,10 +778,38 @@ fn gen_prints_cuda_and_wgsl_without_a_gpu() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("// ===== a / spt_select ====="));
 
-    let o = run(&["gen", "spt-attention", "--dim", "B=1", "--target", "cuda"]);
+    // Sizes not given come from the op's example problem; given ones are still verified.
+    let o = run(&["gen", "spt-attention", "--dim", "D=30", "--target", "cuda"]);
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("dims: `H` is missing (spt-attention needs B, H, L, D)"),
+        stderr(&o).contains("pq-topk: D = 30 is not divisible by sub_dim = 8"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "gen",
+        "dense-linear",
+        "--schedule",
+        "tile_k=64",
+        "--target",
+        "cuda",
+    ]);
+    assert!(
+        stderr(&o).contains("tile_k = 64 is not a slice depth of dense-linear's tile mainloop"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "gen",
+        "dense-linear",
+        "--schedule",
+        "tile_k",
+        "--target",
+        "cuda",
+    ]);
+    assert!(
+        stderr(&o)
+            .contains("--schedule `tile_k` is not NAME=VALUE (for example --schedule tile_k=16)"),
         "{}",
         stderr(&o)
     );
@@ -931,11 +963,11 @@ fn bench_lists_the_paper_suite_and_times_the_attention_kernels() {
     let o = run(&["bench", "--suite", "nope", "--list"]);
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("unknown suite `nope`: the suites are `paper`"),
+        stderr(&o).contains("unknown suite `nope`: the suites are `all` and `paper`"),
         "{}",
         stderr(&o)
     );
-    let o = run(&["bench", "--list", "--scale", "tiny"]);
+    let o = run(&["bench", "--suite", "paper", "--list", "--scale", "tiny"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let ids: Vec<&str> = list["workloads"]
@@ -952,7 +984,7 @@ fn bench_lists_the_paper_suite_and_times_the_attention_kernels() {
         ids.contains(&"attention/B1-H2-L64-D32-topk8/f32"),
         "{ids:?}"
     );
-    let o = run(&["bench", "--list"]);
+    let o = run(&["bench", "--suite", "paper", "--list"]);
     let full: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let layer = full["workloads"]
         .as_array()
@@ -976,6 +1008,8 @@ fn bench_lists_the_paper_suite_and_times_the_attention_kernels() {
     }
     let o = run(&[
         "bench",
+        "--suite",
+        "paper",
         "--device",
         "wgpu",
         "--scale",
@@ -1074,4 +1108,259 @@ fn bench_lists_the_paper_suite_and_times_the_attention_kernels() {
         "sparsecube-spt-layer",
     );
     assert_eq!(layer["status"], "not implemented yet (issues 4 and 7)");
+}
+
+#[test]
+fn bench_all_reports_every_ops_ratio_to_its_dense_baseline() {
+    let o = run(&["bench", "--list", "--scale", "tiny"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["bench", "pq-encode", "--list"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no workload of the all suite matches op pq-encode"),
+        "{}",
+        stderr(&o)
+    );
+    if !wgpu_present("bench_all_on_wgpu") {
+        return;
+    }
+    let o = run(&[
+        "bench",
+        "--suite",
+        "all",
+        "--device",
+        "wgpu",
+        "--scale",
+        "tiny",
+        "--warmup",
+        "1",
+        "--repeats",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ratios = doc["ratios"].as_array().unwrap();
+    let ops: Vec<&str> = ratios.iter().map(|r| r["op"].as_str().unwrap()).collect();
+    assert_eq!(
+        ops,
+        [
+            "spt-attention",
+            "routed-ffn",
+            "monarch",
+            "sara-linear",
+            "pst-linear",
+            "cbm-head"
+        ]
+    );
+    for r in ratios {
+        for k in ["time_ratio", "peak_ratio"] {
+            let v = r[k].as_f64().unwrap_or(f64::NAN);
+            assert!(v.is_finite() && v > 0.0, "{k} of {r}");
+        }
+        // The ratio is the two rows' quotient, both measured in this run.
+        let row = |i: &str| {
+            doc["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["workload"] == r["workload"] && x["impl"] == i)
+                .unwrap()
+                .clone()
+        };
+        let (ours, dense) = (
+            row(r["ours"].as_str().unwrap()),
+            row(r["baseline"].as_str().unwrap()),
+        );
+        let q = ours["median_ms"].as_f64().unwrap() / dense["median_ms"].as_f64().unwrap();
+        assert!(
+            (q - r["time_ratio"].as_f64().unwrap()).abs() <= 1e-12 * q,
+            "{r}"
+        );
+    }
+    // The CBM head keeps 8 of 64 concepts: its saved state is smaller than the dense head's.
+    let o = run(&[
+        "bench",
+        "cbm-head",
+        "--device",
+        "wgpu",
+        "--scale",
+        "tiny",
+        "--warmup",
+        "1",
+        "--repeats",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("| workload | ours / dense time | ours / dense peak memory |")
+            && out.contains("| cbm-head/B16-C64-K4-topk8/f32 |"),
+        "{out}"
+    );
+}
+
+fn report(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn tune_persists_its_choice_and_a_second_run_reuses_it() {
+    if !wgpu_present("tune_on_wgpu") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let json = dir.path().join("report.json");
+    let tune = |op: &str, dims: &[&str]| {
+        let mut args = vec![
+            "tune",
+            op,
+            "--device",
+            "wgpu",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+            "--budget",
+            "120",
+            "--repeats",
+            "1",
+        ];
+        for d in dims {
+            args.extend(["--dim", d]);
+        }
+        run(&args)
+    };
+    let small_linear = ["T=64", "in=96", "out=80"];
+    let o = tune("dense-linear", &small_linear);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(
+        out.contains("| tile_k=32 |") && out.contains("| tile_k=16 |"),
+        "{out}"
+    );
+    assert!(out.contains("fallback"), "{out}");
+    let first = report(&json);
+    assert_eq!(first["results"][0]["status"], "tuned", "{first}");
+    let times = first["results"][0]["candidates"].as_array().unwrap();
+    assert_eq!(times.len(), 2, "{first}");
+    assert!(
+        times.iter().all(|c| c["median_ms"].as_f64().unwrap() > 0.0),
+        "{first}"
+    );
+    assert_eq!(times[0]["speedup_vs_fallback"], 1.0, "{first}");
+    let winner = first["results"][0]["winner"].clone();
+    let files: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
+    assert_eq!(files.len(), 1, "one cache file, no temporary left");
+
+    // A second process reuses the cache: nothing is timed, same winner.
+    let o = tune("dense-linear", &small_linear);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(out.contains("from the cache (nothing timed"), "{out}");
+    assert!(out.contains("1 key(s): 1 from the cache, 0 tuned"), "{out}");
+    let second = report(&json);
+    assert_eq!(second["results"][0]["status"], "cached", "{second}");
+    assert_eq!(second["results"][0]["winner"], winner, "{second}");
+    // The same bucket (T 64 → 50 stays in 64) is the same key.
+    let o = tune("dense-linear", &["T=50", "in=96", "out=80"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("from the cache"));
+
+    // Every op with a schedule space tunes within the budget at a small size; ops without one
+    // are recorded with their single candidate.
+    for (op, dims) in [
+        ("spt-attention", &["B=1", "H=2", "L=64", "D=32"][..]),
+        ("routed-ffn", &["T=64", "d_model=64", "d_ff=256"][..]),
+        ("monarch", &["N=32"][..]),
+        ("sara-linear", &small_linear[..]),
+        ("pst-linear", &small_linear[..]),
+        ("cbm-head", &["B=16", "C=64", "K=4"][..]),
+    ] {
+        let o = tune(op, dims);
+        assert!(o.status.success(), "{op}: {}", stderr(&o));
+        let r = report(&json);
+        assert_eq!(r["results"][0]["status"], "tuned", "{op}: {r}");
+        assert!(r["elapsed_s"].as_f64().unwrap() < 120.0, "{op}: {r}");
+    }
+    let r = report(&json);
+    assert_eq!(
+        r["results"][0]["candidates"][0]["candidate"], "default",
+        "{r}"
+    );
+
+    // A corrupt cache is reported, ignored and rebuilt.
+    let file = std::fs::read_dir(&cache)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(&file, "{ not json").unwrap();
+    let o = tune("dense-linear", &small_linear);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is not a sparsecube tuning cache")
+            && stderr(&o).contains("rebuilding it"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(report(&json)["results"][0]["status"], "tuned");
+    let o = tune("dense-linear", &small_linear);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("from the cache"));
+
+    // Bad budgets are errors.
+    let o = run(&["tune", "dense-linear", "--budget=0"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--budget 0: give a positive number of seconds"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn help_of_every_subcommand() {
+    for sub in [
+        "", "run", "check", "gen", "devices", "tune", "selftest", "bench", "demo",
+    ] {
+        let mut args: Vec<&str> = sub.split_whitespace().collect();
+        args.push("--help");
+        let o = run(&args);
+        assert!(o.status.success(), "{sub}: {}", stderr(&o));
+        let name = if sub.is_empty() {
+            "help".to_string()
+        } else {
+            format!("help_{sub}")
+        };
+        insta::assert_snapshot!(name, String::from_utf8_lossy(&o.stdout));
+    }
+}
+
+#[test]
+fn gen_prints_cuda_for_every_op_without_a_gpu() {
+    for op in OpKind::ALL {
+        let o = run(&["gen", op.name(), "--target", "cuda"]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        if *op == OpKind::MonarchProject {
+            assert!(!o.status.success());
+            assert!(
+                stderr(&o).contains("monarch-project has no generated kernels: the projection is a one-time conversion"),
+                "{}",
+                stderr(&o)
+            );
+            continue;
+        }
+        assert!(o.status.success(), "{op}: {}", stderr(&o));
+        let kernels = out.matches("extern \"C\" __global__ void").count();
+        assert!(kernels >= 1, "{op}: no kernel in\n{out}");
+        assert_eq!(kernels, out.matches("// ===== ").count(), "{op}");
+    }
+    // The schedule reaches the source: the tile mainloop's slice depth is a comptime constant.
+    let src = |tk: &str| {
+        let o = run(&["gen", "dense-linear", "--schedule", tk, "--target", "cuda"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_ne!(src("tile_k=16"), src("tile_k=32"));
 }
