@@ -10,7 +10,7 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Knob {
     /// `tile_k`: reduction steps the shared-memory tile mainloop stages per slice (routed FFN,
-    /// dense, SaRA and PST linears), one of [`Knob::TILE_K`].
+    /// dense, SaRA, PST and block-diagonal linears), one of [`Knob::TILE_K`].
     TileK,
     /// `tile_m`: rows of x per cube of Monarch's fused forward, a power of two up to
     /// [`Knob::MONARCH_MAX_ROWS`] (larger values mean that many; the lowering halves it further
@@ -40,15 +40,14 @@ impl Knob {
     /// The knobs `op`'s kernels read (every other schedule field is ignored by that op).
     pub fn of(op: OpKind) -> &'static [Knob] {
         match op {
-            OpKind::RoutedFfn | OpKind::DenseLinear | OpKind::SaraLinear | OpKind::PstLinear => {
-                &[Knob::TileK]
-            }
+            OpKind::RoutedFfn
+            | OpKind::DenseLinear
+            | OpKind::SaraLinear
+            | OpKind::PstLinear
+            | OpKind::BlockDiagLinear => &[Knob::TileK],
             OpKind::Monarch => &[Knob::MonarchRows],
             OpKind::SptAttention => &[Knob::Fused],
-            OpKind::PqEncode
-            | OpKind::MonarchProject
-            | OpKind::BlockDiagLinear
-            | OpKind::CbmHead => &[],
+            OpKind::PqEncode | OpKind::MonarchProject | OpKind::CbmHead => &[],
         }
     }
 }

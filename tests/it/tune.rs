@@ -3,7 +3,7 @@
 //! files) on fake candidate sets without a device; and every point of every space against the
 //! reference executor on wgpu (any candidate may be chosen, so each must be correct).
 
-use kernels_ir::pattern::{Pattern, Routed};
+use kernels_ir::pattern::{BlockDiagonal, Pattern, Routed};
 use kernels_ir::reference::{self, TensorMap, Value};
 use kernels_ir::{DType, Direction, KernelSpec, Knob, OpKind, Schedule};
 use sparsecube_runtime::selftest::{
@@ -490,4 +490,26 @@ fn every_schedule_point_matches_the_reference() {
             c.inputs(),
         );
     }
+    // The block-diagonal map past one tile in its reduction (70 inputs per block).
+    let (n, blocks, pi, qo) = (70, 3, 70, 20);
+    let mut ins = TensorMap::new();
+    for (name, shape) in [
+        ("x", vec![n, blocks * pi]),
+        ("w", vec![blocks, qo, pi]),
+        ("dy", vec![n, blocks * qo]),
+    ] {
+        ins.insert(
+            name.into(),
+            Value::F(sparsecube_tests::randn(&mut rng, &shape, 1.0)),
+        );
+    }
+    let spec_of = |direction| {
+        KernelSpec::builder("bd", OpKind::BlockDiagLinear)
+            .dims([("N", n), ("in", blocks * pi), ("out", blocks * qo)])
+            .pattern(Pattern::BlockDiagonal(BlockDiagonal { blocks }))
+            .direction(direction)
+            .build()
+            .unwrap()
+    };
+    every_point(&device, "block-diag", DType::F32, spec_of, ins);
 }

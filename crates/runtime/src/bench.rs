@@ -13,13 +13,13 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 use kernels_ir::reference::rng::SplitMix64;
 use kernels_ir::{DType, KernelSpec, OpKind};
-use sparsecube_codegen::cbm;
 use sparsecube_codegen::dense::{self as linear, LinearPlan};
 use sparsecube_codegen::monarch::{self, MonarchPlan};
 use sparsecube_codegen::pst::{self, PstPlan};
 use sparsecube_codegen::routed::{self, RoutedPlan};
 use sparsecube_codegen::sara::{self, SaraPlan};
 use sparsecube_codegen::spt::{self, SptPlan};
+use sparsecube_codegen::{blockdiag, cbm};
 use std::time::Instant;
 
 /// Runs `$on::<R, F>(client, kind, $args)` for the device and storage dtype (bf16 only where
@@ -423,6 +423,50 @@ fn dense_linear_on<R: Runtime, F: crate::execute::HostFloat>(
     })
 }
 
+/// Times the block-diagonal map of `spec` (a `block-diag-linear` spec), forward + backward (dx,
+/// dw), with its schedule's `tile_k`, on N(0, 1/fan-in) weights from `seed`.
+pub fn block_diag(
+    device: &Device,
+    spec: &KernelSpec,
+    warmup: usize,
+    repeats: usize,
+    seed: u64,
+) -> Result<Measured, RuntimeError> {
+    if spec.op != OpKind::BlockDiagLinear {
+        return Err(sparsecube_codegen::LowerError::Unsupported {
+            op: spec.op,
+            what: "the block-diagonal bench (it times block-diag-linear)".into(),
+        }
+        .into());
+    }
+    let args = (spec, warmup, repeats, seed);
+    on_device!(device, spec.dtype, block_diag_on, args)
+}
+
+fn block_diag_on<R: Runtime, F: crate::execute::HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    (spec, warmup, repeats, seed): (&KernelSpec, usize, usize, u64),
+) -> Result<Measured, RuntimeError> {
+    let plan = blockdiag::BlockDiagPlan::from_spec(spec)?;
+    crate::execute::ensure_storable::<R, F>(client, kind, spec.dtype)?;
+    let (n, n_in, n_out) = plan.sizes();
+    let per_block_in = plan.cfg.pi as usize;
+    let mut rng = SplitMix64::new(seed);
+    let mut upload = |len: usize, std: f64| -> Handle {
+        let v: Vec<F> = (0..len).map(|_| F::from_f64(std * rng.normal())).collect();
+        client.create_from_slice(F::as_bytes(&v))
+    };
+    let x = upload(n * n_in, 1.0);
+    let dy = upload(n * n_out, 1.0);
+    let w = upload(n_out * per_block_in, 1.0 / (per_block_in as f64).sqrt());
+    timed(client, kind, warmup, repeats, 0, 0, || {
+        let y = blockdiag::forward::<R, F>(client, &plan, &x, &w);
+        let grads = blockdiag::backward::<R, F>(client, &plan, &x, &w, &dy);
+        (y, grads)
+    })
+}
+
 /// Times the Sparse-CBM head of `spec` (a `cbm-head` spec; `topk = 0` is the dense head, every
 /// concept kept), forward + backward (dx, dwc, dwh), without Gumbel noise, on N(0, 1/fan-in)
 /// weights from `seed`.
@@ -473,8 +517,9 @@ fn cbm_on<R: Runtime, F: crate::execute::HostFloat>(
 }
 
 /// Times one training step (forward + backward) of our kernels for `spec` with its schedule:
-/// what the autotuner measures per candidate. SPT attention, the routed FFN, Monarch, SaRA, PST,
-/// the CBM head and the dense linear have kernels to time; other ops are an error.
+/// what the autotuner measures per candidate. Every op with kernels can be timed (SPT attention,
+/// the routed FFN, Monarch, the block-diagonal map, SaRA, PST, the CBM head, the dense linear);
+/// `pq-encode` and `monarch-project` are an error.
 pub fn step(
     device: &Device,
     spec: &KernelSpec,
@@ -490,6 +535,7 @@ pub fn step(
         OpKind::PstLinear => pst_step(device, spec, PstStep::Masked, warmup, repeats, seed),
         OpKind::DenseLinear => dense_linear(device, spec, warmup, repeats, seed),
         OpKind::CbmHead => cbm_head(device, spec, warmup, repeats, seed),
+        OpKind::BlockDiagLinear => block_diag(device, spec, warmup, repeats, seed),
         op => Err(sparsecube_codegen::LowerError::Unsupported {
             op,
             what: "a timed step (no bench for this op)".into(),

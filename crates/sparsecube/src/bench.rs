@@ -10,7 +10,9 @@
 //! listed with that status, so the table shows the gap instead of hiding it.
 
 use anyhow::{Result, bail};
-use kernels_ir::pattern::{Cbm, GateMode, MonarchShape, Pattern, PqTopK, Pst, Routed, Sara, TopK};
+use kernels_ir::pattern::{
+    BlockDiagonal, Cbm, GateMode, MonarchShape, Pattern, PqTopK, Pst, Routed, Sara, TopK,
+};
 use kernels_ir::{DType, KernelSpec, OpKind};
 use serde_json::{Value as Json, json};
 use sparsecube_runtime::Device;
@@ -88,6 +90,7 @@ fn op_of(kind: &str) -> Option<OpKind> {
         "attention" => OpKind::SptAttention,
         "ffn" => OpKind::RoutedFfn,
         "monarch" => OpKind::Monarch,
+        "block-diag" => OpKind::BlockDiagLinear,
         "sara-linear" => OpKind::SaraLinear,
         "pst-linear" => OpKind::PstLinear,
         "cbm-head" => OpKind::CbmHead,
@@ -132,6 +135,7 @@ pub fn all(scale: Scale) -> Vec<Workload> {
             F32,
         ),
         workload("monarch", &[("T", rows), ("n", n), ("blocks", 4)], F32),
+        workload("block-diag", &[("T", rows), ("n", n), ("blocks", 4)], F32),
         workload("sara-linear", &[("T", rows), ("in", n), ("out", n)], F32),
         workload(
             "pst-linear",
@@ -316,6 +320,10 @@ enum Ours {
     Cbm {
         dense: bool,
     },
+    /// The block-diagonal map, or the dense linear of the same shape.
+    BlockDiag {
+        dense: bool,
+    },
 }
 
 /// What we run for a workload kind: (implementation, what to time, or the issue that builds it).
@@ -346,6 +354,16 @@ fn ours(kind: &str) -> Vec<(&'static str, Result<Ours, &'static str>)> {
         "pst-linear" => vec![
             ("sparsecube-pst", Ok(Ours::Pst(PstStep::Masked))),
             ("sparsecube-dense-linear", Ok(Ours::Pst(PstStep::Dense))),
+        ],
+        "block-diag" => vec![
+            (
+                "sparsecube-block-diag",
+                Ok(Ours::BlockDiag { dense: false }),
+            ),
+            (
+                "sparsecube-dense-linear",
+                Ok(Ours::BlockDiag { dense: true }),
+            ),
         ],
         "cbm-head" => vec![
             ("sparsecube-sparse-cbm", Ok(Ours::Cbm { dense: false })),
@@ -435,6 +453,26 @@ fn sara_spec(w: &Workload) -> Result<KernelSpec> {
             ("out", w.dim("out")),
         ])
         .pattern(Pattern::Sara(Sara::default()))
+        .dtype(w.dtype)
+        .build()?)
+}
+
+fn block_diag_spec(w: &Workload, dense: bool) -> Result<KernelSpec> {
+    let n = w.dim("n");
+    let (op, pattern) = if dense {
+        (OpKind::DenseLinear, Pattern::Dense)
+    } else {
+        (
+            OpKind::BlockDiagLinear,
+            Pattern::BlockDiagonal(BlockDiagonal {
+                blocks: w.dim("blocks"),
+            }),
+        )
+    };
+    let rows = if dense { "T" } else { "N" };
+    Ok(KernelSpec::builder("bench", op)
+        .dims([(rows, w.dim("T")), ("in", n), ("out", n)])
+        .pattern(pattern)
         .dtype(w.dtype)
         .build()?)
 }
@@ -594,7 +632,8 @@ pub fn run(
     Ok(())
 }
 
-/// Times one implementation of `w`.
+/// Times one implementation of `w`, each spec with the schedule a launch would run (its key's
+/// tuned winner, if the tuning cache has one; see `sparsecube_runtime::tune::resolve`).
 fn measure(
     device: &Device,
     w: &Workload,
@@ -603,26 +642,46 @@ fn measure(
     repeats: usize,
 ) -> Result<Measured> {
     const SEED: u64 = 0x5EED;
+    let tuned = |spec: KernelSpec| sparsecube_runtime::tune::resolve(device, &spec);
     Ok(match what {
-        Ours::Attention(which) => {
-            bench::attention(device, &attention_spec(w)?, which, warmup, repeats, SEED)?
-        }
-        Ours::Routed | Ours::RoutedDense => bench::routed_ffn(
+        Ours::Attention(which) => bench::attention(
             device,
-            &routed_spec(w, matches!(what, Ours::RoutedDense))?,
+            &tuned(attention_spec(w)?),
+            which,
             warmup,
             repeats,
             SEED,
         )?,
-        Ours::Linear(which) => {
-            bench::linear(device, &monarch_spec(w)?, which, warmup, repeats, SEED)?
-        }
+        Ours::Routed | Ours::RoutedDense => bench::routed_ffn(
+            device,
+            &tuned(routed_spec(w, matches!(what, Ours::RoutedDense))?),
+            warmup,
+            repeats,
+            SEED,
+        )?,
+        Ours::Linear(which) => bench::linear(
+            device,
+            &tuned(monarch_spec(w)?),
+            which,
+            warmup,
+            repeats,
+            SEED,
+        )?,
         Ours::Sara(which) => {
-            bench::sara_step(device, &sara_spec(w)?, which, warmup, repeats, SEED)?
+            bench::sara_step(device, &tuned(sara_spec(w)?), which, warmup, repeats, SEED)?
         }
-        Ours::Pst(which) => bench::pst_step(device, &pst_spec(w)?, which, warmup, repeats, SEED)?,
+        Ours::Pst(which) => {
+            bench::pst_step(device, &tuned(pst_spec(w)?), which, warmup, repeats, SEED)?
+        }
         Ours::Cbm { dense } => {
-            bench::cbm_head(device, &cbm_spec(w, dense)?, warmup, repeats, SEED)?
+            bench::cbm_head(device, &tuned(cbm_spec(w, dense)?), warmup, repeats, SEED)?
         }
+        Ours::BlockDiag { dense } => bench::step(
+            device,
+            &tuned(block_diag_spec(w, dense)?),
+            warmup,
+            repeats,
+            SEED,
+        )?,
     })
 }

@@ -2,6 +2,7 @@
 //! runs every method's reference op on a default problem.
 
 mod bench;
+mod config;
 mod demo;
 mod io;
 mod selftest;
@@ -40,7 +41,7 @@ struct SpecArgs {
     /// A problem size, NAME=VALUE (repeatable), e.g. --dim B=16 --dim L=512; defaults: the op's
     /// example problem (spt-attention B=2 H=4 L=256 D=64, routed-ffn T=512 d_model=512
     /// d_ff=2048, linears T=512 in=out=1024, monarch N=512 with 1024 → 1024 in 4 blocks, ...).
-    #[arg(long = "dim", value_name = "NAME=VALUE")]
+    #[arg(long = "dim", visible_alias = "shape", value_name = "NAME=VALUE")]
     dims: Vec<String>,
     /// A pattern parameter, NAME=VALUE (repeatable), e.g. --param topk=64.
     #[arg(long = "param", value_name = "NAME=VALUE")]
@@ -139,7 +140,7 @@ enum Command {
     ///
     /// The candidates are the spec's own schedule (the fallback, what runs untuned) and every
     /// other value of the schedule fields its op reads: tile_k = 16 | 32 (routed-ffn,
-    /// dense-linear, sara-linear, pst-linear: the tile mainloop's slice depth), tile_m = 16 | 8 |
+    /// dense-linear, sara-linear, pst-linear, block-diag-linear: the tile mainloop's slice depth), tile_m = 16 | 8 |
     /// 4 (monarch: rows per cube of the fused forward), fused = true | false (spt-attention).
     /// Ops without such fields have one candidate and are recorded without timing. Keys bucket
     /// the sizes to powers of two. The cache is a JSON file per device, driver and version in
@@ -148,12 +149,17 @@ enum Command {
     /// the training runtime) use the cached winner of a default-schedule spec;
     /// SPARSECUBE_AUTOTUNE=off|cached|on (default cached; on also tunes unseen keys).
     Tune {
-        /// The op (e.g. routed-ffn); omit it with --file, or omit both to tune every op that
-        /// has schedule fields at its example size.
+        /// The op (e.g. routed-ffn); omit it with --file or --model, or omit all three to tune
+        /// every op that has schedule fields at its example size.
         op: Option<OpKind>,
         /// An IR text file: every kernel in it is tuned.
-        #[arg(long, conflicts_with_all = ["op", "dims", "params", "schedule"])]
+        #[arg(long, conflicts_with_all = ["op", "dims", "params", "schedule", "model"])]
         file: Option<PathBuf>,
+        /// A model config (TOML, `[model]`: batch, seq_len, d_model, heads, d_ff, dtype, method =
+        /// dense | lora | spt | sara | pst | monarch | cbm, blocks, concepts, classes): the kernels
+        /// of one layer's training step are tuned.
+        #[arg(long, value_name = "CONFIG.toml", conflicts_with_all = ["op", "dims", "params", "schedule"])]
+        model: Option<PathBuf>,
         #[command(flatten)]
         spec: SpecArgs,
         /// Where the kernels run (auto: CUDA, else wgpu).
@@ -178,6 +184,9 @@ enum Command {
         /// Also write the results as JSON to REPORT (replaced atomically).
         #[arg(long, value_name = "REPORT")]
         json: Option<PathBuf>,
+        /// Print the specs (IR text) and each one's candidates; time nothing, open no device.
+        #[arg(long)]
+        list: bool,
     },
     /// Compare every generated kernel (forward and backward) with the reference executor on
     /// random shapes, on one device; exits non-zero when any case fails.
@@ -205,8 +214,9 @@ enum Command {
     /// device memory, and the ratios sparse / dense of both.
     ///
     /// Suites: `all` (one workload per op with kernels and a dense counterpart — spt-attention,
-    /// routed-ffn, monarch, sara-linear, pst-linear, cbm-head), `paper` (the published shapes;
-    /// see benches/torch_baselines.py).
+    /// routed-ffn, monarch, block-diag-linear, sara-linear, pst-linear, cbm-head), `paper` (the
+    /// published shapes; see benches/torch_baselines.py). Default-schedule specs run their tuned
+    /// schedule when the tuning cache has one (`sparsecube tune`; SPARSECUBE_AUTOTUNE=off: never).
     Bench {
         /// Only this op's workloads of the suite (e.g. `sparsecube bench routed-ffn`).
         op: Option<OpKind>,
@@ -256,6 +266,7 @@ fn init_logs(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .without_time()
         .try_init();
@@ -284,6 +295,7 @@ fn main() -> ExitCode {
         Command::Tune {
             op,
             file,
+            model,
             spec,
             device,
             budget,
@@ -292,9 +304,11 @@ fn main() -> ExitCode {
             force,
             cache_dir,
             json,
+            list,
         } => tune_cmd(
             op,
             file.as_deref(),
+            model.as_deref(),
             &spec,
             device,
             budget,
@@ -302,6 +316,7 @@ fn main() -> ExitCode {
             force,
             cache_dir.as_deref(),
             json.as_deref(),
+            list,
         ),
         Command::Selftest {
             device,
@@ -498,6 +513,7 @@ fn spec_from_cli(op: OpKind, args: &SpecArgs) -> Result<KernelSpec> {
 fn tune_cmd(
     op: Option<OpKind>,
     file: Option<&std::path::Path>,
+    model: Option<&std::path::Path>,
     args: &SpecArgs,
     device: Device,
     budget: Option<f64>,
@@ -505,6 +521,7 @@ fn tune_cmd(
     force: bool,
     cache_dir: Option<&std::path::Path>,
     json: Option<&std::path::Path>,
+    list: bool,
 ) -> Result<()> {
     let budget = match budget {
         Some(b) if !(b.is_finite() && b > 0.0) => {
@@ -512,14 +529,31 @@ fn tune_cmd(
         }
         b => b.map(std::time::Duration::from_secs_f64),
     };
-    let specs = match (op, file) {
-        (None, None) => OpKind::ALL
+    let specs = if let Some(path) = model {
+        config::ModelConfig::read(path)?
+            .specs()
+            .with_context(|| format!("`{}`", path.display()))?
+    } else if op.is_none() && file.is_none() {
+        OpKind::ALL
             .iter()
             .filter(|op| !kernels_ir::Knob::of(**op).is_empty())
             .map(|op| spec_from_cli(*op, args))
-            .collect::<Result<Vec<_>>>()?,
-        _ => specs_from_cli(op, file, args)?,
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        specs_from_cli(op, file, args)?
     };
+    if list {
+        for spec in &specs {
+            let labels: Vec<String> = spec
+                .schedule
+                .space(spec.op)
+                .iter()
+                .map(|s| s.label(spec.op))
+                .collect();
+            println!("# candidates: {}\n{spec}\n", labels.join(" | "));
+        }
+        return Ok(());
+    }
     let dev = open_kernel_device(device)?;
     tune::run(
         &dev,
@@ -581,6 +615,13 @@ fn gen_sources(
 
 /// The device generated kernels run on: `auto` is CUDA, else wgpu (never the reference).
 fn open_kernel_device(device: Device) -> Result<sparsecube_runtime::Device> {
+    let dev = open_kernel_device_quietly(device)?;
+    let (name, driver) = sparsecube_runtime::device_name_and_driver(&dev);
+    tracing::info!("device: {} ({name}, {driver})", dev.kind().name());
+    Ok(dev)
+}
+
+fn open_kernel_device_quietly(device: Device) -> Result<sparsecube_runtime::Device> {
     Ok(match device {
         Device::Auto => sparsecube_runtime::cuda().or_else(|_| sparsecube_runtime::wgpu())?,
         Device::Cuda => sparsecube_runtime::cuda()?,

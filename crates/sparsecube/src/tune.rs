@@ -78,6 +78,7 @@ pub fn run(device: &Device, req: &Request<'_>) -> Result<()> {
         };
         let tuned = tune_spec(device, spec, &mut cache, options, |_, label, result| {
             bar.inc(1);
+            tracing::info!("{} candidate {label}: {result:?} (median ms)", spec.name);
             match result {
                 Ok(Some(t)) => bar.set_message(format!("{label}: {t:.3} ms")),
                 Ok(None) => bar.set_message(format!("{label}: not timed")),
