@@ -3,13 +3,13 @@
 //! kernel's row tile; forward (y) and every gradient (dx, dw1, dw2). The single block-diagonal map
 //! (`block-diag-linear`), and the dense linear Monarch is benchmarked against.
 
-use kernels_ir::pattern::{BlockDiagonal, MonarchShape, Pattern};
-use kernels_ir::reference::rng::SplitMix64;
-use kernels_ir::reference::{TensorMap, Value};
-use kernels_ir::{DType, Direction, KernelSpec, OpKind};
+use kernels_ir::DType;
+use kernels_ir::pattern::MonarchShape;
 use proptest::prelude::*;
-use sparsecube_runtime::selftest::{LinearCase, MonarchCase, check_linear, check_monarch};
-use sparsecube_tests::{proptest_config, randn, rel_err, round_to, wgpu_or_skip};
+use sparsecube_runtime::selftest::{
+    BlockDiagCase, LinearCase, MonarchCase, check_linear, check_monarch,
+};
+use sparsecube_tests::{proptest_config, wgpu_or_skip};
 
 fn case(dtype: DType) -> impl Strategy<Value = MonarchCase> {
     (
@@ -136,46 +136,21 @@ fn check_block_diag(
     let Some(device) = wgpu_or_skip("block-diag-linear") else {
         return Ok(());
     };
-    let mut rng = SplitMix64::new(seed);
-    let mut ins = TensorMap::new();
-    for (name, shape, std) in [
-        ("x", vec![n, blocks * pi], 1.0),
-        ("w", vec![blocks, qo, pi], 1.0 / (pi as f64).sqrt()),
-        ("dy", vec![n, blocks * qo], 1.0),
-    ] {
-        ins.insert(
-            name.into(),
-            Value::F(round_to(&randn(&mut rng, &shape, std), dtype)),
-        );
+    let case = BlockDiagCase {
+        n,
+        blocks,
+        pi,
+        qo,
+        dtype,
+        seed,
+    };
+    let report = sparsecube_runtime::selftest::check_block_diag(&device, &case)
+        .map_err(|e| e.to_string())?;
+    if report.passed() {
+        Ok(())
+    } else {
+        Err(report.to_string())
     }
-    let tol = sparsecube_runtime::selftest::tolerance(dtype);
-    for direction in [Direction::Forward, Direction::Backward] {
-        let spec = KernelSpec::builder("bd", OpKind::BlockDiagLinear)
-            .dims([("N", n), ("in", blocks * pi), ("out", blocks * qo)])
-            .pattern(Pattern::BlockDiagonal(BlockDiagonal { blocks }))
-            .dtype(dtype)
-            .direction(direction)
-            .build()
-            .map_err(|e| e.to_string())?;
-        let mut ins = ins.clone();
-        if direction == Direction::Forward {
-            ins.remove("dy");
-        }
-        let got = sparsecube_runtime::run(&device, &spec, &ins).map_err(|e| e.to_string())?;
-        let want = kernels_ir::reference::run(&spec, &ins).map_err(|e| e.to_string())?;
-        for (name, w) in &want {
-            let (Value::F(g), Value::F(w)) = (&got[name], w) else {
-                return Err(format!("{name} is not a float tensor"));
-            };
-            let err = rel_err(&g.data, &w.data, 1e-12);
-            if err > tol {
-                return Err(format!(
-                    "N={n} blocks={blocks} pi={pi} qo={qo} {dtype} {direction}: {name} error {err:.2e} > {tol:.0e}"
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 proptest! {

@@ -3,13 +3,11 @@
 //! candidates, D ∈ {16, 32, 64}, both selectors, clamp on and off, fused and unfused forward,
 //! f32, f16 and bf16 storage.
 
-use kernels_ir::pattern::{Pattern, PqTopK};
-use kernels_ir::reference::rng::SplitMix64;
-use kernels_ir::reference::{Tensor, TensorMap, Value};
-use kernels_ir::{DType, Direction, KernelSpec, OpKind};
+use kernels_ir::reference::{TensorMap, Value};
+use kernels_ir::{DType, Direction, KernelSpec};
 use proptest::prelude::*;
-use sparsecube_runtime::selftest::{SptCase, check_dense, check_spt};
-use sparsecube_tests::{proptest_config, randn, round_to, wgpu_or_skip};
+use sparsecube_runtime::selftest::{EncodeCase, SptCase, check_dense, check_encode, check_spt};
+use sparsecube_tests::{proptest_config, wgpu_or_skip};
 
 /// L up to 150: several chunks of the key-major index (64 query rows each), rarely a multiple of
 /// any tile; topk not a power of two in most draws, causal rows with fewer than topk candidates.
@@ -94,8 +92,7 @@ proptest! {
     #![proptest_config(proptest_config(16))]
 
     /// `pq-encode` on its own (the attention chain's encoding kernel): codes equal the
-    /// reference's exactly. Rows are noisy copies of random codewords, as PQ sees them, so the
-    /// nearest codeword is never a near-tie that f32 and f64 could break differently.
+    /// reference's exactly, f32 and f16 (rows are noisy copies of codewords: no near-ties).
     #[test]
     fn pq_encode_matches_reference(
         n in 1usize..300,
@@ -106,32 +103,10 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let Some(device) = wgpu_or_skip("pq-encode") else { return Ok(()) };
-        let d = sub_dim * subspaces;
         let dtype = if half { DType::F16 } else { DType::F32 };
-        let spec = KernelSpec::builder("e", OpKind::PqEncode)
-            .dims([("N", n), ("D", d)])
-            .pattern(Pattern::PqTopK(PqTopK { sub_dim, codewords, ..PqTopK::default() }))
-            .dtype(dtype)
-            .build()
-            .unwrap();
-        let mut rng = SplitMix64::new(seed);
-        let codebook = round_to(&randn(&mut rng, &[subspaces, codewords, sub_dim], 1.0), dtype);
-        let mut x = Tensor::zeros(&[n, d]);
-        for r in 0..n {
-            for s in 0..subspaces {
-                let w = (rng.next_u64() % codewords as u64) as usize;
-                for t in 0..sub_dim {
-                    x.data[r * d + s * sub_dim + t] = codebook.data[(s * codewords + w) * sub_dim + t]
-                        + 0.01 * rng.normal();
-                }
-            }
-        }
-        let mut ins = TensorMap::new();
-        ins.insert("x".into(), Value::F(round_to(&x, dtype)));
-        ins.insert("codebook".into(), Value::F(codebook));
-        let got = sparsecube_runtime::run(&device, &spec, &ins).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let want = kernels_ir::reference::run(&spec, &ins).unwrap();
-        prop_assert_eq!(&got["codes"], &want["codes"]);
+        let case = EncodeCase { n, subspaces, sub_dim, codewords, dtype, seed };
+        let report = check_encode(&device, &case).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert!(report.passed(), "{}", report);
     }
 }
 

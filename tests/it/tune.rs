@@ -440,55 +440,26 @@ fn every_schedule_point_matches_the_reference() {
     };
     let mut rng = kernels_ir::reference::rng::SplitMix64::new(0x7E57);
     let f32s = [DType::F32];
+    // Every selftest case family, each drawn twice: the same random shapes `selftest` uses.
+    macro_rules! each_point {
+        ($case:expr) => {{
+            let c = $case;
+            every_point(
+                &device,
+                &c.to_string(),
+                c.dtype,
+                |d| c.spec(d).unwrap(),
+                c.inputs(),
+            );
+        }};
+    }
     for _ in 0..2 {
-        let c = SptCase::draw(&mut rng, 80, &f32s);
-        every_point(
-            &device,
-            &c.to_string(),
-            c.dtype,
-            |d| c.spec(d).unwrap(),
-            c.inputs(),
-        );
-        let c = RoutedCase::draw(&mut rng, 150, &f32s);
-        every_point(
-            &device,
-            &c.to_string(),
-            c.dtype,
-            |d| c.spec(d).unwrap(),
-            c.inputs(),
-        );
-        let c = MonarchCase::draw(&mut rng, &f32s);
-        every_point(
-            &device,
-            &c.to_string(),
-            c.dtype,
-            |d| c.spec(d).unwrap(),
-            c.inputs(),
-        );
-        let c = LinearCase::draw(&mut rng, &f32s);
-        every_point(
-            &device,
-            &c.to_string(),
-            c.dtype,
-            |d| c.spec(d).unwrap(),
-            c.inputs(),
-        );
-        let c = SaraCase::draw(&mut rng, &f32s);
-        every_point(
-            &device,
-            &c.to_string(),
-            c.dtype,
-            |d| c.spec(d).unwrap(),
-            c.inputs(),
-        );
-        let c = PstCase::draw(&mut rng, &f32s);
-        every_point(
-            &device,
-            &c.to_string(),
-            c.dtype,
-            |d| c.spec(d).unwrap(),
-            c.inputs(),
-        );
+        each_point!(SptCase::draw(&mut rng, 80, &f32s));
+        each_point!(RoutedCase::draw(&mut rng, 150, &f32s));
+        each_point!(MonarchCase::draw(&mut rng, &f32s));
+        each_point!(LinearCase::draw(&mut rng, &f32s));
+        each_point!(SaraCase::draw(&mut rng, &f32s));
+        each_point!(PstCase::draw(&mut rng, &f32s));
     }
     // The block-diagonal map past one tile in its reduction (70 inputs per block).
     let (n, blocks, pi, qo) = (70, 3, 70, 20);

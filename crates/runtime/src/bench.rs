@@ -70,6 +70,31 @@ pub enum Attention {
     Dense,
 }
 
+/// An error unless `spec` is an `op` spec (`bench` says which bench refused it).
+fn expect_op(spec: &KernelSpec, op: OpKind, bench: &str) -> Result<(), RuntimeError> {
+    if spec.op == op {
+        return Ok(());
+    }
+    Err(sparsecube_codegen::LowerError::Unsupported {
+        op: spec.op,
+        what: bench.to_string(),
+    }
+    .into())
+}
+
+/// `len` (at least one) N(0, std²) values from `rng`, uploaded in dtype `F`.
+fn normal<R: Runtime, F: crate::execute::HostFloat>(
+    client: &ComputeClient<R>,
+    rng: &mut SplitMix64,
+    len: usize,
+    std: f64,
+) -> Handle {
+    let v: Vec<F> = (0..len.max(1))
+        .map(|_| F::from_f64(std * rng.normal()))
+        .collect();
+    client.create_from_slice(F::as_bytes(&v))
+}
+
 fn median_min_max(mut times: Vec<f64>) -> (f64, f64, f64) {
     times.sort_by(f64::total_cmp);
     (times[times.len() / 2], times[0], times[times.len() - 1])
@@ -85,13 +110,11 @@ pub fn attention(
     repeats: usize,
     seed: u64,
 ) -> Result<Measured, RuntimeError> {
-    if spec.op != OpKind::SptAttention {
-        return Err(sparsecube_codegen::LowerError::Unsupported {
-            op: spec.op,
-            what: "the attention bench (it times spt-attention)".into(),
-        }
-        .into());
-    }
+    expect_op(
+        spec,
+        OpKind::SptAttention,
+        "the attention bench (it times spt-attention)",
+    )?;
     match (device, spec.dtype) {
         (Device::Cuda(c), DType::F32) => {
             attention_on::<_, f32>(c, "cuda", spec, which, warmup, repeats, seed)
@@ -175,13 +198,11 @@ pub fn routed_ffn(
     repeats: usize,
     seed: u64,
 ) -> Result<Measured, RuntimeError> {
-    if spec.op != OpKind::RoutedFfn {
-        return Err(sparsecube_codegen::LowerError::Unsupported {
-            op: spec.op,
-            what: "the routed FFN bench (it times routed-ffn)".into(),
-        }
-        .into());
-    }
+    expect_op(
+        spec,
+        OpKind::RoutedFfn,
+        "the routed FFN bench (it times routed-ffn)",
+    )?;
     match (device, spec.dtype) {
         (Device::Cuda(c), DType::F32) => {
             routed_on::<_, f32>(c, "cuda", spec, warmup, repeats, seed)
@@ -225,10 +246,7 @@ fn routed_on<R: Runtime, F: crate::execute::HostFloat>(
         plan.dff(),
         plan.cfg.blocks as usize,
     );
-    let mut upload = |len: usize, std: f64| -> Handle {
-        let v: Vec<F> = (0..len).map(|_| F::from_f64(std * rng.normal())).collect();
-        client.create_from_slice(F::as_bytes(&v))
-    };
+    let mut upload = |len: usize, std: f64| normal::<R, F>(client, &mut rng, len, std);
     let fan = |n: usize| 1.0 / (n as f64).sqrt();
     let x = upload(t * dm, 1.0);
     let w1 = upload(dff * dm, fan(dm));
@@ -318,13 +336,11 @@ pub fn linear(
     repeats: usize,
     seed: u64,
 ) -> Result<Measured, RuntimeError> {
-    if spec.op != OpKind::Monarch {
-        return Err(sparsecube_codegen::LowerError::Unsupported {
-            op: spec.op,
-            what: "the linear bench (it times monarch and its dense counterpart)".into(),
-        }
-        .into());
-    }
+    expect_op(
+        spec,
+        OpKind::Monarch,
+        "the linear bench (it times monarch and its dense counterpart)",
+    )?;
     let args = (spec, which, warmup, repeats, seed);
     on_device!(device, spec.dtype, linear_on, args)
 }
@@ -339,10 +355,7 @@ fn linear_on<R: Runtime, F: crate::execute::HostFloat>(
     let (n, n_in, inner, n_out) = plan.sizes();
     let (s1, s2) = plan.factor_sizes();
     let mut rng = SplitMix64::new(seed);
-    let mut upload = |len: usize, std: f64| -> Handle {
-        let v: Vec<F> = (0..len).map(|_| F::from_f64(std * rng.normal())).collect();
-        client.create_from_slice(F::as_bytes(&v))
-    };
+    let mut upload = |len: usize, std: f64| normal::<R, F>(client, &mut rng, len, std);
     let fan = |k: usize| 1.0 / (k as f64).sqrt();
     let x = upload(n * n_in, 1.0);
     let dy = upload(n * n_out, 1.0);
@@ -387,13 +400,11 @@ pub fn dense_linear(
     repeats: usize,
     seed: u64,
 ) -> Result<Measured, RuntimeError> {
-    if spec.op != OpKind::DenseLinear {
-        return Err(sparsecube_codegen::LowerError::Unsupported {
-            op: spec.op,
-            what: "the dense linear bench (it times dense-linear)".into(),
-        }
-        .into());
-    }
+    expect_op(
+        spec,
+        OpKind::DenseLinear,
+        "the dense linear bench (it times dense-linear)",
+    )?;
     spec.verify()?;
     let args = (spec, warmup, repeats, seed);
     on_device!(device, spec.dtype, dense_linear_on, args)
@@ -408,10 +419,7 @@ fn dense_linear_on<R: Runtime, F: crate::execute::HostFloat>(
     let plan = LinearPlan::from_spec(spec);
     let (n, n_in, n_out) = (plan.n, plan.cfg.n_in as usize, plan.cfg.n_out as usize);
     let mut rng = SplitMix64::new(seed);
-    let mut upload = |len: usize, std: f64| -> Handle {
-        let v: Vec<F> = (0..len).map(|_| F::from_f64(std * rng.normal())).collect();
-        client.create_from_slice(F::as_bytes(&v))
-    };
+    let mut upload = |len: usize, std: f64| normal::<R, F>(client, &mut rng, len, std);
     let x = upload(n * n_in, 1.0);
     let dy = upload(n * n_out, 1.0);
     let w = upload(n_out * n_in, 1.0 / (n_in as f64).sqrt());
@@ -432,13 +440,11 @@ pub fn block_diag(
     repeats: usize,
     seed: u64,
 ) -> Result<Measured, RuntimeError> {
-    if spec.op != OpKind::BlockDiagLinear {
-        return Err(sparsecube_codegen::LowerError::Unsupported {
-            op: spec.op,
-            what: "the block-diagonal bench (it times block-diag-linear)".into(),
-        }
-        .into());
-    }
+    expect_op(
+        spec,
+        OpKind::BlockDiagLinear,
+        "the block-diagonal bench (it times block-diag-linear)",
+    )?;
     let args = (spec, warmup, repeats, seed);
     on_device!(device, spec.dtype, block_diag_on, args)
 }
@@ -453,10 +459,7 @@ fn block_diag_on<R: Runtime, F: crate::execute::HostFloat>(
     let (n, n_in, n_out) = plan.sizes();
     let per_block_in = plan.cfg.pi as usize;
     let mut rng = SplitMix64::new(seed);
-    let mut upload = |len: usize, std: f64| -> Handle {
-        let v: Vec<F> = (0..len).map(|_| F::from_f64(std * rng.normal())).collect();
-        client.create_from_slice(F::as_bytes(&v))
-    };
+    let mut upload = |len: usize, std: f64| normal::<R, F>(client, &mut rng, len, std);
     let x = upload(n * n_in, 1.0);
     let dy = upload(n * n_out, 1.0);
     let w = upload(n_out * per_block_in, 1.0 / (per_block_in as f64).sqrt());
@@ -477,13 +480,7 @@ pub fn cbm_head(
     repeats: usize,
     seed: u64,
 ) -> Result<Measured, RuntimeError> {
-    if spec.op != OpKind::CbmHead {
-        return Err(sparsecube_codegen::LowerError::Unsupported {
-            op: spec.op,
-            what: "the CBM bench (it times cbm-head)".into(),
-        }
-        .into());
-    }
+    expect_op(spec, OpKind::CbmHead, "the CBM bench (it times cbm-head)")?;
     let args = (spec, warmup, repeats, seed);
     on_device!(device, spec.dtype, cbm_on, args)
 }
@@ -497,12 +494,7 @@ fn cbm_on<R: Runtime, F: crate::execute::HostFloat>(
     crate::execute::ensure_storable::<R, F>(client, kind, spec.dtype)?;
     let (b, c, k) = (plan.b, plan.cfg.c as usize, plan.cfg.k as usize);
     let mut rng = SplitMix64::new(seed);
-    let mut upload = |len: usize, std: f64| -> Handle {
-        let v: Vec<F> = (0..len.max(1))
-            .map(|_| F::from_f64(std * rng.normal()))
-            .collect();
-        client.create_from_slice(F::as_bytes(&v))
-    };
+    let mut upload = |len: usize, std: f64| normal::<R, F>(client, &mut rng, len, std);
     let fan = 1.0 / (c as f64).sqrt();
     let x = upload(b * c, 1.0);
     let wc = upload(c * c, fan);
@@ -659,10 +651,7 @@ fn sara_on<R: Runtime, F: crate::execute::HostFloat>(
     crate::execute::ensure_storable::<R, F>(client, kind, spec.dtype)?;
     let (t, n_in, n_out) = (plan.t, plan.n_in, plan.n_out);
     let mut rng = SplitMix64::new(seed);
-    let mut upload = |len: usize, std: f64| -> Handle {
-        let v: Vec<F> = (0..len).map(|_| F::from_f64(std * rng.normal())).collect();
-        client.create_from_slice(F::as_bytes(&v))
-    };
+    let mut upload = |len: usize, std: f64| normal::<R, F>(client, &mut rng, len, std);
     let x = upload(t * n_in, 1.0);
     let w = upload(n_out * n_in, 1.0 / (n_in as f64).sqrt());
     let bias = upload(n_out, 0.1);
@@ -733,10 +722,7 @@ fn pst_on<R: Runtime, F: crate::execute::HostFloat>(
     crate::execute::ensure_storable::<R, F>(client, kind, spec.dtype)?;
     let (t, n_in, n_out, r, rm) = plan.sizes();
     let mut rng = SplitMix64::new(seed);
-    let mut upload = |len: usize, std: f64| -> Handle {
-        let v: Vec<F> = (0..len).map(|_| F::from_f64(std * rng.normal())).collect();
-        client.create_from_slice(F::as_bytes(&v))
-    };
+    let mut upload = |len: usize, std: f64| normal::<R, F>(client, &mut rng, len, std);
     let std = 1.0 / (n_in as f64).sqrt();
     let x = upload(t * n_in, 1.0);
     let dy = upload(t * n_out, 1.0);

@@ -9,8 +9,8 @@
 
 use crate::{Device, RuntimeError};
 use kernels_ir::pattern::{
-    Activation, Cbm, GateMode, MonarchShape, Pattern, PqTopK, Pst, Routed, Router, Sara,
-    SaraSelect, Selector, TopK,
+    Activation, BlockDiagonal, Cbm, GateMode, MonarchShape, Pattern, PqTopK, Pst, Routed, Router,
+    Sara, SaraSelect, Selector, TopK,
 };
 use kernels_ir::reference::rng::SplitMix64;
 use kernels_ir::reference::{self, Tensor, TensorMap, Value};
@@ -848,6 +848,202 @@ pub fn check_linear(device: &Device, case: &LinearCase) -> Result<CaseReport, Ru
         report.outputs.push(compare(&got, &want, name, tol)?);
     }
     Ok(report)
+}
+
+/// One block-diagonal map (`block-diag-linear`): x [N, blocks·pi], w [blocks, qo, pi].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockDiagCase {
+    /// Rows.
+    pub n: usize,
+    /// Blocks.
+    pub blocks: usize,
+    /// Inputs per block.
+    pub pi: usize,
+    /// Outputs per block.
+    pub qo: usize,
+    /// Storage dtype.
+    pub dtype: DType,
+    /// Seed of the inputs.
+    pub seed: u64,
+}
+
+impl fmt::Display for BlockDiagCase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "block-diag-linear N={} blocks={} in/block={} out/block={} {} seed={}",
+            self.n, self.blocks, self.pi, self.qo, self.dtype, self.seed
+        )
+    }
+}
+
+impl BlockDiagCase {
+    /// A random case, past one 64-wide tile in some draws: N in 1..130, 1–4 blocks of 1..80
+    /// inputs and outputs.
+    pub fn draw(rng: &mut SplitMix64, dtypes: &[DType]) -> Self {
+        let mut pick = |n: usize| rng.below(n.max(1));
+        let (n, blocks, pi, qo) = (1 + pick(129), 1 + pick(4), 1 + pick(79), 1 + pick(79));
+        let dtype = dtypes[pick(dtypes.len())];
+        Self {
+            n,
+            blocks,
+            pi,
+            qo,
+            dtype,
+            seed: rng.next_u64(),
+        }
+    }
+
+    /// The spec of this case in `direction`.
+    pub fn spec(&self, direction: Direction) -> Result<KernelSpec, RuntimeError> {
+        KernelSpec::builder("block_diag", OpKind::BlockDiagLinear)
+            .dims([
+                ("N", self.n),
+                ("in", self.blocks * self.pi),
+                ("out", self.blocks * self.qo),
+            ])
+            .pattern(Pattern::BlockDiagonal(BlockDiagonal {
+                blocks: self.blocks,
+            }))
+            .dtype(self.dtype)
+            .direction(direction)
+            .build()
+            .map_err(RuntimeError::Spec)
+    }
+
+    /// x, w (N(0, 1/pi)) and dy, rounded through the storage dtype.
+    pub fn inputs(&self) -> TensorMap {
+        let mut rng = SplitMix64::new(self.seed);
+        let mut out = TensorMap::new();
+        for (name, shape, std) in [
+            ("x", vec![self.n, self.blocks * self.pi], 1.0),
+            (
+                "w",
+                vec![self.blocks, self.qo, self.pi],
+                1.0 / (self.pi as f64).sqrt(),
+            ),
+            ("dy", vec![self.n, self.blocks * self.qo], 1.0),
+        ] {
+            let v = round_to(&rng.normal_tensor(&shape, std), self.dtype);
+            out.insert(name.into(), Value::F(v));
+        }
+        out
+    }
+}
+
+/// Runs `case` forward and backward on `device` and on the reference executor and compares y,
+/// dx and dw within [`tolerance`].
+pub fn check_block_diag(device: &Device, case: &BlockDiagCase) -> Result<CaseReport, RuntimeError> {
+    let mut ins = case.inputs();
+    let dy = ins.remove("dy").expect("inputs() draws dy");
+    let tol = tolerance(case.dtype);
+    let mut report = CaseReport {
+        case: case.to_string(),
+        index_mismatches: 0,
+        outputs: Vec::new(),
+    };
+    let (got, want) = both(device, &case.spec(Direction::Forward)?, &ins)?;
+    report.outputs.push(compare(&got, &want, "y", tol)?);
+    ins.insert("dy".into(), dy);
+    let (got, want) = both(device, &case.spec(Direction::Backward)?, &ins)?;
+    for name in ["dx", "dw"] {
+        report.outputs.push(compare(&got, &want, name, tol)?);
+    }
+    Ok(report)
+}
+
+/// One `pq-encode` problem: N rows of S subspaces of `sub_dim`, E codewords; every row a noisy
+/// copy of random codewords (as PQ sees them), so the nearest codeword is never a near-tie.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodeCase {
+    /// Rows.
+    pub n: usize,
+    /// Subspaces.
+    pub subspaces: usize,
+    /// Sub-vector length.
+    pub sub_dim: usize,
+    /// Codewords per subspace.
+    pub codewords: usize,
+    /// Storage dtype.
+    pub dtype: DType,
+    /// Seed of the inputs.
+    pub seed: u64,
+}
+
+impl fmt::Display for EncodeCase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pq-encode N={} S={} d_c={} E={} {} seed={}",
+            self.n, self.subspaces, self.sub_dim, self.codewords, self.dtype, self.seed
+        )
+    }
+}
+
+impl EncodeCase {
+    /// A random case: N in 1..300, 1–8 subspaces of 4, 8 or 16, 2–32 codewords.
+    pub fn draw(rng: &mut SplitMix64, dtypes: &[DType]) -> Self {
+        let mut pick = |n: usize| rng.below(n.max(1));
+        let (n, subspaces) = (1 + pick(299), 1 + pick(8));
+        let sub_dim = [4, 8, 16][pick(3)];
+        let codewords = 2 + pick(31);
+        let dtype = dtypes[pick(dtypes.len())];
+        Self {
+            n,
+            subspaces,
+            sub_dim,
+            codewords,
+            dtype,
+            seed: rng.next_u64(),
+        }
+    }
+
+    /// The spec of this case.
+    pub fn spec(&self) -> Result<KernelSpec, RuntimeError> {
+        KernelSpec::builder("pq_encode", OpKind::PqEncode)
+            .dims([("N", self.n), ("D", self.subspaces * self.sub_dim)])
+            .pattern(Pattern::PqTopK(PqTopK {
+                sub_dim: self.sub_dim,
+                codewords: self.codewords,
+                ..PqTopK::default()
+            }))
+            .dtype(self.dtype)
+            .build()
+            .map_err(RuntimeError::Spec)
+    }
+
+    /// The codebook (N(0, 1)) and x (codewords plus N(0, 0.01²) noise), rounded through the
+    /// storage dtype.
+    pub fn inputs(&self) -> TensorMap {
+        let mut rng = SplitMix64::new(self.seed);
+        let (s, e, dc) = (self.subspaces, self.codewords, self.sub_dim);
+        let codebook = round_to(&rng.normal_tensor(&[s, e, dc], 1.0), self.dtype);
+        let d = s * dc;
+        let mut x = Tensor::zeros(&[self.n, d]);
+        for r in 0..self.n {
+            for sub in 0..s {
+                let w = rng.below(e);
+                for t in 0..dc {
+                    x.data[r * d + sub * dc + t] =
+                        codebook.data[(sub * e + w) * dc + t] + 0.01 * rng.normal();
+                }
+            }
+        }
+        let mut out = TensorMap::new();
+        out.insert("x".into(), Value::F(round_to(&x, self.dtype)));
+        out.insert("codebook".into(), Value::F(codebook));
+        out
+    }
+}
+
+/// Runs `case` on `device` and on the reference executor: the codes must be equal.
+pub fn check_encode(device: &Device, case: &EncodeCase) -> Result<CaseReport, RuntimeError> {
+    let (got, want) = both(device, &case.spec()?, &case.inputs())?;
+    Ok(CaseReport {
+        case: case.to_string(),
+        index_mismatches: mismatches(&got, &want, "codes")?,
+        outputs: Vec::new(),
+    })
 }
 
 /// One SaRA linear problem: x [T, in], w [out, in], bias [out], the mask rule, optionally the

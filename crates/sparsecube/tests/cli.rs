@@ -937,13 +937,16 @@ fn selftest_compares_every_case_on_wgpu_and_refuses_the_reference() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
     // 3 random sparse cases + 4 dense-baseline cases + 1 routed FFN, 1 CBM head, 1 Monarch,
-    // 1 dense linear, 1 SaRA and 1 PST case (cases / 2 each), each a line with its errors.
+    // 1 dense linear, 1 SaRA, 1 PST, 1 block-diagonal and 1 PQ-encode case (cases / 2 each),
+    // each a line with its errors.
     assert_eq!(
         out.lines().filter(|l| l.starts_with("ok   [")).count(),
-        13,
+        15,
         "{out}"
     );
-    assert!(out.contains("selftest passed: 13 case(s)"), "{out}");
+    assert!(out.contains("selftest passed: 15 case(s)"), "{out}");
+    assert!(out.contains("ok   [block-diag-linear N="), "{out}");
+    assert!(out.contains("ok   [pq-encode N="), "{out}");
     assert!(out.contains("ok   [pst-linear T="), "{out}");
     assert!(out.contains("ok   [sara-linear T="), "{out}");
     assert!(out.contains("ok   [routed T="), "{out}");
@@ -954,8 +957,8 @@ fn selftest_compares_every_case_on_wgpu_and_refuses_the_reference() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
     // Two fixed SPT cases per dtype (f32, f16, bf16), one dense baseline, and one routed FFN,
-    // CBM head, Monarch, dense linear, SaRA and PST case per dtype.
-    assert!(out.contains("selftest passed: 25 case(s)"), "{out}");
+    // CBM head, Monarch, dense linear, SaRA, PST, block-diagonal and PQ-encode case per dtype.
+    assert!(out.contains("selftest passed: 31 case(s)"), "{out}");
 }
 
 #[test]
