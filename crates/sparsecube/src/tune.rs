@@ -126,7 +126,9 @@ pub fn run(device: &Device, req: &Request<'_>) -> Result<()> {
 }
 
 fn print_table(spec: &KernelSpec, t: &Tuned) {
-    let source = if t.cached {
+    let source = if t.entry.candidates.len() == 1 {
+        "one candidate (its op reads no schedule field): recorded, nothing to time".to_string()
+    } else if t.cached {
         "from the cache (nothing timed; --force tunes again)".to_string()
     } else if let Some(why) = &t.replaced {
         format!("tuned ({why})")
