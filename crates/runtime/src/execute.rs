@@ -188,6 +188,22 @@ fn download<R: Runtime, F: HostFloat>(
     Ok(Tensor::new(shape, data)?)
 }
 
+/// Downloads each `(name, handle, shape)` into `out` as a float tensor of dtype `F`.
+fn download_into<R: Runtime, F: HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    out: &mut TensorMap,
+    items: impl IntoIterator<Item = (&'static str, Handle, Vec<usize>)>,
+) -> Result<(), RuntimeError> {
+    for (name, h, shape) in items {
+        out.insert(
+            name.into(),
+            Value::F(download::<R, F>(client, kind, h, shape)?),
+        );
+    }
+    Ok(())
+}
+
 /// An i32 index tensor on the device, as the i64 `IndexTensor` the outputs hold.
 fn download_indices<R: Runtime>(
     client: &ComputeClient<R>,
@@ -298,20 +314,20 @@ fn routed_ffn<R: Runtime, F: HostFloat>(
             let g = routed::backward::<R, F>(client, &plan, &x, &w1, &w2, &wr, &saved, &dy);
             sync(client, kind)?;
             let (dff, e_n) = (plan.dff(), plan.cfg.blocks as usize);
-            for (name, h, shape) in [
-                ("dx", g.dx, vec![t, dm]),
-                ("dw1", g.dw1, vec![dff, dm]),
-                ("db1", g.db1, vec![dff]),
-                ("dw2", g.dw2, vec![dm, dff]),
-                ("db2", g.db2, vec![dm]),
-                ("dwr", g.dwr, vec![e_n, dm]),
-                ("dbr", g.dbr, vec![e_n]),
-            ] {
-                out.insert(
-                    name.into(),
-                    Value::F(download::<R, F>(client, kind, h, shape)?),
-                );
-            }
+            download_into::<R, F>(
+                client,
+                kind,
+                &mut out,
+                [
+                    ("dx", g.dx, vec![t, dm]),
+                    ("dw1", g.dw1, vec![dff, dm]),
+                    ("db1", g.db1, vec![dff]),
+                    ("dw2", g.dw2, vec![dm, dff]),
+                    ("db2", g.db2, vec![dm]),
+                    ("dwr", g.dwr, vec![e_n, dm]),
+                    ("dbr", g.dbr, vec![e_n]),
+                ],
+            )?;
         }
     }
     Ok(out)
@@ -325,8 +341,8 @@ fn dense_linear<R: Runtime, F: HostFloat>(
 ) -> Result<TensorMap, RuntimeError> {
     spec.verify()?;
     ensure_storable::<R, F>(client, kind, spec.dtype)?;
-    let (n, n_in, n_out) = (spec.dim("T"), spec.dim("in"), spec.dim("out"));
-    let plan = dense::LinearPlan::new(n, n_in, n_out, spec.schedule.tile_k);
+    let plan = dense::LinearPlan::from_spec(spec);
+    let (n, n_in, n_out) = (plan.n, plan.cfg.n_in as usize, plan.cfg.n_out as usize);
     let [x, w, bias] = ["x", "w", "bias"].map(|n| upload::<R, F>(client, tensor(inputs, n)));
     let mut out = TensorMap::new();
     match spec.direction {
@@ -342,16 +358,16 @@ fn dense_linear<R: Runtime, F: HostFloat>(
             let dy = upload::<R, F>(client, tensor(inputs, "dy"));
             let (dx, dw, dbias) = dense::backward::<R, F>(client, &plan, &x, &w, &dy);
             sync(client, kind)?;
-            for (name, h, shape) in [
-                ("dx", dx, vec![n, n_in]),
-                ("dw", dw, vec![n_out, n_in]),
-                ("dbias", dbias, vec![n_out]),
-            ] {
-                out.insert(
-                    name.into(),
-                    Value::F(download::<R, F>(client, kind, h, shape)?),
-                );
-            }
+            download_into::<R, F>(
+                client,
+                kind,
+                &mut out,
+                [
+                    ("dx", dx, vec![n, n_in]),
+                    ("dw", dw, vec![n_out, n_in]),
+                    ("dbias", dbias, vec![n_out]),
+                ],
+            )?;
         }
     }
     Ok(out)
@@ -483,32 +499,32 @@ fn pst_linear<R: Runtime, F: HostFloat>(
             let y = pst::forward::<R, F>(client, &plan, &x, &factors, &mask, &bias);
             let m = pst::mask_values::<R, F>(client, &plan, &mask);
             sync(client, kind)?;
-            for (name, h, shape) in [("y", y, vec![t, n_out]), ("mask", m, vec![n_out, n_in])] {
-                out.insert(
-                    name.into(),
-                    Value::F(download::<R, F>(client, kind, h, shape)?),
-                );
-            }
+            download_into::<R, F>(
+                client,
+                kind,
+                &mut out,
+                [("y", y, vec![t, n_out]), ("mask", m, vec![n_out, n_in])],
+            )?;
         }
         Direction::Backward => {
             let dy = up("dy");
             let g = pst::backward::<R, F>(client, &plan, &x, &factors, &mask, &dy);
             sync(client, kind)?;
-            for (name, h, shape) in [
-                ("dx", g.dx, vec![t, n_in]),
-                ("dbias", g.dbias, vec![n_out]),
-                ("du", g.du, vec![n_out, r]),
-                ("dv", g.dv, vec![r, n_in]),
-                ("dma", g.dma, vec![n_out, rm]),
-                ("dmb", g.dmb, vec![rm, n_in]),
-                ("dmr", g.dmr, vec![n_out]),
-                ("dmc", g.dmc, vec![n_in]),
-            ] {
-                out.insert(
-                    name.into(),
-                    Value::F(download::<R, F>(client, kind, h, shape)?),
-                );
-            }
+            download_into::<R, F>(
+                client,
+                kind,
+                &mut out,
+                [
+                    ("dx", g.dx, vec![t, n_in]),
+                    ("dbias", g.dbias, vec![n_out]),
+                    ("du", g.du, vec![n_out, r]),
+                    ("dv", g.dv, vec![r, n_in]),
+                    ("dma", g.dma, vec![n_out, rm]),
+                    ("dmb", g.dmb, vec![rm, n_in]),
+                    ("dmr", g.dmr, vec![n_out]),
+                    ("dmc", g.dmc, vec![n_in]),
+                ],
+            )?;
         }
     }
     Ok(out)
@@ -601,12 +617,12 @@ fn block_diag_linear<R: Runtime, F: HostFloat>(
             let (dx, dw) = blockdiag::backward::<R, F>(client, &plan, &x, &w, &dy);
             sync(client, kind)?;
             let w_shape = tensor(inputs, "w").shape.clone();
-            for (name, h, shape) in [("dx", dx, vec![n, n_in]), ("dw", dw, w_shape)] {
-                out.insert(
-                    name.into(),
-                    Value::F(download::<R, F>(client, kind, h, shape)?),
-                );
-            }
+            download_into::<R, F>(
+                client,
+                kind,
+                &mut out,
+                [("dx", dx, vec![n, n_in]), ("dw", dw, w_shape)],
+            )?;
         }
     }
     Ok(out)
@@ -655,16 +671,16 @@ fn cbm_head<R: Runtime, F: HostFloat>(
             let dlogits = upload::<R, F>(client, tensor(inputs, "dlogits"));
             let g = cbm::backward::<R, F>(client, &plan, &x, &wc, &wh, &saved, &dlogits);
             sync(client, kind)?;
-            for (name, h, shape) in [
-                ("dx", g.dx, vec![b, c]),
-                ("dwc", g.dwc, vec![c, c]),
-                ("dwh", g.dwh, vec![k, c]),
-            ] {
-                out.insert(
-                    name.into(),
-                    Value::F(download::<R, F>(client, kind, h, shape)?),
-                );
-            }
+            download_into::<R, F>(
+                client,
+                kind,
+                &mut out,
+                [
+                    ("dx", g.dx, vec![b, c]),
+                    ("dwc", g.dwc, vec![c, c]),
+                    ("dwh", g.dwh, vec![k, c]),
+                ],
+            )?;
         }
     }
     Ok(out)

@@ -268,6 +268,42 @@ fn compare(
     })
 }
 
+/// The forward of a case (its inputs without the upstream gradient `upstream`; outputs `fwd`)
+/// and its backward (with it; outputs `bwd`), each on `device` and on the reference executor,
+/// compared within [`tolerance`] of `dtype`.
+#[allow(clippy::too_many_arguments)]
+fn check_forward_backward(
+    device: &Device,
+    case: &dyn fmt::Display,
+    dtype: DType,
+    mut ins: TensorMap,
+    spec: impl Fn(Direction) -> Result<KernelSpec, RuntimeError>,
+    upstream: &str,
+    fwd: &[&'static str],
+    bwd: &[&'static str],
+) -> Result<CaseReport, RuntimeError> {
+    let grad = ins.remove(upstream).ok_or_else(|| RuntimeError::Device {
+        kind: "selftest",
+        message: format!("the case draws no `{upstream}`"),
+    })?;
+    let tol = tolerance(dtype);
+    let mut report = CaseReport {
+        case: case.to_string(),
+        index_mismatches: 0,
+        outputs: Vec::new(),
+    };
+    let (got, want) = both(device, &spec(Direction::Forward)?, &ins)?;
+    for name in fwd {
+        report.outputs.push(compare(&got, &want, name, tol)?);
+    }
+    ins.insert(upstream.into(), grad);
+    let (got, want) = both(device, &spec(Direction::Backward)?, &ins)?;
+    for name in bwd {
+        report.outputs.push(compare(&got, &want, name, tol)?);
+    }
+    Ok(report)
+}
+
 /// Runs `case` forward and backward on `device` and on the reference executor and compares:
 /// selected indices exactly, `out`, `dq`, `dk`, `dv` within [`tolerance`].
 pub fn check_spt(device: &Device, case: &SptCase) -> Result<CaseReport, RuntimeError> {
@@ -636,26 +672,16 @@ impl CbmCase {
 /// Runs `case` forward and backward on `device` and on the reference executor and compares z,
 /// logits, dx, dwc and dwh within [`tolerance`] (a different kept set shows as a logits error).
 pub fn check_cbm(device: &Device, case: &CbmCase) -> Result<CaseReport, RuntimeError> {
-    let mut ins = case.inputs();
-    let dlogits = ins.remove("dlogits").expect("inputs() draws dlogits");
-    let tol = tolerance(case.dtype);
-    let mut report = CaseReport {
-        case: case.to_string(),
-        index_mismatches: 0,
-        outputs: Vec::new(),
-    };
-    let fwd = case.spec(Direction::Forward)?;
-    let (got, want) = both(device, &fwd, &ins)?;
-    for name in ["z", "logits"] {
-        report.outputs.push(compare(&got, &want, name, tol)?);
-    }
-    ins.insert("dlogits".into(), dlogits);
-    let bwd = case.spec(Direction::Backward)?;
-    let (got, want) = both(device, &bwd, &ins)?;
-    for name in ["dx", "dwc", "dwh"] {
-        report.outputs.push(compare(&got, &want, name, tol)?);
-    }
-    Ok(report)
+    check_forward_backward(
+        device,
+        case,
+        case.dtype,
+        case.inputs(),
+        |d| case.spec(d),
+        "dlogits",
+        &["z", "logits"],
+        &["dx", "dwc", "dwh"],
+    )
 }
 
 /// One Monarch problem: x [N, k·p], w1 [k, q, p], w2 [l, s, r] with k·q = l·r.
@@ -738,22 +764,16 @@ fn gcd(a: usize, b: usize) -> usize {
 /// Runs `case` forward and backward on `device` and on the reference executor and compares y,
 /// dx, dw1 and dw2 within [`tolerance`].
 pub fn check_monarch(device: &Device, case: &MonarchCase) -> Result<CaseReport, RuntimeError> {
-    let mut ins = case.inputs();
-    let dy = ins.remove("dy").expect("inputs() draws dy");
-    let tol = tolerance(case.dtype);
-    let mut report = CaseReport {
-        case: case.to_string(),
-        index_mismatches: 0,
-        outputs: Vec::new(),
-    };
-    let (got, want) = both(device, &case.spec(Direction::Forward)?, &ins)?;
-    report.outputs.push(compare(&got, &want, "y", tol)?);
-    ins.insert("dy".into(), dy);
-    let (got, want) = both(device, &case.spec(Direction::Backward)?, &ins)?;
-    for name in ["dx", "dw1", "dw2"] {
-        report.outputs.push(compare(&got, &want, name, tol)?);
-    }
-    Ok(report)
+    check_forward_backward(
+        device,
+        case,
+        case.dtype,
+        case.inputs(),
+        |d| case.spec(d),
+        "dy",
+        &["y"],
+        &["dx", "dw1", "dw2"],
+    )
 }
 
 /// One dense linear problem (`dense-linear`, the baseline the structured linears are timed
@@ -832,22 +852,16 @@ impl LinearCase {
 /// Runs `case` forward and backward on `device` and on the reference executor and compares y,
 /// dx, dw and dbias within [`tolerance`].
 pub fn check_linear(device: &Device, case: &LinearCase) -> Result<CaseReport, RuntimeError> {
-    let mut ins = case.inputs();
-    let dy = ins.remove("dy").expect("inputs() draws dy");
-    let tol = tolerance(case.dtype);
-    let mut report = CaseReport {
-        case: case.to_string(),
-        index_mismatches: 0,
-        outputs: Vec::new(),
-    };
-    let (got, want) = both(device, &case.spec(Direction::Forward)?, &ins)?;
-    report.outputs.push(compare(&got, &want, "y", tol)?);
-    ins.insert("dy".into(), dy);
-    let (got, want) = both(device, &case.spec(Direction::Backward)?, &ins)?;
-    for name in ["dx", "dw", "dbias"] {
-        report.outputs.push(compare(&got, &want, name, tol)?);
-    }
-    Ok(report)
+    check_forward_backward(
+        device,
+        case,
+        case.dtype,
+        case.inputs(),
+        |d| case.spec(d),
+        "dy",
+        &["y"],
+        &["dx", "dw", "dbias"],
+    )
 }
 
 /// One block-diagonal map (`block-diag-linear`): x [N, blocks·pi], w [blocks, qo, pi].
@@ -934,22 +948,16 @@ impl BlockDiagCase {
 /// Runs `case` forward and backward on `device` and on the reference executor and compares y,
 /// dx and dw within [`tolerance`].
 pub fn check_block_diag(device: &Device, case: &BlockDiagCase) -> Result<CaseReport, RuntimeError> {
-    let mut ins = case.inputs();
-    let dy = ins.remove("dy").expect("inputs() draws dy");
-    let tol = tolerance(case.dtype);
-    let mut report = CaseReport {
-        case: case.to_string(),
-        index_mismatches: 0,
-        outputs: Vec::new(),
-    };
-    let (got, want) = both(device, &case.spec(Direction::Forward)?, &ins)?;
-    report.outputs.push(compare(&got, &want, "y", tol)?);
-    ins.insert("dy".into(), dy);
-    let (got, want) = both(device, &case.spec(Direction::Backward)?, &ins)?;
-    for name in ["dx", "dw"] {
-        report.outputs.push(compare(&got, &want, name, tol)?);
-    }
-    Ok(report)
+    check_forward_backward(
+        device,
+        case,
+        case.dtype,
+        case.inputs(),
+        |d| case.spec(d),
+        "dy",
+        &["y"],
+        &["dx", "dw"],
+    )
 }
 
 /// One `pq-encode` problem: N rows of S subspaces of `sub_dim`, E codewords; every row a noisy
