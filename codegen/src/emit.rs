@@ -403,6 +403,14 @@ fn arg() -> ArrayCompilationArg {
     ArrayCompilationArg { inplace: None }
 }
 
+/// `(name, Kernel::<..>::new(settings, client.clone(), args...).define())`: one entry of a
+/// family's list of kernel definitions.
+macro_rules! kernel_def {
+    ($client:expr, $name:literal, $kernel:ty, $settings:expr; $($arg:expr),* $(,)?) => {
+        ($name, <$kernel>::new($settings, $client.clone(), $($arg),*).define())
+    };
+}
+
 fn spt<F: Float + CubeElement>(
     plan: &SptPlan,
     target: Target,
@@ -410,127 +418,19 @@ fn spt<F: Float + CubeElement>(
     let client = Offline::client(&OfflineDevice);
     let c = plan.cfg;
     let mut defs: Vec<(&'static str, KernelDefinition)> = vec![
-        (
-            "pq_encode",
-            pq_encode::PqEncode::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "spt_select",
-            spt_select::SptSelect::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                (),
-                c,
-            )
-            .define(),
-        ),
+        kernel_def!(client, "pq_encode", pq_encode::PqEncode<F, Offline>, settings(); arg(), arg(), arg(), c),
+        kernel_def!(client, "spt_select", spt_select::SptSelect<F, Offline>, settings(); arg(), arg(), arg(), arg(), arg(), (), c),
     ];
     if plan.fused {
-        defs.push((
-            "spt_attend_fwd",
-            spt_attend_fwd::SptAttendFwd::<F, Offline>::new(
-                plane_settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                (),
-                c,
-                PRINTED_LANES,
-            )
-            .define(),
-        ));
+        defs.push(kernel_def!(client, "spt_attend_fwd", spt_attend_fwd::SptAttendFwd<F, Offline>, plane_settings(); arg(), arg(), arg(), arg(), arg(), arg(), (), c, PRINTED_LANES));
     } else {
-        defs.push((
-            "spt_sddmm",
-            spt_sddmm::SptSddmm::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                (),
-                c,
-            )
-            .define(),
-        ));
-        defs.push((
-            "spt_softmax",
-            spt_softmax::SptSoftmax::<Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                c.topk,
-            )
-            .define(),
-        ));
-        defs.push((
-            "spt_spmm",
-            spt_spmm::SptSpmm::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                (),
-                c,
-            )
-            .define(),
-        ));
+        defs.push(kernel_def!(client, "spt_sddmm", spt_sddmm::SptSddmm<F, Offline>, settings(); arg(), arg(), arg(), arg(), (), c));
+        defs.push(kernel_def!(client, "spt_softmax", spt_softmax::SptSoftmax<Offline>, settings(); arg(), arg(), arg(), c.topk));
+        defs.push(kernel_def!(client, "spt_spmm", spt_spmm::SptSpmm<F, Offline>, settings(); arg(), arg(), arg(), arg(), (), c));
     }
     defs.extend([
-        (
-            "spt_bwd_rows",
-            spt_bwd_rows::SptBwdRows::<F, Offline>::new(
-                plane_settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                (),
-                c,
-                PRINTED_LANES,
-            )
-            .define(),
-        ),
-        (
-            "spt_key_count",
-            spt_key_count::SptKeyCount::<Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                (),
-                c.topk,
-            )
-            .define(),
-        ),
+        kernel_def!(client, "spt_bwd_rows", spt_bwd_rows::SptBwdRows<F, Offline>, plane_settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), (), c, PRINTED_LANES),
+        kernel_def!(client, "spt_key_count", spt_key_count::SptKeyCount<Offline>, settings(); arg(), arg(), (), c.topk),
         (
             "spt_key_scan",
             spt_key_scan::SptKeyScan::<Offline>::new(settings(), client.clone(), arg(), arg(), ())
@@ -541,39 +441,8 @@ fn spt<F: Float + CubeElement>(
             spt_key_offsets::SptKeyOffsets::<Offline>::new(settings(), client.clone(), arg(), ())
                 .define(),
         ),
-        (
-            "spt_key_fill",
-            spt_key_fill::SptKeyFill::<Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                (),
-                c.topk,
-            )
-            .define(),
-        ),
-        (
-            "spt_bwd_keys",
-            spt_bwd_keys::SptBwdKeys::<F, Offline>::new(
-                plane_settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                (),
-                c,
-                PRINTED_LANES,
-            )
-            .define(),
-        ),
+        kernel_def!(client, "spt_key_fill", spt_key_fill::SptKeyFill<Offline>, settings(); arg(), arg(), arg(), arg(), (), c.topk),
+        kernel_def!(client, "spt_bwd_keys", spt_bwd_keys::SptBwdKeys<F, Offline>, plane_settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), (), c, PRINTED_LANES),
     ]);
     defs.into_iter()
         .map(|(kernel, def)| {
@@ -592,32 +461,8 @@ fn routed<F: Float + CubeElement>(
     let client = Offline::client(&OfflineDevice);
     let c = plan.cfg;
     let defs: Vec<(&'static str, KernelDefinition)> = vec![
-        (
-            "routed_gate",
-            routed_gate::RoutedGate::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "routed_count",
-            routed_count::RoutedCount::<Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                (),
-                c,
-            )
-            .define(),
-        ),
+        kernel_def!(client, "routed_gate", routed_gate::RoutedGate<F, Offline>, settings(); arg(), arg(), arg(), arg(), arg(), c),
+        kernel_def!(client, "routed_count", routed_count::RoutedCount<Offline>, settings(); arg(), arg(), (), c),
         (
             "routed_scan",
             routed_scan::RoutedScan::<Offline>::new(settings(), client.clone(), arg(), arg(), c)
@@ -628,199 +473,19 @@ fn routed<F: Float + CubeElement>(
             routed_offsets::RoutedOffsets::<Offline>::new(settings(), client.clone(), arg(), c)
                 .define(),
         ),
-        (
-            "routed_fill",
-            routed_fill::RoutedFill::<Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                (),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "routed_up",
-            routed_up::RoutedUp::<F, Offline>::new(
-                tile_settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                (),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "routed_down",
-            routed_down::RoutedDown::<F, Offline>::new(
-                tile_settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                (),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "routed_combine",
-            routed_combine::RoutedCombine::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "routed_bwd_hidden",
-            routed_bwd_hidden::RoutedBwdHidden::<F, Offline>::new(
-                tile_settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                (),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "routed_bwd_router",
-            routed_bwd_router::RoutedBwdRouter::<Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                (),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "routed_bwd_dx",
-            routed_bwd_dx::RoutedBwdDx::<F, Offline>::new(
-                tile_settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "routed_bwd_dx_combine",
-            routed_bwd_dx_combine::RoutedBwdDxCombine::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "routed_bwd_w1",
-            routed_bwd_w1::RoutedBwdW1::<F, Offline>::new(
-                tile_settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "routed_bwd_db1",
-            routed_bwd_db1::RoutedBwdDb1::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "routed_bwd_w2",
-            routed_bwd_w2::RoutedBwdW2::<F, Offline>::new(
-                tile_settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "routed_bwd_router_w",
-            routed_bwd_router_w::RoutedBwdRouterW::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                (),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "routed_bwd_db2",
-            routed_bwd_db2::RoutedBwdDb2::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                (),
-            )
-            .define(),
-        ),
+        kernel_def!(client, "routed_fill", routed_fill::RoutedFill<Offline>, settings(); arg(), arg(), arg(), arg(), arg(), (), c),
+        kernel_def!(client, "routed_up", routed_up::RoutedUp<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), (), c),
+        kernel_def!(client, "routed_down", routed_down::RoutedDown<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), arg(), (), c),
+        kernel_def!(client, "routed_combine", routed_combine::RoutedCombine<F, Offline>, settings(); arg(), arg(), arg(), arg(), c),
+        kernel_def!(client, "routed_bwd_hidden", routed_bwd_hidden::RoutedBwdHidden<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), (), c),
+        kernel_def!(client, "routed_bwd_router", routed_bwd_router::RoutedBwdRouter<Offline>, settings(); arg(), arg(), arg(), arg(), arg(), arg(), (), c),
+        kernel_def!(client, "routed_bwd_dx", routed_bwd_dx::RoutedBwdDx<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), c),
+        kernel_def!(client, "routed_bwd_dx_combine", routed_bwd_dx_combine::RoutedBwdDxCombine<F, Offline>, settings(); arg(), arg(), arg(), arg(), arg(), c),
+        kernel_def!(client, "routed_bwd_w1", routed_bwd_w1::RoutedBwdW1<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), c),
+        kernel_def!(client, "routed_bwd_db1", routed_bwd_db1::RoutedBwdDb1<F, Offline>, settings(); arg(), arg(), arg(), c),
+        kernel_def!(client, "routed_bwd_w2", routed_bwd_w2::RoutedBwdW2<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), arg(), c),
+        kernel_def!(client, "routed_bwd_router_w", routed_bwd_router_w::RoutedBwdRouterW<F, Offline>, settings(); arg(), arg(), arg(), arg(), (), c),
+        kernel_def!(client, "routed_bwd_db2", routed_bwd_db2::RoutedBwdDb2<F, Offline>, settings(); arg(), arg(), ()),
     ];
     defs.into_iter()
         .map(|(kernel, def)| {
@@ -839,97 +504,13 @@ fn cbm<F: Float + CubeElement>(
     let client = Offline::client(&OfflineDevice);
     let c = plan.cfg;
     let defs: Vec<(&'static str, KernelDefinition)> = vec![
-        (
-            "cbm_concepts",
-            cbm_concepts::CbmConcepts::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "cbm_select",
-            cbm_select::CbmSelect::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "cbm_logits",
-            cbm_logits::CbmLogits::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "cbm_bwd_dz",
-            cbm_bwd_dz::CbmBwdDz::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "cbm_bwd_dwh",
-            cbm_bwd_dwh::CbmBwdDwh::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                (),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "cbm_bwd_dwc",
-            cbm_bwd_dwc::CbmBwdDwc::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                (),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "cbm_bwd_dx",
-            cbm_bwd_dx::CbmBwdDx::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
+        kernel_def!(client, "cbm_concepts", cbm_concepts::CbmConcepts<F, Offline>, settings(); arg(), arg(), arg(), c),
+        kernel_def!(client, "cbm_select", cbm_select::CbmSelect<F, Offline>, settings(); arg(), arg(), arg(), c),
+        kernel_def!(client, "cbm_logits", cbm_logits::CbmLogits<F, Offline>, settings(); arg(), arg(), arg(), arg(), c),
+        kernel_def!(client, "cbm_bwd_dz", cbm_bwd_dz::CbmBwdDz<F, Offline>, settings(); arg(), arg(), arg(), arg(), arg(), arg(), c),
+        kernel_def!(client, "cbm_bwd_dwh", cbm_bwd_dwh::CbmBwdDwh<F, Offline>, settings(); arg(), arg(), arg(), (), c),
+        kernel_def!(client, "cbm_bwd_dwc", cbm_bwd_dwc::CbmBwdDwc<F, Offline>, settings(); arg(), arg(), arg(), (), c),
+        kernel_def!(client, "cbm_bwd_dx", cbm_bwd_dx::CbmBwdDx<F, Offline>, settings(); arg(), arg(), arg(), arg(), c),
     ];
     defs.into_iter()
         .map(|(kernel, def)| {
@@ -951,69 +532,11 @@ fn monarch<F: Float + CubeElement>(
         .cube_dim(CubeDim::new_1d(MONARCH_UNITS))
         .address_type(AddressType::U32);
     let defs: Vec<(&'static str, KernelDefinition)> = vec![
-        (
-            "monarch_fwd",
-            monarch_fwd::MonarchFwd::<F, Offline>::new(
-                fused,
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-                true,
-            )
-            .define(),
-        ),
-        (
-            "monarch_bwd_du",
-            monarch_bwd_du::MonarchBwdDu::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "monarch_bwd_dx",
-            monarch_bwd_dx::MonarchBwdDx::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "monarch_bwd_dw1",
-            monarch_bwd_dw1::MonarchBwdDw1::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "monarch_bwd_dw2",
-            monarch_bwd_dw2::MonarchBwdDw2::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
+        kernel_def!(client, "monarch_fwd", monarch_fwd::MonarchFwd<F, Offline>, fused; arg(), arg(), arg(), arg(), arg(), c, true),
+        kernel_def!(client, "monarch_bwd_du", monarch_bwd_du::MonarchBwdDu<F, Offline>, settings(); arg(), arg(), arg(), c),
+        kernel_def!(client, "monarch_bwd_dx", monarch_bwd_dx::MonarchBwdDx<F, Offline>, settings(); arg(), arg(), arg(), c),
+        kernel_def!(client, "monarch_bwd_dw1", monarch_bwd_dw1::MonarchBwdDw1<F, Offline>, settings(); arg(), arg(), arg(), c),
+        kernel_def!(client, "monarch_bwd_dw2", monarch_bwd_dw2::MonarchBwdDw2<F, Offline>, settings(); arg(), arg(), arg(), c),
     ];
     defs.into_iter()
         .map(|(kernel, def)| {
@@ -1032,60 +555,10 @@ fn dense_linear<F: Float + CubeElement>(
     let client = Offline::client(&OfflineDevice);
     let c = plan.cfg;
     let defs: Vec<(&'static str, KernelDefinition)> = vec![
-        (
-            "linear_fwd",
-            linear_fwd::LinearFwd::<F, Offline>::new(
-                tile_settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "linear_bwd_dx",
-            linear_bwd_dx::LinearBwdDx::<F, Offline>::new(
-                tile_settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "linear_bwd_dw",
-            linear_bwd_dw::LinearBwdDw::<F, Offline>::new(
-                tile_settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "linear_bwd_dbias",
-            linear_bwd_dbias::LinearBwdDbias::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
+        kernel_def!(client, "linear_fwd", linear_fwd::LinearFwd<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), arg(), c),
+        kernel_def!(client, "linear_bwd_dx", linear_bwd_dx::LinearBwdDx<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), c),
+        kernel_def!(client, "linear_bwd_dw", linear_bwd_dw::LinearBwdDw<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), c),
+        kernel_def!(client, "linear_bwd_dbias", linear_bwd_dbias::LinearBwdDbias<F, Offline>, settings(); arg(), arg(), c),
     ];
     defs.into_iter()
         .map(|(kernel, def)| {
@@ -1139,50 +612,16 @@ fn select_defs<F: Float + CubeElement>(
             select_pick::SelectPick::<Offline>::new(settings(), client.clone(), arg(), arg())
                 .define(),
         ),
-        (
-            "select_count",
-            select_count::SelectCount::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                signed,
-            )
-            .define(),
-        ),
+        kernel_def!(client, "select_count", select_count::SelectCount<F, Offline>, settings(); arg(), arg(), arg(), signed),
         (
             "select_scan",
             select_scan::SelectScan::<Offline>::new(settings(), client.clone(), arg(), arg())
                 .define(),
         ),
     ]);
-    defs.push((
-        "select_cutoff",
-        select_cutoff::SelectCutoff::<F, Offline>::new(
-            settings(),
-            client.clone(),
-            arg(),
-            arg(),
-            arg(),
-            signed,
-        )
-        .define(),
-    ));
+    defs.push(kernel_def!(client, "select_cutoff", select_cutoff::SelectCutoff<F, Offline>, settings(); arg(), arg(), arg(), signed));
     if fill {
-        defs.push((
-            "select_fill",
-            select_fill::SelectFill::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                signed,
-            )
-            .define(),
-        ));
+        defs.push(kernel_def!(client, "select_fill", select_fill::SelectFill<F, Offline>, settings(); arg(), arg(), arg(), arg(), signed));
     }
     defs
 }
@@ -1193,24 +632,9 @@ fn pst<F: Float + CubeElement>(
 ) -> Result<Vec<KernelSource>, CompilationError> {
     let client = Offline::client(&OfflineDevice);
     let c = plan.cfg;
-    let mut defs: Vec<(&'static str, KernelDefinition)> = vec![(
-        "pst_score",
-        pst_score::PstScore::<F, Offline>::new(
-            settings(),
-            client.clone(),
-            arg(),
-            arg(),
-            arg(),
-            arg(),
-            arg(),
-            arg(),
-            arg(),
-            arg(),
-            arg(),
-            c,
-        )
-        .define(),
-    )];
+    let mut defs: Vec<(&'static str, KernelDefinition)> = vec![
+        kernel_def!(client, "pst_score", pst_score::PstScore<F, Offline>, settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), c),
+    ];
     // The selection runs over the f32 score, in signed order, to a pivot state.
     defs.extend(select_defs::<f32>(&client, true, false));
     defs.extend([
@@ -1219,103 +643,11 @@ fn pst<F: Float + CubeElement>(
             pst_mask::PstMask::<F, Offline>::new(settings(), client.clone(), arg(), arg(), arg())
                 .define(),
         ),
-        (
-            "pst_fwd",
-            pst_fwd::PstFwd::<F, Offline>::new(
-                tile_settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "pst_bwd_dx",
-            pst_bwd_dx::PstBwdDx::<F, Offline>::new(
-                tile_settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "pst_bwd_w",
-            pst_bwd_w::PstBwdW::<F, Offline>::new(
-                tile_settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "pst_bwd_rows",
-            pst_bwd_rows::PstBwdRows::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "pst_bwd_cols",
-            pst_bwd_cols::PstBwdCols::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
+        kernel_def!(client, "pst_fwd", pst_fwd::PstFwd<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), c),
+        kernel_def!(client, "pst_bwd_dx", pst_bwd_dx::PstBwdDx<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), c),
+        kernel_def!(client, "pst_bwd_w", pst_bwd_w::PstBwdW<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), c),
+        kernel_def!(client, "pst_bwd_rows", pst_bwd_rows::PstBwdRows<F, Offline>, settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), c),
+        kernel_def!(client, "pst_bwd_cols", pst_bwd_cols::PstBwdCols<F, Offline>, settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), c),
     ]);
     let mut out: Vec<KernelSource> = defs
         .into_iter()
@@ -1344,70 +676,11 @@ fn sara<F: Float + CubeElement>(
     let client = Offline::client(&OfflineDevice);
     let mut defs = select_defs::<F>(&client, false, true);
     defs.extend([
-        (
-            "sara_gather",
-            sara_gather::SaraGather::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-            )
-            .define(),
-        ),
-        (
-            "sara_scatter",
-            sara_scatter::SaraScatter::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-            )
-            .define(),
-        ),
-        (
-            "sara_dv",
-            sara_dv::SaraDv::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                plan.n_in as u32,
-                plan.n_out as u32,
-            )
-            .define(),
-        ),
-        (
-            "sara_adamw",
-            sara_adamw::SaraAdamw::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-            )
-            .define(),
-        ),
-        (
-            "sara_carry",
-            sara_carry::SaraCarry::<Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                (),
-            )
-            .define(),
-        ),
+        kernel_def!(client, "sara_gather", sara_gather::SaraGather<F, Offline>, settings(); arg(), arg(), arg()),
+        kernel_def!(client, "sara_scatter", sara_scatter::SaraScatter<F, Offline>, settings(); arg(), arg(), arg()),
+        kernel_def!(client, "sara_dv", sara_dv::SaraDv<F, Offline>, settings(); arg(), arg(), arg(), arg(), plan.n_in as u32, plan.n_out as u32),
+        kernel_def!(client, "sara_adamw", sara_adamw::SaraAdamw<F, Offline>, settings(); arg(), arg(), arg(), arg(), arg()),
+        kernel_def!(client, "sara_carry", sara_carry::SaraCarry<Offline>, settings(); arg(), arg(), arg(), arg(), arg(), arg(), ()),
     ]);
     let mut out: Vec<KernelSource> = defs
         .into_iter()
@@ -1507,48 +780,9 @@ fn block_diag<F: Float + CubeElement>(
     let client = Offline::client(&OfflineDevice);
     let c = plan.cfg;
     let defs: Vec<(&'static str, KernelDefinition)> = vec![
-        (
-            "block_diag_fwd",
-            block_diag_fwd::BlockDiagFwd::<F, Offline>::new(
-                tile_settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "block_diag_bwd_dx",
-            block_diag_bwd_dx::BlockDiagBwdDx::<F, Offline>::new(
-                tile_settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
-        (
-            "block_diag_bwd_dw",
-            block_diag_bwd_dw::BlockDiagBwdDw::<F, Offline>::new(
-                tile_settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                arg(),
-                c,
-            )
-            .define(),
-        ),
+        kernel_def!(client, "block_diag_fwd", block_diag_fwd::BlockDiagFwd<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), c),
+        kernel_def!(client, "block_diag_bwd_dx", block_diag_bwd_dx::BlockDiagBwdDx<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), c),
+        kernel_def!(client, "block_diag_bwd_dw", block_diag_bwd_dw::BlockDiagBwdDw<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), c),
     ];
     defs.into_iter()
         .map(|(kernel, def)| {
