@@ -403,10 +403,25 @@ fn arg() -> ArrayCompilationArg {
     ArrayCompilationArg { inplace: None }
 }
 
+/// Compiles a family's kernel definitions to `target` source, canonicalised, in list order.
+fn compile_all(
+    defs: Vec<(&'static str, KernelDefinition)>,
+    target: Target,
+) -> Result<Vec<KernelSource>, CompilationError> {
+    defs.into_iter()
+        .map(|(kernel, def)| {
+            Ok(KernelSource {
+                kernel,
+                source: canonicalize(&compile(def, target)?),
+            })
+        })
+        .collect()
+}
+
 /// `(name, Kernel::<..>::new(settings, client.clone(), args...).define())`: one entry of a
 /// family's list of kernel definitions.
 macro_rules! kernel_def {
-    ($client:expr, $name:literal, $kernel:ty, $settings:expr; $($arg:expr),* $(,)?) => {
+    ($client:expr, $name:expr, $kernel:ty, $settings:expr; $($arg:expr),* $(,)?) => {
         ($name, <$kernel>::new($settings, $client.clone(), $($arg),*).define())
     };
 }
@@ -431,27 +446,12 @@ fn spt<F: Float + CubeElement>(
     defs.extend([
         kernel_def!(client, "spt_bwd_rows", spt_bwd_rows::SptBwdRows<F, Offline>, plane_settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), (), c, PRINTED_LANES),
         kernel_def!(client, "spt_key_count", spt_key_count::SptKeyCount<Offline>, settings(); arg(), arg(), (), c.topk),
-        (
-            "spt_key_scan",
-            spt_key_scan::SptKeyScan::<Offline>::new(settings(), client.clone(), arg(), arg(), ())
-                .define(),
-        ),
-        (
-            "spt_key_offsets",
-            spt_key_offsets::SptKeyOffsets::<Offline>::new(settings(), client.clone(), arg(), ())
-                .define(),
-        ),
+        kernel_def!(client, "spt_key_scan", spt_key_scan::SptKeyScan<Offline>, settings(); arg(), arg(), ()),
+        kernel_def!(client, "spt_key_offsets", spt_key_offsets::SptKeyOffsets<Offline>, settings(); arg(), ()),
         kernel_def!(client, "spt_key_fill", spt_key_fill::SptKeyFill<Offline>, settings(); arg(), arg(), arg(), arg(), (), c.topk),
         kernel_def!(client, "spt_bwd_keys", spt_bwd_keys::SptBwdKeys<F, Offline>, plane_settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), (), c, PRINTED_LANES),
     ]);
-    defs.into_iter()
-        .map(|(kernel, def)| {
-            Ok(KernelSource {
-                kernel,
-                source: canonicalize(&compile(def, target)?),
-            })
-        })
-        .collect()
+    compile_all(defs, target)
 }
 
 fn routed<F: Float + CubeElement>(
@@ -463,16 +463,8 @@ fn routed<F: Float + CubeElement>(
     let defs: Vec<(&'static str, KernelDefinition)> = vec![
         kernel_def!(client, "routed_gate", routed_gate::RoutedGate<F, Offline>, settings(); arg(), arg(), arg(), arg(), arg(), c),
         kernel_def!(client, "routed_count", routed_count::RoutedCount<Offline>, settings(); arg(), arg(), (), c),
-        (
-            "routed_scan",
-            routed_scan::RoutedScan::<Offline>::new(settings(), client.clone(), arg(), arg(), c)
-                .define(),
-        ),
-        (
-            "routed_offsets",
-            routed_offsets::RoutedOffsets::<Offline>::new(settings(), client.clone(), arg(), c)
-                .define(),
-        ),
+        kernel_def!(client, "routed_scan", routed_scan::RoutedScan<Offline>, settings(); arg(), arg(), c),
+        kernel_def!(client, "routed_offsets", routed_offsets::RoutedOffsets<Offline>, settings(); arg(), c),
         kernel_def!(client, "routed_fill", routed_fill::RoutedFill<Offline>, settings(); arg(), arg(), arg(), arg(), arg(), (), c),
         kernel_def!(client, "routed_up", routed_up::RoutedUp<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), (), c),
         kernel_def!(client, "routed_down", routed_down::RoutedDown<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), arg(), (), c),
@@ -487,14 +479,7 @@ fn routed<F: Float + CubeElement>(
         kernel_def!(client, "routed_bwd_router_w", routed_bwd_router_w::RoutedBwdRouterW<F, Offline>, settings(); arg(), arg(), arg(), arg(), (), c),
         kernel_def!(client, "routed_bwd_db2", routed_bwd_db2::RoutedBwdDb2<F, Offline>, settings(); arg(), arg(), ()),
     ];
-    defs.into_iter()
-        .map(|(kernel, def)| {
-            Ok(KernelSource {
-                kernel,
-                source: canonicalize(&compile(def, target)?),
-            })
-        })
-        .collect()
+    compile_all(defs, target)
 }
 
 fn cbm<F: Float + CubeElement>(
@@ -512,14 +497,7 @@ fn cbm<F: Float + CubeElement>(
         kernel_def!(client, "cbm_bwd_dwc", cbm_bwd_dwc::CbmBwdDwc<F, Offline>, settings(); arg(), arg(), arg(), (), c),
         kernel_def!(client, "cbm_bwd_dx", cbm_bwd_dx::CbmBwdDx<F, Offline>, settings(); arg(), arg(), arg(), arg(), c),
     ];
-    defs.into_iter()
-        .map(|(kernel, def)| {
-            Ok(KernelSource {
-                kernel,
-                source: canonicalize(&compile(def, target)?),
-            })
-        })
-        .collect()
+    compile_all(defs, target)
 }
 
 fn monarch<F: Float + CubeElement>(
@@ -538,14 +516,7 @@ fn monarch<F: Float + CubeElement>(
         kernel_def!(client, "monarch_bwd_dw1", monarch_bwd_dw1::MonarchBwdDw1<F, Offline>, settings(); arg(), arg(), arg(), c),
         kernel_def!(client, "monarch_bwd_dw2", monarch_bwd_dw2::MonarchBwdDw2<F, Offline>, settings(); arg(), arg(), arg(), c),
     ];
-    defs.into_iter()
-        .map(|(kernel, def)| {
-            Ok(KernelSource {
-                kernel,
-                source: canonicalize(&compile(def, target)?),
-            })
-        })
-        .collect()
+    compile_all(defs, target)
 }
 
 fn dense_linear<F: Float + CubeElement>(
@@ -560,14 +531,7 @@ fn dense_linear<F: Float + CubeElement>(
         kernel_def!(client, "linear_bwd_dw", linear_bwd_dw::LinearBwdDw<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), c),
         kernel_def!(client, "linear_bwd_dbias", linear_bwd_dbias::LinearBwdDbias<F, Offline>, settings(); arg(), arg(), c),
     ];
-    defs.into_iter()
-        .map(|(kernel, def)| {
-            Ok(KernelSource {
-                kernel,
-                source: canonicalize(&compile(def, target)?),
-            })
-        })
-        .collect()
+    compile_all(defs, target)
 }
 
 /// The selection's kernels (`crate::select`): the radix passes, the compaction's count, scan and
@@ -587,37 +551,13 @@ fn select_defs<F: Float + CubeElement>(
     .into_iter()
     .enumerate()
     {
-        defs.push((
-            name,
-            select_hist::SelectHist::<F, Offline>::new(
-                settings(),
-                client.clone(),
-                arg(),
-                arg(),
-                arg(),
-                pass as u32,
-                signed,
-            )
-            .define(),
-        ));
+        defs.push(kernel_def!(client, name, select_hist::SelectHist<F, Offline>, settings(); arg(), arg(), arg(), pass as u32, signed));
     }
     defs.extend([
-        (
-            "select_bins",
-            select_bins::SelectBins::<Offline>::new(settings(), client.clone(), arg(), arg())
-                .define(),
-        ),
-        (
-            "select_pick",
-            select_pick::SelectPick::<Offline>::new(settings(), client.clone(), arg(), arg())
-                .define(),
-        ),
+        kernel_def!(client, "select_bins", select_bins::SelectBins<Offline>, settings(); arg(), arg()),
+        kernel_def!(client, "select_pick", select_pick::SelectPick<Offline>, settings(); arg(), arg()),
         kernel_def!(client, "select_count", select_count::SelectCount<F, Offline>, settings(); arg(), arg(), arg(), signed),
-        (
-            "select_scan",
-            select_scan::SelectScan::<Offline>::new(settings(), client.clone(), arg(), arg())
-                .define(),
-        ),
+        kernel_def!(client, "select_scan", select_scan::SelectScan<Offline>, settings(); arg(), arg()),
     ]);
     defs.push(kernel_def!(client, "select_cutoff", select_cutoff::SelectCutoff<F, Offline>, settings(); arg(), arg(), arg(), signed));
     if fill {
@@ -638,11 +578,7 @@ fn pst<F: Float + CubeElement>(
     // The selection runs over the f32 score, in signed order, to a pivot state.
     defs.extend(select_defs::<f32>(&client, true, false));
     defs.extend([
-        (
-            "pst_mask",
-            pst_mask::PstMask::<F, Offline>::new(settings(), client.clone(), arg(), arg(), arg())
-                .define(),
-        ),
+        kernel_def!(client, "pst_mask", pst_mask::PstMask<F, Offline>, settings(); arg(), arg(), arg()),
         kernel_def!(client, "pst_fwd", pst_fwd::PstFwd<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), c),
         kernel_def!(client, "pst_bwd_dx", pst_bwd_dx::PstBwdDx<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), c),
         kernel_def!(client, "pst_bwd_w", pst_bwd_w::PstBwdW<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), c),
@@ -757,19 +693,10 @@ fn pq_encode_only<F: Float + CubeElement>(
     target: Target,
 ) -> Result<Vec<KernelSource>, CompilationError> {
     let client = Offline::client(&OfflineDevice);
-    let def = pq_encode::PqEncode::<F, Offline>::new(
-        settings(),
-        client.clone(),
-        arg(),
-        arg(),
-        arg(),
-        plan.cfg,
-    )
-    .define();
-    Ok(vec![KernelSource {
-        kernel: "pq_encode",
-        source: canonicalize(&compile(def, target)?),
-    }])
+    let defs = vec![
+        kernel_def!(client, "pq_encode", pq_encode::PqEncode<F, Offline>, settings(); arg(), arg(), arg(), plan.cfg),
+    ];
+    compile_all(defs, target)
 }
 
 /// The block-diagonal map's forward, dx and dw.
@@ -784,12 +711,5 @@ fn block_diag<F: Float + CubeElement>(
         kernel_def!(client, "block_diag_bwd_dx", block_diag_bwd_dx::BlockDiagBwdDx<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), c),
         kernel_def!(client, "block_diag_bwd_dw", block_diag_bwd_dw::BlockDiagBwdDw<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), c),
     ];
-    defs.into_iter()
-        .map(|(kernel, def)| {
-            Ok(KernelSource {
-                kernel,
-                source: canonicalize(&compile(def, target)?),
-            })
-        })
-        .collect()
+    compile_all(defs, target)
 }
