@@ -448,7 +448,8 @@ pub struct TuneOptions {
     pub budget: Option<Duration>,
     /// Untimed steps per candidate.
     pub warmup: usize,
-    /// Timed steps per candidate (the median counts).
+    /// Timed steps per candidate after the first (the median counts); fewer when the budget
+    /// leaves no room for them (then the first step's time counts).
     pub repeats: usize,
     /// Tune again even when the cache has an entry.
     pub force: bool,
@@ -528,9 +529,12 @@ pub fn tune_spec(
     spec.verify().map_err(RuntimeError::from)?;
     let space = spec.schedule.space(spec.op);
     let key = TuneKey::of(spec);
+    let deadline = options.budget.map(|b| Instant::now() + b);
+    let count = space.len();
     let candidates = space
         .iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
             let spec = KernelSpec {
                 schedule: *s,
                 ..spec.clone()
@@ -538,8 +542,7 @@ pub fn tune_spec(
             Candidate {
                 label: s.label(spec.op),
                 time: Box::new(move || {
-                    crate::bench::step(device, &spec, options.warmup, options.repeats, 0x7E57)
-                        .map(|m| m.median_ms)
+                    timed_within(device, &spec, options, deadline, count - i)
                         .map_err(|e| e.to_string())
                 }),
             }
@@ -572,6 +575,31 @@ pub fn tune_spec(
         cached: settled.cached,
         replaced: settled.replaced,
     })
+}
+
+/// The step time (ms) of `spec` for a sweep: one step after `options.warmup` untimed ones gives
+/// the cost; then up to `options.repeats` more, as many as fit this candidate's share of the
+/// time left before `deadline` (what is left, divided among `remaining` candidates including this
+/// one), and their median is the answer — the first alone when none fit. A sweep so stays near
+/// its budget even when one step takes seconds.
+fn timed_within(
+    device: &Device,
+    spec: &KernelSpec,
+    options: TuneOptions,
+    deadline: Option<Instant>,
+    remaining: usize,
+) -> Result<f64, RuntimeError> {
+    const SEED: u64 = 0x7E57;
+    let first = crate::bench::step(device, spec, options.warmup, 1, SEED)?.median_ms;
+    let mut more = options.repeats;
+    if let Some(deadline) = deadline {
+        let share = deadline.saturating_duration_since(Instant::now()) / remaining.max(1) as u32;
+        more = more.min((share.as_secs_f64() * 1e3 / first.max(1e-3)) as usize);
+    }
+    if more == 0 {
+        return Ok(first);
+    }
+    Ok(crate::bench::step(device, spec, 0, more, SEED)?.median_ms)
 }
 
 /// The per-device caches of this process's launches, opened on first use.

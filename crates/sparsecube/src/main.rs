@@ -165,11 +165,13 @@ enum Command {
         /// Where the kernels run (auto: CUDA, else wgpu).
         #[arg(long, value_enum, default_value_t = Device::Auto)]
         device: Device,
-        /// Seconds for all sweeps together: no new candidate starts after it (a started spec's
-        /// fallback is always timed; specs not started are reported as skipped).
+        /// Seconds for all sweeps together: each candidate times one step, then as many of
+        /// --repeats more as fit its share of what is left; no candidate starts after it (a
+        /// started spec's fallback always runs once; specs not started are reported as skipped).
         #[arg(long, value_name = "SECONDS")]
         budget: Option<f64>,
-        /// Timed steps per candidate (the median counts).
+        /// Timed steps per candidate after a first one that measures the cost (their median
+        /// counts; the first alone when the budget leaves no room).
         #[arg(long, default_value_t = 3)]
         repeats: usize,
         /// Untimed steps per candidate first (compilation, allocator warm-up).
@@ -560,7 +562,7 @@ fn tune_cmd(
         &tune::Request {
             specs,
             budget,
-            repeats: repeats.max(1),
+            repeats,
             warmup,
             force,
             cache_dir,
