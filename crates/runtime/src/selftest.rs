@@ -234,6 +234,21 @@ fn values(m: &TensorMap, name: &str) -> Result<Vec<f64>, RuntimeError> {
     }
 }
 
+/// Each `(name, shape, std)` drawn N(0, std²) from `rng` in order, rounded through `dtype`.
+fn draw_normal(
+    rng: &mut SplitMix64,
+    dtype: DType,
+    items: impl IntoIterator<Item = (&'static str, Vec<usize>, f64)>,
+) -> TensorMap {
+    items
+        .into_iter()
+        .map(|(name, shape, std)| {
+            let t = round_to(&rng.normal_tensor(&shape, std), dtype);
+            (name.to_string(), Value::F(t))
+        })
+        .collect()
+}
+
 /// Index slots of `name` that differ between the device and the reference (all of them when the
 /// lengths differ).
 fn mismatches(got: &TensorMap, want: &TensorMap, name: &str) -> Result<usize, RuntimeError> {
@@ -485,19 +500,20 @@ impl RoutedCase {
         let dff = self.bs * e;
         let fan = |n: usize| 1.0 / (n as f64).sqrt();
         let mut m = TensorMap::new();
-        for (name, shape, std) in [
-            ("x", vec![t, dm], 1.0),
-            ("w1", vec![dff, dm], fan(dm)),
-            ("b1", vec![dff], 0.1),
-            ("w2", vec![dm, dff], fan(dff)),
-            ("b2", vec![dm], 0.1),
-            ("wr", vec![e, dm], fan(dm)),
-            ("br", vec![e], 0.1),
-            ("dy", vec![t, dm], 1.0),
-        ] {
-            let v = round_to(&rng.normal_tensor(&shape, std), self.dtype);
-            m.insert(name.into(), Value::F(v));
-        }
+        m.extend(draw_normal(
+            &mut rng,
+            self.dtype,
+            [
+                ("x", vec![t, dm], 1.0),
+                ("w1", vec![dff, dm], fan(dm)),
+                ("b1", vec![dff], 0.1),
+                ("w2", vec![dm, dff], fan(dff)),
+                ("b2", vec![dm], 0.1),
+                ("wr", vec![e, dm], fan(dm)),
+                ("br", vec![e], 0.1),
+                ("dy", vec![t, dm], 1.0),
+            ],
+        ));
         m
     }
 
@@ -652,16 +668,17 @@ impl CbmCase {
         let mut rng = SplitMix64::new(self.seed);
         let fan = 1.0 / (self.c as f64).sqrt();
         let mut m = TensorMap::new();
-        for (name, shape, std) in [
-            ("x", vec![self.b, self.c], 1.0),
-            ("wc", vec![self.c, self.c], fan),
-            ("wh", vec![self.k, self.c], fan),
-            ("noise", vec![self.b, self.c], 0.5),
-            ("dlogits", vec![self.b, self.k], 1.0),
-        ] {
-            let v = round_to(&rng.normal_tensor(&shape, std), self.dtype);
-            m.insert(name.into(), Value::F(v));
-        }
+        m.extend(draw_normal(
+            &mut rng,
+            self.dtype,
+            [
+                ("x", vec![self.b, self.c], 1.0),
+                ("wc", vec![self.c, self.c], fan),
+                ("wh", vec![self.k, self.c], fan),
+                ("noise", vec![self.b, self.c], 0.5),
+                ("dlogits", vec![self.b, self.k], 1.0),
+            ],
+        ));
         if !self.noise {
             m.remove("noise");
         }
@@ -742,18 +759,16 @@ impl MonarchCase {
     /// x (N(0, 1)), w1 (N(0, 1/p)), w2 (N(0, 1/r)) and dy, rounded through the storage dtype.
     pub fn inputs(&self) -> TensorMap {
         let m = &self.shape;
-        let mut rng = SplitMix64::new(self.seed);
-        let mut out = TensorMap::new();
-        for (name, shape, std) in [
-            ("x", vec![self.n, m.n_in()], 1.0),
-            ("w1", vec![m.k, m.q, m.p], 1.0 / (m.p as f64).sqrt()),
-            ("w2", vec![m.l, m.s, m.r], 1.0 / (m.r as f64).sqrt()),
-            ("dy", vec![self.n, m.n_out()], 1.0),
-        ] {
-            let v = round_to(&rng.normal_tensor(&shape, std), self.dtype);
-            out.insert(name.into(), Value::F(v));
-        }
-        out
+        draw_normal(
+            &mut SplitMix64::new(self.seed),
+            self.dtype,
+            [
+                ("x", vec![self.n, m.n_in()], 1.0),
+                ("w1", vec![m.k, m.q, m.p], 1.0 / (m.p as f64).sqrt()),
+                ("w2", vec![m.l, m.s, m.r], 1.0 / (m.r as f64).sqrt()),
+                ("dy", vec![self.n, m.n_out()], 1.0),
+            ],
+        )
     }
 }
 
@@ -830,22 +845,20 @@ impl LinearCase {
 
     /// x, w (N(0, 1/in)), bias and dy, rounded through the storage dtype.
     pub fn inputs(&self) -> TensorMap {
-        let mut rng = SplitMix64::new(self.seed);
-        let mut out = TensorMap::new();
-        for (name, shape, std) in [
-            ("x", vec![self.t, self.n_in], 1.0),
-            (
-                "w",
-                vec![self.n_out, self.n_in],
-                1.0 / (self.n_in as f64).sqrt(),
-            ),
-            ("bias", vec![self.n_out], 0.5),
-            ("dy", vec![self.t, self.n_out], 1.0),
-        ] {
-            let v = round_to(&rng.normal_tensor(&shape, std), self.dtype);
-            out.insert(name.into(), Value::F(v));
-        }
-        out
+        draw_normal(
+            &mut SplitMix64::new(self.seed),
+            self.dtype,
+            [
+                ("x", vec![self.t, self.n_in], 1.0),
+                (
+                    "w",
+                    vec![self.n_out, self.n_in],
+                    1.0 / (self.n_in as f64).sqrt(),
+                ),
+                ("bias", vec![self.n_out], 0.5),
+                ("dy", vec![self.t, self.n_out], 1.0),
+            ],
+        )
     }
 }
 
@@ -927,21 +940,19 @@ impl BlockDiagCase {
 
     /// x, w (N(0, 1/pi)) and dy, rounded through the storage dtype.
     pub fn inputs(&self) -> TensorMap {
-        let mut rng = SplitMix64::new(self.seed);
-        let mut out = TensorMap::new();
-        for (name, shape, std) in [
-            ("x", vec![self.n, self.blocks * self.pi], 1.0),
-            (
-                "w",
-                vec![self.blocks, self.qo, self.pi],
-                1.0 / (self.pi as f64).sqrt(),
-            ),
-            ("dy", vec![self.n, self.blocks * self.qo], 1.0),
-        ] {
-            let v = round_to(&rng.normal_tensor(&shape, std), self.dtype);
-            out.insert(name.into(), Value::F(v));
-        }
-        out
+        draw_normal(
+            &mut SplitMix64::new(self.seed),
+            self.dtype,
+            [
+                ("x", vec![self.n, self.blocks * self.pi], 1.0),
+                (
+                    "w",
+                    vec![self.blocks, self.qo, self.pi],
+                    1.0 / (self.pi as f64).sqrt(),
+                ),
+                ("dy", vec![self.n, self.blocks * self.qo], 1.0),
+            ],
+        )
     }
 }
 
