@@ -380,13 +380,8 @@ fn linear_on<R: Runtime, F: crate::execute::HostFloat>(
         }
         Linear::Dense => {
             let dense = LinearPlan::new(n, n_in, n_out, kernels_ir::Schedule::default().tile_k);
-            let w = upload(n_out * n_in, fan(n_in));
-            let bias = upload(n_out, 0.1);
-            timed(client, kind, warmup, repeats, 0, 0, || {
-                let y = linear::forward::<R, F>(client, &dense, &x, &w, &bias);
-                let grads = linear::backward::<R, F>(client, &dense, &x, &w, &dy);
-                (y, grads)
-            })
+            let (w, bias) = (upload(n_out * n_in, fan(n_in)), upload(n_out, 0.1));
+            linear_step::<R, F>(client, kind, &dense, [&x, &w, &bias, &dy], warmup, repeats)
         }
     }
 }
@@ -424,9 +419,22 @@ fn dense_linear_on<R: Runtime, F: crate::execute::HostFloat>(
     let dy = upload(n * n_out, 1.0);
     let w = upload(n_out * n_in, 1.0 / (n_in as f64).sqrt());
     let bias = upload(n_out, 0.1);
+    linear_step::<R, F>(client, kind, &plan, [&x, &w, &bias, &dy], warmup, repeats)
+}
+
+/// Times the dense linear's training step (forward, then dx, dw and dbias) of `plan` on
+/// device-resident x, w, bias and dy: the dense baseline of every linear bench.
+fn linear_step<R: Runtime, F: crate::execute::HostFloat>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    plan: &LinearPlan,
+    [x, w, bias, dy]: [&Handle; 4],
+    warmup: usize,
+    repeats: usize,
+) -> Result<Measured, RuntimeError> {
     timed(client, kind, warmup, repeats, 0, 0, || {
-        let y = linear::forward::<R, F>(client, &plan, &x, &w, &bias);
-        let grads = linear::backward::<R, F>(client, &plan, &x, &w, &dy);
+        let y = linear::forward::<R, F>(client, plan, x, w, bias);
+        let grads = linear::backward::<R, F>(client, plan, x, w, dy);
         (y, grads)
     })
 }
@@ -746,11 +754,7 @@ fn pst_on<R: Runtime, F: crate::execute::HostFloat>(
         }),
         PstStep::Dense => {
             let lin = LinearPlan::new(t, n_in, n_out, plan.cfg.tk);
-            timed(client, kind, warmup, repeats, 0, 0, || {
-                let y = linear::forward::<R, F>(client, &lin, &x, &f.w, &bias);
-                let g = linear::backward::<R, F>(client, &lin, &x, &f.w, &dy);
-                (y, g)
-            })
+            linear_step::<R, F>(client, kind, &lin, [&x, &f.w, &bias, &dy], warmup, repeats)
         }
     }
 }
