@@ -13,4 +13,5 @@ mod kernels_routed;
 mod kernels_sara;
 mod kernels_spt;
 mod sources;
+mod train;
 mod tune;

@@ -174,7 +174,7 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
     MonarchForward { y, u }
 }
 
-/// Runs the backward for upstream gradient `dy` [N, n_out], with the intermediate saved by
+/// Runs the backward for upstream gradient `dy` [N, n_out], with the intermediate `u` saved by
 /// [`forward`] (`save_u` = true).
 pub fn backward<R: Runtime, F: Float + CubeElement>(
     client: &ComputeClient<R>,
@@ -182,7 +182,7 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
     x: &Handle,
     w1: &Handle,
     w2: &Handle,
-    saved: &MonarchForward,
+    u: &Handle,
     dy: &Handle,
 ) -> MonarchGrads {
     let cfg = plan.cfg;
@@ -228,7 +228,7 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
         count,
         dim,
         arr(dy, n * n_out),
-        arr(&saved.u, n * inner),
+        arr(u, n * inner),
         arr(&dw2, s2),
         cfg,
     );

@@ -101,7 +101,8 @@ pub struct PstMask {
     pub state: Handle,
     /// The score S [out, in] f32.
     pub score: Handle,
-    coef: Handle,
+    /// The coefficients [α1, α2, β] f32.
+    pub coef: Handle,
 }
 
 macro_rules! factor_args {

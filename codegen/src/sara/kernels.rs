@@ -17,6 +17,15 @@ pub fn sara_gather<F: Float>(w: &Array<F>, index: &Array<u32>, v: &mut Array<F>)
     }
 }
 
+/// dst = src, element by element (W_eff for callers whose weight buffer must stay untouched).
+#[cube(launch)]
+pub fn sara_copy<F: Float>(src: &Array<F>, dst: &mut Array<F>) {
+    let j = ABSOLUTE_POS;
+    if j < dst.len() {
+        dst[j] = src[j];
+    }
+}
+
 /// w[index[j]] = v[j], in place: the effective weight W_eff in the weight's own buffer (the
 /// positions overwritten are exactly the retrained ones, whose frozen values are never read
 /// again), so the forward is a dense GEMM with no extra memory.

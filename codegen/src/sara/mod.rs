@@ -12,7 +12,7 @@ use crate::launch::{arr, grid};
 use crate::select::{self, Keep};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
-use kernels::{sara_adamw, sara_carry, sara_dv, sara_gather, sara_scatter};
+use kernels::{sara_adamw, sara_carry, sara_copy, sara_dv, sara_gather, sara_scatter};
 use kernels_ir::pattern::{Pattern, SaraSelect};
 use kernels_ir::{KernelSpec, OpKind};
 
@@ -98,6 +98,18 @@ pub fn gather<R: Runtime, F: Float + CubeElement>(
         arr(&v, nnz),
     );
     v
+}
+
+/// Copies `len` elements of `src` into `dst` (a fresh W_eff for [`scatter`] when the frozen
+/// weight must stay as it is, as in the training runtime).
+pub fn copy<R: Runtime, F: Float + CubeElement>(
+    client: &ComputeClient<R>,
+    src: &Handle,
+    dst: &Handle,
+    len: usize,
+) {
+    let (count, dim) = grid(client, len);
+    sara_copy::launch::<F, R>(client, count, dim, arr(src, len), arr(dst, len));
 }
 
 /// Writes `v` into `w` at the mask positions, in place: `w` becomes W_eff.

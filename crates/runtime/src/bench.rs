@@ -373,7 +373,8 @@ fn linear_on<R: Runtime, F: crate::execute::HostFloat>(
                 plan.saved_bytes(),
                 || {
                     let saved = monarch::forward::<R, F>(client, &plan, &x, &w1, &w2, true);
-                    let grads = monarch::backward::<R, F>(client, &plan, &x, &w1, &w2, &saved, &dy);
+                    let grads =
+                        monarch::backward::<R, F>(client, &plan, &x, &w1, &w2, &saved.u, &dy);
                     (saved, grads)
                 },
             )

@@ -544,7 +544,7 @@ fn monarch_op<R: Runtime, F: HostFloat>(
     let mut out = TensorMap::new();
     if backward {
         let dy = upload::<R, F>(client, tensor(inputs, "dy"));
-        let g = monarch::backward::<R, F>(client, &plan, &x, &w1, &w2, &saved, &dy);
+        let g = monarch::backward::<R, F>(client, &plan, &x, &w1, &w2, &saved.u, &dy);
         sync(client, kind)?;
         for (name, h, like) in [
             ("dx", g.dx, "x"),

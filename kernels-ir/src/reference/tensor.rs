@@ -167,7 +167,7 @@ pub(crate) mod mat {
 }
 
 /// Indices `0..n` ordered by `key` descending, ties → lower index first; the first `k` of them.
-pub(crate) fn top_k_desc(n: usize, k: usize, key: impl Fn(usize) -> f64) -> Vec<usize> {
+pub fn top_k_desc(n: usize, k: usize, key: impl Fn(usize) -> f64) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..n).collect();
     idx.sort_by(|&a, &b| ieee_cmp(key(b), key(a)).then(a.cmp(&b)));
     idx.truncate(k);

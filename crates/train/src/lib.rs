@@ -1,0 +1,50 @@
+//! `sparsecube-train`: the training runtime on Burn 0.21.
+//!
+//! What it is: a Burn backend extension ([`SparseBackend`]) with one entry point per sparse op
+//! family, implemented for Burn's CubeCL backends (wgpu, CUDA) by launching the kernels of
+//! `sparsecube-codegen` on the tensors' own buffers, and for every other backend (ndarray) by a
+//! composition of tensor ops that follows METHODS.md; an autodiff implementation whose backward
+//! launches our backward kernels; the sparse modules built on it; a BERT-layout encoder whose
+//! attention, FFN and linears are switched per method; and the fine-tuning loop behind
+//! `sparsecube finetune`.
+//!
+//! What it is not: the definition of the ops (that is `kernels_ir::reference`, which the
+//! compositions follow and the tests compare against) or device discovery for single-op runs (that
+//! is `sparsecube-runtime`).
+
+pub mod backend;
+mod compose;
+mod cube;
+pub mod modules;
+pub mod params;
+
+pub use backend::{SparseBackend, SparseOp};
+pub use compose::gelu_exact;
+
+/// The CPU backend: ndarray, f32. The ops run as compositions of tensor ops.
+pub type Cpu = burn::backend::NdArray<f32>;
+/// The wgpu backend (Vulkan, Metal, DX12; lavapipe on a CPU): the ops run our kernels.
+pub type Wgpu = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
+/// The CUDA backend: the ops run our kernels, compiled by NVRTC.
+pub type Cuda = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+
+/// Why a training-runtime call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A module was built with sizes or arguments the op does not accept.
+    #[error("{module}: {problem}; {fix}")]
+    Config {
+        /// The module.
+        module: &'static str,
+        /// What is wrong.
+        problem: String,
+        /// How to fix it.
+        fix: &'static str,
+    },
+    /// The IR rejected a spec the module derived.
+    #[error(transparent)]
+    Spec(#[from] kernels_ir::VerifyErrors),
+    /// The reference (projection, SVD) failed.
+    #[error(transparent)]
+    Reference(#[from] kernels_ir::reference::ReferenceError),
+}
