@@ -150,6 +150,13 @@ pub fn cuda() -> Result<Device, RuntimeError> {
 
 /// The wgpu adapter's (name, driver and driver info, backend) once it is opened.
 static WGPU_ADAPTER: OnceLock<(String, String)> = OnceLock::new();
+/// Whether the opened wgpu adapter is a software rasteriser on the CPU (lavapipe, SwiftShader).
+static WGPU_ON_CPU: OnceLock<bool> = OnceLock::new();
+
+/// Whether the wgpu adapter (opened by [`wgpu`]) runs on the CPU; false before it is opened.
+pub fn wgpu_on_cpu() -> bool {
+    WGPU_ON_CPU.get().copied().unwrap_or(false)
+}
 
 /// Opens the default wgpu adapter (a discrete or integrated GPU, else a software one).
 pub fn wgpu() -> Result<Device, RuntimeError> {
@@ -163,6 +170,7 @@ pub fn wgpu() -> Result<Device, RuntimeError> {
                 cubecl::wgpu::RuntimeOptions::default(),
             );
             let info = setup.adapter.get_info();
+            let _ = WGPU_ON_CPU.set(format!("{:?}", info.device_type) == "Cpu");
             let _ = WGPU_ADAPTER.set((
                 info.name.clone(),
                 format!("{} {} ({:?})", info.driver, info.driver_info, info.backend),

@@ -13,10 +13,17 @@
 //! is `sparsecube-runtime`).
 
 pub mod backend;
+pub mod bert;
+pub mod checkpoint;
 mod compose;
+pub mod config;
 mod cube;
+pub mod data;
+pub mod finetune;
+pub mod model;
 pub mod modules;
 pub mod params;
+pub mod report;
 
 pub use backend::{SparseBackend, SparseOp};
 pub use compose::gelu_exact;
@@ -47,4 +54,38 @@ pub enum TrainError {
     /// The reference (projection, SVD) failed.
     #[error(transparent)]
     Reference(#[from] kernels_ir::reference::ReferenceError),
+    /// A file could not be read or written.
+    #[error("cannot {what} `{}`: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What was attempted.
+        what: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A checkpoint is unreadable or does not fit the model.
+    #[error("checkpoint `{}`: {problem}; {fix}", path.display())]
+    Checkpoint {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        problem: String,
+        /// How to fix it.
+        fix: &'static str,
+    },
+}
+
+/// Bytes of device memory in use on the default wgpu device (CubeCL's allocator).
+pub fn wgpu_memory_in_use() -> Option<u64> {
+    use cubecl::prelude::Runtime;
+    let client = cubecl::wgpu::WgpuRuntime::client(&cubecl::wgpu::WgpuDevice::DefaultDevice);
+    client.memory_usage().ok().map(|m| m.bytes_in_use)
+}
+
+/// Bytes of device memory in use on CUDA device 0 (CubeCL's allocator).
+pub fn cuda_memory_in_use() -> Option<u64> {
+    use cubecl::prelude::Runtime;
+    let client = cubecl::cuda::CudaRuntime::client(&cubecl::cuda::CudaDevice::new(0));
+    client.memory_usage().ok().map(|m| m.bytes_in_use)
 }

@@ -388,9 +388,10 @@ pub struct MonarchLinear<B: Backend> {
 
 impl<B: Backend> MonarchLinear<B> {
     /// The factor shapes of an `n_in → n_out` Monarch with `blocks` blocks per factor and an
-    /// intermediate as wide as the wider side (both sizes must divide by `blocks`).
+    /// intermediate as wide as the narrower side (both sizes must divide by `blocks`): with b
+    /// blocks, a square layer keeps 2/b of its weights, an `n → 4n` one 5/(4b).
     pub fn shape_for(n_in: usize, n_out: usize, blocks: usize) -> Result<MonarchShape, TrainError> {
-        let inner = n_in.max(n_out);
+        let inner = n_in.min(n_out);
         let bad = |what: &str| TrainError::Config {
             module: "MonarchLinear",
             problem: format!("{what} ({n_in} → {n_out}, {blocks} blocks)"),
@@ -474,7 +475,9 @@ impl<B: crate::SparseBackend> Linear<B> {
             Linear::Monarch(l) => l.forward(x),
         }
     }
+}
 
+impl<B: Backend> Linear<B> {
     /// The layer at training step `step` of `total` (PST's sparsity schedule; others as they are).
     pub fn at_step(self, step: usize, total: usize) -> Self {
         match self {

@@ -1,0 +1,288 @@
+//! `sparsecube finetune`: the main job. One method in this process, or `--compare`: every
+//! method in a child process of its own (so each one's peak memory is its own), then the table,
+//! the loss plot and the JSON report.
+
+use anyhow::{Context, Result, bail};
+use burn::backend::Autodiff;
+use clap::ValueEnum;
+use indicatif::{ProgressBar, ProgressStyle};
+use sparsecube_train::config::{ConfigFile, DEFAULT_CONFIG, Method};
+use sparsecube_train::finetune::{self, Event, RunOptions, RunReport};
+use sparsecube_train::{Cpu, Cuda, Wgpu, report};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Where training runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TrainDevice {
+    /// CUDA when present, else a wgpu GPU adapter, else the CPU (ndarray).
+    Auto,
+    /// The CPU: Burn's ndarray backend, the ops as tensor-op compositions.
+    Cpu,
+    /// wgpu (any adapter, lavapipe included): our kernels.
+    Wgpu,
+    /// CUDA: our kernels.
+    Cuda,
+}
+
+/// The command's arguments.
+pub struct Args {
+    pub config: Option<PathBuf>,
+    pub method: Option<Method>,
+    pub compare: Option<Vec<Method>>,
+    pub device: TrainDevice,
+    pub epochs: Option<usize>,
+    pub checkpoint: Option<PathBuf>,
+    pub out: PathBuf,
+    pub resume: bool,
+    pub json: Option<PathBuf>,
+    pub plot: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+/// The config: the file's, else the embedded default; then the command line's overrides.
+fn config(args: &Args) -> Result<ConfigFile> {
+    let mut cfg = match &args.config {
+        Some(path) => ConfigFile::read(path)?,
+        None => ConfigFile::parse(DEFAULT_CONFIG, "the embedded default config")?,
+    };
+    if let Some(m) = args.method {
+        cfg.model.method = m;
+    }
+    if let Some(e) = args.epochs {
+        cfg.train.epochs = e;
+    }
+    if let Some(c) = &args.checkpoint {
+        cfg.model.checkpoint = Some(c.clone());
+    }
+    if let Some(path) = cfg.model.checkpoint.clone() {
+        // The checkpoint decides the encoder's sizes; the config keeps the rest.
+        cfg.model = sparsecube_train::bert::config_of(&path, &cfg.model)?;
+    }
+    Ok(cfg)
+}
+
+/// Whether a GPU could be behind a wgpu adapter. On Linux a Vulkan GPU needs a DRM render
+/// node; without one the probe would only find the CPU rasteriser (and Mesa would complain).
+fn may_have_gpu_adapter() -> bool {
+    if cfg!(target_os = "linux") {
+        std::fs::read_dir("/dev/dri").is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("renderD"))
+        })
+    } else {
+        true
+    }
+}
+
+fn resolve(device: TrainDevice) -> TrainDevice {
+    match device {
+        TrainDevice::Auto if sparsecube_runtime::cuda().is_ok() => TrainDevice::Cuda,
+        TrainDevice::Auto
+            if may_have_gpu_adapter()
+                && sparsecube_runtime::wgpu().is_ok()
+                && !sparsecube_runtime::wgpu_on_cpu() =>
+        {
+            TrainDevice::Wgpu
+        }
+        TrainDevice::Auto => TrainDevice::Cpu,
+        d => d,
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let cfg = config(&args)?;
+    let json = args
+        .json
+        .clone()
+        .unwrap_or_else(|| args.out.join("report.json"));
+    let plot = args
+        .plot
+        .clone()
+        .unwrap_or_else(|| args.out.join("loss.svg"));
+    let reports = match &args.compare {
+        Some(methods) => {
+            let methods = if methods.is_empty() {
+                Method::ALL.to_vec()
+            } else {
+                methods.clone()
+            };
+            compare(&args, &methods)?
+        }
+        None => vec![one(&cfg, cfg.model.method, &args)?],
+    };
+    print!("{}", report::table(&reports));
+    report::json(&reports, &json)?;
+    report::plot(&reports, &plot)?;
+    println!("report: {}\nplot:   {}", json.display(), plot.display());
+    Ok(())
+}
+
+/// One method in this process.
+fn one(cfg: &ConfigFile, method: Method, args: &Args) -> Result<RunReport> {
+    let device = resolve(args.device);
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps  loss {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut progress = |e: Event| match e {
+        Event::EpochStart { epoch, steps } => {
+            bar.reset();
+            bar.set_length(steps as u64);
+            bar.set_prefix(format!("{method} epoch {}/{}", epoch + 1, cfg.train.epochs));
+        }
+        Event::Step { loss } => {
+            bar.inc(1);
+            bar.set_message(format!("{loss:.4}"));
+        }
+        Event::EpochEnd(e) => bar.println(format!(
+            "{method} epoch {}: train loss {:.4}, eval loss {:.4}, accuracy {:.3}",
+            e.epoch + 1,
+            e.train_loss,
+            e.eval_loss,
+            e.accuracy
+        )),
+        Event::Checkpoint(path) => tracing::info!("checkpoint {}", path.display()),
+    };
+    let report = match device {
+        TrainDevice::Cuda => {
+            let name = adapter("cuda", sparsecube_runtime::cuda()?);
+            let dev = burn::backend::cuda::CudaDevice::new(0);
+            finetune::finetune::<Autodiff<Cuda>>(
+                cfg,
+                &dev,
+                options(
+                    method,
+                    args,
+                    name,
+                    &sparsecube_train::cuda_memory_in_use,
+                    &mut progress,
+                ),
+            )?
+        }
+        TrainDevice::Wgpu => {
+            let name = adapter("wgpu", sparsecube_runtime::wgpu()?);
+            let dev = burn::backend::wgpu::WgpuDevice::DefaultDevice;
+            finetune::finetune::<Autodiff<Wgpu>>(
+                cfg,
+                &dev,
+                options(
+                    method,
+                    args,
+                    name,
+                    &sparsecube_train::wgpu_memory_in_use,
+                    &mut progress,
+                ),
+            )?
+        }
+        TrainDevice::Cpu | TrainDevice::Auto => {
+            let dev = Default::default();
+            finetune::finetune::<Autodiff<Cpu>>(
+                cfg,
+                &dev,
+                options(
+                    method,
+                    args,
+                    "cpu (ndarray)".into(),
+                    &no_memory,
+                    &mut progress,
+                ),
+            )?
+        }
+    };
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+/// "kind (adapter name)" of an opened device.
+fn adapter(kind: &str, dev: sparsecube_runtime::Device) -> String {
+    let (name, _) = sparsecube_runtime::device_name_and_driver(&dev);
+    format!("{kind} ({name})")
+}
+
+fn options<'a>(
+    method: Method,
+    args: &Args,
+    device_name: String,
+    memory_in_use: &'a dyn Fn() -> Option<u64>,
+    progress: &'a mut dyn FnMut(Event),
+) -> RunOptions<'a> {
+    RunOptions {
+        method,
+        device_name,
+        out_dir: Some(args.out.clone()),
+        resume: args.resume,
+        progress,
+        memory_in_use,
+    }
+}
+
+fn no_memory() -> Option<u64> {
+    None
+}
+
+/// Every method in a child process of this binary, one after the other, on the same data.
+fn compare(args: &Args, methods: &[Method]) -> Result<Vec<RunReport>> {
+    let exe = std::env::current_exe().context("cannot find this program to run the methods")?;
+    let mut reports = Vec::new();
+    for (i, method) in methods.iter().enumerate() {
+        eprintln!("== {method} ({}/{}) ==", i + 1, methods.len());
+        let child_json = args.out.join(format!("report-{method}.json"));
+        let child_plot = args.out.join(format!("loss-{method}.svg"));
+        let mut cmd = Command::new(&exe);
+        cmd.arg("finetune");
+        if let Some(c) = &args.config {
+            cmd.arg(c);
+        }
+        cmd.args(["--method", method.name()])
+            .args(["--device", device_name(args.device)])
+            .arg("--out")
+            .arg(&args.out)
+            .arg("--json")
+            .arg(&child_json)
+            .arg("--plot")
+            .arg(&child_plot);
+        if let Some(e) = args.epochs {
+            cmd.args(["--epochs", &e.to_string()]);
+        }
+        if let Some(c) = &args.checkpoint {
+            cmd.arg("--checkpoint").arg(c);
+        }
+        if args.resume {
+            cmd.arg("--resume");
+        }
+        if args.quiet {
+            cmd.arg("--quiet");
+        }
+        let status = cmd
+            .stdout(Stdio::null())
+            .status()
+            .with_context(|| format!("cannot start the {method} run"))?;
+        if !status.success() {
+            bail!("the {method} run failed ({status}); its error is above");
+        }
+        reports.extend(read_reports(&child_json)?);
+    }
+    Ok(reports)
+}
+
+fn device_name(d: TrainDevice) -> &'static str {
+    match d {
+        TrainDevice::Auto => "auto",
+        TrainDevice::Cpu => "cpu",
+        TrainDevice::Wgpu => "wgpu",
+        TrainDevice::Cuda => "cuda",
+    }
+}
+
+fn read_reports(path: &Path) -> Result<Vec<RunReport>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the run report `{}`", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("the run report `{}`", path.display()))
+}

@@ -1,0 +1,456 @@
+//! Model and training configs (`CONFIG.toml`). `[model]` is the shape of the transformer and
+//! the method (what `sparsecube tune --model` and `sparsecube finetune` both read); `[train]`
+//! is the fine-tuning run. Unknown keys and bad values are errors naming the key.
+//!
+//! ```toml
+//! [model]
+//! batch = 32         # sequences per step
+//! seq_len = 32       # tokens per sequence
+//! d_model = 64
+//! heads = 4          # d_model / heads is the head dimension
+//! d_ff = 256
+//! layers = 2
+//! vocab = 64
+//! classes = 4
+//! method = "spt"     # dense | lora | spt | sara | pst | monarch | cbm
+//! blocks = 4         # routed-FFN / Monarch blocks
+//! concepts = 16      # cbm: concept-bottleneck width
+//! # checkpoint = "model.safetensors"   # a Hugging Face BERT checkpoint to start from
+//!
+//! [train]
+//! epochs = 3
+//! lr = 1e-3
+//! seed = 0
+//! ```
+
+use crate::TrainError;
+use kernels_ir::pattern::{BlockDiagonal, Cbm, MonarchShape, Pattern, PqTopK, Routed, SaraSelect};
+use kernels_ir::{DType, KernelSpec, OpKind};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A config file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// The model.
+    pub model: ModelConfig,
+    /// The run (defaults when absent).
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+/// The fine-tuning method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Full fine-tuning: every weight trained, dense kernels.
+    Dense,
+    /// LoRA adapters on every linear of the frozen encoder.
+    Lora,
+    /// SPT: PQ top-k sparse attention and the routed FFN; every weight trained.
+    Spt,
+    /// SaRA: the smallest weights of every linear retrained.
+    Sara,
+    /// PST: low-rank updates masked by low-rank importance scores.
+    Pst,
+    /// Monarch: every linear replaced by its Monarch projection and trained factored.
+    Monarch,
+    /// Sparse-CBM: a concept-bottleneck head on the frozen encoder.
+    Cbm,
+}
+
+impl Method {
+    /// Every method, in the order `--compare` reports them.
+    pub const ALL: [Method; 7] = [
+        Method::Dense,
+        Method::Lora,
+        Method::Spt,
+        Method::Sara,
+        Method::Pst,
+        Method::Monarch,
+        Method::Cbm,
+    ];
+
+    /// The method's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Dense => "dense",
+            Method::Lora => "lora",
+            Method::Spt => "spt",
+            Method::Sara => "sara",
+            Method::Pst => "pst",
+            Method::Monarch => "monarch",
+            Method::Cbm => "cbm",
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Method::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Method::ALL.iter().map(|m| m.name()).collect();
+                format!("unknown method `{s}`; expected one of {}", names.join(", "))
+            })
+    }
+}
+
+/// The transformer's sizes and method.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Sequences per step.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Model width.
+    pub d_model: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// FFN hidden width.
+    pub d_ff: usize,
+    /// Transformer layers.
+    #[serde(default = "default_layers")]
+    pub layers: usize,
+    /// Vocabulary size.
+    #[serde(default = "default_vocab")]
+    pub vocab: usize,
+    /// Positions the model has embeddings for (default: seq_len).
+    #[serde(default)]
+    pub max_positions: Option<usize>,
+    /// Causal decoder (each token sees itself and earlier ones) instead of an encoder.
+    #[serde(default)]
+    pub causal: bool,
+    /// Storage dtype (`f32`, `f16`, `bf16`) of the tuned kernels.
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// The method.
+    pub method: Method,
+    /// Blocks of the routed FFN and of Monarch.
+    #[serde(default = "default_blocks")]
+    pub blocks: usize,
+    /// Concepts of the CBM head.
+    #[serde(default = "default_concepts")]
+    pub concepts: usize,
+    /// Classes of the head.
+    #[serde(default = "default_classes")]
+    pub classes: usize,
+    /// LayerNorm ε (BERT's 1e-12).
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    /// A Hugging Face BERT safetensors checkpoint to start from (else a fresh initialisation).
+    #[serde(default)]
+    pub checkpoint: Option<PathBuf>,
+}
+
+fn default_dtype() -> String {
+    "f32".into()
+}
+fn default_blocks() -> usize {
+    4
+}
+fn default_concepts() -> usize {
+    512
+}
+fn default_classes() -> usize {
+    2
+}
+fn default_layers() -> usize {
+    2
+}
+fn default_vocab() -> usize {
+    64
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+/// The run.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// AdamW learning rate.
+    pub lr: f64,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// Seed of the data, the initialisation and the methods' random choices.
+    pub seed: u64,
+    /// Training samples of the built-in task.
+    pub train_samples: usize,
+    /// Held-out samples.
+    pub eval_samples: usize,
+    /// Per-method settings.
+    pub methods: MethodOptions,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 3,
+            lr: 1e-3,
+            weight_decay: 0.01,
+            seed: 0,
+            train_samples: 2048,
+            eval_samples: 512,
+            methods: MethodOptions::default(),
+        }
+    }
+}
+
+/// The methods' own settings (METHODS.md defaults unless said).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MethodOptions {
+    /// LoRA rank.
+    pub lora_rank: usize,
+    /// LoRA α (scale α / rank).
+    pub lora_alpha: f64,
+    /// SaRA: retrain |w| < threshold ...
+    pub sara_threshold: Option<f64>,
+    /// ... or the smallest `ratio` of each weight (used when set; default 0.1).
+    pub sara_ratio: Option<f64>,
+    /// SaRA's nuclear-norm weight λ (applied to one random weight with min dim > 64 per step).
+    pub sara_nuclear: f64,
+    /// SaRA: the step at which the masks are chosen again (0: never).
+    pub sara_progressive_step: usize,
+    /// PST's final sparsity.
+    pub pst_sparsity: f64,
+    /// Routed-FFN and Monarch blocks.
+    pub blocks: usize,
+    /// Routed FFN: blocks each token keeps.
+    pub top: usize,
+    /// SPT: kept keys per query (default L/8).
+    pub topk: Option<usize>,
+    /// SPT: re-fit the codebooks every this many steps (0: only before training).
+    pub refit_every: usize,
+    /// CBM: concepts kept per sample.
+    pub cbm_topk: usize,
+}
+
+impl Default for MethodOptions {
+    fn default() -> Self {
+        Self {
+            lora_rank: 8,
+            lora_alpha: 16.0,
+            sara_threshold: None,
+            sara_ratio: None,
+            sara_nuclear: 5e-4,
+            sara_progressive_step: 2500,
+            pst_sparsity: 0.9,
+            blocks: 4,
+            top: 2,
+            topk: None,
+            refit_every: 50,
+            cbm_topk: 4,
+        }
+    }
+}
+
+impl MethodOptions {
+    /// SaRA's rule: the threshold when given, else the ratio (default 0.1: the paper retrains
+    /// 10–20%; a fixed threshold selects nothing in layers with large weights).
+    pub fn sara_select(&self) -> SaraSelect {
+        match (self.sara_threshold, self.sara_ratio) {
+            (Some(t), None) => SaraSelect::Threshold(t),
+            (_, r) => SaraSelect::Ratio(r.unwrap_or(0.1)),
+        }
+    }
+}
+
+impl ConfigFile {
+    /// Reads and checks `path`.
+    pub fn read(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
+            path: path.to_path_buf(),
+            what: "read the model config",
+            source: e,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks a config's text (`origin` names it in errors).
+    pub fn parse(text: &str, origin: &str) -> Result<Self, TrainError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| TrainError::Config {
+            module: "config",
+            problem: format!("{origin}: {e}"),
+            fix: "see the keys in docs/training.md",
+        })?;
+        file.model.check()?;
+        Ok(file)
+    }
+}
+
+impl ModelConfig {
+    /// Positions the model has embeddings for.
+    pub fn max_len(&self) -> usize {
+        self.max_positions.unwrap_or(self.seq_len).max(self.seq_len)
+    }
+
+    fn check(&self) -> Result<(), TrainError> {
+        let bad = |problem: String, fix: &'static str| {
+            Err(TrainError::Config {
+                module: "config",
+                problem,
+                fix,
+            })
+        };
+        if self.heads == 0 || !self.d_model.is_multiple_of(self.heads) {
+            return bad(
+                format!(
+                    "model.heads = {} must divide d_model = {}",
+                    self.heads, self.d_model
+                ),
+                "choose heads so that d_model / heads is a whole head dimension",
+            );
+        }
+        for (key, v) in [
+            ("batch", self.batch),
+            ("seq_len", self.seq_len),
+            ("d_ff", self.d_ff),
+            ("layers", self.layers),
+            ("vocab", self.vocab),
+            ("classes", self.classes),
+        ] {
+            if v == 0 {
+                return bad(format!("model.{key} = 0"), "every size must be at least 1");
+            }
+        }
+        if self.dtype.parse::<DType>().is_err() {
+            return bad(
+                format!("model.dtype = `{}`", self.dtype),
+                "use f32, f16 or bf16",
+            );
+        }
+        Ok(())
+    }
+
+    /// The kernel specs of one layer's training step (forward specs; a tuned key covers the
+    /// backward too), each verified: what `sparsecube tune --model` tunes.
+    pub fn specs(&self) -> Result<Vec<KernelSpec>, TrainError> {
+        self.check()?;
+        let dtype: DType = self.dtype.parse().unwrap_or(DType::F32);
+        let tokens = self.batch * self.seq_len;
+        let (dm, dff) = (self.d_model, self.d_ff);
+        let spec = |name: &str, op: OpKind, dims: &[(&str, usize)], pattern: Option<Pattern>| {
+            let mut b = KernelSpec::builder(name, op)
+                .dtype(dtype)
+                .dims(dims.iter().copied());
+            if let Some(p) = pattern {
+                b = b.pattern(p);
+            }
+            b.build().map_err(TrainError::from)
+        };
+        let linear = |name: &str, n_in: usize, n_out: usize| {
+            spec(
+                name,
+                OpKind::DenseLinear,
+                &[("T", tokens), ("in", n_in), ("out", n_out)],
+                None,
+            )
+        };
+        let mut specs = Vec::new();
+        match self.method {
+            Method::Dense | Method::Lora => {
+                specs.push(linear("qkv_proj", dm, 3 * dm)?);
+                specs.push(linear("out_proj", dm, dm)?);
+                specs.push(linear("ffn_up", dm, dff)?);
+                specs.push(linear("ffn_down", dff, dm)?);
+            }
+            Method::Spt => {
+                specs.push(spec(
+                    "attention",
+                    OpKind::SptAttention,
+                    &[
+                        ("B", self.batch),
+                        ("H", self.heads),
+                        ("L", self.seq_len),
+                        ("D", dm / self.heads),
+                    ],
+                    Some(Pattern::PqTopK(PqTopK::default())),
+                )?);
+                specs.push(spec(
+                    "ffn",
+                    OpKind::RoutedFfn,
+                    &[("T", tokens), ("d_model", dm), ("d_ff", dff)],
+                    Some(Pattern::Routed(Routed {
+                        blocks: self.blocks,
+                        ..Routed::default()
+                    })),
+                )?);
+            }
+            Method::Sara | Method::Pst => {
+                let op = if self.method == Method::Sara {
+                    OpKind::SaraLinear
+                } else {
+                    OpKind::PstLinear
+                };
+                for (name, n_in, n_out) in [
+                    ("out_proj", dm, dm),
+                    ("ffn_up", dm, dff),
+                    ("ffn_down", dff, dm),
+                ] {
+                    specs.push(spec(
+                        name,
+                        op,
+                        &[("T", tokens), ("in", n_in), ("out", n_out)],
+                        None,
+                    )?);
+                }
+            }
+            Method::Monarch => {
+                if self.blocks == 0 || !dm.is_multiple_of(self.blocks) {
+                    return Err(TrainError::Config {
+                        module: "config",
+                        problem: format!(
+                            "model.blocks = {} must divide d_model = {dm} (Monarch's square factors)",
+                            self.blocks
+                        ),
+                        fix: "choose a block count that divides d_model (e.g. 4)",
+                    });
+                }
+                specs.push(spec(
+                    "out_proj",
+                    OpKind::Monarch,
+                    &[("N", tokens)],
+                    Some(Pattern::Monarch(MonarchShape::square(dm, self.blocks))),
+                )?);
+                specs.push(spec(
+                    "ffn_block_diag",
+                    OpKind::BlockDiagLinear,
+                    &[("N", tokens), ("in", dm), ("out", dff)],
+                    Some(Pattern::BlockDiagonal(BlockDiagonal {
+                        blocks: self.blocks,
+                    })),
+                )?);
+            }
+            Method::Cbm => {
+                specs.push(linear("concept_proj", dm, self.concepts)?);
+                specs.push(spec(
+                    "cbm_head",
+                    OpKind::CbmHead,
+                    &[("B", self.batch), ("C", self.concepts), ("K", self.classes)],
+                    Some(Pattern::Cbm(Cbm {
+                        topk: 32.min(self.concepts),
+                    })),
+                )?);
+            }
+        }
+        Ok(specs)
+    }
+}
+
+/// The embedded default of `sparsecube finetune`: a MiniLM-shaped encoder scaled down (2 layers,
+/// d 64, 4 heads, d_ff 256) on the built-in task, a few minutes on 2 CPU cores.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");

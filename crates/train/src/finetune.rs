@@ -1,0 +1,421 @@
+//! The fine-tuning loop behind `sparsecube finetune`: data, the method's model, AdamW over what
+//! the method trains, the methods' schedules (PST's sparsity, SPT's codebook re-fits, SaRA's
+//! nuclear-norm term and progressive re-masking), evaluation per epoch, atomic checkpoints and
+//! resume.
+
+use crate::TrainError;
+use crate::checkpoint::{self, Tensors};
+use crate::config::{ConfigFile, Method};
+use crate::data::Dataset;
+use crate::model::Encoder;
+use crate::modules::linear::Linear;
+use crate::params::{self, Values};
+use crate::{SparseBackend, bert};
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use kernels_ir::reference::rng::SplitMix64;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The checkpoint format's name (the safetensors header's `format`).
+pub const FORMAT: &str = "sparsecube-finetune/1";
+
+/// Progress of a run, for a caller's progress display.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// An epoch starts with this many steps.
+    EpochStart {
+        /// Epoch (from 0).
+        epoch: usize,
+        /// Steps in it.
+        steps: usize,
+    },
+    /// One step finished.
+    Step {
+        /// Its training loss.
+        loss: f32,
+    },
+    /// An epoch finished and was evaluated.
+    EpochEnd(EpochEval),
+    /// A checkpoint was written.
+    Checkpoint(PathBuf),
+}
+
+/// The held-out evaluation after one epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochEval {
+    /// Epoch (from 0).
+    pub epoch: usize,
+    /// Mean training loss over the epoch.
+    pub train_loss: f64,
+    /// Mean cross-entropy on the held-out set.
+    pub eval_loss: f64,
+    /// Accuracy on the held-out set.
+    pub accuracy: f64,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunReport {
+    /// The method.
+    pub method: Method,
+    /// The device it ran on.
+    pub device: String,
+    /// Parameters the method trains.
+    pub trainable_params: usize,
+    /// Parameters of the model (float tensors).
+    pub total_params: usize,
+    /// Median wall time of one training step, synchronised (ms).
+    pub step_ms: f64,
+    /// Peak device memory in use (bytes), when the backend reports it.
+    pub device_peak_bytes: Option<u64>,
+    /// Peak resident memory of the process (bytes), when the OS reports it.
+    pub peak_rss_bytes: Option<u64>,
+    /// The training loss of every step.
+    pub losses: Vec<f32>,
+    /// One evaluation per epoch.
+    pub epochs: Vec<EpochEval>,
+    /// Chance accuracy of the task (1 / classes).
+    pub chance: f64,
+    /// The epoch the run resumed after (None: from the start).
+    pub resumed_after: Option<usize>,
+    /// Wall time of the whole run (s).
+    pub wall_s: f64,
+}
+
+impl RunReport {
+    /// The last evaluation.
+    pub fn last(&self) -> Option<&EpochEval> {
+        self.epochs.last()
+    }
+}
+
+/// How a run is set up besides its config.
+pub struct RunOptions<'a> {
+    /// The method.
+    pub method: Method,
+    /// The device's name, for the report.
+    pub device_name: String,
+    /// Where checkpoints go (None: no checkpoints).
+    pub out_dir: Option<PathBuf>,
+    /// Continue from the checkpoint in `out_dir` when there is one.
+    pub resume: bool,
+    /// Progress events.
+    pub progress: &'a mut dyn FnMut(Event),
+    /// Bytes of device memory in use now, when the backend reports it.
+    pub memory_in_use: &'a dyn Fn() -> Option<u64>,
+}
+
+/// The checkpoint file of `method` in `dir`.
+pub fn checkpoint_path(dir: &Path, method: Method) -> PathBuf {
+    dir.join(format!("checkpoint-{method}.safetensors"))
+}
+
+/// The dense starting model: the config's BERT checkpoint, else a fresh BERT initialisation.
+pub fn base_model<B: Backend>(
+    cfg: &ConfigFile,
+    device: &B::Device,
+) -> Result<Encoder<B>, TrainError> {
+    match &cfg.model.checkpoint {
+        Some(path) => bert::load(path, &cfg.model, cfg.train.seed, device),
+        None => Ok(Encoder::init(&cfg.model, cfg.train.seed, device)),
+    }
+}
+
+/// Cross-entropy of `logits` [B, K] against `labels` [B] (mean over the batch).
+pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+    let [b, _] = logits.dims();
+    let picked = log_softmax(logits, 1).gather(1, labels.reshape([b, 1]));
+    picked.mean().neg()
+}
+
+fn ids<B: Backend>(tokens: &[i64], rows: usize, device: &B::Device) -> Tensor<B, 2, Int> {
+    let cols = tokens.len() / rows.max(1);
+    Tensor::from_data(TensorData::new(tokens.to_vec(), [rows, cols]), device)
+}
+
+fn labels<B: Backend>(labels: &[i64], device: &B::Device) -> Tensor<B, 1, Int> {
+    Tensor::from_data(TensorData::new(labels.to_vec(), [labels.len()]), device)
+}
+
+/// Mean held-out loss and accuracy.
+pub fn evaluate<B: SparseBackend>(
+    model: &Encoder<B>,
+    data: &Dataset,
+    batch: usize,
+    device: &B::Device,
+) -> (f64, f64) {
+    let (mut loss, mut correct) = (0.0, 0usize);
+    for (tokens, y) in data.in_order(batch) {
+        let out = model.forward(ids::<B>(&tokens, y.len(), device), false);
+        let l: f32 = cross_entropy(out.logits.clone(), labels::<B>(&y, device))
+            .into_scalar()
+            .elem();
+        loss += f64::from(l) * y.len() as f64;
+        let pred = out
+            .logits
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .into_vec::<i64>()
+            .unwrap_or_default();
+        correct += pred.iter().zip(&y).filter(|(a, b)| a == b).count();
+    }
+    let n = data.len().max(1) as f64;
+    (loss / n, correct as f64 / n)
+}
+
+use burn::tensor::ElementConversion;
+
+/// Fine-tunes `cfg`'s model with `opts.method` on the built-in task and reports.
+pub fn finetune<B>(
+    cfg: &ConfigFile,
+    device: &B::Device,
+    opts: RunOptions<'_>,
+) -> Result<RunReport, TrainError>
+where
+    B: AutodiffBackend + SparseBackend,
+    B::InnerBackend: SparseBackend,
+{
+    let started = Instant::now();
+    let (m, t) = (&cfg.model, &cfg.train);
+    let need = 6 + 2 * m.classes.saturating_sub(1);
+    if m.seq_len < need || m.vocab <= m.classes {
+        return Err(TrainError::Config {
+            module: "data",
+            problem: format!(
+                "the built-in task needs seq_len ≥ {need} and vocab > classes (seq_len = {}, vocab = {}, classes = {})",
+                m.seq_len, m.vocab, m.classes
+            ),
+            fix: "raise seq_len or vocab, or lower classes",
+        });
+    }
+    let train = Dataset::generate(t.train_samples, m.seq_len, m.vocab, m.classes, t.seed);
+    let eval = Dataset::generate(
+        t.eval_samples,
+        m.seq_len,
+        m.vocab,
+        m.classes,
+        t.seed.wrapping_add(1),
+    );
+    let steps_per_epoch = train.len() / m.batch.max(1);
+    if steps_per_epoch == 0 {
+        return Err(TrainError::Config {
+            module: "train",
+            problem: format!(
+                "train_samples = {} is less than one batch of {}",
+                t.train_samples, m.batch
+            ),
+            fix: "raise train_samples or lower batch",
+        });
+    }
+    let total = steps_per_epoch * t.epochs;
+    let method = opts.method;
+    let mut model = base_model::<B>(cfg, device)?.with_method(m, method, &t.methods, t.seed)?;
+
+    // Resume: the trained tensors of the last checkpoint, after the epoch it records.
+    let mut first_epoch = 0;
+    let mut resumed_after = None;
+    let ckpt = opts.out_dir.as_ref().map(|d| checkpoint_path(d, method));
+    if let (true, Some(path)) = (opts.resume, ckpt.as_ref())
+        && path.exists()
+    {
+        let (tensors, meta) = checkpoint::load(path)?;
+        let bad = |problem: String| TrainError::Checkpoint {
+            path: path.clone(),
+            problem,
+            fix: "resume with the config and method that wrote it, or start afresh without --resume",
+        };
+        if meta.get("format").map(String::as_str) != Some(FORMAT) {
+            return Err(bad(format!(
+                "format {:?}, expected {FORMAT}",
+                meta.get("format")
+            )));
+        }
+        if meta.get("method").map(String::as_str) != Some(method.name()) {
+            return Err(bad(format!("written by method {:?}", meta.get("method"))));
+        }
+        if meta.get("config").map(String::as_str) != Some(fingerprint(cfg).as_str()) {
+            return Err(bad("written with another config".into()));
+        }
+        let epoch: usize = meta
+            .get("epoch")
+            .and_then(|e| e.parse().ok())
+            .ok_or_else(|| bad("no epoch in its header".into()))?;
+        let (loaded, _) = params::load(model, &tensors).map_err(|e| {
+            bad(e
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "))
+        })?;
+        model = loaded;
+        first_epoch = epoch + 1;
+        resumed_after = Some(epoch);
+    }
+
+    let (trainable_params, total_params) = params::counts(&model);
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(t.weight_decay as f32)
+        .init::<B, Encoder<B>>();
+    let mut rng = SplitMix64::new(t.seed ^ 0xA11CE);
+    let mut losses = Vec::new();
+    let mut epochs = Vec::new();
+    let mut step_times = Vec::new();
+    let mut device_peak: Option<u64> = None;
+    let opts_m = &t.methods;
+    for epoch in first_epoch..t.epochs {
+        let batches = train.batches(m.batch, t.seed, epoch);
+        (opts.progress)(Event::EpochStart {
+            epoch,
+            steps: batches.len(),
+        });
+        let mut epoch_loss = 0.0;
+        for (i, (tokens, y)) in batches.iter().enumerate() {
+            let step = epoch * steps_per_epoch + i;
+            let x = ids::<B>(tokens, y.len(), device);
+            if method == Method::Spt
+                && (step == 0
+                    || (opts_m.refit_every > 0 && step.is_multiple_of(opts_m.refit_every)))
+            {
+                model = model.refit_codebooks(x.clone(), 5);
+            }
+            if method == Method::Sara
+                && opts_m.sara_progressive_step > 0
+                && step == opts_m.sara_progressive_step
+            {
+                model = model.map_linears(|l| match l {
+                    Linear::Sara(s) => s.remask().map(Linear::Sara),
+                    other => Ok(other),
+                })?;
+            }
+            model = model.at_step(step, total);
+            let t0 = Instant::now();
+            let out = model.forward(x, true);
+            let loss = cross_entropy(out.logits, labels::<B>(y, device)) + out.aux;
+            // Activations are all alive here, before the backward frees them.
+            let mut sample = || {
+                if let Some(bytes) = (opts.memory_in_use)() {
+                    device_peak = Some(device_peak.map_or(bytes, |p: u64| p.max(bytes)));
+                }
+            };
+            sample();
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            if method == Method::Sara && opts_m.sara_nuclear > 0.0 {
+                nuclear_term(&model, &mut grads, opts_m.sara_nuclear, &mut rng)?;
+            }
+            model = optim.step(t.lr, model, grads);
+            let l: f32 = loss.into_scalar().elem();
+            step_times.push(t0.elapsed().as_secs_f64() * 1e3);
+            if let Some(bytes) = (opts.memory_in_use)() {
+                device_peak = Some(device_peak.map_or(bytes, |p| p.max(bytes)));
+            }
+            losses.push(l);
+            epoch_loss += f64::from(l);
+            (opts.progress)(Event::Step { loss: l });
+        }
+        let valid = model.valid();
+        let (eval_loss, accuracy) = evaluate(&valid, &eval, m.batch, device);
+        let e = EpochEval {
+            epoch,
+            train_loss: epoch_loss / batches.len().max(1) as f64,
+            eval_loss,
+            accuracy,
+        };
+        (opts.progress)(Event::EpochEnd(e.clone()));
+        epochs.push(e);
+        if let Some(path) = &ckpt {
+            save_checkpoint(&model, cfg, method, epoch, path)?;
+            (opts.progress)(Event::Checkpoint(path.clone()));
+        }
+    }
+    step_times.sort_by(f64::total_cmp);
+    Ok(RunReport {
+        method,
+        device: opts.device_name,
+        trainable_params,
+        total_params,
+        step_ms: step_times.get(step_times.len() / 2).copied().unwrap_or(0.0),
+        device_peak_bytes: device_peak,
+        peak_rss_bytes: peak_rss(),
+        losses,
+        epochs,
+        chance: 1.0 / m.classes as f64,
+        resumed_after,
+        wall_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Adds SaRA's nuclear-norm subgradient to the values' gradient of one randomly chosen SaRA
+/// layer whose weight has min dim > 64 (the paper's rule; none qualifies in small models).
+fn nuclear_term<B: AutodiffBackend>(
+    model: &Encoder<B>,
+    grads: &mut GradientsParams,
+    lambda: f64,
+    rng: &mut SplitMix64,
+) -> Result<(), TrainError> {
+    let eligible: Vec<_> = model
+        .linears()
+        .into_iter()
+        .filter_map(|l| match l {
+            Linear::Sara(s) if s.weight.dims().into_iter().min().unwrap_or(0) > 64 => Some(s),
+            _ => None,
+        })
+        .collect();
+    if eligible.is_empty() {
+        return Ok(());
+    }
+    let layer = eligible[rng.below(eligible.len())];
+    let sub = layer.nuclear_subgradient(lambda)?.inner();
+    let id = layer.values.id;
+    let g = match grads.remove::<B::InnerBackend, 1>(id) {
+        Some(g) => g + sub,
+        None => sub,
+    };
+    grads.register::<B::InnerBackend, 1>(id, g);
+    Ok(())
+}
+
+/// Writes what `method` trains (trainable float tensors, integer index tensors) and the run's
+/// position to `path`, atomically.
+pub fn save_checkpoint<B: Backend, M: burn::module::Module<B>>(
+    model: &M,
+    cfg: &ConfigFile,
+    method: Method,
+    epoch: usize,
+    path: &Path,
+) -> Result<(), TrainError> {
+    let tensors: Tensors = params::named(model)
+        .into_iter()
+        .filter(|p| p.trainable || matches!(p.values, Values::I64(_)))
+        .map(|p| (p.name, (p.shape, p.values)))
+        .collect();
+    let meta = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("method".to_string(), method.name().to_string()),
+        ("epoch".to_string(), epoch.to_string()),
+        ("config".to_string(), fingerprint(cfg)),
+    ]);
+    checkpoint::save(path, &tensors, meta)
+}
+
+/// The config a checkpoint must be resumed with: everything but the epoch count (a resumed run
+/// may go on for more epochs).
+fn fingerprint(cfg: &ConfigFile) -> String {
+    let mut cfg = cfg.clone();
+    cfg.train.epochs = 0;
+    serde_json::to_string(&cfg).unwrap_or_default()
+}
+
+/// The process's peak resident set (Linux `VmHWM`).
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

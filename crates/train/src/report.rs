@@ -1,0 +1,131 @@
+//! Reports of fine-tuning runs: the side-by-side table, the loss-curve plot (SVG, plotters) and
+//! the JSON report.
+
+use crate::TrainError;
+use crate::checkpoint::write_atomic;
+use crate::finetune::RunReport;
+use plotters::prelude::*;
+use std::path::Path;
+
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or("-".into(), |b| {
+        format!("{:.1}", b as f64 / (1024.0 * 1024.0))
+    })
+}
+
+/// The runs side by side: trainable parameters, peak memory, median step time, final losses and
+/// accuracy (with chance for reference).
+pub fn table(reports: &[RunReport]) -> String {
+    let mut out = String::from(
+        "method   trainable params    (%)  peak RSS MiB  device MiB  step ms  train loss  eval loss  accuracy\n",
+    );
+    for r in reports {
+        let last = r.last();
+        out.push_str(&format!(
+            "{:<8} {:>16} {:>6.2} {:>13} {:>11} {:>8.1} {:>11.4} {:>10.4} {:>9.3}\n",
+            r.method.name(),
+            r.trainable_params,
+            100.0 * r.trainable_params as f64 / r.total_params.max(1) as f64,
+            mib(r.peak_rss_bytes),
+            mib(r.device_peak_bytes),
+            r.step_ms,
+            last.map_or(f64::NAN, |e| e.train_loss),
+            last.map_or(f64::NAN, |e| e.eval_loss),
+            last.map_or(f64::NAN, |e| e.accuracy),
+        ));
+    }
+    if let Some(r) = reports.first() {
+        out.push_str(&format!(
+            "(chance accuracy {:.3}; device {})\n",
+            r.chance, r.device
+        ));
+    }
+    out
+}
+
+/// Exponential moving average (weight `alpha` on the new value) of a loss curve.
+fn smooth(values: &[f32], alpha: f64) -> Vec<f64> {
+    let mut acc = None;
+    values
+        .iter()
+        .map(|&v| {
+            let v = f64::from(v);
+            let next = acc.map_or(v, |a: f64| a + alpha * (v - a));
+            acc = Some(next);
+            next
+        })
+        .collect()
+}
+
+/// The training-loss curves of `reports` (EMA-smoothed) as an SVG file at `path` (atomically).
+pub fn plot(reports: &[RunReport], path: &Path) -> Result<(), TrainError> {
+    let mut svg = String::new();
+    draw(reports, &mut svg).map_err(|e| TrainError::Config {
+        module: "plot",
+        problem: e,
+        fix: "report this: the plot could not be drawn",
+    })?;
+    write_atomic(path, svg.as_bytes())
+}
+
+fn draw(reports: &[RunReport], svg: &mut String) -> Result<(), String> {
+    let curves: Vec<(String, Vec<f64>)> = reports
+        .iter()
+        .map(|r| (r.method.name().to_string(), smooth(&r.losses, 0.1)))
+        .collect();
+    let steps = curves
+        .iter()
+        .map(|(_, c)| c.len())
+        .max()
+        .unwrap_or(1)
+        .max(2);
+    let finite = curves
+        .iter()
+        .flat_map(|(_, c)| c.iter().copied())
+        .filter(|v| v.is_finite());
+    let top = finite.fold(0.1f64, f64::max) * 1.05;
+    {
+        let root = SVGBackend::with_string(svg, (900, 540)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("sparsecube finetune: training loss", ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0..steps, 0.0..top)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("loss (EMA 0.1)")
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (i, (name, curve)) in curves.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(
+                    curve.iter().enumerate().map(|(x, &y)| (x, y.min(top))),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| e.to_string())?
+                .label(name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The reports as pretty JSON at `path` (atomically).
+pub fn json(reports: &[RunReport], path: &Path) -> Result<(), TrainError> {
+    let text = serde_json::to_string_pretty(reports).unwrap_or_default();
+    write_atomic(path, text.as_bytes())
+}
