@@ -2,6 +2,7 @@
 //! differences, text-format properties, verifier behaviour and IR snapshots.
 
 mod cuda_offline;
+mod dsl;
 mod fd;
 mod hand;
 mod identities;

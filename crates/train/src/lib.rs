@@ -19,14 +19,21 @@ mod compose;
 pub mod config;
 mod cube;
 pub mod data;
+pub mod dsl;
+#[doc = include_str!("../../../docs/dsl.md")]
+pub mod dsl_guide {}
 pub mod finetune;
 pub mod model;
 pub mod modules;
 pub mod params;
 pub mod report;
 
+// The DSL's generated code names `::sparsecube_train::...`, in this crate too.
+extern crate self as sparsecube_train;
+
 pub use backend::{SparseBackend, SparseOp};
 pub use compose::gelu_exact;
+pub use sparsecube_macros::{SparseModel, sparse_kernel};
 
 /// The CPU backend: ndarray, f32. The ops run as compositions of tensor ops.
 pub type Cpu = burn::backend::NdArray<f32>;

@@ -39,12 +39,13 @@ pub fn values<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Vec<f32> {
         .unwrap_or_default()
 }
 
-/// A trainable parameter.
+/// A trainable parameter holding `t`'s values (a new leaf: `t` may come out of a computation,
+/// e.g. a merged or exported weight).
 pub(crate) fn param<B: Backend, const D: usize>(t: Tensor<B, D>) -> Param<Tensor<B, D>> {
-    Param::from_tensor(t)
+    Param::from_tensor(t.detach())
 }
 
 /// A parameter the method keeps frozen (loaded, moved, never given a gradient).
 pub(crate) fn frozen<B: Backend, const D: usize>(t: Tensor<B, D>) -> Param<Tensor<B, D>> {
-    Param::from_tensor(t).set_require_grad(false)
+    Param::from_tensor(t.detach()).set_require_grad(false)
 }
