@@ -26,17 +26,41 @@ pub enum TrainDevice {
 }
 
 /// The command's arguments.
+#[derive(clap::Args, Debug)]
 pub struct Args {
+    /// A config (TOML: `[model]` and `[train]`, see docs/training.md); default: the embedded one.
     pub config: Option<PathBuf>,
-    pub method: Option<Method>,
-    pub compare: Option<Vec<Method>>,
+    /// The method (overrides the config's model.method).
+    #[arg(long)]
+    pub method: Option<sparsecube_train::config::Method>,
+    /// Run several methods (comma-separated; none listed: all seven) on the same data, each
+    /// in its own process, and report them side by side.
+    #[arg(long, num_args = 0..=1, value_delimiter = ',', require_equals = false, default_missing_value = "")]
+    pub compare: Option<Vec<String>>,
+    /// Where training runs.
+    #[arg(long, value_enum, default_value_t = TrainDevice::Auto)]
     pub device: TrainDevice,
+    /// Passes over the training set (overrides train.epochs).
+    #[arg(long)]
     pub epochs: Option<usize>,
+    /// A Hugging Face BERT checkpoint (model.safetensors) to start from; its tensors decide
+    /// the encoder's sizes.
+    #[arg(long, value_name = "SAFETENSORS")]
     pub checkpoint: Option<PathBuf>,
+    /// Directory of checkpoints, report and plot.
+    #[arg(long, default_value = "runs/finetune")]
     pub out: PathBuf,
+    /// Continue from the method's last checkpoint in --out.
+    #[arg(long)]
     pub resume: bool,
+    /// The JSON report (default: OUT/report.json).
+    #[arg(long, value_name = "REPORT")]
     pub json: Option<PathBuf>,
+    /// The loss plot, SVG (default: OUT/loss.svg).
+    #[arg(long, value_name = "SVG")]
     pub plot: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
     pub quiet: bool,
 }
 
@@ -92,6 +116,16 @@ fn resolve(device: TrainDevice) -> TrainDevice {
 
 pub fn run(args: Args) -> Result<()> {
     let cfg = config(&args)?;
+    let methods: Option<Vec<Method>> = args
+        .compare
+        .as_ref()
+        .map(|list| {
+            list.iter()
+                .filter(|m| !m.is_empty())
+                .map(|m| m.parse().map_err(anyhow::Error::msg))
+                .collect::<Result<Vec<_>>>()
+        })
+        .transpose()?;
     let json = args
         .json
         .clone()
@@ -100,7 +134,7 @@ pub fn run(args: Args) -> Result<()> {
         .plot
         .clone()
         .unwrap_or_else(|| args.out.join("loss.svg"));
-    let reports = match &args.compare {
+    let reports = match &methods {
         Some(methods) => {
             let methods = if methods.is_empty() {
                 Method::ALL.to_vec()

@@ -255,42 +255,7 @@ enum Command {
     /// step time, final losses and accuracy); writes the JSON report, an SVG plot of the loss
     /// curves, and a checkpoint per epoch (only what the method trains; written atomically) to
     /// --out. --resume continues from the last checkpoint there.
-    Finetune {
-        /// A config (TOML: `[model]` and `[train]`, see docs/training.md); default: the embedded one.
-        config: Option<PathBuf>,
-        /// The method (overrides the config's model.method).
-        #[arg(long)]
-        method: Option<sparsecube_train::config::Method>,
-        /// Run several methods (comma-separated; none listed: all seven) on the same data, each
-        /// in its own process, and report them side by side.
-        #[arg(long, num_args = 0..=1, value_delimiter = ',', require_equals = false, default_missing_value = "")]
-        compare: Option<Vec<String>>,
-        /// Where training runs.
-        #[arg(long, value_enum, default_value_t = finetune::TrainDevice::Auto)]
-        device: finetune::TrainDevice,
-        /// Passes over the training set (overrides train.epochs).
-        #[arg(long)]
-        epochs: Option<usize>,
-        /// A Hugging Face BERT checkpoint (model.safetensors) to start from; its tensors decide
-        /// the encoder's sizes.
-        #[arg(long, value_name = "SAFETENSORS")]
-        checkpoint: Option<PathBuf>,
-        /// Directory of checkpoints, report and plot.
-        #[arg(long, default_value = "runs/finetune")]
-        out: PathBuf,
-        /// Continue from the method's last checkpoint in --out.
-        #[arg(long)]
-        resume: bool,
-        /// The JSON report (default: OUT/report.json).
-        #[arg(long, value_name = "REPORT")]
-        json: Option<PathBuf>,
-        /// The loss plot, SVG (default: OUT/loss.svg).
-        #[arg(long, value_name = "SVG")]
-        plot: Option<PathBuf>,
-        /// No progress bar.
-        #[arg(long)]
-        quiet: bool,
-    },
+    Finetune(finetune::Args),
     /// Run every method's reference op (forward + backward) on a built-in problem and print a
     /// table of shapes, FLOPs and kept entries against dense.
     Demo {
@@ -416,41 +381,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo { seed } => demo::run(seed),
-        Command::Finetune {
-            config,
-            method,
-            compare,
-            device,
-            epochs,
-            checkpoint,
-            out,
-            resume,
-            json,
-            plot,
-            quiet,
-        } => (|| {
-            let compare = compare
-                .map(|list| {
-                    list.iter()
-                        .filter(|m| !m.is_empty())
-                        .map(|m| m.parse().map_err(anyhow::Error::msg))
-                        .collect::<Result<Vec<_>>>()
-                })
-                .transpose()?;
-            finetune::run(finetune::Args {
-                config,
-                method,
-                compare,
-                device,
-                epochs,
-                checkpoint,
-                out,
-                resume,
-                json,
-                plot,
-                quiet,
-            })
-        })(),
+        Command::Finetune(args) => finetune::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1459,6 +1459,25 @@ fn small_finetune_config(dir: &Path) -> std::path::PathBuf {
     path
 }
 
+/// `finetune` on the small config on the CPU with `extra` arguments, into `dir/out`; its output
+/// directory and stdout (the run must succeed).
+fn finetune_small(dir: &Path, extra: &[&str]) -> (std::path::PathBuf, String) {
+    let config = small_finetune_config(dir);
+    let out = dir.join("out");
+    let mut args = vec![
+        "finetune",
+        config.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--quiet",
+    ];
+    args.extend(extra);
+    args.extend(["--out", out.to_str().unwrap()]);
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    (out, String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
 fn reports(path: &Path) -> Vec<serde_json::Value> {
     serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(path).unwrap())
         .unwrap()
@@ -1497,21 +1516,7 @@ fn assert_valid_svg(path: &Path) {
 #[test]
 fn finetune_trains_beats_chance_and_writes_report_plot_and_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let config = small_finetune_config(dir.path());
-    let out = dir.path().join("run");
-    let o = run(&[
-        "finetune",
-        config.to_str().unwrap(),
-        "--method",
-        "sara",
-        "--device",
-        "cpu",
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let stdout = String::from_utf8_lossy(&o.stdout);
+    let (out, stdout) = finetune_small(dir.path(), &["--method", "sara"]);
     assert!(
         stdout.contains("sara") && stdout.contains("chance accuracy 0.333"),
         "{stdout}"
@@ -1549,22 +1554,7 @@ fn finetune_trains_beats_chance_and_writes_report_plot_and_checkpoint() {
 #[test]
 fn finetune_compare_shows_every_method_side_by_side() {
     let dir = tempfile::tempdir().unwrap();
-    let config = small_finetune_config(dir.path());
-    let out = dir.path().join("cmp");
-    let o = run(&[
-        "finetune",
-        config.to_str().unwrap(),
-        "--compare",
-        "--epochs",
-        "1",
-        "--device",
-        "cpu",
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let stdout = String::from_utf8_lossy(&o.stdout);
+    let (out, stdout) = finetune_small(dir.path(), &["--compare", "--epochs", "1"]);
     let methods = ["dense", "lora", "spt", "sara", "pst", "monarch", "cbm"];
     let rows: Vec<&str> = stdout
         .lines()

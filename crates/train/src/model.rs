@@ -7,7 +7,7 @@ use crate::TrainError;
 use crate::config::{Method, MethodOptions, ModelConfig};
 use crate::modules::attention::MultiHeadAttention;
 use crate::modules::cbm::ConceptBottleneck;
-use crate::modules::ffn::{DenseFfn, Ffn, RoutedFfn};
+use crate::modules::ffn::{DenseFfn, Ffn};
 use crate::modules::linear::{
     DenseLinear, Linear, LoraLinear, MonarchLinear, PstLinear, SaraLinear,
 };
@@ -15,7 +15,7 @@ use crate::modules::{SptAttention, normal, param};
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
-use kernels_ir::pattern::{Activation, Cbm, PqTopK, Pst, Routed, TopK};
+use kernels_ir::pattern::{Activation, Cbm, Pattern, PqTopK, Pst, Routed, TopK};
 use kernels_ir::reference::rng::SplitMix64;
 
 /// LayerNorm over the last dimension with a learned scale and shift.
@@ -200,122 +200,74 @@ impl<B: Backend> Encoder<B> {
     ) -> Result<Self, TrainError> {
         let mut rng = SplitMix64::new(seed ^ 0x5EED);
         let device = self.embeddings.word.device();
-        let frozen_base = matches!(
+        // Every linear, by the method.
+        let mut model = self.map_linears::<TrainError>(|l| {
+            let Linear::Dense(d) = l else { return Ok(l) };
+            Ok(match method {
+                Method::Dense | Method::Spt => Linear::Dense(d),
+                Method::Cbm => Linear::Dense(d.frozen()),
+                Method::Lora => Linear::Lora(LoraLinear::from_dense(
+                    d,
+                    opts.lora_rank,
+                    opts.lora_alpha,
+                    &mut rng,
+                )),
+                Method::Sara => {
+                    Linear::Sara(SaraLinear::from_dense(d.frozen_bias(), opts.sara_select())?)
+                }
+                Method::Pst => {
+                    let pattern = Pst {
+                        sparsity: opts.pst_sparsity,
+                        ..Pst::default()
+                    };
+                    Linear::Pst(PstLinear::from_dense(d.frozen_bias(), pattern, &mut rng)?)
+                }
+                Method::Monarch => Linear::Monarch(MonarchLinear::from_dense(d, opts.blocks)?),
+            })
+        })?;
+        if matches!(
             method,
             Method::Lora | Method::Sara | Method::Pst | Method::Cbm
-        );
-        let embeddings = if frozen_base {
-            self.embeddings.frozen()
-        } else {
-            self.embeddings
-        };
-        let head_dim = cfg.d_model / cfg.heads;
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for layer in self.layers {
-            let spt = if method == Method::Spt {
-                let pattern = PqTopK {
-                    topk: opts.topk.map_or(TopK::SeqFraction(8), TopK::Fixed),
-                    causal: cfg.causal,
-                    ..PqTopK::default()
-                };
-                Some(SptAttention::new(
-                    pattern,
-                    cfg.seq_len,
-                    head_dim,
-                    0.5,
-                    &mut rng,
-                    &device,
-                )?)
-            } else {
-                None
-            };
-            let mut convert = |l: Linear<B>| -> Result<Linear<B>, TrainError> {
-                let Linear::Dense(d) = l else { return Ok(l) };
-                Ok(match method {
-                    Method::Dense | Method::Spt => Linear::Dense(d),
-                    Method::Cbm => Linear::Dense(d.frozen()),
-                    Method::Lora => Linear::Lora(LoraLinear::from_dense(
-                        d,
-                        opts.lora_rank,
-                        opts.lora_alpha,
-                        &mut rng,
-                    )),
-                    Method::Sara => {
-                        Linear::Sara(SaraLinear::from_dense(d.frozen_bias(), opts.sara_select())?)
-                    }
-                    Method::Pst => {
-                        let pattern = Pst {
-                            sparsity: opts.pst_sparsity,
-                            ..Pst::default()
-                        };
-                        Linear::Pst(PstLinear::from_dense(d.frozen_bias(), pattern, &mut rng)?)
-                    }
-                    Method::Monarch => Linear::Monarch(MonarchLinear::from_dense(d, opts.blocks)?),
-                })
-            };
-            let a = layer.attention;
-            let attention = MultiHeadAttention {
-                query: convert(a.query)?,
-                key: convert(a.key)?,
-                value: convert(a.value)?,
-                output: convert(a.output)?,
-                spt,
-                heads: a.heads,
-                causal: a.causal,
-            };
-            let ffn = match (layer.ffn, method) {
-                (Ffn::Dense(f), Method::Spt) => {
-                    let (Linear::Dense(up), Linear::Dense(down)) = (f.intermediate, f.output)
-                    else {
-                        return Err(TrainError::Config {
-                            module: "RoutedFfn",
-                            problem: "the FFN to route is not dense".into(),
-                            fix: "convert a dense model",
-                        });
-                    };
-                    let pattern = Routed {
-                        blocks: opts.blocks,
-                        top: opts.top,
-                        act: Activation::Gelu,
-                        ..Routed::default()
-                    };
-                    Ffn::Routed(RoutedFfn::from_dense(up, down, pattern, &mut rng)?)
-                }
-                (Ffn::Dense(f), _) => Ffn::Dense(DenseFfn {
-                    intermediate: convert(f.intermediate)?,
-                    output: convert(f.output)?,
-                }),
-                (routed, _) => routed,
-            };
-            let norm = |n: LayerNorm<B>| if frozen_base { n.frozen() } else { n };
-            layers.push(EncoderLayer {
-                attention,
-                attention_norm: norm(layer.attention_norm),
-                ffn,
-                output_norm: norm(layer.output_norm),
-            });
-        }
-        let head = match method {
-            Method::Cbm => {
-                let pattern = Cbm {
-                    topk: opts.cbm_topk,
-                };
-                Head::Cbm(ConceptBottleneck::new(
-                    cfg.d_model,
-                    cfg.concepts,
-                    cfg.classes,
-                    pattern,
-                    &mut rng,
-                    &device,
-                )?)
+        ) {
+            model.embeddings = model.embeddings.frozen();
+            for l in &mut model.layers {
+                l.attention_norm = l.attention_norm.clone().frozen();
+                l.output_norm = l.output_norm.clone().frozen();
             }
-            _ => self.head,
-        };
-        Ok(Self {
-            embeddings,
-            layers,
-            head,
-        })
+        }
+        if method == Method::Spt {
+            let head_dim = cfg.d_model / cfg.heads;
+            let pq = PqTopK {
+                topk: opts.topk.map_or(TopK::SeqFraction(8), TopK::Fixed),
+                causal: cfg.causal,
+                ..PqTopK::default()
+            };
+            let routed = Routed {
+                blocks: opts.blocks,
+                top: opts.top,
+                act: Activation::Gelu,
+                ..Routed::default()
+            };
+            for l in &mut model.layers {
+                let core = SptAttention::new(pq, cfg.seq_len, head_dim, 0.5, &mut rng, &device)?;
+                l.attention.spt = Some(core);
+                l.ffn = crate::dsl::ffn(l.ffn.clone(), Pattern::Routed(routed), &mut rng)?;
+            }
+        }
+        if method == Method::Cbm {
+            let pattern = Cbm {
+                topk: opts.cbm_topk,
+            };
+            model.head = Head::Cbm(ConceptBottleneck::new(
+                cfg.d_model,
+                cfg.concepts,
+                cfg.classes,
+                pattern,
+                &mut rng,
+                &device,
+            )?);
+        }
+        Ok(model)
     }
 
     /// The dense model with the weights this one computes with: merged LoRA and SaRA, exported
