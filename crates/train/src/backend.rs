@@ -66,16 +66,6 @@ impl SparseOp {
         }
     }
 
-    /// How many float inputs the op takes.
-    pub fn arity(&self) -> usize {
-        match self {
-            SparseOp::SptAttention(_) | SparseOp::Sara | SparseOp::CbmHead(_) => 4,
-            SparseOp::RoutedFfn(_) => 7,
-            SparseOp::Monarch(_) => 3,
-            SparseOp::Pst(_) => 9,
-        }
-    }
-
     /// The inputs the op never differentiates: the frozen dense weight of SaRA and PST, SPT's
     /// codebook (it selects keys), CBM's selection noise.
     pub fn frozen(&self, input: usize) -> bool {

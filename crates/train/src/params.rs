@@ -165,14 +165,6 @@ pub enum LoadError {
         /// Shape in the module.
         expected: Vec<usize>,
     },
-    /// The store lacks a parameter the caller requires.
-    #[error("{name}: missing from the checkpoint (it has {present} tensors)")]
-    Missing {
-        /// Parameter.
-        name: String,
-        /// Tensors the store has.
-        present: usize,
-    },
 }
 
 struct Load<'a> {

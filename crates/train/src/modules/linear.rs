@@ -1,7 +1,7 @@
 //! Linears, one per method, and [`Linear`], the switch the encoder holds. Inputs are token rows
 //! `x` [T, in]; weights are [out, in].
 
-use super::{frozen, normal, param, values};
+use super::{frozen, normal, param};
 use crate::TrainError;
 use crate::backend::{SparseOp, float, sparse};
 use crate::compose::host;
@@ -182,11 +182,6 @@ impl<B: Backend> SaraLinear<B> {
             bias: dense.bias,
             rule: rule_of(select),
         })
-    }
-
-    /// Retrained weights.
-    pub fn nnz(&self) -> usize {
-        self.values.dims()[0]
     }
 
     /// (flat positions, values) of the retrained weights on the host.
@@ -495,10 +490,5 @@ impl<B: Backend> Linear<B> {
             Linear::Pst(l) => l.export(),
             Linear::Monarch(l) => l.to_dense(),
         }
-    }
-
-    /// The layer's weight values on the host as [out, in] (its dense equivalent).
-    pub fn dense_values(&self) -> Vec<f32> {
-        values(&self.to_dense().weight.val())
     }
 }
