@@ -15,6 +15,8 @@
 #   4. compute-sanitizer memcheck and racecheck over one call of each kernel → sanitizer.log
 #   5. `sparsecube bench --suite paper --device cuda --json`   → ours.json
 #  5b. `sparsecube tune --device cuda` over every op's schedule space → tune.json
+#  5c. `sparsecube finetune --device cuda` (SPT and SaRA, the training runtime on our kernels)
+#                                                              → finetune/report.json
 #   6. benches/torch_baselines.py on the same shapes (and a CPU smoke run at tiny shapes), with
 #      the measured ceilings (copy bandwidth, matmul rates)   → torch.json
 #  6b. Nsight Compute: per-kernel time and DRAM bytes of one attention step → ncu.csv
@@ -107,6 +109,11 @@ sed -n '/^{/,$p' /tmp/ours.out >"$OUT/ours.json"
 #     (the report shows each candidate's time and speed-up over the fallback).
 step "sparsecube tune" 90 "$OUT/tune.log" \
     "$BIN" tune --device cuda --budget 60 --cache-dir "$OUT/tune-cache" --json "$OUT/tune.json"
+
+# 5c. The training runtime on the card: SPT (attention + routed FFN kernels) and SaRA through
+#     Burn's autodiff, the embedded default model, each in its own process.
+step "sparsecube finetune --compare spt,sara" 120 "$OUT/finetune.log" \
+    "$BIN" finetune --compare spt,sara --device cuda --quiet --out "$OUT/finetune"
 
 # 6. PyTorch on the same shapes (suite read from our --list, so the shapes cannot drift).
 "$BIN" bench --suite paper --list --scale tiny >/tmp/suite-tiny.json
