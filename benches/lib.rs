@@ -1,7 +1,5 @@
-//! Shared helpers of the benchmarks: device-synchronised timing (median after warm-up) and
-//! environment overrides.
-
-use std::time::Instant;
+//! Shared helpers of the benchmarks: environment overrides (timing is the runtime's
+//! `sparsecube_runtime::bench`, the step `sparsecube bench` and the tuner time).
 
 /// `name` from the environment, else `default`.
 pub fn env_or(name: &str, default: usize) -> usize {
@@ -9,21 +7,4 @@ pub fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Median wall time in milliseconds of `repeats` runs of `f` after `warmup` runs; `f` must wait
-/// for the device before returning.
-pub fn median_ms(warmup: usize, repeats: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..warmup {
-        f();
-    }
-    let mut times: Vec<f64> = (0..repeats.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
 }

@@ -1,28 +1,26 @@
 //! SPT sparse attention vs dense attention on the same device, forward + backward, for
 //! L ∈ {512, 2048} (override with SPARSECUBE_BENCH_L) and topk = L/8: time and bytes kept for
-//! backward, as ratios. Both sides are this repository's kernels in the same style (a group of
-//! lanes per row, f32 accumulation); PyTorch baselines on a GPU come from scripts/device-check.sh.
+//! backward, as ratios. Both sides are this repository's plans in the same style (a group of
+//! lanes per row, f32 accumulation), timed by the runtime's bench (the same step `sparsecube
+//! bench` and the tuner time); PyTorch baselines on a GPU come from scripts/device-check.sh.
 //!
 //! `cargo bench -p sparsecube-benches --bench spt_attention` (B, H, D, repeats: SPARSECUBE_BENCH_B,
 //! _H, _D, _REPEATS).
 
-use cubecl::prelude::*;
-use kernels_ir::reference::rng::SplitMix64;
+use kernels_ir::pattern::{Pattern, PqTopK};
 use kernels_ir::{KernelSpec, OpKind};
-use sparsecube_benches::{env_or, median_ms};
-use sparsecube_codegen::spt::{self, SptPlan};
-use sparsecube_runtime::Device;
+use sparsecube_benches::env_or;
+use sparsecube_runtime::bench::{Attention, attention};
 
-fn upload<R: Runtime>(
-    client: &ComputeClient<R>,
-    rng: &mut SplitMix64,
-    n: usize,
-) -> cubecl::server::Handle {
-    let v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
-    client.create_from_slice(f32::as_bytes(&v))
-}
-
-fn bench<R: Runtime>(client: &ComputeClient<R>, device: &str) {
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let device = match sparsecube_runtime::open(None) {
+        Ok(d) if d.kind() != sparsecube_runtime::DeviceKind::Reference => d,
+        _ => {
+            eprintln!("spt_attention bench: no CUDA device and no wgpu adapter; nothing to time");
+            std::process::exit(1);
+        }
+    };
     let (b, h, d) = (
         env_or("SPARSECUBE_BENCH_B", 1),
         env_or("SPARSECUBE_BENCH_H", 4),
@@ -42,43 +40,27 @@ fn bench<R: Runtime>(client: &ComputeClient<R>, device: &str) {
             .dims([("B", b), ("H", h), ("L", l), ("D", d)])
             .build()
             .expect("bench spec");
-        let plan = SptPlan::from_spec(&spec).expect("lowering");
-        let mut rng = SplitMix64::new(l as u64);
-        let n = plan.rows() * d;
-        let [q, k, v, dout] = [(); 4].map(|_| upload(client, &mut rng, n));
-        let codebook = upload(client, &mut rng, (d / 8) * 16 * 8);
-        let sync = || cubecl::future::block_on(client.sync()).expect("device work failed");
-        let sparse = median_ms(1, repeats, || {
-            let saved = spt::forward::<R, f32>(client, &plan, &q, &k, &v, &codebook);
-            let _ = spt::backward::<R, f32>(client, &plan, &q, &k, &v, &saved, &dout);
-            sync();
-        });
-        let dense = median_ms(1, repeats, || {
-            let _ = spt::dense_forward_backward::<R, f32>(client, &plan, &q, &k, &v, &dout);
-            sync();
-        });
-        // Kept for backward: sparse keeps indices + log-sum-exp; eager dense attention keeps the
-        // B·H·L·L probabilities (what PyTorch's eager attention saves).
-        let kept_sparse = plan.saved_bytes();
-        let kept_dense = plan.rows() * l * 4;
+        let topk = match &spec.pattern {
+            Pattern::PqTopK(PqTopK { topk, .. }) => topk.resolve(l),
+            _ => unreachable!("an spt-attention spec has a pq-topk pattern"),
+        };
+        let time = |which| {
+            attention(&device, &spec, which, 1, repeats, l as u64)
+                .unwrap_or_else(|e| panic!("L = {l}: {e}"))
+        };
+        let (sparse, dense) = (time(Attention::Sparse), time(Attention::Dense));
+        // Kept for backward: sparse keeps indices + log-sum-exp (read off the plan); eager dense
+        // attention keeps the B·H·L·L probabilities (what PyTorch's eager attention saves).
+        let kept_sparse = sparse.saved_bytes;
+        let kept_dense = (b * h * l * l * 4) as u64;
         println!(
-            "| {device} | {} | {l} | {} | {sparse:.1} | {dense:.1} | {:.2} | {kept_sparse} | {kept_dense} | {:.4} |",
+            "| {} | {} | {l} | {topk} | {:.1} | {:.1} | {:.2} | {kept_sparse} | {kept_dense} | {:.4} |",
+            device.kind().name(),
             b * h,
-            plan.cfg.topk,
-            dense / sparse,
+            sparse.median_ms,
+            dense.median_ms,
+            dense.median_ms / sparse.median_ms,
             kept_sparse as f64 / kept_dense as f64
         );
-    }
-}
-
-fn main() {
-    // `cargo bench` passes `--bench`; nothing else is accepted.
-    match sparsecube_runtime::open(None) {
-        Ok(Device::Cuda(c)) => bench(&c, "cuda"),
-        Ok(Device::Wgpu(c)) => bench(&c, "wgpu"),
-        Ok(Device::Reference) | Err(_) => {
-            eprintln!("spt_attention bench: no CUDA device and no wgpu adapter; nothing to time");
-            std::process::exit(1);
-        }
     }
 }

@@ -1,5 +1,6 @@
 # The canonical CUDA configs of tests/it/cuda_offline.rs (every dtype), for the GPU machine's own
-# NVRTC + ptxas in scripts/device-check.sh. tests/it/sources.rs checks that they stay equal.
+# NVRTC + ptxas in scripts/device-check.sh. tests/it/sources.rs checks that they stay equal
+# (SPARSECUBE_BLESS=1 rewrites this file from the test's list).
 
 kernel spt_default_f32 {
   op = spt-attention
@@ -7,7 +8,7 @@ kernel spt_default_f32 {
   dtype = f32
   pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
   dims = (B = 16, H = 32, L = 512, D = 64)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel spt_default_f16 {
@@ -16,7 +17,7 @@ kernel spt_default_f16 {
   dtype = f16
   pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
   dims = (B = 16, H = 32, L = 512, D = 64)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel spt_default_bf16 {
@@ -25,7 +26,7 @@ kernel spt_default_bf16 {
   dtype = bf16
   pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
   dims = (B = 16, H = 32, L = 512, D = 64)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel spt_variant_f32 {
@@ -34,7 +35,7 @@ kernel spt_variant_f32 {
   dtype = f32
   pattern = pq-topk(topk = 24, selector = pq-adc, causal = true, clamp = true, sub_dim = 8, codewords = 16)
   dims = (B = 16, H = 32, L = 512, D = 32)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = false)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = false, lanes = 8)
 }
 
 kernel spt_variant_f16 {
@@ -43,7 +44,7 @@ kernel spt_variant_f16 {
   dtype = f16
   pattern = pq-topk(topk = 24, selector = pq-adc, causal = true, clamp = true, sub_dim = 8, codewords = 16)
   dims = (B = 16, H = 32, L = 512, D = 32)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = false)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = false, lanes = 8)
 }
 
 kernel spt_variant_bf16 {
@@ -52,7 +53,7 @@ kernel spt_variant_bf16 {
   dtype = bf16
   pattern = pq-topk(topk = 24, selector = pq-adc, causal = true, clamp = true, sub_dim = 8, codewords = 16)
   dims = (B = 16, H = 32, L = 512, D = 32)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = false)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = false, lanes = 8)
 }
 
 kernel routed_default_f32 {
@@ -61,7 +62,7 @@ kernel routed_default_f32 {
   dtype = f32
   pattern = routed(blocks = 4, top = 2, router = sigmoid, gate = output, gate_scale = 2, act = relu)
   dims = (T = 8192, d_model = 1024, d_ff = 4096)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel routed_default_f16 {
@@ -70,7 +71,7 @@ kernel routed_default_f16 {
   dtype = f16
   pattern = routed(blocks = 4, top = 2, router = sigmoid, gate = output, gate_scale = 2, act = relu)
   dims = (T = 8192, d_model = 1024, d_ff = 4096)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel routed_default_bf16 {
@@ -79,7 +80,7 @@ kernel routed_default_bf16 {
   dtype = bf16
   pattern = routed(blocks = 4, top = 2, router = sigmoid, gate = output, gate_scale = 2, act = relu)
   dims = (T = 8192, d_model = 1024, d_ff = 4096)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel routed_variant_f32 {
@@ -88,7 +89,7 @@ kernel routed_variant_f32 {
   dtype = f32
   pattern = routed(blocks = 16, top = 4, router = softmax, gate = spt-lora, gate_scale = 2, act = gelu)
   dims = (T = 8192, d_model = 1024, d_ff = 4096)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel routed_variant_f16 {
@@ -97,7 +98,7 @@ kernel routed_variant_f16 {
   dtype = f16
   pattern = routed(blocks = 16, top = 4, router = softmax, gate = spt-lora, gate_scale = 2, act = gelu)
   dims = (T = 8192, d_model = 1024, d_ff = 4096)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel routed_variant_bf16 {
@@ -106,7 +107,7 @@ kernel routed_variant_bf16 {
   dtype = bf16
   pattern = routed(blocks = 16, top = 4, router = softmax, gate = spt-lora, gate_scale = 2, act = gelu)
   dims = (T = 8192, d_model = 1024, d_ff = 4096)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel cbm_top16_f32 {
@@ -115,7 +116,7 @@ kernel cbm_top16_f32 {
   dtype = f32
   pattern = cbm(topk = 16)
   dims = (B = 256, C = 512, K = 200)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel cbm_top16_f16 {
@@ -124,7 +125,7 @@ kernel cbm_top16_f16 {
   dtype = f16
   pattern = cbm(topk = 16)
   dims = (B = 256, C = 512, K = 200)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel cbm_top16_bf16 {
@@ -133,7 +134,7 @@ kernel cbm_top16_bf16 {
   dtype = bf16
   pattern = cbm(topk = 16)
   dims = (B = 256, C = 512, K = 200)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel dense_linear_f32 {
@@ -142,7 +143,7 @@ kernel dense_linear_f32 {
   dtype = f32
   pattern = dense
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel dense_linear_f16 {
@@ -151,7 +152,7 @@ kernel dense_linear_f16 {
   dtype = f16
   pattern = dense
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel dense_linear_bf16 {
@@ -160,34 +161,61 @@ kernel dense_linear_bf16 {
   dtype = bf16
   pattern = dense
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
-kernel dense_linear_tk16_f32 {
+kernel dense_linear_tk32_f32 {
   op = dense-linear
   direction = forward
   dtype = f32
   pattern = dense
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
-kernel dense_linear_tk16_f16 {
+kernel dense_linear_tk32_f16 {
   op = dense-linear
   direction = forward
   dtype = f16
   pattern = dense
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
-kernel dense_linear_tk16_bf16 {
+kernel dense_linear_tk32_bf16 {
   op = dense-linear
   direction = forward
   dtype = bf16
   pattern = dense
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true, lanes = 8)
+}
+
+kernel nm_2of4_f32 {
+  op = nm-linear
+  direction = forward
+  dtype = f32
+  pattern = nm(n = 2, m = 4)
+  dims = (T = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+}
+
+kernel nm_2of4_f16 {
+  op = nm-linear
+  direction = forward
+  dtype = f16
+  pattern = nm(n = 2, m = 4)
+  dims = (T = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+}
+
+kernel nm_2of4_bf16 {
+  op = nm-linear
+  direction = forward
+  dtype = bf16
+  pattern = nm(n = 2, m = 4)
+  dims = (T = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel block_diag_f32 {
@@ -196,7 +224,7 @@ kernel block_diag_f32 {
   dtype = f32
   pattern = block-diagonal(blocks = 4)
   dims = (N = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel block_diag_f16 {
@@ -205,7 +233,7 @@ kernel block_diag_f16 {
   dtype = f16
   pattern = block-diagonal(blocks = 4)
   dims = (N = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel block_diag_bf16 {
@@ -214,7 +242,7 @@ kernel block_diag_bf16 {
   dtype = bf16
   pattern = block-diagonal(blocks = 4)
   dims = (N = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel pq_encode_f32 {
@@ -223,7 +251,7 @@ kernel pq_encode_f32 {
   dtype = f32
   pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
   dims = (N = 8192, D = 64)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel pq_encode_f16 {
@@ -232,7 +260,7 @@ kernel pq_encode_f16 {
   dtype = f16
   pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
   dims = (N = 8192, D = 64)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel pq_encode_bf16 {
@@ -241,7 +269,7 @@ kernel pq_encode_bf16 {
   dtype = bf16
   pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
   dims = (N = 8192, D = 64)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel sara_ratio_f32 {
@@ -250,7 +278,7 @@ kernel sara_ratio_f32 {
   dtype = f32
   pattern = sara(ratio = 0.1)
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel sara_ratio_f16 {
@@ -259,7 +287,7 @@ kernel sara_ratio_f16 {
   dtype = f16
   pattern = sara(ratio = 0.1)
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel sara_ratio_bf16 {
@@ -268,7 +296,7 @@ kernel sara_ratio_bf16 {
   dtype = bf16
   pattern = sara(ratio = 0.1)
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel pst_default_f32 {
@@ -277,7 +305,7 @@ kernel pst_default_f32 {
   dtype = f32
   pattern = pst(sparsity = 0.9, rank = 8, mask_rank = 8, alpha1 = 1, alpha2 = 1, beta = 1, s0 = 0, warmup = 0.1, cooldown = 0.3)
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel pst_default_f16 {
@@ -286,7 +314,7 @@ kernel pst_default_f16 {
   dtype = f16
   pattern = pst(sparsity = 0.9, rank = 8, mask_rank = 8, alpha1 = 1, alpha2 = 1, beta = 1, s0 = 0, warmup = 0.1, cooldown = 0.3)
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel pst_default_bf16 {
@@ -295,7 +323,7 @@ kernel pst_default_bf16 {
   dtype = bf16
   pattern = pst(sparsity = 0.9, rank = 8, mask_rank = 8, alpha1 = 1, alpha2 = 1, beta = 1, s0 = 0, warmup = 0.1, cooldown = 0.3)
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel monarch_square_f32 {
@@ -304,7 +332,7 @@ kernel monarch_square_f32 {
   dtype = f32
   pattern = monarch(k = 4, q = 256, p = 256, l = 4, s = 256, r = 256)
   dims = (N = 8192)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel monarch_square_f16 {
@@ -313,7 +341,7 @@ kernel monarch_square_f16 {
   dtype = f16
   pattern = monarch(k = 4, q = 256, p = 256, l = 4, s = 256, r = 256)
   dims = (N = 8192)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel monarch_square_bf16 {
@@ -322,34 +350,34 @@ kernel monarch_square_bf16 {
   dtype = bf16
   pattern = monarch(k = 4, q = 256, p = 256, l = 4, s = 256, r = 256)
   dims = (N = 8192)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
-kernel monarch_rows4_f32 {
+kernel monarch_narrow_f32 {
   op = monarch
   direction = forward
   dtype = f32
   pattern = monarch(k = 4, q = 256, p = 256, l = 4, s = 256, r = 256)
   dims = (N = 8192)
-  schedule = (tile_m = 4, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 32, tile_n = 128, tile_k = 16, vector = 1, stages = 1, fused = true, lanes = 8)
 }
 
-kernel monarch_rows4_f16 {
+kernel monarch_narrow_f16 {
   op = monarch
   direction = forward
   dtype = f16
   pattern = monarch(k = 4, q = 256, p = 256, l = 4, s = 256, r = 256)
   dims = (N = 8192)
-  schedule = (tile_m = 4, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 32, tile_n = 128, tile_k = 16, vector = 1, stages = 1, fused = true, lanes = 8)
 }
 
-kernel monarch_rows4_bf16 {
+kernel monarch_narrow_bf16 {
   op = monarch
   direction = forward
   dtype = bf16
   pattern = monarch(k = 4, q = 256, p = 256, l = 4, s = 256, r = 256)
   dims = (N = 8192)
-  schedule = (tile_m = 4, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 32, tile_n = 128, tile_k = 16, vector = 1, stages = 1, fused = true, lanes = 8)
 }
 
 kernel monarch_rect_f32 {
@@ -358,7 +386,7 @@ kernel monarch_rect_f32 {
   dtype = f32
   pattern = monarch(k = 3, q = 64, p = 128, l = 4, s = 40, r = 48)
   dims = (N = 64)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel monarch_rect_f16 {
@@ -367,7 +395,7 @@ kernel monarch_rect_f16 {
   dtype = f16
   pattern = monarch(k = 3, q = 64, p = 128, l = 4, s = 40, r = 48)
   dims = (N = 64)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }
 
 kernel monarch_rect_bf16 {
@@ -376,5 +404,5 @@ kernel monarch_rect_bf16 {
   dtype = bf16
   pattern = monarch(k = 3, q = 64, p = 128, l = 4, s = 40, r = 48)
   dims = (N = 64)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
 }

@@ -12,7 +12,8 @@
 #                                                              → nvrtc.txt
 #   3. `sparsecube selftest --device cuda`: every kernel, fwd + bwd, vs the reference executor
 #                                                              → selftest.log
-#   4. compute-sanitizer memcheck and racecheck over one call of each kernel → sanitizer.log
+#   4. compute-sanitizer memcheck and racecheck over one call of each kernel, launched unchecked
+#      (the executor's default: no CubeCL bounds clamping hides an access) → sanitizer.log
 #   5. `sparsecube bench --suite paper --device cuda --json`   → ours.json
 #  5b. `sparsecube tune --device cuda` over every op's schedule space → tune.json
 #  5c. `sparsecube finetune --device cuda` (SPT and SaRA, the training runtime on our kernels)
@@ -86,13 +87,14 @@ step "selftest on CUDA" 150 "$OUT/selftest.log" \
 grep -E "^FAIL|selftest|error" "$OUT/selftest.log" | tail -n 15 | tee -a "$LOG"
 tail -n 2 "$OUT/selftest.log" | tee -a "$LOG"
 
-# 4. Memory errors and shared-memory races, over one call of each kernel.
+# 4. Memory errors and shared-memory races, over one call of each kernel, launched unchecked
+#    (SPARSECUBE_CHECKED unset: CubeCL's bounds clamping would hide an out-of-bounds access).
 sanitize() {
     local tool
     for tool in memcheck racecheck; do
-        echo "### compute-sanitizer --tool $tool"
-        compute-sanitizer --tool "$tool" --error-exitcode 3 "$BIN" selftest --device cuda --quick \
-            || return 1
+        echo "### compute-sanitizer --tool $tool (unchecked launches)"
+        env -u SPARSECUBE_CHECKED compute-sanitizer --tool "$tool" --error-exitcode 3 \
+            "$BIN" selftest --device cuda --quick || return 1
     done
 }
 export -f sanitize

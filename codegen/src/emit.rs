@@ -7,38 +7,9 @@
 //! types) and refuses every I/O call with an error.
 
 use crate::LowerError;
-use crate::blockdiag::BlockDiagPlan;
-use crate::blockdiag::kernels::{block_diag_bwd_dw, block_diag_bwd_dx, block_diag_fwd};
-use crate::cbm::CbmPlan;
-use crate::cbm::kernels::{
-    cbm_bwd_dwc, cbm_bwd_dwh, cbm_bwd_dx, cbm_bwd_dz, cbm_concepts, cbm_logits, cbm_select,
+use crate::plan::{
+    Arg, DeviceLimits, Float as FloatTy, Kernel, Launch, LowerOptions, Lowering, lower,
 };
-use crate::dense::LinearPlan;
-use crate::dense::kernels::{linear_bwd_dbias, linear_bwd_dw, linear_bwd_dx, linear_fwd};
-use crate::monarch::MonarchPlan;
-use crate::monarch::kernels::{
-    MONARCH_UNITS, monarch_bwd_du, monarch_bwd_dw1, monarch_bwd_dw2, monarch_bwd_dx, monarch_fwd,
-};
-use crate::pst::PstPlan;
-use crate::pst::kernels::{
-    pst_bwd_cols, pst_bwd_dx, pst_bwd_rows, pst_bwd_w, pst_fwd, pst_mask, pst_score,
-};
-use crate::routed::RoutedPlan;
-use crate::routed::kernels::{
-    routed_bwd_db1, routed_bwd_db2, routed_bwd_dx, routed_bwd_dx_combine, routed_bwd_hidden,
-    routed_bwd_router, routed_bwd_router_w, routed_bwd_w1, routed_bwd_w2, routed_combine,
-    routed_count, routed_down, routed_fill, routed_gate, routed_offsets, routed_scan, routed_up,
-};
-use crate::sara::SaraPlan;
-use crate::sara::kernels::{sara_adamw, sara_carry, sara_dv, sara_gather, sara_scatter};
-use crate::select::kernels::{
-    select_bins, select_count, select_cutoff, select_fill, select_hist, select_pick, select_scan,
-};
-use crate::spt::kernels::{
-    pq_encode, spt_attend_fwd, spt_bwd_keys, spt_bwd_rows, spt_key_count, spt_key_fill,
-    spt_key_offsets, spt_key_scan, spt_sddmm, spt_select, spt_softmax, spt_spmm,
-};
-use crate::spt::{EncodePlan, SptPlan};
 use cubecl::prelude::*;
 use cubecl_common::backtrace::BackTrace;
 use cubecl_common::bytes::Bytes;
@@ -56,7 +27,7 @@ use cubecl_runtime::server::{
     ServerCommunication, ServerError, ServerUtilities,
 };
 use cubecl_runtime::storage::{BytesStorage, ComputeStorage, ManagedResource};
-use kernels_ir::{DType, KernelSpec, OpKind};
+use kernels_ir::{DType, Direction, KernelSpec};
 use std::sync::Arc;
 
 /// Which source language to print.
@@ -71,8 +42,8 @@ pub enum Target {
 /// One generated kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelSource {
-    /// The kernel's name in our pipeline (`spt_select`, ...).
-    pub kernel: &'static str,
+    /// The name of the plan's launch it was printed for (`spt_select`, `routed_up`, ...).
+    pub kernel: String,
     /// The generated source.
     pub source: String,
 }
@@ -261,11 +232,11 @@ fn compile(def: KernelDefinition, target: Target) -> Result<String, CompilationE
                 ..Default::default()
             };
             cubecl::cuda::CudaCompiler::default()
-                .compile(def, &options, ExecutionMode::Checked, address)?
+                .compile(def, &options, ExecutionMode::Unchecked, address)?
                 .to_string()
         }
         Target::Wgsl => cubecl::wgpu::WgslCompiler::default()
-            .compile(def, &Default::default(), ExecutionMode::Checked, address)?
+            .compile(def, &Default::default(), ExecutionMode::Unchecked, address)?
             .to_string(),
     })
 }
@@ -375,341 +346,136 @@ fn canonical_shared(lines: &[&str]) -> Vec<String> {
     out
 }
 
-fn settings() -> KernelSettings {
-    KernelSettings::default()
-        .cube_dim(CubeDim::new_1d(64))
-        .address_type(AddressType::U32)
+macro_rules! kernel_type {
+    (generic, $($path:tt)*) => { $($path)*<F, Offline> };
+    (plain, $($path:tt)*) => { $($path)*<Offline> };
 }
 
-/// The cube of the tiled products ([`crate::tile`]).
-fn tile_settings() -> KernelSettings {
-    KernelSettings::default()
-        .cube_dim(crate::tile::cube_dim())
-        .address_type(AddressType::U32)
+macro_rules! compile_arg {
+    (a, $args:ident) => {{
+        $args.next();
+        ArrayCompilationArg { inplace: None }
+    }};
+    (q, $args:ident) => {{
+        match $args.next() {
+            Some(Arg::Bufs(list)) => SequenceCompilationArg {
+                values: list
+                    .iter()
+                    .map(|_| ArrayCompilationArg { inplace: None })
+                    .collect(),
+            },
+            other => panic!("a sequence parameter takes a buffer list, the plan gives {other:?}"),
+        }
+    }};
+    (s, $args:ident) => {{
+        match $args.next() {
+            Some(Arg::Scalars(list)) => SequenceCompilationArg::<u32> {
+                values: list.iter().map(|_| ()).collect(),
+            },
+            other => panic!("a scalar-list parameter takes a list, the plan gives {other:?}"),
+        }
+    }};
+    (u, $args:ident) => {{
+        $args.next();
+    }};
+    (f, $args:ident) => {{
+        $args.next();
+    }};
 }
 
-/// Lanes per row that the printed row kernels are specialised for: what the runtime picks on
-/// NVIDIA GPUs (`spt::row_lanes`: 8 lanes per row, four rows per warp).
-const PRINTED_LANES: u32 = crate::spt::ROW_LANES;
-
-fn plane_settings() -> KernelSettings {
-    let (dim, _) = crate::spt::plane_dims(PRINTED_LANES);
-    KernelSettings::default()
-        .cube_dim(dim)
-        .address_type(AddressType::U32)
+macro_rules! define_table {
+    ($k:tt; $( $(#[$doc:meta])* $v:ident ( $($f:ident : $t:ty),* ) = $($seg:ident)::+ , $s:ident , $gen:ident , ( $($p:ident)* ) ; )* ) => {
+        /// The definition of `launch`'s kernel (for its cube dimension and buffer counts) with
+        /// float type `F`, on the offline runtime.
+        #[allow(clippy::unit_arg)]
+        fn define<F: Float + CubeElement>(launch: &Launch, client: &ComputeClient<Offline>) -> KernelDefinition {
+            let settings = KernelSettings::default()
+                .cube_dim(CubeDim::new_3d(launch.dim.0, launch.dim.1, launch.dim.2))
+                .address_type(AddressType::U32);
+            let mut args = launch.args.iter();
+            match &launch.kernel {
+                $( Kernel::$v($($f),*) => {
+                    <kernel_type!($gen, $k::$($seg)::+::$s)>::new(
+                        settings,
+                        client.clone(),
+                        $( compile_arg!($p, args), )*
+                        $( $f.clone(), )*
+                    )
+                    .define()
+                } )*
+            }
+        }
+    };
 }
 
-fn arg() -> ArrayCompilationArg {
-    ArrayCompilationArg { inplace: None }
-}
+crate::kernel_table!(define_table);
 
-/// Compiles a family's kernel definitions to `target` source, canonicalised, in list order.
-fn compile_all(
-    defs: Vec<(&'static str, KernelDefinition)>,
+/// The sources of every distinct kernel the plans of `lowering` launch (each under the name of
+/// its first launch), for storage dtype `F`.
+fn compile_plans<F: Float + CubeElement>(
+    lowering: &Lowering,
     target: Target,
 ) -> Result<Vec<KernelSource>, CompilationError> {
-    defs.into_iter()
-        .map(|(kernel, def)| {
+    let client = Offline::client(&OfflineDevice);
+    lowering
+        .kernels()
+        .into_iter()
+        .map(|l| {
+            let def = match l.float {
+                FloatTy::Storage => define::<F>(l, &client),
+                FloatTy::F32 => define::<f32>(l, &client),
+            };
             Ok(KernelSource {
-                kernel,
+                kernel: l.name.clone(),
                 source: canonicalize(&compile(def, target)?),
             })
         })
         .collect()
 }
 
-/// `(name, Kernel::<..>::new(settings, client.clone(), args...).define())`: one entry of a
-/// family's list of kernel definitions.
-macro_rules! kernel_def {
-    ($client:expr, $name:expr, $kernel:ty, $settings:expr; $($arg:expr),* $(,)?) => {
-        ($name, <$kernel>::new($settings, $client.clone(), $($arg),*).define())
+/// The source of every kernel the plans of `lowering` launch (storage dtype `dtype`), as
+/// `target` source: exactly the set a device runs for them.
+pub fn plan_sources(
+    lowering: &Lowering,
+    dtype: DType,
+    target: Target,
+) -> Result<Vec<KernelSource>, LowerError> {
+    let op = lowering.forward.op;
+    let fail = |e: CompilationError| LowerError::Unsupported {
+        op,
+        what: format!("source generation ({e:?})"),
     };
-}
-
-fn spt<F: Float + CubeElement>(
-    plan: &SptPlan,
-    target: Target,
-) -> Result<Vec<KernelSource>, CompilationError> {
-    let client = Offline::client(&OfflineDevice);
-    let c = plan.cfg;
-    let mut defs: Vec<(&'static str, KernelDefinition)> = vec![
-        kernel_def!(client, "pq_encode", pq_encode::PqEncode<F, Offline>, settings(); arg(), arg(), arg(), c),
-        kernel_def!(client, "spt_select", spt_select::SptSelect<F, Offline>, settings(); arg(), arg(), arg(), arg(), arg(), (), c),
-    ];
-    if plan.fused {
-        defs.push(kernel_def!(client, "spt_attend_fwd", spt_attend_fwd::SptAttendFwd<F, Offline>, plane_settings(); arg(), arg(), arg(), arg(), arg(), arg(), (), c, PRINTED_LANES));
-    } else {
-        defs.push(kernel_def!(client, "spt_sddmm", spt_sddmm::SptSddmm<F, Offline>, settings(); arg(), arg(), arg(), arg(), (), c));
-        defs.push(kernel_def!(client, "spt_softmax", spt_softmax::SptSoftmax<Offline>, settings(); arg(), arg(), arg(), c.topk));
-        defs.push(kernel_def!(client, "spt_spmm", spt_spmm::SptSpmm<F, Offline>, settings(); arg(), arg(), arg(), arg(), (), c));
-    }
-    defs.extend([
-        kernel_def!(client, "spt_bwd_rows", spt_bwd_rows::SptBwdRows<F, Offline>, plane_settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), (), c, PRINTED_LANES),
-        kernel_def!(client, "spt_key_count", spt_key_count::SptKeyCount<Offline>, settings(); arg(), arg(), (), c.topk),
-        kernel_def!(client, "spt_key_scan", spt_key_scan::SptKeyScan<Offline>, settings(); arg(), arg(), ()),
-        kernel_def!(client, "spt_key_offsets", spt_key_offsets::SptKeyOffsets<Offline>, settings(); arg(), ()),
-        kernel_def!(client, "spt_key_fill", spt_key_fill::SptKeyFill<Offline>, settings(); arg(), arg(), arg(), arg(), (), c.topk),
-        kernel_def!(client, "spt_bwd_keys", spt_bwd_keys::SptBwdKeys<F, Offline>, plane_settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), (), c, PRINTED_LANES),
-    ]);
-    compile_all(defs, target)
-}
-
-fn routed<F: Float + CubeElement>(
-    plan: &RoutedPlan,
-    target: Target,
-) -> Result<Vec<KernelSource>, CompilationError> {
-    let client = Offline::client(&OfflineDevice);
-    let c = plan.cfg;
-    let defs: Vec<(&'static str, KernelDefinition)> = vec![
-        kernel_def!(client, "routed_gate", routed_gate::RoutedGate<F, Offline>, settings(); arg(), arg(), arg(), arg(), arg(), c),
-        kernel_def!(client, "routed_count", routed_count::RoutedCount<Offline>, settings(); arg(), arg(), (), c),
-        kernel_def!(client, "routed_scan", routed_scan::RoutedScan<Offline>, settings(); arg(), arg(), c),
-        kernel_def!(client, "routed_offsets", routed_offsets::RoutedOffsets<Offline>, settings(); arg(), c),
-        kernel_def!(client, "routed_fill", routed_fill::RoutedFill<Offline>, settings(); arg(), arg(), arg(), arg(), arg(), (), c),
-        kernel_def!(client, "routed_up", routed_up::RoutedUp<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), (), c),
-        kernel_def!(client, "routed_down", routed_down::RoutedDown<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), arg(), (), c),
-        kernel_def!(client, "routed_combine", routed_combine::RoutedCombine<F, Offline>, settings(); arg(), arg(), arg(), arg(), c),
-        kernel_def!(client, "routed_bwd_hidden", routed_bwd_hidden::RoutedBwdHidden<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), (), c),
-        kernel_def!(client, "routed_bwd_router", routed_bwd_router::RoutedBwdRouter<Offline>, settings(); arg(), arg(), arg(), arg(), arg(), arg(), (), c),
-        kernel_def!(client, "routed_bwd_dx", routed_bwd_dx::RoutedBwdDx<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), c),
-        kernel_def!(client, "routed_bwd_dx_combine", routed_bwd_dx_combine::RoutedBwdDxCombine<F, Offline>, settings(); arg(), arg(), arg(), arg(), arg(), c),
-        kernel_def!(client, "routed_bwd_w1", routed_bwd_w1::RoutedBwdW1<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), c),
-        kernel_def!(client, "routed_bwd_db1", routed_bwd_db1::RoutedBwdDb1<F, Offline>, settings(); arg(), arg(), arg(), c),
-        kernel_def!(client, "routed_bwd_w2", routed_bwd_w2::RoutedBwdW2<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), arg(), c),
-        kernel_def!(client, "routed_bwd_router_w", routed_bwd_router_w::RoutedBwdRouterW<F, Offline>, settings(); arg(), arg(), arg(), arg(), (), c),
-        kernel_def!(client, "routed_bwd_db2", routed_bwd_db2::RoutedBwdDb2<F, Offline>, settings(); arg(), arg(), ()),
-    ];
-    compile_all(defs, target)
-}
-
-fn cbm<F: Float + CubeElement>(
-    plan: &CbmPlan,
-    target: Target,
-) -> Result<Vec<KernelSource>, CompilationError> {
-    let client = Offline::client(&OfflineDevice);
-    let c = plan.cfg;
-    let defs: Vec<(&'static str, KernelDefinition)> = vec![
-        kernel_def!(client, "cbm_concepts", cbm_concepts::CbmConcepts<F, Offline>, settings(); arg(), arg(), arg(), c),
-        kernel_def!(client, "cbm_select", cbm_select::CbmSelect<F, Offline>, settings(); arg(), arg(), arg(), c),
-        kernel_def!(client, "cbm_logits", cbm_logits::CbmLogits<F, Offline>, settings(); arg(), arg(), arg(), arg(), c),
-        kernel_def!(client, "cbm_bwd_dz", cbm_bwd_dz::CbmBwdDz<F, Offline>, settings(); arg(), arg(), arg(), arg(), arg(), arg(), c),
-        kernel_def!(client, "cbm_bwd_dwh", cbm_bwd_dwh::CbmBwdDwh<F, Offline>, settings(); arg(), arg(), arg(), (), c),
-        kernel_def!(client, "cbm_bwd_dwc", cbm_bwd_dwc::CbmBwdDwc<F, Offline>, settings(); arg(), arg(), arg(), (), c),
-        kernel_def!(client, "cbm_bwd_dx", cbm_bwd_dx::CbmBwdDx<F, Offline>, settings(); arg(), arg(), arg(), arg(), c),
-    ];
-    compile_all(defs, target)
-}
-
-fn monarch<F: Float + CubeElement>(
-    plan: &MonarchPlan,
-    target: Target,
-) -> Result<Vec<KernelSource>, CompilationError> {
-    let client = Offline::client(&OfflineDevice);
-    let c = plan.cfg;
-    let fused = KernelSettings::default()
-        .cube_dim(CubeDim::new_1d(MONARCH_UNITS))
-        .address_type(AddressType::U32);
-    let defs: Vec<(&'static str, KernelDefinition)> = vec![
-        kernel_def!(client, "monarch_fwd", monarch_fwd::MonarchFwd<F, Offline>, fused; arg(), arg(), arg(), arg(), arg(), c, true),
-        kernel_def!(client, "monarch_bwd_du", monarch_bwd_du::MonarchBwdDu<F, Offline>, settings(); arg(), arg(), arg(), c),
-        kernel_def!(client, "monarch_bwd_dx", monarch_bwd_dx::MonarchBwdDx<F, Offline>, settings(); arg(), arg(), arg(), c),
-        kernel_def!(client, "monarch_bwd_dw1", monarch_bwd_dw1::MonarchBwdDw1<F, Offline>, settings(); arg(), arg(), arg(), c),
-        kernel_def!(client, "monarch_bwd_dw2", monarch_bwd_dw2::MonarchBwdDw2<F, Offline>, settings(); arg(), arg(), arg(), c),
-    ];
-    compile_all(defs, target)
-}
-
-fn dense_linear<F: Float + CubeElement>(
-    plan: &LinearPlan,
-    target: Target,
-) -> Result<Vec<KernelSource>, CompilationError> {
-    let client = Offline::client(&OfflineDevice);
-    let c = plan.cfg;
-    let defs: Vec<(&'static str, KernelDefinition)> = vec![
-        kernel_def!(client, "linear_fwd", linear_fwd::LinearFwd<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), arg(), c),
-        kernel_def!(client, "linear_bwd_dx", linear_bwd_dx::LinearBwdDx<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), c),
-        kernel_def!(client, "linear_bwd_dw", linear_bwd_dw::LinearBwdDw<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), c),
-        kernel_def!(client, "linear_bwd_dbias", linear_bwd_dbias::LinearBwdDbias<F, Offline>, settings(); arg(), arg(), c),
-    ];
-    compile_all(defs, target)
-}
-
-/// The selection's kernels (`crate::select`): the radix passes, the compaction's count, scan and
-/// tie cutoff, and with `fill` the index list.
-fn select_defs<F: Float + CubeElement>(
-    client: &ComputeClient<Offline>,
-    signed: bool,
-    fill: bool,
-) -> Vec<(&'static str, KernelDefinition)> {
-    let mut defs: Vec<(&'static str, KernelDefinition)> = Vec::new();
-    for (pass, name) in [
-        "select_hist_pass0",
-        "select_hist_pass1",
-        "select_hist_pass2",
-        "select_hist_pass3",
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        defs.push(kernel_def!(client, name, select_hist::SelectHist<F, Offline>, settings(); arg(), arg(), arg(), pass as u32, signed));
-    }
-    defs.extend([
-        kernel_def!(client, "select_bins", select_bins::SelectBins<Offline>, settings(); arg(), arg()),
-        kernel_def!(client, "select_pick", select_pick::SelectPick<Offline>, settings(); arg(), arg()),
-        kernel_def!(client, "select_count", select_count::SelectCount<F, Offline>, settings(); arg(), arg(), arg(), signed),
-        kernel_def!(client, "select_scan", select_scan::SelectScan<Offline>, settings(); arg(), arg()),
-    ]);
-    defs.push(kernel_def!(client, "select_cutoff", select_cutoff::SelectCutoff<F, Offline>, settings(); arg(), arg(), arg(), signed));
-    if fill {
-        defs.push(kernel_def!(client, "select_fill", select_fill::SelectFill<F, Offline>, settings(); arg(), arg(), arg(), arg(), signed));
-    }
-    defs
-}
-
-fn pst<F: Float + CubeElement>(
-    plan: &PstPlan,
-    target: Target,
-) -> Result<Vec<KernelSource>, CompilationError> {
-    let client = Offline::client(&OfflineDevice);
-    let c = plan.cfg;
-    let mut defs: Vec<(&'static str, KernelDefinition)> = vec![
-        kernel_def!(client, "pst_score", pst_score::PstScore<F, Offline>, settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), c),
-    ];
-    // The selection runs over the f32 score, in signed order, to a pivot state.
-    defs.extend(select_defs::<f32>(&client, true, false));
-    defs.extend([
-        kernel_def!(client, "pst_mask", pst_mask::PstMask<F, Offline>, settings(); arg(), arg(), arg()),
-        kernel_def!(client, "pst_fwd", pst_fwd::PstFwd<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), c),
-        kernel_def!(client, "pst_bwd_dx", pst_bwd_dx::PstBwdDx<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), c),
-        kernel_def!(client, "pst_bwd_w", pst_bwd_w::PstBwdW<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), c),
-        kernel_def!(client, "pst_bwd_rows", pst_bwd_rows::PstBwdRows<F, Offline>, settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), c),
-        kernel_def!(client, "pst_bwd_cols", pst_bwd_cols::PstBwdCols<F, Offline>, settings(); arg(), arg(), arg(), arg(), arg(), arg(), arg(), arg(), c),
-    ]);
-    let mut out: Vec<KernelSource> = defs
-        .into_iter()
-        .map(|(kernel, def)| {
-            Ok(KernelSource {
-                kernel,
-                source: canonicalize(&compile(def, target)?),
-            })
-        })
-        .collect::<Result<_, CompilationError>>()?;
-    out.extend(
-        dense_linear::<F>(
-            &LinearPlan::new(plan.t, c.n_in as usize, c.n_out as usize, c.tk),
-            target,
-        )?
-        .into_iter()
-        .filter(|k| k.kernel == "linear_bwd_dbias"),
-    );
-    Ok(out)
-}
-
-fn sara<F: Float + CubeElement>(
-    plan: &SaraPlan,
-    target: Target,
-) -> Result<Vec<KernelSource>, CompilationError> {
-    let client = Offline::client(&OfflineDevice);
-    let mut defs = select_defs::<F>(&client, false, true);
-    defs.extend([
-        kernel_def!(client, "sara_gather", sara_gather::SaraGather<F, Offline>, settings(); arg(), arg(), arg()),
-        kernel_def!(client, "sara_scatter", sara_scatter::SaraScatter<F, Offline>, settings(); arg(), arg(), arg()),
-        kernel_def!(client, "sara_dv", sara_dv::SaraDv<F, Offline>, settings(); arg(), arg(), arg(), arg(), plan.n_in as u32, plan.n_out as u32),
-        kernel_def!(client, "sara_adamw", sara_adamw::SaraAdamw<F, Offline>, settings(); arg(), arg(), arg(), arg(), arg()),
-        kernel_def!(client, "sara_carry", sara_carry::SaraCarry<Offline>, settings(); arg(), arg(), arg(), arg(), arg(), arg(), ()),
-    ]);
-    let mut out: Vec<KernelSource> = defs
-        .into_iter()
-        .map(|(kernel, def)| {
-            Ok(KernelSource {
-                kernel,
-                source: canonicalize(&compile(def, target)?),
-            })
-        })
-        .collect::<Result<_, CompilationError>>()?;
-    // The forward GEMM and dx run on the dense linear's kernels (dw is never formed).
-    out.extend(
-        dense_linear::<F>(&plan.linear(), target)?
-            .into_iter()
-            .filter(|k| k.kernel != "linear_bwd_dw"),
-    );
-    Ok(out)
-}
-
-/// The sources of `$gen::<F>(&$plan, target)` for the spec's storage dtype `F` (f32, f16, bf16;
-/// WGSL has no bf16, and no op stores i64 floats).
-macro_rules! per_dtype {
-    ($spec:expr, $target:expr, $gen:ident, $plan:expr) => {{
-        let fail = |e: CompilationError| LowerError::Unsupported {
-            op: $spec.op,
-            what: format!("source generation ({e:?})"),
-        };
-        match ($spec.dtype, $target) {
-            (DType::BF16, Target::Wgsl) => Err(LowerError::Unsupported {
-                op: $spec.op,
-                what: "bf16 storage in WGSL (WGSL has no bf16)".into(),
-            }),
-            (DType::F32, _) => $gen::<f32>(&$plan, $target).map_err(fail),
-            (DType::F16, _) => $gen::<half::f16>(&$plan, $target).map_err(fail),
-            (DType::BF16, _) => $gen::<half::bf16>(&$plan, $target).map_err(fail),
-            (DType::I64, _) => Err(LowerError::Unsupported {
-                op: $spec.op,
-                what: "i64 storage".into(),
-            }),
-        }
-    }};
-}
-
-/// Every kernel a spec lowers to, as `target` source. `monarch-project` has none: it is a
-/// one-time host conversion (a truncated SVD per sub-block, f64).
-pub fn sources(spec: &KernelSpec, target: Target) -> Result<Vec<KernelSource>, LowerError> {
-    match spec.op {
-        OpKind::SptAttention => per_dtype!(spec, target, spt, SptPlan::from_spec(spec)?),
-        OpKind::PqEncode => per_dtype!(spec, target, pq_encode_only, EncodePlan::from_spec(spec)?),
-        OpKind::RoutedFfn => per_dtype!(spec, target, routed, RoutedPlan::from_spec(spec)?),
-        // Printed with the optional noise input present (the kernels read it then).
-        OpKind::CbmHead => per_dtype!(spec, target, cbm, CbmPlan::from_spec(spec, true)?),
-        OpKind::DenseLinear => {
-            spec.verify()?;
-            per_dtype!(spec, target, dense_linear, LinearPlan::from_spec(spec))
-        }
-        OpKind::PstLinear => per_dtype!(spec, target, pst, PstPlan::from_spec(spec)?),
-        OpKind::SaraLinear => per_dtype!(spec, target, sara, SaraPlan::from_spec(spec)?),
-        OpKind::Monarch => per_dtype!(spec, target, monarch, MonarchPlan::from_spec(spec)?),
-        OpKind::BlockDiagLinear => {
-            per_dtype!(spec, target, block_diag, BlockDiagPlan::from_spec(spec)?)
-        }
-        OpKind::MonarchProject => Err(LowerError::HostOnly {
-            op: spec.op,
-            why: "the projection is a one-time conversion, a truncated SVD per sub-block in f64 \
-                  on the host (`sparsecube run monarch-project` runs it on any device)",
+    match (dtype, target) {
+        (DType::BF16, Target::Wgsl) => Err(LowerError::Unsupported {
+            op,
+            what: "bf16 storage in WGSL (WGSL has no bf16)".into(),
+        }),
+        (DType::F32, _) => compile_plans::<f32>(lowering, target).map_err(fail),
+        (DType::F16, _) => compile_plans::<half::f16>(lowering, target).map_err(fail),
+        (DType::BF16, _) => compile_plans::<half::bf16>(lowering, target).map_err(fail),
+        (DType::I64, _) => Err(LowerError::Unsupported {
+            op,
+            what: "i64 storage".into(),
         }),
     }
 }
 
-/// `pq-encode` alone: the attention chain's encoding kernel.
-fn pq_encode_only<F: Float + CubeElement>(
-    plan: &EncodePlan,
-    target: Target,
-) -> Result<Vec<KernelSource>, CompilationError> {
-    let client = Offline::client(&OfflineDevice);
-    let defs = vec![
-        kernel_def!(client, "pq_encode", pq_encode::PqEncode<F, Offline>, settings(); arg(), arg(), arg(), plan.cfg),
-    ];
-    compile_all(defs, target)
+/// The plans `gen` prints and compiles for `spec`: the training step (forward and backward,
+/// for ops with a backward) on an sm_90 GPU, with every optional input present (the kernels
+/// read them then).
+pub fn printed_lowering(spec: &KernelSpec) -> Result<Lowering, LowerError> {
+    let mut spec = spec.clone();
+    if spec.op.has_backward() {
+        spec.direction = Direction::Backward;
+    }
+    lower(
+        &spec,
+        &LowerOptions::new(DeviceLimits::sm90()).given(["noise"]),
+    )
 }
 
-/// The block-diagonal map's forward, dx and dw.
-fn block_diag<F: Float + CubeElement>(
-    plan: &BlockDiagPlan,
-    target: Target,
-) -> Result<Vec<KernelSource>, CompilationError> {
-    let client = Offline::client(&OfflineDevice);
-    let c = plan.cfg;
-    let defs: Vec<(&'static str, KernelDefinition)> = vec![
-        kernel_def!(client, "block_diag_fwd", block_diag_fwd::BlockDiagFwd<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), c),
-        kernel_def!(client, "block_diag_bwd_dx", block_diag_bwd_dx::BlockDiagBwdDx<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), c),
-        kernel_def!(client, "block_diag_bwd_dw", block_diag_bwd_dw::BlockDiagBwdDw<F, Offline>, tile_settings(); arg(), arg(), arg(), arg(), arg(), c),
-    ];
-    compile_all(defs, target)
+/// Every kernel a spec lowers to (forward and backward), as `target` source. `monarch-project`
+/// has none: it is a one-time host conversion (a truncated SVD per sub-block, f64).
+pub fn sources(spec: &KernelSpec, target: Target) -> Result<Vec<KernelSource>, LowerError> {
+    plan_sources(&printed_lowering(spec)?, spec.dtype, target)
 }

@@ -1,19 +1,25 @@
-//! `sparsecube-codegen`: lowering of `kernels-ir` specs to CubeCL kernels.
+//! `sparsecube-codegen`: lowering of `kernels-ir` specs to launch plans over CubeCL kernels.
 //!
-//! What it is: per op family, a lowering from a verified [`kernels_ir::KernelSpec`] to a comptime
-//! config (a hashable description of the work that specialises generic `#[cube]` kernels), the
-//! kernels themselves, and launch functions generic over the CubeCL runtime (wgpu, CUDA).
+//! What it is: the lowering of a verified [`kernels_ir::KernelSpec`] to [`plan::LaunchPlan`]s —
+//! data: a buffer table and the ordered launches of `#[cube]` kernels specialised by comptime
+//! configs ([`plan::lower`]) —, the one tile program every GEMM-shaped product runs on
+//! ([`tile`]), the remaining kernels per op family, and the emitters that print a plan's kernels
+//! as CUDA C++ or WGSL without a device ([`emit`], [`cuda_check`]).
 //!
-//! What it is not: device management (that is `sparsecube-runtime`) or the definition of correct
-//! answers (that is `kernels_ir::reference`, which every kernel is tested against).
+//! What it is not: device management or launching (that is `sparsecube-runtime`, whose executor
+//! runs any plan) or the definition of correct answers (that is `kernels_ir::reference`, which
+//! every kernel is tested against).
 
 pub mod blockdiag;
 pub mod cbm;
 pub mod cuda_check;
 pub mod dense;
+pub mod elementwise;
 pub mod emit;
-mod launch;
+pub mod linear;
 pub mod monarch;
+pub mod nm;
+pub mod plan;
 pub mod pst;
 pub mod routed;
 pub mod sara;
@@ -45,4 +51,7 @@ pub enum LowerError {
         /// What it is and how to run it.
         why: &'static str,
     },
+    /// The problem does not fit the device (found before anything is allocated).
+    #[error(transparent)]
+    TooLarge(#[from] plan::SizeError),
 }

@@ -12,7 +12,7 @@
 pub mod kernels {
     //! `#[cube]` kernels of the selection.
 
-    // `#[cube(launch)]` generates undocumented modules and launch functions next to each kernel.
+    // `#[cube(launch, launch_unchecked)]` generates undocumented modules and launch functions.
     #![allow(missing_docs)]
 
     use cubecl::prelude::*;
@@ -50,10 +50,98 @@ pub mod kernels {
         take
     }
 
+    /// Comptime layout of [`row_topk`].
+    #[derive_cube_comptime]
+    pub struct TopkConfig {
+        /// Entries per row.
+        pub c: u32,
+        /// Entries kept per row.
+        pub topk: u32,
+        /// The score includes the f32 `base`.
+        pub base: bool,
+        /// The score includes the storage-typed `term`.
+        pub term: bool,
+        /// Rank by magnitude.
+        pub abs: bool,
+        /// Write flat indices `row·c + column` (else columns).
+        pub flat: bool,
+    }
+
+    /// The score of entry `at`: base[at] + term[at] (each when present), by magnitude with `abs`.
+    #[cube]
+    fn topk_score<F: Float>(
+        base: &Array<f32>,
+        term: &Array<F>,
+        at: usize,
+        #[comptime] cfg: TopkConfig,
+    ) -> f32 {
+        let mut s = 0.0f32;
+        if cfg.base {
+            s += base[at];
+        }
+        if cfg.term {
+            s += f32::cast_from(term[at]);
+        }
+        if cfg.abs {
+            s = f32::abs(s);
+        }
+        s
+    }
+
+    /// Per row of `c` entries, the `topk` with the highest score (ties to the lower column),
+    /// written in ascending order into `kept` [rows, topk]: the Sparse-CBM head's concepts (z +
+    /// noise) and N:M's kept entries of each group (|w|, flat indices). Rank order (score
+    /// descending, column ascending): each of `topk` rounds takes the first entry after the
+    /// previous pick, so no per-entry flags are needed. One unit per row.
+    #[cube(launch, launch_unchecked)]
+    pub fn row_topk<F: Float>(
+        base: &Array<f32>,
+        term: &Array<F>,
+        kept: &mut Array<u32>,
+        #[comptime] cfg: TopkConfig,
+    ) {
+        let b = ABSOLUTE_POS;
+        let c = cfg.c as usize;
+        let topk = cfg.topk as usize;
+        if b < kept.len() / topk {
+            let mut last_s = f32::new(f32::MAX);
+            let mut last_j = i32::new(-1);
+            for _round in 0..topk {
+                let mut best_s = f32::new(-f32::MAX);
+                let mut best_j = i32::new(-1);
+                for j in 0..c {
+                    let s = topk_score::<F>(base, term, b * c + j, cfg);
+                    let ji = j as i32;
+                    let after_last = s < last_s || (s == last_s && ji > last_j);
+                    let before_best = best_j < 0 || s > best_s;
+                    if after_last && before_best {
+                        best_s = s;
+                        best_j = ji;
+                    }
+                }
+                last_s = best_s;
+                last_j = best_j;
+            }
+            let mut slot = 0usize;
+            for j in 0..c {
+                let s = topk_score::<F>(base, term, b * c + j, cfg);
+                let ji = j as i32;
+                if s > last_s || (s == last_s && ji <= last_j) {
+                    let mut out = j as u32;
+                    if cfg.flat {
+                        out = (b * c + j) as u32;
+                    }
+                    kept[b * topk + slot] = out;
+                    slot += 1;
+                }
+            }
+        }
+    }
+
     /// Radix pass `pass` (0 = the top 8 bits), step 1: per chunk, the histogram of digit `pass`
     /// of the keys whose higher digits equal the pivot found so far (`state[0]`).
     /// `hist` [chunks, 256]; one unit per chunk.
-    #[cube(launch)]
+    #[cube(launch, launch_unchecked)]
     pub fn select_hist<F: Float>(
         w: &Array<F>,
         state: &Array<u32>,
@@ -88,7 +176,7 @@ pub mod kernels {
     }
 
     /// Step 2: the total of each bucket over the chunks, in chunk order. One unit per bucket.
-    #[cube(launch)]
+    #[cube(launch, launch_unchecked)]
     pub fn select_bins(hist: &Array<u32>, totals: &mut Array<u32>) {
         let b = ABSOLUTE_POS;
         let radix = RADIX as usize;
@@ -104,7 +192,7 @@ pub mod kernels {
     /// Step 3: the bucket holding the wanted rank. `state` = [pivot prefix, rank (1-based) among
     /// the keys that share it]: the prefix gains the bucket's digit and the rank drops by the
     /// keys of the lower buckets. One unit.
-    #[cube(launch)]
+    #[cube(launch, launch_unchecked)]
     pub fn select_pick(totals: &Array<u32>, state: &mut Array<u32>) {
         if ABSOLUTE_POS == 0 {
             let rank = state[1];
@@ -129,7 +217,7 @@ pub mod kernels {
 
     /// Compaction, step 1: per chunk, how many keys are below the pivot (`state[0]`) and how
     /// many equal it. `counts` [chunks, 2]; one unit per chunk.
-    #[cube(launch)]
+    #[cube(launch, launch_unchecked)]
     pub fn select_count<F: Float>(
         w: &Array<F>,
         state: &Array<u32>,
@@ -164,7 +252,7 @@ pub mod kernels {
     /// before it (exclusive prefixes, equal ones taken while fewer than `state[1]` came before),
     /// and the total selected into `state[2]`. One unit (chunks are 1024 elements: a 16M-weight
     /// matrix is 16 384 iterations).
-    #[cube(launch)]
+    #[cube(launch, launch_unchecked)]
     pub fn select_scan(counts: &mut Array<u32>, state: &mut Array<u32>) {
         if ABSOLUTE_POS == 0 {
             let need = state[1];
@@ -190,7 +278,7 @@ pub mod kernels {
     }
 
     /// Step 3: every selected flat index, ascending, into `index`. One unit per chunk.
-    #[cube(launch)]
+    #[cube(launch, launch_unchecked)]
     pub fn select_fill<F: Float>(
         w: &Array<F>,
         state: &Array<u32>,
@@ -226,7 +314,7 @@ pub mod kernels {
 
     /// The flat index of the last pivot-equal element taken, into `state[3]` (when any is
     /// taken): the chunk holding it walks its elements. One unit per chunk.
-    #[cube(launch)]
+    #[cube(launch, launch_unchecked)]
     pub fn select_cutoff<F: Float>(
         w: &Array<F>,
         state: &mut Array<u32>,
@@ -257,13 +345,9 @@ pub mod kernels {
     }
 }
 
-use crate::launch::{arr, grid};
-use cubecl::prelude::*;
-use cubecl::server::Handle;
-use kernels::{
-    RADIX, SELECT_CHUNK, select_bins, select_count, select_cutoff, select_fill, select_hist,
-    select_pick, select_scan,
-};
+use crate::plan::{Arg, BufId, Elem, Float, Kernel, PlanBuilder, Role};
+use kernels::{RADIX, SELECT_CHUNK};
+use kernels_ir::Extent;
 
 /// Which elements a selection keeps.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -282,117 +366,104 @@ fn f32_at_or_above(t: f64) -> u32 {
     f.abs().to_bits()
 }
 
-/// Runs the selection up to the pivot state on the device, without reading anything back:
-/// `state` = [pivot key, pivot-equal elements taken, total selected, flat index of the last
-/// pivot-equal one taken] (u32 ×4), plus the per-chunk prefixes `counts` the compaction uses.
-/// `signed` orders by value instead of magnitude.
-pub fn pivot<R: Runtime, F: Float + CubeElement>(
-    client: &ComputeClient<R>,
-    w: &Handle,
+/// Chunks of [`SELECT_CHUNK`] elements covering `len`.
+pub fn chunks(len: usize) -> usize {
+    len.div_ceil(SELECT_CHUNK as usize).max(1)
+}
+
+/// Appends the selection over the `len` elements of buffer `w` (float type `float`) up to its
+/// pivot state, without reading anything back: the state buffer `select_state` = [pivot key,
+/// pivot-equal elements taken, total selected, flat index of the last pivot-equal one taken]
+/// (u32 ×4, with role `state_role`), and the per-chunk prefixes `select_counts` the compaction
+/// uses. `signed` orders by value instead of magnitude. Returns (state, counts).
+pub fn pivot(
+    b: &mut PlanBuilder,
+    w: BufId,
+    float: Float,
     len: usize,
     keep: Keep,
     signed: bool,
-) -> (Handle, Handle) {
-    let chunks = len.div_ceil(SELECT_CHUNK as usize).max(1);
+    state_role: Role,
+) -> (BufId, BufId) {
+    let chunks = chunks(len);
     let radix = RADIX as usize;
-    let init: [u32; 4] = match keep {
-        Keep::Smallest(k) if k >= len => [u32::MAX, 0, 0, 0],
-        Keep::Smallest(0) => [0, 0, 0, 0],
-        Keep::Smallest(k) => [0, k as u32, 0, 0],
-        Keep::Below(t) => [f32_at_or_above(t), 0, 0, 0],
+    let init: Vec<u32> = match keep {
+        Keep::Smallest(k) if k >= len => vec![u32::MAX, 0, 0, 0],
+        Keep::Smallest(0) => vec![0, 0, 0, 0],
+        Keep::Smallest(k) => vec![0, k as u32, 0, 0],
+        Keep::Below(t) => vec![f32_at_or_above(t), 0, 0, 0],
     };
-    let state = client.create_from_slice(u32::as_bytes(&init));
-    let (ccount, cdim) = grid(client, chunks);
-    let (one, one_dim) = grid(client, 1);
+    let state = b.buffer(
+        "select_state",
+        Elem::U32,
+        vec![Extent::Fixed(4)],
+        state_role,
+    );
+    b.initialise(state, crate::plan::ConstData::U32(init));
     if let Keep::Smallest(k) = keep
         && k > 0
         && k < len
     {
-        let hist = client.empty(chunks * radix * 4);
-        let totals = client.empty(radix * 4);
-        let (bcount, bdim) = grid(client, radix);
+        let hist = b.scratch("select_hist", Elem::U32, &[chunks, radix]);
+        let totals = b.scratch("select_totals", Elem::U32, &[radix]);
         for pass in 0..4u32 {
-            select_hist::launch::<F, R>(
-                client,
-                ccount.clone(),
-                cdim,
-                arr(w, len),
-                arr(&state, 4),
-                arr(&hist, chunks * radix),
-                pass,
-                signed,
+            b.elementwise_as(
+                &format!("select_hist_pass{pass}"),
+                Kernel::SelectHist(pass, signed),
+                float,
+                chunks,
+                vec![Arg::Buf(w), Arg::Buf(state), Arg::Buf(hist)],
             );
-            select_bins::launch::<R>(
-                client,
-                bcount.clone(),
-                bdim,
-                arr(&hist, chunks * radix),
-                arr(&totals, radix),
+            b.elementwise(
+                "select_bins",
+                Kernel::SelectBins(),
+                radix,
+                vec![Arg::Buf(hist), Arg::Buf(totals)],
             );
-            select_pick::launch::<R>(
-                client,
-                one.clone(),
-                one_dim,
-                arr(&totals, radix),
-                arr(&state, 4),
+            b.elementwise(
+                "select_pick",
+                Kernel::SelectPick(),
+                1,
+                vec![Arg::Buf(totals), Arg::Buf(state)],
             );
         }
     }
-    let counts = client.empty(chunks * 2 * 4);
-    select_count::launch::<F, R>(
-        client,
-        ccount.clone(),
-        cdim,
-        arr(w, len),
-        arr(&state, 4),
-        arr(&counts, chunks * 2),
-        signed,
+    let counts = b.scratch("select_counts", Elem::U32, &[chunks, 2]);
+    b.elementwise_as(
+        "select_count",
+        Kernel::SelectCount(signed),
+        float,
+        chunks,
+        vec![Arg::Buf(w), Arg::Buf(state), Arg::Buf(counts)],
     );
-    select_scan::launch::<R>(
-        client,
-        one,
-        one_dim,
-        arr(&counts, chunks * 2),
-        arr(&state, 4),
+    b.elementwise(
+        "select_scan",
+        Kernel::SelectScan(),
+        1,
+        vec![Arg::Buf(counts), Arg::Buf(state)],
     );
-    select_cutoff::launch::<F, R>(
-        client,
-        ccount,
-        cdim,
-        arr(w, len),
-        arr(&state, 4),
-        arr(&counts, chunks * 2),
-        signed,
+    b.elementwise_as(
+        "select_cutoff",
+        Kernel::SelectCutoff(signed),
+        float,
+        chunks,
+        vec![Arg::Buf(w), Arg::Buf(state), Arg::Buf(counts)],
     );
     (state, counts)
 }
 
-/// Selects among the `len` elements of `w` (dtype `F`, by magnitude) on the device. Returns the
-/// flat indices [nnz] (u32, ascending; a 4-byte placeholder when nnz = 0) and nnz, read back
-/// once (the count decides the packed buffers' sizes).
-pub fn select<R: Runtime, F: Float + CubeElement>(
-    client: &ComputeClient<R>,
-    w: &Handle,
-    len: usize,
-    keep: Keep,
-) -> Result<(Handle, usize), String> {
-    let chunks = len.div_ceil(SELECT_CHUNK as usize).max(1);
-    let (state, counts) = pivot::<R, F>(client, w, len, keep, false);
-    let bytes = client
-        .read_one(state.clone())
-        .map_err(|e| format!("{e:?}"))?;
-    let nnz = u32::from_bytes(&bytes)[2] as usize;
-    let index = client.empty(nnz.max(1) * 4);
-    let (ccount, cdim) = grid(client, chunks);
-    select_fill::launch::<F, R>(
-        client,
-        ccount,
-        cdim,
-        arr(w, len),
-        arr(&state, 4),
-        arr(&counts, chunks * 2),
-        arr(&index, nnz.max(1)),
-        false,
+/// Appends the compaction: every selected flat index of `w` (by magnitude), ascending, into
+/// `index` (the selection's total long).
+pub fn fill(b: &mut PlanBuilder, w: BufId, len: usize, state: BufId, counts: BufId, index: BufId) {
+    b.elementwise(
+        "select_fill",
+        Kernel::SelectFill(false),
+        chunks(len),
+        vec![
+            Arg::Buf(w),
+            Arg::Buf(state),
+            Arg::Buf(counts),
+            Arg::Buf(index),
+        ],
     );
-    Ok((index, nnz))
 }

@@ -123,7 +123,7 @@ pub fn spec_for_inputs(
             dims.extend([("N", x[0]), ("in", x[1]), ("out", w[0] * w[1])]);
             derived.push(("blocks", w[0], "w"));
         }
-        OpKind::SaraLinear | OpKind::PstLinear | OpKind::DenseLinear => {
+        OpKind::SaraLinear | OpKind::PstLinear | OpKind::DenseLinear | OpKind::NmLinear => {
             let x = get("x", &["T", "in"])?;
             let w = get("w", &["out", "in"])?;
             dims.extend([("T", x[0]), ("in", x[1]), ("out", w[0])]);

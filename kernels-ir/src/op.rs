@@ -29,12 +29,14 @@ pub enum OpKind {
     CbmHead,
     /// Dense linear layer (baseline).
     DenseLinear,
+    /// N:M semi-structured sparse linear layer.
+    NmLinear,
 }
 text_enum!(OpKind, "op", {
     SptAttention => "spt-attention", PqEncode => "pq-encode", RoutedFfn => "routed-ffn",
     Monarch => "monarch", MonarchProject => "monarch-project", BlockDiagLinear => "block-diag-linear",
     SaraLinear => "sara-linear", PstLinear => "pst-linear", CbmHead => "cbm-head",
-    DenseLinear => "dense-linear",
+    DenseLinear => "dense-linear", NmLinear => "nm-linear",
 });
 
 impl OpKind {
@@ -49,6 +51,7 @@ impl OpKind {
             OpKind::PstLinear => PatternKind::Pst,
             OpKind::CbmHead => PatternKind::Cbm,
             OpKind::DenseLinear => PatternKind::Dense,
+            OpKind::NmLinear => PatternKind::Nm,
         }
     }
 
@@ -62,7 +65,9 @@ impl OpKind {
             OpKind::Monarch => &["N"],
             OpKind::MonarchProject => &[],
             OpKind::BlockDiagLinear => &["N", "in", "out"],
-            OpKind::SaraLinear | OpKind::PstLinear | OpKind::DenseLinear => &["T", "in", "out"],
+            OpKind::SaraLinear | OpKind::PstLinear | OpKind::DenseLinear | OpKind::NmLinear => {
+                &["T", "in", "out"]
+            }
             OpKind::CbmHead => &["B", "C", "K"],
         }
     }

@@ -347,6 +347,22 @@ pub struct Cbm {
     pub topk: usize,
 }
 
+/// N:M semi-structured sparsity (METHODS.md §8): `n` of every `m` consecutive columns of each
+/// weight row are kept (2:4 is the sparsity of sparse tensor cores).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Nm {
+    /// Entries kept per group (default 2).
+    pub n: usize,
+    /// Entries per group (default 4).
+    pub m: usize,
+}
+
+impl Default for Nm {
+    fn default() -> Self {
+        Self { n: 2, m: 4 }
+    }
+}
+
 /// The sparsity pattern of a kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "family", rename_all = "kebab-case")]
@@ -367,6 +383,8 @@ pub enum Pattern {
     Pst(Pst),
     /// Sparse-CBM's top-k concept gate.
     Cbm(Cbm),
+    /// N:M semi-structured weight sparsity.
+    Nm(Nm),
 }
 
 /// The family of a [`Pattern`], without its arguments.
@@ -388,10 +406,12 @@ pub enum PatternKind {
     Pst,
     /// [`Pattern::Cbm`].
     Cbm,
+    /// [`Pattern::Nm`].
+    Nm,
 }
 text_enum!(PatternKind, "pattern", {
     Dense => "dense", PqTopK => "pq-topk", Routed => "routed", Monarch => "monarch",
-    BlockDiagonal => "block-diagonal", Sara => "sara", Pst => "pst", Cbm => "cbm",
+    BlockDiagonal => "block-diagonal", Sara => "sara", Pst => "pst", Cbm => "cbm", Nm => "nm",
 });
 
 fn f(v: f64) -> String {
@@ -410,6 +430,7 @@ impl Pattern {
             Pattern::Sara(_) => PatternKind::Sara,
             Pattern::Pst(_) => PatternKind::Pst,
             Pattern::Cbm(_) => PatternKind::Cbm,
+            Pattern::Nm(_) => PatternKind::Nm,
         }
     }
 
@@ -458,6 +479,7 @@ impl Pattern {
                 ("cooldown", f(p.schedule.cooldown)),
             ],
             Pattern::Cbm(c) => vec![("topk", c.topk.to_string())],
+            Pattern::Nm(nm) => vec![("n", nm.n.to_string()), ("m", nm.m.to_string())],
         }
     }
 
@@ -489,6 +511,7 @@ impl Pattern {
                 "cooldown",
             ],
             PatternKind::Cbm => &["topk"],
+            PatternKind::Nm => &["n", "m"],
         }
     }
 
@@ -567,6 +590,10 @@ impl Pattern {
             }
             PatternKind::Cbm => Pattern::Cbm(Cbm {
                 topk: a.usize_or("topk", 0)?,
+            }),
+            PatternKind::Nm => Pattern::Nm(Nm {
+                n: a.usize_or("n", Nm::default().n)?,
+                m: a.usize_or("m", Nm::default().m)?,
             }),
         };
         a.finish(Self::accepted_args(kind))?;

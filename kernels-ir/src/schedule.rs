@@ -1,5 +1,7 @@
 //! The *schedule* half of a kernel spec: how a kernel is tiled and vectorised. It never changes a
-//! result (the reference executor ignores it); the autotuner searches it.
+//! result (the reference executor ignores it); the autotuner searches it. Every field is read by
+//! the code generator: the tile program's `tile_m`, `tile_n`, `tile_k`, `vector` and `stages`
+//! for every tiled product, SPT's `fused` and `lanes` for attention.
 
 use crate::args::{ArgError, Args};
 use crate::op::OpKind;
@@ -9,64 +11,126 @@ use std::fmt;
 /// A schedule field an op's kernels read: what the autotuner varies for that op.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Knob {
-    /// `tile_k`: reduction steps the shared-memory tile mainloop stages per slice (routed FFN,
-    /// dense, SaRA, PST and block-diagonal linears), one of [`Knob::TILE_K`].
+    /// `tile_m`: rows of the output tile one cube of the tile program computes.
+    TileM,
+    /// `tile_n`: columns of that tile.
+    TileN,
+    /// `tile_k`: reduction steps staged in shared memory per slice.
     TileK,
-    /// `tile_m`: rows of x per cube of Monarch's fused forward, a power of two up to
-    /// [`Knob::MONARCH_MAX_ROWS`] (larger values mean that many; the lowering halves it further
-    /// while the cube's loops or shared slice would not fit).
-    MonarchRows,
+    /// `vector`: consecutive elements each unit stages per load along the contiguous axis.
+    Vector,
+    /// `stages`: shared-memory buffers of the mainloop's pipeline (2: the next slice is loaded
+    /// while the current one is multiplied).
+    Stages,
     /// `fused`: SPT attention as one fused kernel per query block, or the unfused chain.
     Fused,
+    /// `lanes`: lanes per query row of SPT's row kernels (a power of two; several rows share a
+    /// plane below the plane size).
+    Lanes,
 }
 
 impl Knob {
-    /// `tile_k` values of the tile mainloop.
-    pub const TILE_K: [u32; 2] = [16, 32];
-    /// Most rows per cube of Monarch's fused forward.
-    pub const MONARCH_MAX_ROWS: u32 = 16;
-    /// Rows-per-cube values the Monarch space sweeps.
-    pub const MONARCH_ROWS: [u32; 3] = [16, 8, 4];
+    /// `tile_m` and `tile_n` values of the tile program (the first is the default).
+    pub const TILE_MN: [u32; 3] = [64, 128, 32];
+    /// `tile_k` values of the tile program.
+    pub const TILE_K: [u32; 3] = [16, 32, 8];
+    /// `vector` values of the tile program.
+    pub const VECTOR: [u32; 3] = [4, 1, 2];
+    /// `stages` values of the tile program.
+    pub const STAGES: [u32; 2] = [2, 1];
+    /// `lanes` values of SPT's row kernels.
+    pub const LANES: [u32; 4] = [8, 4, 16, 32];
+    /// Units of one tile-program cube (16 × 16).
+    pub const TILE_UNITS: u32 = 256;
+    /// Shared memory a tile program may use per cube (CUDA's default per-block limit).
+    pub const TILE_SHARED_BYTES: u32 = 48 * 1024;
+
+    /// The knobs of the tile program, in the order the space varies them.
+    pub const TILE: [Knob; 5] = [
+        Knob::TileM,
+        Knob::TileN,
+        Knob::TileK,
+        Knob::Vector,
+        Knob::Stages,
+    ];
 
     /// The schedule field's name in the text format.
     pub fn field(self) -> &'static str {
         match self {
+            Knob::TileM => "tile_m",
+            Knob::TileN => "tile_n",
             Knob::TileK => "tile_k",
-            Knob::MonarchRows => "tile_m",
+            Knob::Vector => "vector",
+            Knob::Stages => "stages",
             Knob::Fused => "fused",
+            Knob::Lanes => "lanes",
+        }
+    }
+
+    /// The values the autotuner tries.
+    pub fn values(self) -> Vec<String> {
+        let nums = |v: &[u32]| v.iter().map(|x| x.to_string()).collect();
+        match self {
+            Knob::TileM | Knob::TileN => nums(&Self::TILE_MN),
+            Knob::TileK => nums(&Self::TILE_K),
+            Knob::Vector => nums(&Self::VECTOR),
+            Knob::Stages => nums(&Self::STAGES),
+            Knob::Lanes => nums(&Self::LANES),
+            Knob::Fused => vec!["true".into(), "false".into()],
         }
     }
 
     /// The knobs `op`'s kernels read (every other schedule field is ignored by that op).
     pub fn of(op: OpKind) -> &'static [Knob] {
-        match op {
-            OpKind::RoutedFfn
-            | OpKind::DenseLinear
-            | OpKind::SaraLinear
-            | OpKind::PstLinear
-            | OpKind::BlockDiagLinear => &[Knob::TileK],
-            OpKind::Monarch => &[Knob::MonarchRows],
-            OpKind::SptAttention => &[Knob::Fused],
-            OpKind::PqEncode | OpKind::MonarchProject | OpKind::CbmHead => &[],
+        if op.tiled() {
+            return &Self::TILE;
         }
+        match op {
+            OpKind::SptAttention => &[Knob::Fused, Knob::Lanes],
+            _ => &[],
+        }
+    }
+}
+
+impl OpKind {
+    /// Whether the op's products run on the tile program (its schedule's tile fields are read).
+    pub fn tiled(self) -> bool {
+        matches!(
+            self,
+            OpKind::RoutedFfn
+                | OpKind::DenseLinear
+                | OpKind::SaraLinear
+                | OpKind::PstLinear
+                | OpKind::BlockDiagLinear
+                | OpKind::Monarch
+                | OpKind::CbmHead
+                | OpKind::NmLinear
+        )
     }
 }
 
 /// Tiling and vectorisation choices for one kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Schedule {
-    /// Rows of the output tile one cube computes (queries, tokens, batch rows).
+    /// Rows of the output tile one cube computes (32, 64 or 128).
     pub tile_m: u32,
-    /// Columns of the output tile (keys, output features).
+    /// Columns of the output tile (32, 64 or 128).
     pub tile_n: u32,
-    /// Reduction depth staged through shared memory per step.
+    /// Reduction depth staged through shared memory per step (8, 16 or 32).
     pub tile_k: u32,
-    /// Elements per vectorised load (1, 2, 4 or 8).
+    /// Elements each unit stages per load along the contiguous axis (1, 2 or 4).
     pub vector: u32,
-    /// Software pipeline depth (1–4).
+    /// Software pipeline depth: shared-memory buffers of the mainloop (1 or 2).
     pub stages: u32,
     /// Fused single-kernel path (true) or the unfused chain of simpler kernels.
     pub fused: bool,
+    /// Lanes per row of SPT's row kernels (a power of two up to 32; capped at the plane size).
+    #[serde(default = "default_lanes")]
+    pub lanes: u32,
+}
+
+fn default_lanes() -> u32 {
+    Schedule::default().lanes
 }
 
 impl Default for Schedule {
@@ -74,17 +138,20 @@ impl Default for Schedule {
         Self {
             tile_m: 64,
             tile_n: 64,
-            tile_k: 32,
+            tile_k: 16,
             vector: 4,
             stages: 2,
             fused: true,
+            lanes: 8,
         }
     }
 }
 
 impl Schedule {
     /// Argument names of the text form.
-    pub const ARGS: [&'static str; 6] = ["tile_m", "tile_n", "tile_k", "vector", "stages", "fused"];
+    pub const ARGS: [&'static str; 7] = [
+        "tile_m", "tile_n", "tile_k", "vector", "stages", "fused", "lanes",
+    ];
 
     /// Canonical `(name, text)` pairs.
     pub fn args(&self) -> Vec<(&'static str, String)> {
@@ -95,6 +162,7 @@ impl Schedule {
             ("vector", self.vector.to_string()),
             ("stages", self.stages.to_string()),
             ("fused", self.fused.to_string()),
+            ("lanes", self.lanes.to_string()),
         ]
     }
 
@@ -109,25 +177,53 @@ impl Schedule {
             vector: a.parse_or("vector", d.vector, "a vector width")?,
             stages: a.parse_or("stages", d.stages, "a stage count")?,
             fused: a.bool_or("fused", d.fused)?,
+            lanes: a.parse_or("lanes", d.lanes, "a lane count")?,
         };
         a.finish(&Self::ARGS)?;
         Ok(s)
     }
-}
 
-impl Schedule {
-    /// The value of `knob` in this schedule as its kernels see it (Monarch's rows clamped to
-    /// [`Knob::MONARCH_MAX_ROWS`]).
+    /// Shared memory of the tile program's staging buffers, bytes: `stages` slices of
+    /// `tile_k` × (`tile_m` + 1) and `tile_k` × (`tile_n` + 1) f32 values.
+    pub fn tile_shared_bytes(&self) -> u64 {
+        u64::from(self.stages)
+            * u64::from(self.tile_k)
+            * (u64::from(self.tile_m) + 1 + u64::from(self.tile_n) + 1)
+            * 4
+    }
+
+    /// The value of `knob` in this schedule.
     pub fn knob(&self, knob: Knob) -> String {
         match knob {
+            Knob::TileM => self.tile_m.to_string(),
+            Knob::TileN => self.tile_n.to_string(),
             Knob::TileK => self.tile_k.to_string(),
-            Knob::MonarchRows => self.tile_m.min(Knob::MONARCH_MAX_ROWS).to_string(),
+            Knob::Vector => self.vector.to_string(),
+            Knob::Stages => self.stages.to_string(),
             Knob::Fused => self.fused.to_string(),
+            Knob::Lanes => self.lanes.to_string(),
         }
     }
 
-    /// A short name of this schedule as `op` reads it, e.g. `tile_k=16`, `fused=false`, or
-    /// `default` for an op without knobs: the candidate names of the autotuner.
+    /// This schedule with `knob` set to `value` (one of [`Knob::values`]).
+    pub fn with(&self, knob: Knob, value: &str) -> Self {
+        let mut s = *self;
+        let n = || value.parse::<u32>().unwrap_or(0);
+        match knob {
+            Knob::TileM => s.tile_m = n(),
+            Knob::TileN => s.tile_n = n(),
+            Knob::TileK => s.tile_k = n(),
+            Knob::Vector => s.vector = n(),
+            Knob::Stages => s.stages = n(),
+            Knob::Lanes => s.lanes = n(),
+            Knob::Fused => s.fused = value == "true",
+        }
+        s
+    }
+
+    /// A short name of this schedule as `op` reads it, e.g.
+    /// `tile_m=64,tile_n=64,tile_k=16,vector=4,stages=2`, `fused=false,lanes=8`, or `default`
+    /// for an op without knobs: the candidate names of the autotuner.
     pub fn label(&self, op: OpKind) -> String {
         let knobs = Knob::of(op);
         if knobs.is_empty() {
@@ -140,30 +236,45 @@ impl Schedule {
             .join(",")
     }
 
-    /// The autotuner's search space for `op` starting from `self`: `self` first (the spec's own
-    /// schedule, what runs when nothing is tuned), then every other point of the op's knobs, the
-    /// remaining fields kept. Points that `op` reads the same (same [`label`](Self::label)) appear
-    /// once. An op without knobs has a space of one.
-    pub fn space(&self, op: OpKind) -> Vec<Schedule> {
+    /// `self`, then every single-knob change of it: each value of each of `op`'s knobs once, the
+    /// other fields kept (the points a test runs to cover every value; the first points the
+    /// autotuner times). Only points the verifier accepts for `op`; each label once.
+    pub fn axes(&self, op: OpKind) -> Vec<Schedule> {
         let mut points = vec![*self];
         for knob in Knob::of(op) {
-            let mut next = Vec::new();
-            for p in &points {
-                next.push(*p);
-                match knob {
-                    Knob::TileK => next.extend(Knob::TILE_K.map(|v| Schedule { tile_k: v, ..*p })),
-                    Knob::MonarchRows => next.extend(
-                        Knob::MONARCH_ROWS
-                            .iter()
-                            .map(|&v| Schedule { tile_m: v, ..*p }),
-                    ),
-                    Knob::Fused => next.extend([true, false].map(|v| Schedule { fused: v, ..*p })),
-                }
-            }
-            points = next;
+            points.extend(knob.values().iter().map(|v| self.with(*knob, v)));
         }
+        self.valid_once(op, points)
+    }
+
+    /// The autotuner's search space for `op` starting from `self`: [`axes`](Self::axes) first
+    /// (`self` — the spec's own schedule, what runs when nothing is tuned — then each single-knob
+    /// change), then every other point of the product of the op's knobs; only points the verifier
+    /// accepts for `op`, each label once. An op without knobs has a space of one.
+    pub fn space(&self, op: OpKind) -> Vec<Schedule> {
+        let mut product = vec![*self];
+        for knob in Knob::of(op) {
+            let mut next = Vec::new();
+            for p in &product {
+                next.push(*p);
+                next.extend(knob.values().iter().map(|v| p.with(*knob, v)));
+            }
+            product = next;
+        }
+        let mut points = self.axes(op);
+        points.extend(product);
+        self.valid_once(op, points)
+    }
+
+    /// `points` without those the verifier rejects for `op` (but `self`, always first) and
+    /// without repeated labels.
+    fn valid_once(&self, op: OpKind, mut points: Vec<Schedule>) -> Vec<Schedule> {
         let mut seen = std::collections::HashSet::new();
-        points.retain(|p| seen.insert(p.label(op)));
+        let first = *self;
+        points.retain(|p| {
+            (*p == first || crate::verify::schedule_problems(op, p).is_empty())
+                && seen.insert(p.label(op))
+        });
         points
     }
 }

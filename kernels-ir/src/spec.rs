@@ -63,7 +63,7 @@ impl KernelSpec {
             OpKind::Monarch => &[("N", 512)],
             OpKind::MonarchProject => &[],
             OpKind::BlockDiagLinear => &[("N", 512), ("in", 1024), ("out", 1024)],
-            OpKind::SaraLinear | OpKind::PstLinear | OpKind::DenseLinear => {
+            OpKind::SaraLinear | OpKind::PstLinear | OpKind::DenseLinear | OpKind::NmLinear => {
                 &[("T", 512), ("in", 1024), ("out", 1024)]
             }
             OpKind::CbmHead => &[("B", 256), ("C", 512), ("K", 10)],
@@ -337,6 +337,32 @@ impl KernelSpec {
                     &[("dx", &[b, c]), ("dwc", &[c, c]), ("dwh", &[k, c])],
                 );
             }
+            (OpKind::NmLinear, Pattern::Nm(nm)) => {
+                let (tk, i, o) = (d("T"), d("in"), d("out"));
+                let kept = o * i / nm.m.max(1) * nm.n;
+                t.input("x", &[tk, i], f);
+                t.input("w", &[o, i], f);
+                t.input("bias", &[o], f);
+                t.list.push(TensorSpec {
+                    name: "v".into(),
+                    shape: vec![Extent::Fixed(kept)],
+                    dtype: f,
+                    role: Role::Input,
+                    optional: true,
+                });
+                t.forward_or_grads(
+                    self.direction,
+                    "dy",
+                    &[tk, o],
+                    f,
+                    |t| {
+                        t.output("y", &[tk, o], f);
+                        t.output("mask_index", &[kept], DType::I64);
+                        t.output("v", &[kept], f);
+                    },
+                    &[("dx", &[tk, i]), ("dv", &[kept]), ("dbias", &[o])],
+                );
+            }
             (OpKind::DenseLinear, Pattern::Dense) => {
                 let (tk, i, o) = (d("T"), d("in"), d("out"));
                 t.input("x", &[tk, i], f);
@@ -453,6 +479,18 @@ impl KernelSpec {
                     dense_flops: 2 * b * c * c + 2 * b * c * k,
                     nnz: b * kept,
                     dense_nnz: b * c,
+                }
+            }
+            (OpKind::NmLinear, Pattern::Nm(nm)) => {
+                let full = d("in") * d("out");
+                let kept = full / nm.m as u64 * nm.n as u64;
+                // The products run over the packed weight; the sampled gradient is a full tile
+                // product written at the kept positions only.
+                Cost {
+                    flops: 2 * d("T") * kept,
+                    dense_flops: 2 * d("T") * full,
+                    nnz: kept,
+                    dense_nnz: full,
                 }
             }
             (OpKind::DenseLinear, Pattern::Dense) => {

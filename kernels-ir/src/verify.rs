@@ -1,8 +1,9 @@
 //! The verifier: checks a spec against every constraint of METHODS.md and returns **all** the
 //! problems at once, each naming the field, the value and the constraint it breaks.
 
-use crate::op::Direction;
+use crate::op::{Direction, OpKind};
 use crate::pattern::{Pattern, SaraSelect, TopK};
+use crate::schedule::{Knob, Schedule};
 use crate::spec::{KernelSpec, Module};
 use std::fmt;
 
@@ -292,6 +293,19 @@ fn check_pattern(spec: &KernelSpec, r: &mut Report<'_>) {
                 format!("warmup + cooldown = {span} exceeds 1 (the schedule has no room to ramp)")
             });
         }
+        Pattern::Nm(nm) => {
+            let f = "nm";
+            if r.positive(f, "m", nm.m) {
+                r.positive(f, "n", nm.n);
+                r.check(nm.n <= nm.m, f, || {
+                    format!(
+                        "n = {} is more than m = {} (n of every m are kept)",
+                        nm.n, nm.m
+                    )
+                });
+                r.divides(f, ("in", d("in")), ("m", nm.m));
+            }
+        }
         Pattern::Cbm(c) => {
             let cc = d("C");
             if cc >= 1 {
@@ -307,36 +321,90 @@ fn check_pattern(spec: &KernelSpec, r: &mut Report<'_>) {
 }
 
 fn check_schedule(spec: &KernelSpec, r: &mut Report<'_>) {
-    let s = &spec.schedule;
-    let f = "schedule";
+    for message in schedule_problems(spec.op, &spec.schedule) {
+        r.err("schedule", message);
+    }
+}
+
+/// What is wrong with schedule `s` for `op`: general ranges for every op, and for ops on the tile
+/// program the tile sizes, the loader's vector width and the shared memory it stages through.
+pub(crate) fn schedule_problems(op: OpKind, s: &Schedule) -> Vec<String> {
+    let mut out = Vec::new();
+    // Knobs already out of every op's range get one message, not a second op-specific one.
+    let mut out_of_range: Vec<&str> = Vec::new();
     for (n, v) in [
         ("tile_m", s.tile_m),
         ("tile_n", s.tile_n),
         ("tile_k", s.tile_k),
     ] {
-        r.check(v.is_power_of_two() && v <= 256, f, || {
-            format!("{n} = {v} must be a power of two between 1 and 256")
-        });
+        if !(v.is_power_of_two() && v <= 256) {
+            out.push(format!(
+                "{n} = {v} must be a power of two between 1 and 256"
+            ));
+            out_of_range.push(n);
+        }
     }
-    r.check(matches!(s.vector, 1 | 2 | 4 | 8), f, || {
-        format!("vector = {} must be 1, 2, 4 or 8", s.vector)
-    });
-    r.check((1..=4).contains(&s.stages), f, || {
-        format!("stages = {} must be between 1 and 4", s.stages)
-    });
-    if crate::schedule::Knob::of(spec.op).contains(&crate::schedule::Knob::TileK) {
-        let ks = crate::schedule::Knob::TILE_K;
-        r.check(ks.contains(&s.tile_k), f, || {
-            format!(
-                "tile_k = {} is not a slice depth of {}'s tile mainloop; use one of {ks:?}",
-                s.tile_k, spec.op
-            )
-        });
+    if !matches!(s.vector, 1 | 2 | 4 | 8) {
+        out.push(format!("vector = {} must be 1, 2, 4 or 8", s.vector));
+        out_of_range.push("vector");
     }
-    let threads = u64::from(s.tile_m) * u64::from(s.tile_n) / u64::from(s.vector.max(1));
-    r.check(threads <= 65536, f, || {
-        format!(
-            "tile_m·tile_n/vector = {threads} elements per cube is more than 65536; use smaller tiles"
-        )
-    });
+    if !(1..=4).contains(&s.stages) {
+        out.push(format!("stages = {} must be between 1 and 4", s.stages));
+        out_of_range.push("stages");
+    }
+    if !(s.lanes.is_power_of_two() && s.lanes <= 32) {
+        out.push(format!(
+            "lanes = {} must be a power of two between 1 and 32",
+            s.lanes
+        ));
+    }
+    if op.tiled() {
+        let mn = Knob::TILE_MN;
+        for (n, v) in [("tile_m", s.tile_m), ("tile_n", s.tile_n)] {
+            if !mn.contains(&v) && !out_of_range.contains(&n) {
+                out.push(format!(
+                    "{n} = {v} is not a tile size of {op}'s tile program; use one of {mn:?}"
+                ));
+            }
+        }
+        let ks = Knob::TILE_K;
+        if !ks.contains(&s.tile_k) && !out_of_range.contains(&"tile_k") {
+            out.push(format!(
+                "tile_k = {} is not a slice depth of {op}'s tile program; use one of {ks:?}",
+                s.tile_k
+            ));
+        }
+        let vector_known = Knob::VECTOR.contains(&s.vector);
+        if !vector_known && !out_of_range.contains(&"vector") {
+            out.push(format!(
+                "vector = {} is not a load width of {op}'s tile program; use one of {:?}",
+                s.vector,
+                Knob::VECTOR
+            ));
+        }
+        let slice = u64::from(s.tile_k) * u64::from(s.tile_m.min(s.tile_n));
+        let per_load = u64::from(Knob::TILE_UNITS * s.vector);
+        if vector_known && slice % per_load != 0 {
+            out.push(format!(
+                "vector = {} needs tile_k·min(tile_m, tile_n) = {slice} to be a multiple of \
+                 {per_load} (256 units × vector); use a smaller vector or larger tiles",
+                s.vector
+            ));
+        }
+        if !Knob::STAGES.contains(&s.stages) && !out_of_range.contains(&"stages") {
+            out.push(format!(
+                "stages = {} is not a pipeline depth of {op}'s tile program; use 1 or 2",
+                s.stages
+            ));
+        }
+        let shared = s.tile_shared_bytes();
+        if shared > u64::from(Knob::TILE_SHARED_BYTES) {
+            out.push(format!(
+                "stages·tile_k·(tile_m + tile_n + 2)·4 = {shared} bytes of shared memory per cube \
+                 is more than {}; use smaller tiles or stages = 1",
+                Knob::TILE_SHARED_BYTES
+            ));
+        }
+    }
+    out
 }

@@ -25,30 +25,9 @@ fn toolchain_or_skip(test: &str) -> Option<CudaToolchain> {
     }
 }
 
-/// Registers a thread may use under `__launch_bounds__(64)` on sm_90: the 255 architectural limit
-/// (65536 registers per SM / 64 threads would allow more).
+/// Registers a thread may use on sm_90: the 255 architectural limit (the tile program's
+/// `__launch_bounds__(256)` allows 65536 / 256 = 256, the small kernels' 64 threads more).
 const MAX_REGISTERS: u32 = 255;
-
-/// Spill budget in bytes: 0, except the spills measured when this check landed. ptxas itself
-/// settles at 32 registers there and spills a few bytes: `--maxrregcount` 40 or 48 leaves
-/// the f16 `pq_encode` result unchanged (measured), so it is ptxas's choice, not a register cap.
-/// They are capped at their measured size so that any new or larger spill fails; removing them
-/// (e.g. by restructuring the unrolled 16-bit loads) is open work.
-fn spill_budget(config: &str, dtype: DType, kernel: &str) -> u32 {
-    match (config, dtype, kernel) {
-        (_, DType::F16 | DType::BF16, "pq_encode") => 8,
-        // The weight tile recomputes M ⊙ W' from rank-8 factors per element (16 half loads
-        // converted to f32 each): 8 B at 64 registers in bf16.
-        (_, DType::F16 | DType::BF16, "pst_bwd_dx") => 8,
-        // The straight-through epilogue recomputes W' and S per element of the tile in bf16.
-        (_, DType::BF16, "pst_bwd_w") => 40,
-        // 16 blocks (the group search unrolled over 16 offsets), the GELU epilogue and the
-        // default 32-step slices: 8 B at 64 registers in f32 (tile_k = 16 has none; the tuner
-        // picks between them on the device).
-        ("routed_softmax_gelu_lora_f16", DType::F32, "routed_up") => 8,
-        _ => 0,
-    }
-}
 
 #[test]
 fn every_generated_cuda_kernel_compiles_for_hopper_without_spills() {
@@ -57,6 +36,8 @@ fn every_generated_cuda_kernel_compiles_for_hopper_without_spills() {
     };
     let (major, minor) = cuda.nvrtc_version().unwrap();
     let mut report = format!("NVRTC {major}.{minor}, ptxas -arch=sm_90\n");
+    // Every kernel over budget, reported together.
+    let mut problems = Vec::new();
     for (name, spec) in canonical() {
         for dtype in [DType::F32, DType::F16, DType::BF16] {
             let spec = KernelSpec {
@@ -65,7 +46,7 @@ fn every_generated_cuda_kernel_compiles_for_hopper_without_spills() {
             };
             for k in sources(&spec, Target::Cuda).unwrap() {
                 let resources = cuda
-                    .check(k.kernel, &k.source)
+                    .check(&k.kernel, &k.source)
                     .unwrap_or_else(|e| panic!("{name} {dtype}: {e}"));
                 assert_eq!(
                     resources.len(),
@@ -74,16 +55,21 @@ fn every_generated_cuda_kernel_compiles_for_hopper_without_spills() {
                     k.kernel
                 );
                 let r = &resources[0];
-                let budget = spill_budget(name, dtype, k.kernel);
-                assert!(
-                    r.spill_stores <= budget && r.spill_loads <= budget,
-                    "{name} {dtype}: {r} (spill budget {budget} B)"
-                );
-                assert!(r.registers <= MAX_REGISTERS, "{name} {dtype}: {r}");
-                report.push_str(&format!("{name} {dtype} {r}\n"));
+                // No kernel spills (the last budgeted spills went with the tile program).
+                if r.spill_stores > 0 || r.spill_loads > 0 {
+                    problems.push(format!("{name} {dtype} {}: {r} spills", k.kernel));
+                }
+                if r.registers > MAX_REGISTERS {
+                    problems.push(format!(
+                        "{name} {dtype} {}: {r} (register limit {MAX_REGISTERS})",
+                        k.kernel
+                    ));
+                }
+                report.push_str(&format!("{name} {dtype} {} = {r}\n", k.kernel));
             }
         }
     }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
     insta::assert_snapshot!("cuda_resources_sm90", report);
 }
 
@@ -104,7 +90,7 @@ fn a_broken_cuda_source_fails_with_nvrtcs_own_message() {
         broken, good.source,
         "the injection point moved; update the test"
     );
-    match cuda.check(good.kernel, &broken) {
+    match cuda.check(&good.kernel, &broken) {
         Err(CheckError::Nvrtc { kernel, log }) => {
             assert_eq!(kernel, good.kernel);
             assert!(

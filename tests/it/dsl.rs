@@ -37,6 +37,12 @@ sparse_kernel! {
         dims = (T, in, out),
     }
 
+    /// 2:4 N:M on a 32-input weight (the kept values packed by the caller).
+    pub pruned: nm_linear(x, v, bias, mask_index) -> y {
+        pattern = nm(n = 2, m = 4),
+        dims = (T, in = 32, out),
+    }
+
     /// SPT attention, causal, top L/8.
     pub attention: spt_attention(q, k, v, codebook) -> out {
         pattern = pq_topk(topk = L / 8, selector = pq_match, causal),
@@ -185,6 +191,32 @@ fn generated_launches_match_the_reference_executor() {
         "pst (DSL)",
     );
 
+    // N:M: the reference packs a dense weight (mask_index, v); the launch takes the packed form.
+    let spec = pruned::spec(11, 12).unwrap();
+    let (x, w, bias) = (
+        t2(n(&[11, 32], 1.0), [11, 32]),
+        t2(n(&[12, 32], 0.3), [12, 32]),
+        t1(n(&[12], 0.1), 12),
+    );
+    let map = [("x", host(&x)), ("w", host(&w)), ("bias", host(&bias))]
+        .into_iter()
+        .map(|(n, t)| (n.to_string(), Value::F(t)))
+        .collect();
+    let want = reference::run(&spec, &map).unwrap();
+    let (Some(Value::I(index)), Some(Value::F(v)), Some(Value::F(y_ref))) =
+        (want.get("mask_index"), want.get("v"), want.get("y"))
+    else {
+        panic!("nm-linear reference outputs: {want:?}")
+    };
+    assert_eq!(index.data.len(), 12 * 32 / 2);
+    let v = t1(v.data.iter().map(|&x| x as f32).collect(), v.data.len());
+    let index = Tensor::<Cpu, 1, burn::tensor::Int>::from_data(
+        TensorData::new(index.data.clone(), [index.data.len()]),
+        &dev,
+    );
+    let y = pruned::forward(x, v, bias, index).unwrap();
+    assert_close(&host(&y).data, &y_ref.data, 1e-5, "nm (DSL)");
+
     // SPT attention: B and H from q; a sequence length other than the declared L is refused.
     let q4 = |l: usize, rng: &mut SplitMix64| {
         let d: Vec<f32> = (0..2 * 2 * l * 16).map(|_| rng.normal() as f32).collect();
@@ -245,6 +277,8 @@ struct Tiny<B: Backend> {
     up: Linear<B>,
     #[sparse(adapter = lora(rank = 4))]
     down: Linear<B>,
+    #[sparse(linear = nm(n = 2, m = 4))]
+    pruned: Linear<B>,
     head: DenseLinear<B>,
 }
 
@@ -277,6 +311,7 @@ impl<B: sparsecube_train::SparseBackend> Tiny<B> {
             out: lin(2 * D, D),
             up: lin(D, 2 * D),
             down: lin(2 * D, D),
+            pruned: lin(D, D),
             head: DenseLinear::init(D, 3, &mut SplitMix64::new(seed + 1), device),
         }
     }
@@ -287,6 +322,7 @@ impl<B: sparsecube_train::SparseBackend> Tiny<B> {
         let h = h.clone() + self.ffn.forward(h);
         let h = self.out.forward(self.proj.forward(h));
         let h = self.down.forward(self.up.forward(h));
+        let h = self.pruned.forward(h);
         let pooled = h.reshape([batch, seq, D]).mean_dim(1).reshape([batch, D]);
         self.head.forward(pooled)
     }
@@ -296,7 +332,7 @@ impl<B: sparsecube_train::SparseBackend> Tiny<B> {
 fn an_annotated_model_converts_trains_one_step_and_merges() {
     type A = Autodiff<Cpu>;
     let dev = Default::default();
-    assert_eq!(Tiny::<A>::SPARSE_FIELDS.len(), 6);
+    assert_eq!(Tiny::<A>::SPARSE_FIELDS.len(), 7);
     assert_eq!(
         Tiny::<A>::SPARSE_FIELDS[2],
         ("proj", "linear = monarch(blocks = 4)")
@@ -309,6 +345,7 @@ fn an_annotated_model_converts_trains_one_step_and_merges() {
     assert!(matches!(model.out, Linear::Sara(_)));
     assert!(matches!(model.up, Linear::Pst(_)));
     assert!(matches!(model.down, Linear::Lora(_)));
+    assert!(matches!(model.pruned, Linear::Nm(_)));
     let (trainable, total) = sparsecube_train::params::counts(&model);
     assert!(trainable < total, "{trainable} of {total}");
 
@@ -353,6 +390,7 @@ fn an_annotated_model_converts_trains_one_step_and_merges() {
         ("out", &model.out, &merged.out),
         ("up", &model.up, &merged.up),
         ("down", &model.down, &merged.down),
+        ("pruned", &model.pruned, &merged.pruned),
     ] {
         assert!(matches!(dense, Linear::Dense(_)), "{name}");
         let n_in = if name == "out" || name == "down" {

@@ -7,7 +7,7 @@ use kernels_ir::pattern::{
     Activation, GateMode, MonarchShape, PqTopK, Pst, Routed, Router, SaraSelect, Selector, TopK,
 };
 use kernels_ir::reference::rng::SplitMix64;
-use kernels_ir::reference::{Tensor, cbm, dense, monarch, pst, routed, sara, spt};
+use kernels_ir::reference::{Tensor, cbm, dense, monarch, nm, pst, routed, sara, spt};
 use proptest::prelude::*;
 use sparsecube_tests::{FD_STEP, FD_TOL, dot, numeric_grad, proptest_config, randn, rel_err};
 
@@ -117,6 +117,20 @@ proptest! {
         check(&dx, &numeric_grad(&x, FD_STEP, |p| dot(&sara::forward(p, &w, &b, &mask, &v.data), &dy)), "dx")?;
         check(&dv, &numeric_grad(&v, FD_STEP, |p| dot(&sara::forward(&x, &w, &b, &mask, &p.data), &dy)), "dv")?;
         check(&db, &numeric_grad(&b, FD_STEP, |p| dot(&sara::forward(&x, &w, p, &mask, &v.data), &dy)), "dbias")?;
+    }
+
+    #[test]
+    fn nm_backward(t in 1usize..5, groups in 1usize..3, o_n in 1usize..5, pick in 0usize..3, seed: u64) {
+        let (n, m) = [(2, 4), (1, 2), (3, 4)][pick];
+        let i_n = groups * m;
+        let mut rng = SplitMix64::new(seed);
+        let (x, w, b, dy) = (randn(&mut rng, &[t, i_n], 1.0), randn(&mut rng, &[o_n, i_n], 1.0), randn(&mut rng, &[o_n], 1.0), randn(&mut rng, &[t, o_n], 1.0));
+        let mask = nm::mask(&w, n, m);
+        let v = randn(&mut rng, &[mask.len()], 1.0);
+        let (dx, dv, db) = nm::backward(&x, &w, &mask, &v.data, &dy);
+        check(&dx, &numeric_grad(&x, FD_STEP, |p| dot(&nm::forward(p, &w, &b, &mask, &v.data), &dy)), "dx")?;
+        check(&dv, &numeric_grad(&v, FD_STEP, |p| dot(&nm::forward(&x, &w, &b, &mask, &p.data), &dy)), "dv")?;
+        check(&db, &numeric_grad(&b, FD_STEP, |p| dot(&nm::forward(&x, &w, p, &mask, &v.data), &dy)), "dbias")?;
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! tie-breaking and empty-slot rules.
 
 use kernels_ir::pattern::{MonarchShape, PqTopK, Routed, SaraSelect, Selector, TopK};
-use kernels_ir::reference::{IndexTensor, Tensor, cbm, dense, monarch, pst, routed, sara, spt};
+use kernels_ir::reference::{IndexTensor, Tensor, cbm, dense, monarch, nm, pst, routed, sara, spt};
 
 fn t(shape: &[usize], data: &[f64]) -> Tensor {
     Tensor::new(shape.to_vec(), data.to_vec()).unwrap()
@@ -218,6 +218,35 @@ fn sara_ratio_ties_go_to_lower_flat_index_and_threshold_is_strict() {
     close(&dv.data, &[1.0, -1.0]); // dy[0]·x[0], dy[1]·x[0]
     close(&dx.data, &[1.0 - 3.0, -0.1 - 0.2]);
     close(&db.data, &[1.0, -1.0]);
+}
+
+#[test]
+fn nm_keeps_largest_magnitudes_per_group_ties_to_lower_column() {
+    // Two rows of two groups of 4; 2:4 keeps the two largest |w| of each group.
+    let w = t(
+        &[2, 8],
+        &[
+            0.1, -0.9, 0.5, 0.2, /* | */ 0.3, 0.3, -0.3, 0.1, //
+            0.0, 0.0, 0.0, 0.0, /* | */ -1.0, 2.0, 0.5, -2.0,
+        ],
+    );
+    // Group 0: |−0.9|, 0.5 → columns 1, 2. Group 1: three ties at 0.3 → the lower columns 4, 5.
+    // Group 2: all zero → columns 8, 9. Group 3: |2.0| = |−2.0| → 13, 15.
+    assert_eq!(nm::mask(&w, 2, 4), vec![1, 2, 4, 5, 8, 9, 13, 15]);
+    // 1:2 over one row: the larger of each pair, the first on a tie.
+    let w1 = t(&[1, 4], &[1.0, -1.0, 0.0, 3.0]);
+    assert_eq!(nm::mask(&w1, 1, 2), vec![0, 3]);
+    // W_eff keeps v at the mask and is zero elsewhere: with x = [1, 2, 3, 4], v = [10, 20],
+    // y = 10·1 + 20·4 + b.
+    let x = t(&[1, 4], &[1.0, 2.0, 3.0, 4.0]);
+    let b = t(&[1], &[0.5]);
+    let y = nm::forward(&x, &w1, &b, &[0, 3], &[10.0, 20.0]);
+    close(&y.data, &[90.5]);
+    let dy = t(&[1, 1], &[2.0]);
+    let (dx, dv, db) = nm::backward(&x, &w1, &[0, 3], &[10.0, 20.0], &dy);
+    close(&dx.data, &[20.0, 0.0, 0.0, 40.0]); // dy·W_eff
+    close(&dv.data, &[2.0, 8.0]); // dy·x at the kept columns only
+    close(&db.data, &[2.0]);
 }
 
 #[test]

@@ -119,6 +119,7 @@ fn any_pattern() -> impl Strategy<Value = Pattern> {
         sara,
         pst,
         (0usize..64).prop_map(|topk| Pattern::Cbm(Cbm { topk })),
+        (0usize..9, 0usize..9).prop_map(|(n, m)| Pattern::Nm(Nm { n, m })),
     ]
 }
 
@@ -136,15 +137,19 @@ fn any_spec() -> impl Strategy<Value = KernelSpec> {
         0u32..9,
         0u32..6,
         any::<bool>(),
+        0u32..40,
     )
-        .prop_map(|(tile_m, tile_n, tile_k, vector, stages, fused)| Schedule {
-            tile_m,
-            tile_n,
-            tile_k,
-            vector,
-            stages,
-            fused,
-        });
+        .prop_map(
+            |(tile_m, tile_n, tile_k, vector, stages, fused, lanes)| Schedule {
+                tile_m,
+                tile_n,
+                tile_k,
+                vector,
+                stages,
+                fused,
+                lanes,
+            },
+        );
     (
         "[a-zA-Z_][a-zA-Z0-9_]{0,12}",
         0usize..OpKind::ALL.len(),
@@ -226,6 +231,9 @@ proptest! {
                 .pattern(Pattern::BlockDiagonal(BlockDiagonal { blocks })),
             OpKind::SaraLinear | OpKind::PstLinear | OpKind::DenseLinear => builder.dims([("T", a), ("in", b), ("out", c)]),
             OpKind::CbmHead => builder.dims([("B", a), ("C", b + blocks), ("K", c)]).pattern(Pattern::Cbm(Cbm { topk: blocks })),
+            OpKind::NmLinear => builder
+                .dims([("T", a), ("in", 4 * b), ("out", c)])
+                .pattern(Pattern::Nm(Nm { n: 1 + top_pick % 4, m: 4 })),
         };
         let spec = builder.build().map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert!(spec.verify().is_ok());
@@ -376,7 +384,7 @@ fn parse_errors_name_position_and_fix() {
     );
     assert_eq!(
         err("kernel k { op = conv2d }"),
-        "line 1, column 12: unknown op `conv2d` (expected one of spt-attention, pq-encode, routed-ffn, monarch, monarch-project, block-diag-linear, sara-linear, pst-linear, cbm-head, dense-linear)"
+        "line 1, column 12: unknown op `conv2d` (expected one of spt-attention, pq-encode, routed-ffn, monarch, monarch-project, block-diag-linear, sara-linear, pst-linear, cbm-head, dense-linear, nm-linear)"
     );
     assert_eq!(
         err("kernel k { op = dense-linear } }"),

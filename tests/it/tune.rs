@@ -64,14 +64,34 @@ fn schedule_space_starts_with_the_spec_and_covers_every_knob() {
         labels.sort();
         labels.dedup();
         assert_eq!(labels.len(), n, "{op}: each point once: {labels:?}");
-        let expected = match Knob::of(op) {
-            [] => 1,
-            [Knob::TileK] => Knob::TILE_K.len(),
-            [Knob::MonarchRows] => Knob::MONARCH_ROWS.len(),
-            [Knob::Fused] => 2,
-            other => panic!("{op}: unexpected knobs {other:?}"),
-        };
-        assert_eq!(n, expected, "{op}: {labels:?}");
+        // Every value of every knob the op reads appears, and the single-knob changes come
+        // first (the tuner's budget reaches them before the rest of the product).
+        let axes = spec.schedule.axes(op);
+        assert_eq!(
+            &space[..axes.len()],
+            &axes[..],
+            "{op}: the axes lead the space"
+        );
+        for knob in Knob::of(op) {
+            for value in knob.values() {
+                let valid = KernelSpec {
+                    schedule: spec.schedule.with(*knob, &value),
+                    ..spec.clone()
+                }
+                .verify()
+                .is_ok();
+                let present = space.iter().any(|s| s.knob(*knob) == value);
+                assert!(present || !valid, "{op}: {}={value} missing", knob.field());
+            }
+        }
+        match Knob::of(op) {
+            [] => assert_eq!(n, 1, "{op}"),
+            [Knob::Fused, Knob::Lanes] => assert_eq!(n, 2 * Knob::LANES.len(), "{op}"),
+            knobs => {
+                assert_eq!(knobs, &Knob::TILE[..], "{op}");
+                assert!(n > 20, "{op}: the tile program's space has {n} points");
+            }
+        }
         for s in &space {
             let point = KernelSpec {
                 schedule: *s,
@@ -82,24 +102,36 @@ fn schedule_space_starts_with_the_spec_and_covers_every_knob() {
                 .unwrap_or_else(|e| panic!("{op} {}: {e}", s.label(op)));
         }
     }
-    // A spec written with tile_k = 16 keeps it first; the default 32 follows.
+    // A spec written with tile_k = 32 keeps it first; the other depths follow on its axis.
     let s = Schedule {
-        tile_k: 16,
+        tile_k: 32,
         ..Schedule::default()
     };
     let labels: Vec<String> = s
-        .space(OpKind::RoutedFfn)
+        .axes(OpKind::RoutedFfn)
         .iter()
         .map(|p| p.label(OpKind::RoutedFfn))
         .collect();
-    assert_eq!(labels, ["tile_k=16", "tile_k=32"]);
-    // Monarch's default tile_m 64 means the 16-row maximum: the same point as tile_m = 16.
-    let labels: Vec<String> = Schedule::default()
-        .space(OpKind::Monarch)
-        .iter()
-        .map(|p| p.label(OpKind::Monarch))
-        .collect();
-    assert_eq!(labels, ["tile_m=16", "tile_m=8", "tile_m=4"]);
+    assert_eq!(
+        labels[0], "tile_m=64,tile_n=64,tile_k=32,vector=4,stages=2",
+        "{labels:?}"
+    );
+    assert!(labels.contains(&"tile_m=64,tile_n=64,tile_k=16,vector=4,stages=2".to_string()));
+    // Points the tile program cannot run are not candidates: 128×128 tiles with 32-deep
+    // double-buffered slices need 66 KiB of shared memory.
+    let big = Schedule {
+        tile_m: 128,
+        tile_n: 128,
+        tile_k: 32,
+        stages: 2,
+        ..Schedule::default()
+    };
+    assert!(
+        !Schedule::default()
+            .space(OpKind::DenseLinear)
+            .iter()
+            .any(|p| p.label(OpKind::DenseLinear) == big.label(OpKind::DenseLinear))
+    );
 }
 
 #[test]
@@ -116,7 +148,7 @@ fn verifier_rejects_a_slice_depth_the_mainloop_does_not_have() {
         .to_string();
     assert!(
         err.contains(
-            "tile_k = 64 is not a slice depth of routed-ffn's tile mainloop; use one of [16, 32]"
+            "tile_k = 64 is not a slice depth of routed-ffn's tile program; use one of [16, 32, 8]"
         ),
         "{err}"
     );
@@ -409,7 +441,8 @@ fn agree(got: &TensorMap, want: &TensorMap, tol: f64, what: &str) {
     }
 }
 
-/// Forward and backward of `spec_of` at every point of its op's schedule space.
+/// Forward and backward of `spec_of` at every value of every knob of its op's schedule (the
+/// spec's schedule and each single-knob change of it).
 fn every_point(
     device: &sparsecube_runtime::Device,
     what: &str,
@@ -425,7 +458,7 @@ fn every_point(
             ins.remove(g);
         }
         let want = reference::run(&spec, &ins).unwrap();
-        for schedule in spec.schedule.space(spec.op) {
+        for schedule in device.schedule_axes(&spec) {
             let point = KernelSpec {
                 schedule,
                 ..spec.clone()

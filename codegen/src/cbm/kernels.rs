@@ -1,10 +1,10 @@
-//! `#[cube]` kernels of the Sparse-CBM head (METHODS.md §6): the concept layer z = x·wcᵀ, the
-//! per-row top-k concept selection (on z + noise, ties to the lower concept), the sparse head
-//! logits = (keep ⊙ z)·whᵀ over the kept concepts only, and the backward. Every
-//! shape-independent choice is a comptime value of [`CbmConfig`]; storage dtype `F`, f32
-//! accumulation, one output element (or one row, for the selection) per unit.
+//! `#[cube]` kernels of the Sparse-CBM head (METHODS.md §6) that read only the kept concepts:
+//! the sparse head logits = (keep ⊙ z)·whᵀ, the backward to the kept concepts and dx. The concept
+//! layer z = x·wcᵀ and the weight gradients are tile programs, the per-row top-k selection is
+//! [`crate::select::kernels::row_topk`] (both lowered in [`super`]). Storage dtype `F`, f32
+//! accumulation, one output element per unit.
 
-// `#[cube(launch)]` generates undocumented modules and launch functions next to each kernel.
+// `#[cube(launch, launch_unchecked)]` generates undocumented modules and launch functions.
 #![allow(missing_docs)]
 
 use cubecl::prelude::*;
@@ -18,85 +18,11 @@ pub struct CbmConfig {
     pub k: u32,
     /// Concepts kept per row (`C` when the spec's topk is 0: dense).
     pub topk: u32,
-    /// A noise tensor is added before the selection.
-    pub noise: bool,
-}
-
-/// Concept layer, one unit per (row b, concept j): z[b, j] = x_b·wc_j, f32.
-#[cube(launch)]
-pub fn cbm_concepts<F: Float>(
-    x: &Array<F>,
-    wc: &Array<F>,
-    z: &mut Array<f32>,
-    #[comptime] cfg: CbmConfig,
-) {
-    let pos = ABSOLUTE_POS;
-    let c = cfg.c as usize;
-    if pos < z.len() {
-        let b = pos / c;
-        let j = pos % c;
-        let mut acc = 0.0f32;
-        for i in 0..c {
-            acc += f32::cast_from(x[b * c + i]) * f32::cast_from(wc[j * c + i]);
-        }
-        z[pos] = acc;
-    }
-}
-
-/// Per row, the `topk` concepts with the largest z + noise (ties to the lower concept), written
-/// in ascending order into `kept` [B, topk]. Rank order (score descending, concept ascending):
-/// each of `topk` rounds takes the first concept after the previous pick, so no per-concept flags
-/// are needed. One unit per row.
-#[cube(launch)]
-pub fn cbm_select<F: Float>(
-    z: &Array<f32>,
-    noise: &Array<F>,
-    kept: &mut Array<u32>,
-    #[comptime] cfg: CbmConfig,
-) {
-    let b = ABSOLUTE_POS;
-    let c = cfg.c as usize;
-    let topk = cfg.topk as usize;
-    if b < kept.len() / topk {
-        let mut last_s = f32::new(f32::MAX);
-        let mut last_j = i32::new(-1);
-        for _round in 0..topk {
-            let mut best_s = f32::new(-f32::MAX);
-            let mut best_j = i32::new(-1);
-            for j in 0..c {
-                let mut s = z[b * c + j];
-                if cfg.noise {
-                    s += f32::cast_from(noise[b * c + j]);
-                }
-                let ji = j as i32;
-                let after_last = s < last_s || (s == last_s && ji > last_j);
-                let before_best = best_j < 0 || s > best_s;
-                if after_last && before_best {
-                    best_s = s;
-                    best_j = ji;
-                }
-            }
-            last_s = best_s;
-            last_j = best_j;
-        }
-        let mut slot = 0usize;
-        for j in 0..c {
-            let mut s = z[b * c + j];
-            if cfg.noise {
-                s += f32::cast_from(noise[b * c + j]);
-            }
-            let ji = j as i32;
-            if s > last_s || (s == last_s && ji <= last_j) {
-                kept[b * topk + slot] = j as u32;
-                slot += 1;
-            }
-        }
-    }
 }
 
 /// Sparse head, one unit per (row b, class k): logits[b, k] = Σ over the row's kept concepts of
 /// z[b, j]·wh[k, j] — only the kept concepts are read.
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn cbm_logits<F: Float>(
     z: &Array<f32>,
     wh: &Array<F>,
@@ -120,7 +46,7 @@ pub fn cbm_logits<F: Float>(
 
 /// Backward to the kept concepts, one unit per (row b, concept j): dz[b, j] = keep·Σ_k
 /// dlogits[b, k]·wh[k, j], with `keep` read from the row's kept list; also zs = keep·z for dwh.
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn cbm_bwd_dz<F: Float>(
     z: &Array<f32>,
     wh: &Array<F>,
@@ -154,52 +80,8 @@ pub fn cbm_bwd_dz<F: Float>(
     }
 }
 
-/// dwh, one unit per (class k, concept j): Σ_b dlogits[b, k]·zs[b, j].
-#[cube(launch)]
-pub fn cbm_bwd_dwh<F: Float>(
-    dlogits: &Array<F>,
-    zs: &Array<f32>,
-    dwh: &mut Array<F>,
-    rows: u32,
-    #[comptime] cfg: CbmConfig,
-) {
-    let pos = ABSOLUTE_POS;
-    let (c, k_n) = (cfg.c as usize, cfg.k as usize);
-    if pos < dwh.len() {
-        let k = pos / c;
-        let j = pos % c;
-        let mut acc = 0.0f32;
-        for b in 0..rows as usize {
-            acc += f32::cast_from(dlogits[b * k_n + k]) * zs[b * c + j];
-        }
-        dwh[pos] = F::cast_from(acc);
-    }
-}
-
-/// dwc, one unit per (concept j, input i): Σ_b dz[b, j]·x[b, i].
-#[cube(launch)]
-pub fn cbm_bwd_dwc<F: Float>(
-    x: &Array<F>,
-    dz: &Array<f32>,
-    dwc: &mut Array<F>,
-    rows: u32,
-    #[comptime] cfg: CbmConfig,
-) {
-    let pos = ABSOLUTE_POS;
-    let c = cfg.c as usize;
-    if pos < dwc.len() {
-        let j = pos / c;
-        let i = pos % c;
-        let mut acc = 0.0f32;
-        for b in 0..rows as usize {
-            acc += dz[b * c + j] * f32::cast_from(x[b * c + i]);
-        }
-        dwc[pos] = F::cast_from(acc);
-    }
-}
-
 /// dx, one unit per (row b, input i): Σ over the row's kept concepts of dz[b, j]·wc[j, i].
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn cbm_bwd_dx<F: Float>(
     wc: &Array<F>,
     kept: &Array<u32>,

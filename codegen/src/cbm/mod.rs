@@ -1,195 +1,151 @@
-//! The Sparse-CBM head lowered to CubeCL: [`CbmPlan::from_spec`] derives the comptime
-//! [`CbmConfig`]; [`forward`] runs `cbm_concepts` → `cbm_select` → `cbm_logits`, [`backward`]
-//! runs `cbm_bwd_dz` → `cbm_bwd_dwh`, `cbm_bwd_dwc`, `cbm_bwd_dx`. The head reads only the kept
-//! concepts (forward and dx); the selection is not differentiated.
+//! The Sparse-CBM head lowered to launch plans. Forward: the concept layer z = x·wcᵀ (a tile
+//! program, f32) → the per-row top-k selection (`row_topk` on z + noise) → `cbm_logits` reading
+//! only the kept concepts. Backward: `cbm_bwd_dz` → dwh = dlogitsᵀ·(keep ⊙ z) and
+//! dwc = dzᵀ·x (tile programs) → `cbm_bwd_dx` over the kept concepts. The selection is not
+//! differentiated.
 
 pub mod kernels;
 
 use crate::LowerError;
-use crate::launch::{arr, grid};
-use cubecl::prelude::*;
-use cubecl::server::Handle;
-use kernels::{
-    CbmConfig, cbm_bwd_dwc, cbm_bwd_dwh, cbm_bwd_dx, cbm_bwd_dz, cbm_concepts, cbm_logits,
-    cbm_select,
-};
+use crate::plan::build::buf;
+use crate::plan::lower::Ctx;
+use crate::plan::{Elem, Kernel, Lowering, Pass};
+use crate::select::kernels::TopkConfig;
+use crate::tile::{Dst, Operand, Src, Store, TileProgram};
+use kernels::CbmConfig;
 use kernels_ir::pattern::Pattern;
-use kernels_ir::{KernelSpec, OpKind};
 
-/// Problem sizes and the comptime config of one `cbm-head` spec.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CbmPlan {
-    /// Comptime config of every kernel.
-    pub cfg: CbmConfig,
-    /// Rows (samples) `B`.
-    pub b: usize,
-}
+/// The plans of a `cbm-head` spec; `noise` is read when the caller binds it.
+pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
+    let Pattern::Cbm(p) = ctx.spec.pattern else {
+        return Err(LowerError::Unsupported {
+            op: ctx.spec.op,
+            what: "a pattern other than cbm".into(),
+        });
+    };
+    let (b_n, c, k) = (ctx.dim("B"), ctx.dim("C"), ctx.dim("K"));
+    let topk = if p.topk == 0 { c } else { p.topk.min(c) };
+    let cfg = CbmConfig {
+        c: c as u32,
+        k: k as u32,
+        topk: topk as u32,
+    };
+    let (c32, k32) = (c as u32, k as u32);
+    let noise_given = ctx.opts.has("noise");
+    let shape = ctx.shape;
 
-impl CbmPlan {
-    /// Lowers a verified `cbm-head` spec; `noise` says whether a noise tensor comes with the
-    /// inputs (it is optional, so the spec alone does not say).
-    pub fn from_spec(spec: &KernelSpec, noise: bool) -> Result<Self, LowerError> {
-        spec.verify()?;
-        let Pattern::Cbm(p) = spec.pattern else {
-            return Err(LowerError::Unsupported {
-                op: spec.op,
-                what: "a pattern other than cbm".into(),
-            });
-        };
-        if spec.op != OpKind::CbmHead {
-            return Err(LowerError::Unsupported {
-                op: spec.op,
-                what: "this lowering (it is cbm-head's)".into(),
-            });
-        }
-        let c = spec.dim("C");
-        let topk = if p.topk == 0 { c } else { p.topk.min(c) };
-        Ok(Self {
-            cfg: CbmConfig {
-                c: c as u32,
-                k: spec.dim("K") as u32,
-                topk: topk as u32,
-                noise,
-            },
-            b: spec.dim("B"),
-        })
-    }
-}
+    let mut f = ctx.builder(Pass::Forward);
+    let x = f.input("x", Elem::Storage, &[b_n, c]);
+    let wc = f.input("wc", Elem::Storage, &[c, c]);
+    let wh = f.input("wh", Elem::Storage, &[k, c]);
+    let noise = if noise_given {
+        f.input("noise", Elem::Storage, &[b_n, c])
+    } else {
+        f.zeros("noise", Elem::Storage, &[1])
+    };
+    let z = f.declare("z", Elem::F32, &[b_n, c], ctx.output_kept());
+    let kept = f.declare("kept", Elem::U32, &[b_n, topk], ctx.kept());
+    let logits = f.output("logits", Elem::Storage, &[b_n, k]);
+    // z[b, j] = Σ_i x[b, i]·wc[j, i]
+    let concepts = TileProgram::new(
+        shape,
+        c32,
+        Operand::strided(Src::storage(0), c32, 1, 0),
+        Operand::strided(Src::storage(1), c32, 1, 0),
+        Store::rows(Dst::f32(0), c32),
+    );
+    let grid = (concepts.row_tiles(b_n), concepts.column_tiles(), 1);
+    f.tile(
+        "cbm_concepts",
+        concepts,
+        [&[x, wc], &[], &[], &[], &[z]],
+        b_n,
+        c,
+        grid,
+    );
+    f.elementwise(
+        "cbm_select",
+        Kernel::RowTopk(TopkConfig {
+            c: c32,
+            topk: topk as u32,
+            base: true,
+            term: noise_given,
+            abs: false,
+            flat: false,
+        }),
+        b_n,
+        vec![buf(z), buf(noise), buf(kept)],
+    );
+    f.elementwise(
+        "cbm_logits",
+        Kernel::CbmLogits(cfg),
+        b_n * k,
+        vec![buf(z), buf(wh), buf(kept), buf(logits)],
+    );
 
-/// Handles written by [`forward`].
-#[derive(Clone, Debug)]
-pub struct CbmForward {
-    /// z [B, C], f32.
-    pub z: Handle,
-    /// Kept concepts [B, topk], u32, ascending per row.
-    pub kept: Handle,
-    /// logits [B, K] in the storage dtype.
-    pub logits: Handle,
-}
-
-/// Handles written by [`backward`], in the storage dtype.
-#[derive(Clone, Debug)]
-pub struct CbmGrads {
-    /// dx [B, C].
-    pub dx: Handle,
-    /// dwc [C, C].
-    pub dwc: Handle,
-    /// dwh [K, C].
-    pub dwh: Handle,
-}
-
-/// Runs the forward chain: x [B, C], wc [C, C], wh [K, C] and, when the plan says so, noise
-/// [B, C] (any handle of at least one element otherwise), all in dtype `F`.
-pub fn forward<R: Runtime, F: Float + CubeElement>(
-    client: &ComputeClient<R>,
-    plan: &CbmPlan,
-    x: &Handle,
-    wc: &Handle,
-    wh: &Handle,
-    noise: &Handle,
-) -> CbmForward {
-    let cfg = plan.cfg;
-    let (b, c, k, topk) = (plan.b, cfg.c as usize, cfg.k as usize, cfg.topk as usize);
-    let z = client.empty(b * c * 4);
-    let (count, dim) = grid(client, b * c);
-    cbm_concepts::launch::<F, R>(
-        client,
-        count,
-        dim,
-        arr(x, b * c),
-        arr(wc, c * c),
-        arr(&z, b * c),
-        cfg,
-    );
-    let kept = client.empty(b * topk * 4);
-    let noise_len = if cfg.noise { b * c } else { 1 };
-    let (count, dim) = grid(client, b);
-    cbm_select::launch::<F, R>(
-        client,
-        count,
-        dim,
-        arr(&z, b * c),
-        arr(noise, noise_len),
-        arr(&kept, b * topk),
-        cfg,
-    );
-    let logits = client.empty(b * k * size_of::<F>());
-    let (count, dim) = grid(client, b * k);
-    cbm_logits::launch::<F, R>(
-        client,
-        count,
-        dim,
-        arr(&z, b * c),
-        arr(wh, k * c),
-        arr(&kept, b * topk),
-        arr(&logits, b * k),
-        cfg,
-    );
-    CbmForward { z, kept, logits }
-}
-
-/// Runs the backward chain for upstream gradient `dlogits` [B, K].
-pub fn backward<R: Runtime, F: Float + CubeElement>(
-    client: &ComputeClient<R>,
-    plan: &CbmPlan,
-    x: &Handle,
-    wc: &Handle,
-    wh: &Handle,
-    saved: &CbmForward,
-    dlogits: &Handle,
-) -> CbmGrads {
-    let cfg = plan.cfg;
-    let (b, c, k, topk) = (plan.b, cfg.c as usize, cfg.k as usize, cfg.topk as usize);
-    let dz = client.empty(b * c * 4);
-    let zs = client.empty(b * c * 4);
-    let (count, dim) = grid(client, b * c);
-    cbm_bwd_dz::launch::<F, R>(
-        client,
-        count,
-        dim,
-        arr(&saved.z, b * c),
-        arr(wh, k * c),
-        arr(&saved.kept, b * topk),
-        arr(dlogits, b * k),
-        arr(&dz, b * c),
-        arr(&zs, b * c),
-        cfg,
-    );
-    let dwh = client.empty(k * c * size_of::<F>());
-    let (count, dim) = grid(client, k * c);
-    cbm_bwd_dwh::launch::<F, R>(
-        client,
-        count,
-        dim,
-        arr(dlogits, b * k),
-        arr(&zs, b * c),
-        arr(&dwh, k * c),
-        b as u32,
-        cfg,
-    );
-    let dwc = client.empty(c * c * size_of::<F>());
-    let (count, dim) = grid(client, c * c);
-    cbm_bwd_dwc::launch::<F, R>(
-        client,
-        count,
-        dim,
-        arr(x, b * c),
-        arr(&dz, b * c),
-        arr(&dwc, c * c),
-        b as u32,
-        cfg,
-    );
-    let dx = client.empty(b * c * size_of::<F>());
-    let (count, dim) = grid(client, b * c);
-    cbm_bwd_dx::launch::<F, R>(
-        client,
-        count,
-        dim,
-        arr(wc, c * c),
-        arr(&saved.kept, b * topk),
-        arr(&dz, b * c),
-        arr(&dx, b * c),
-        cfg,
-    );
-    CbmGrads { dx, dwc, dwh }
+    let backward = ctx.backward.then(|| {
+        let mut b = ctx.builder(Pass::Backward);
+        let x = b.input("x", Elem::Storage, &[b_n, c]);
+        let wc = b.input("wc", Elem::Storage, &[c, c]);
+        let wh = b.input("wh", Elem::Storage, &[k, c]);
+        let dlogits = b.input("dlogits", Elem::Storage, &[b_n, k]);
+        let z = b.saved("z", Elem::F32, &[b_n, c]);
+        let kept = b.saved("kept", Elem::U32, &[b_n, topk]);
+        let dz = b.scratch("dz", Elem::F32, &[b_n, c]);
+        let zs = b.scratch("zs", Elem::F32, &[b_n, c]);
+        let dx = b.output("dx", Elem::Storage, &[b_n, c]);
+        let dwc = b.output("dwc", Elem::Storage, &[c, c]);
+        let dwh = b.output("dwh", Elem::Storage, &[k, c]);
+        b.elementwise(
+            "cbm_bwd_dz",
+            Kernel::CbmBwdDz(cfg),
+            b_n * c,
+            vec![buf(z), buf(wh), buf(kept), buf(dlogits), buf(dz), buf(zs)],
+        );
+        // dwh[k, j] = Σ_b dlogits[b, k]·zs[b, j]
+        let dwh_p = TileProgram::new(
+            shape,
+            c32,
+            Operand::strided(Src::storage(0), 1, k32, 0),
+            Operand::strided(Src::f32(0), 1, c32, 0),
+            Store::rows(Dst::storage(0), c32),
+        );
+        let grid = (dwh_p.row_tiles(k), dwh_p.column_tiles(), 1);
+        b.tile(
+            "cbm_bwd_dwh",
+            dwh_p,
+            [&[dlogits], &[zs], &[], &[dwh], &[]],
+            k,
+            b_n,
+            grid,
+        );
+        // dwc[j, i] = Σ_b dz[b, j]·x[b, i]
+        let dwc_p = TileProgram::new(
+            shape,
+            c32,
+            Operand::strided(Src::f32(0), 1, c32, 0),
+            Operand::strided(Src::storage(0), 1, c32, 0),
+            Store::rows(Dst::storage(0), c32),
+        );
+        let grid = (dwc_p.row_tiles(c), dwc_p.column_tiles(), 1);
+        b.tile(
+            "cbm_bwd_dwc",
+            dwc_p,
+            [&[x], &[dz], &[], &[dwc], &[]],
+            c,
+            b_n,
+            grid,
+        );
+        b.elementwise(
+            "cbm_bwd_dx",
+            Kernel::CbmBwdDx(cfg),
+            b_n * c,
+            vec![buf(wc), buf(kept), buf(dz), buf(dx)],
+        );
+        b.finish()
+    });
+    Ok(Lowering {
+        forward: f.finish(),
+        backward,
+    })
 }

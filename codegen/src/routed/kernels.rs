@@ -1,22 +1,21 @@
-//! `#[cube]` kernels of the routed FFN (METHODS.md §2): router, token grouping by block (a
-//! deterministic counting sort on the device), the two grouped products with their epilogues, and
-//! the backward. Every shape-independent choice is a comptime value of [`RoutedConfig`].
+//! `#[cube]` kernels of the routed FFN (METHODS.md §2) besides its products: router, token
+//! grouping by block (a deterministic counting sort on the device), the weighted un-permutes and
+//! the router and bias gradients. Every shape-independent choice is a comptime value of
+//! [`RoutedConfig`].
 //!
 //! Storage dtype `F` for x, the weights and the outputs; every accumulation and every saved
 //! intermediate is f32. Pairs = kept (token, block) pairs, `P = T·top`, listed grouped by block
 //! and, within a block, in ascending token order. No kernel uses atomics: every sum has a fixed
 //! order, so results are deterministic.
 //!
-//! The four products over pairs (x·w1ᵀ, h·w2ᵀ, dy·w2, dpre·w1) are grouped GEMMs on the shared
-//! tile mainloop of [`crate::tile`]: one launch for every block, row tiles scheduled across the
-//! variable-size groups on the device; the weight gradients (dw1, dw2) are tiled too, one cube
-//! per tile of a block's slice reducing over the block's group. The router products and the
-//! bias gradients are one output element per unit, each a fixed-order sum.
+//! The six products (x·w1ᵀ, h·w2ᵀ, dy·w2, dpre·w1 over the kept pairs, and the per-block weight
+//! gradients with db1 as their row sums) are tile programs ([`crate::tile`]), lowered in
+//! [`super`]. The router products and the remaining bias gradients here are one output element
+//! per unit, each a fixed-order sum.
 
-// `#[cube(launch)]` generates undocumented modules and launch functions next to each kernel.
+// `#[cube(launch, launch_unchecked)]` generates undocumented modules and launch functions.
 #![allow(missing_docs)]
 
-use crate::tile::{MICRO, TILE, TILE_UNITS, TileShape, group_tile, store_tile, tile_product};
 use cubecl::prelude::*;
 
 /// Tokens per chunk of the grouping passes: the unit of parallelism of [`routed_count`] and
@@ -40,54 +39,12 @@ pub struct RoutedConfig {
     pub gate: u32,
     /// Exact-erf GELU (else ReLU).
     pub gelu: bool,
-    /// Reduction steps per staged slice of the tile mainloop (the schedule's `tile_k`).
-    pub tk: u32,
-}
-
-/// The activation.
-#[cube]
-fn act(z: f32, #[comptime] gelu: bool) -> f32 {
-    let mut a = f32::max(z, 0.0f32);
-    if gelu {
-        a = 0.5f32 * z * (1.0f32 + Erf::erf(z * f32::new(std::f32::consts::FRAC_1_SQRT_2)));
-    }
-    a
-}
-
-/// Its derivative.
-#[cube]
-fn act_grad(z: f32, #[comptime] gelu: bool) -> f32 {
-    let mut g = 0.0f32;
-    if z > 0.0f32 {
-        g = 1.0f32;
-    }
-    if gelu {
-        let cdf = 0.5f32 * (1.0f32 + Erf::erf(z * f32::new(std::f32::consts::FRAC_1_SQRT_2)));
-        let pdf = f32::exp(f32::new(-0.5) * z * z) * f32::new(0.398_942_3);
-        g = cdf + z * pdf;
-    }
-    g
-}
-
-/// The gate coefficients (on the pre-activation, on the output) of gate value `g`.
-#[cube]
-fn coefs(g: f32, gate_scale: f32, #[comptime] gate: u32) -> (f32, f32) {
-    let c = gate_scale * g;
-    let mut c_in = 1.0f32;
-    let mut c_out = c;
-    if gate == 1 {
-        c_out = 1.0f32;
-    }
-    if gate == 2 {
-        c_in = c;
-    }
-    (c_in, c_out)
 }
 
 /// Router: the gates `g` [T, E] (sigmoid or softmax of x·wrᵀ + br) and the `top` blocks each token
 /// keeps, `blocks` [T, top] (highest gate first, ties to the lower block; written in ascending
 /// block order). One unit per token.
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn routed_gate<F: Float>(
     x: &Array<F>,
     wr: &Array<F>,
@@ -171,7 +128,7 @@ pub fn routed_gate<F: Float>(
 
 /// Grouping, pass 1 of 4: per chunk of [`TOKEN_CHUNK`] tokens, how many of its kept pairs name
 /// each block. `counts` [chunks, E]; one unit per chunk, the only writer of its row.
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn routed_count(
     blocks: &Array<i32>,
     counts: &mut Array<u32>,
@@ -201,7 +158,7 @@ pub fn routed_count(
 
 /// Pass 2 of 4: per block, the exclusive prefix of `counts` over the chunks, in place, and the
 /// block's total into `offsets[e]`. One unit per block.
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn routed_scan(
     counts: &mut Array<u32>,
     offsets: &mut Array<u32>,
@@ -223,7 +180,7 @@ pub fn routed_scan(
 
 /// Pass 3 of 4: the exclusive prefix of the block totals, in place: `offsets` [E + 1] becomes the
 /// first pair of each block's group, `offsets[E]` = P. One unit.
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn routed_offsets(offsets: &mut Array<u32>, #[comptime] cfg: RoutedConfig) {
     if ABSOLUTE_POS == 0 {
         let e_n = cfg.blocks as usize;
@@ -241,7 +198,7 @@ pub fn routed_offsets(offsets: &mut Array<u32>, #[comptime] cfg: RoutedConfig) {
 /// token) and `slot_of` [T·top] (where pair (t, slot) went). Chunks
 /// own ordered sub-ranges of each group and walk their tokens in order, so each group lists its
 /// tokens in ascending order. One unit per chunk; `counts` (from pass 2) is its cursor.
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn routed_fill(
     blocks: &Array<i32>,
     counts: &mut Array<u32>,
@@ -273,142 +230,9 @@ pub fn routed_fill(
     }
 }
 
-/// First grouped product with its epilogue: one cube per [`TILE`]² tile of [P, bs] within one
-/// block's group (tiles scheduled across the groups by [`group_tile`]), `pre` =
-/// x_t·w1[e·bs + j] + b1[e·bs + j] and `h` = act(c_in·pre), both [P, bs] f32 (the block output
-/// before the gate's output coefficient; kept for backward), and the pair's output coefficient
-/// `cout` [P] f32 (for dw2).
-#[cube(launch)]
-pub fn routed_up<F: Float>(
-    x: &Array<F>,
-    w1: &Array<F>,
-    b1: &Array<F>,
-    gates: &Array<f32>,
-    pair_token: &Array<u32>,
-    offsets: &Array<u32>,
-    pre: &mut Array<f32>,
-    h: &mut Array<f32>,
-    cout: &mut Array<f32>,
-    gate_scale: f32,
-    #[comptime] cfg: RoutedConfig,
-) {
-    let bs = cfg.bs as usize;
-    let dm = cfg.dm as usize;
-    let (e, p0, p_end, valid) = group_tile(offsets, cfg.blocks);
-    if valid {
-        let n0 = (CUBE_POS_Y * TILE) as usize;
-        let shape = comptime!(TileShape {
-            n: cfg.bs,
-            lda: cfg.dm,
-            a_kmajor: false,
-            gather_a: true,
-            sk: 1,
-            sn: cfg.dm,
-            gather_b: false,
-            scale_b: false,
-            tk: cfg.tk,
-        });
-        let acc = tile_product::<F, F>(
-            x,
-            w1,
-            pair_token,
-            gates,
-            p0,
-            p_end,
-            n0,
-            e * bs * dm,
-            0,
-            dm,
-            shape,
-        );
-        #[unroll]
-        for i in 0..MICRO {
-            let p = p0 + (UNIT_POS_Y + i * TILE_UNITS) as usize;
-            if p < p_end {
-                let t = pair_token[p] as usize;
-                let (c_in, c_out) =
-                    coefs(gates[t * (cfg.blocks as usize) + e], gate_scale, cfg.gate);
-                if CUBE_POS_Y == 0 && UNIT_POS_X == 0 {
-                    cout[p] = c_out;
-                }
-                #[unroll]
-                for j in 0..MICRO {
-                    let n = n0 + (UNIT_POS_X + j * TILE_UNITS) as usize;
-                    if n < bs {
-                        let z = acc[(i * MICRO + j) as usize] + f32::cast_from(b1[e * bs + n]);
-                        pre[p * bs + n] = z;
-                        h[p * bs + n] = act(c_in * z, cfg.gelu);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Second grouped product with the gate's output coefficient, tiled like [`routed_up`]:
-/// `zp` [P, d_model] f32, zp[p, o] = c_out · Σ_j h[p, j]·w2[o, e·bs + j].
-#[cube(launch)]
-pub fn routed_down<F: Float>(
-    h: &Array<f32>,
-    w2: &Array<F>,
-    gates: &Array<f32>,
-    pair_token: &Array<u32>,
-    offsets: &Array<u32>,
-    zp: &mut Array<f32>,
-    gate_scale: f32,
-    #[comptime] cfg: RoutedConfig,
-) {
-    let bs = cfg.bs as usize;
-    let dm = cfg.dm as usize;
-    let (e, p0, p_end, valid) = group_tile(offsets, cfg.blocks);
-    if valid {
-        let n0 = (CUBE_POS_Y * TILE) as usize;
-        let shape = comptime!(TileShape {
-            n: cfg.dm,
-            lda: cfg.bs,
-            a_kmajor: false,
-            gather_a: false,
-            sk: 1,
-            sn: cfg.bs * cfg.blocks,
-            gather_b: false,
-            scale_b: false,
-            tk: cfg.tk,
-        });
-        let acc = tile_product::<f32, F>(
-            h,
-            w2,
-            pair_token,
-            gates,
-            p0,
-            p_end,
-            n0,
-            e * bs,
-            0,
-            bs,
-            shape,
-        );
-        #[unroll]
-        for i in 0..MICRO {
-            let p = p0 + (UNIT_POS_Y + i * TILE_UNITS) as usize;
-            if p < p_end {
-                let t = pair_token[p] as usize;
-                let (_c_in, c_out) =
-                    coefs(gates[t * (cfg.blocks as usize) + e], gate_scale, cfg.gate);
-                #[unroll]
-                for j in 0..MICRO {
-                    let n = n0 + (UNIT_POS_X + j * TILE_UNITS) as usize;
-                    if n < dm {
-                        zp[p * dm + n] = c_out * acc[(i * MICRO + j) as usize];
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// The weighted un-permute, one unit per output element (t, o): y[t, o] = b2[o] + Σ over the
 /// token's kept blocks, in ascending order, of zp[pair, o].
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn routed_combine<F: Float>(
     zp: &Array<f32>,
     b2: &Array<F>,
@@ -430,82 +254,10 @@ pub fn routed_combine<F: Float>(
     }
 }
 
-/// Backward through the second product and the activation, tiled like [`routed_up`] over
-/// (pair, j): w2dy = Σ_o dy[t, o]·w2[o, col]; dz = c_out·w2dy·act'(c_in·pre); `dpre` = c_in·dz,
-/// and the two per-element terms of the gate's gradient, `dco` = h·w2dy (output coefficient) and
-/// `dci` = dz·pre (input coefficient), all [P, bs] f32.
-#[cube(launch)]
-pub fn routed_bwd_hidden<F: Float>(
-    dy: &Array<F>,
-    w2: &Array<F>,
-    gates: &Array<f32>,
-    pair_token: &Array<u32>,
-    offsets: &Array<u32>,
-    pre: &Array<f32>,
-    h: &Array<f32>,
-    dpre: &mut Array<f32>,
-    dco: &mut Array<f32>,
-    dci: &mut Array<f32>,
-    gate_scale: f32,
-    #[comptime] cfg: RoutedConfig,
-) {
-    let bs = cfg.bs as usize;
-    let (e, p0, p_end, valid) = group_tile(offsets, cfg.blocks);
-    if valid {
-        let n0 = (CUBE_POS_Y * TILE) as usize;
-        let shape = comptime!(TileShape {
-            n: cfg.bs,
-            lda: cfg.dm,
-            a_kmajor: false,
-            gather_a: true,
-            sk: cfg.bs * cfg.blocks,
-            sn: 1,
-            gather_b: false,
-            scale_b: false,
-            tk: cfg.tk,
-        });
-        let acc = tile_product::<F, F>(
-            dy,
-            w2,
-            pair_token,
-            gates,
-            p0,
-            p_end,
-            n0,
-            e * bs,
-            0,
-            cfg.dm as usize,
-            shape,
-        );
-        #[unroll]
-        for i in 0..MICRO {
-            let p = p0 + (UNIT_POS_Y + i * TILE_UNITS) as usize;
-            if p < p_end {
-                let t = pair_token[p] as usize;
-                let (c_in, c_out) =
-                    coefs(gates[t * (cfg.blocks as usize) + e], gate_scale, cfg.gate);
-                #[unroll]
-                for j in 0..MICRO {
-                    let n = n0 + (UNIT_POS_X + j * TILE_UNITS) as usize;
-                    if n < bs {
-                        let at = p * bs + n;
-                        let w2dy = acc[(i * MICRO + j) as usize];
-                        let z = pre[at];
-                        let dz = c_out * w2dy * act_grad(c_in * z, cfg.gelu);
-                        dpre[at] = c_in * dz;
-                        dco[at] = h[at] * w2dy;
-                        dci[at] = dz * z;
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// Router backward, one unit per token: the gate gradient of each kept block (Σ_j of `dco`, and
 /// of `dci` for spt-lora, times gate_scale; 0 for gate none), through the sigmoid or softmax to
 /// the logits: `dlogit` [T, E] f32 (0 where nothing flows).
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn routed_bwd_router(
     gates: &Array<f32>,
     blocks: &Array<i32>,
@@ -557,53 +309,9 @@ pub fn routed_bwd_router(
     }
 }
 
-/// dx through the blocks, tiled like [`routed_up`]: `zdx` [P, d_model] f32,
-/// zdx[p, i] = Σ_j dpre[p, j]·w1[e·bs + j, i].
-#[cube(launch)]
-pub fn routed_bwd_dx<F: Float>(
-    dpre: &Array<f32>,
-    w1: &Array<F>,
-    pair_token: &Array<u32>,
-    offsets: &Array<u32>,
-    zdx: &mut Array<f32>,
-    #[comptime] cfg: RoutedConfig,
-) {
-    let bs = cfg.bs as usize;
-    let dm = cfg.dm as usize;
-    let (e, p0, p_end, valid) = group_tile(offsets, cfg.blocks);
-    if valid {
-        let n0 = (CUBE_POS_Y * TILE) as usize;
-        let shape = comptime!(TileShape {
-            n: cfg.dm,
-            lda: cfg.bs,
-            a_kmajor: false,
-            gather_a: false,
-            sk: cfg.dm,
-            sn: 1,
-            gather_b: false,
-            scale_b: false,
-            tk: cfg.tk,
-        });
-        let acc = tile_product::<f32, F>(
-            dpre,
-            w1,
-            pair_token,
-            dpre,
-            p0,
-            p_end,
-            n0,
-            e * bs * dm,
-            0,
-            bs,
-            shape,
-        );
-        store_tile::<f32>(zdx, &acc, p0, p_end, n0, 0, cfg.dm, cfg.dm);
-    }
-}
-
 /// dx, one unit per (t, i): Σ over the token's kept blocks, in ascending order, of zdx[pair, i],
 /// plus the router path Σ_e dlogit[t, e]·wr[e, i].
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn routed_bwd_dx_combine<F: Float>(
     zdx: &Array<f32>,
     wr: &Array<F>,
@@ -630,124 +338,8 @@ pub fn routed_bwd_dx_combine<F: Float>(
     }
 }
 
-/// dw1, one cube per [`TILE`]² tile of block e's [bs, d_model] slice (cube z = e): Σ over the
-/// block's pairs, in group order, of dpre[p, j]·x[t_p, i]. Blocks no token kept get 0.
-#[cube(launch)]
-pub fn routed_bwd_w1<F: Float>(
-    x: &Array<F>,
-    pair_token: &Array<u32>,
-    offsets: &Array<u32>,
-    dpre: &Array<f32>,
-    dw1: &mut Array<F>,
-    #[comptime] cfg: RoutedConfig,
-) {
-    let bs = cfg.bs as usize;
-    let dm = cfg.dm as usize;
-    let e = CUBE_POS_Z as usize;
-    let r0 = (CUBE_POS_X * TILE) as usize;
-    let n0 = (CUBE_POS_Y * TILE) as usize;
-    let shape = comptime!(TileShape {
-        n: cfg.dm,
-        lda: cfg.bs,
-        a_kmajor: true,
-        gather_a: false,
-        sk: cfg.dm,
-        sn: 1,
-        gather_b: true,
-        scale_b: false,
-        tk: cfg.tk,
-    });
-    let acc = tile_product::<f32, F>(
-        dpre,
-        x,
-        pair_token,
-        dpre,
-        r0,
-        bs,
-        n0,
-        0,
-        offsets[e] as usize,
-        offsets[e + 1] as usize,
-        shape,
-    );
-    store_tile::<F>(dw1, &acc, r0, bs, n0, e * bs * dm, cfg.dm, cfg.dm);
-}
-
-/// db1, one unit per column col = e·bs + j: Σ over the block's pairs, in group order, of dpre.
-#[cube(launch)]
-pub fn routed_bwd_db1<F: Float>(
-    offsets: &Array<u32>,
-    dpre: &Array<f32>,
-    db1: &mut Array<F>,
-    #[comptime] cfg: RoutedConfig,
-) {
-    let col = ABSOLUTE_POS;
-    let bs = cfg.bs as usize;
-    if col < db1.len() {
-        let e = col / bs;
-        let j = col % bs;
-        let mut acc = 0.0f32;
-        for p in offsets[e] as usize..offsets[e + 1] as usize {
-            acc += dpre[p * bs + j];
-        }
-        db1[col] = F::cast_from(acc);
-    }
-}
-
-/// dw2, one cube per [`TILE`]² tile of block e's [d_model, bs] slice (cube z = e): Σ over the
-/// block's pairs, in group order, of dy[t_p, o]·c_out(p)·h[p, j].
-#[cube(launch)]
-pub fn routed_bwd_w2<F: Float>(
-    dy: &Array<F>,
-    pair_token: &Array<u32>,
-    offsets: &Array<u32>,
-    h: &Array<f32>,
-    cout: &Array<f32>,
-    dw2: &mut Array<F>,
-    #[comptime] cfg: RoutedConfig,
-) {
-    let bs = cfg.bs as usize;
-    let e = CUBE_POS_Z as usize;
-    let r0 = (CUBE_POS_X * TILE) as usize;
-    let n0 = (CUBE_POS_Y * TILE) as usize;
-    let shape = comptime!(TileShape {
-        n: cfg.bs,
-        lda: cfg.dm,
-        a_kmajor: true,
-        gather_a: true,
-        sk: cfg.bs,
-        sn: 1,
-        gather_b: false,
-        scale_b: true,
-        tk: cfg.tk,
-    });
-    let acc = tile_product::<F, f32>(
-        dy,
-        h,
-        pair_token,
-        cout,
-        r0,
-        cfg.dm as usize,
-        n0,
-        0,
-        offsets[e] as usize,
-        offsets[e + 1] as usize,
-        shape,
-    );
-    store_tile::<F>(
-        dw2,
-        &acc,
-        r0,
-        cfg.dm as usize,
-        n0,
-        e * bs,
-        cfg.bs,
-        comptime!(cfg.bs * cfg.blocks),
-    );
-}
-
 /// db2 = Σ_t dy[t, ·], one unit per output column.
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn routed_bwd_db2<F: Float>(dy: &Array<F>, db2: &mut Array<F>, tokens: u32) {
     let o = ABSOLUTE_POS;
     let dm = db2.len();
@@ -761,7 +353,7 @@ pub fn routed_bwd_db2<F: Float>(dy: &Array<F>, db2: &mut Array<F>, tokens: u32) 
 }
 
 /// dwr and dbr, one unit per (e, i ∈ 0..=d_model; i = d_model is the bias): Σ_t dlogit[t, e]·x.
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn routed_bwd_router_w<F: Float>(
     x: &Array<F>,
     dlogit: &Array<f32>,

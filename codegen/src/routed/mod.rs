@@ -1,449 +1,369 @@
-//! The routed FFN (SPT's routed FFN, a general MoE) lowered to CubeCL: [`RoutedPlan::from_spec`]
-//! derives the comptime [`RoutedConfig`] from a verified `routed-ffn` spec; [`forward`] and
-//! [`backward`] launch the kernel chain on any CubeCL runtime.
+//! The routed FFN (SPT's routed FFN, a general MoE) lowered to launch plans.
 //!
 //! Forward: `routed_gate` (gates, kept blocks) → grouping by block, a deterministic counting sort
 //! in four passes (`routed_count` → `routed_scan` → `routed_offsets` → `routed_fill`) →
 //! `routed_up` (x·w1ᵀ + b1 and the activation over the kept pairs only) → `routed_down` (·w2ᵀ and
 //! the gate's output coefficient, per pair) → `routed_combine` (the weighted un-permute, + b2).
-//! The four products over pairs are grouped tiled GEMMs ([`crate::tile`]): one launch each for
-//! every block, tiles scheduled across the groups on the device.
 //! Backward: `routed_bwd_hidden` → `routed_bwd_router` (router logits) → `routed_bwd_dx` (per
-//! pair) → `routed_bwd_dx_combine` (+ the router path), `routed_bwd_w1` and `routed_bwd_w2`
-//! (tiled per block), `routed_bwd_db1`, `routed_bwd_db2`, `routed_bwd_router_w` (dwr,
-//! dbr). Only kept (token, block) pairs are computed.
+//! pair) → `routed_bwd_dx_combine` (+ the router path), `routed_bwd_w1` (with db1 as its row
+//! sums) and `routed_bwd_w2` (tiled per block), `routed_bwd_db2`, `routed_bwd_router_w` (dwr,
+//! dbr). The six products are tile programs with grouped rows (tiles scheduled across the
+//! variable-size groups on the device) or a reduction over each block's group; only kept
+//! (token, block) pairs are computed.
 
 pub mod kernels;
 
 use crate::LowerError;
-use crate::launch::{arr, grid, grouped_tiles};
-use crate::tile;
-use cubecl::prelude::*;
-use cubecl::server::Handle;
-use kernels::{
-    RoutedConfig, TOKEN_CHUNK, routed_bwd_db1, routed_bwd_db2, routed_bwd_dx,
-    routed_bwd_dx_combine, routed_bwd_hidden, routed_bwd_router, routed_bwd_router_w,
-    routed_bwd_w1, routed_bwd_w2, routed_combine, routed_count, routed_down, routed_fill,
-    routed_gate, routed_offsets, routed_scan, routed_up,
-};
+use crate::plan::build::buf;
+use crate::plan::lower::Ctx;
+use crate::plan::{Arg, Elem, Kernel, Lowering, Pass};
+use crate::tile::{Act, ActGrad, Dst, Gate, Operand, Src, Store, TileProgram};
+use kernels::{RoutedConfig, TOKEN_CHUNK};
 use kernels_ir::pattern::{Activation, GateMode, Pattern, Router};
-use kernels_ir::{KernelSpec, OpKind};
 
-/// Problem sizes and the comptime config of one `routed-ffn` spec.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RoutedPlan {
-    /// Comptime config of every kernel in the chain.
-    pub cfg: RoutedConfig,
-    /// Tokens.
-    pub t: usize,
-    /// Gate multiplier (a runtime scalar: f32 is not a hashable comptime value).
-    pub gate_scale: f32,
+/// The comptime config of a verified `routed-ffn` spec's kernels.
+pub fn config(ctx: &Ctx<'_>) -> Result<RoutedConfig, LowerError> {
+    let Pattern::Routed(r) = ctx.spec.pattern else {
+        return Err(LowerError::Unsupported {
+            op: ctx.spec.op,
+            what: "a pattern other than routed".into(),
+        });
+    };
+    Ok(RoutedConfig {
+        dm: ctx.dim("d_model") as u32,
+        bs: (ctx.dim("d_ff") / r.blocks) as u32,
+        blocks: r.blocks as u32,
+        top: r.top as u32,
+        softmax: r.router == Router::Softmax,
+        gate: match r.gate {
+            GateMode::Output => 0,
+            GateMode::None => 1,
+            GateMode::SptLora => 2,
+        },
+        gelu: r.act == Activation::Gelu,
+    })
 }
 
-impl RoutedPlan {
-    /// Lowers a verified `routed-ffn` spec (forward or backward: both share the config).
-    pub fn from_spec(spec: &KernelSpec) -> Result<Self, LowerError> {
-        spec.verify()?;
-        let Pattern::Routed(r) = spec.pattern else {
-            return Err(LowerError::Unsupported {
-                op: spec.op,
-                what: "a pattern other than routed".into(),
-            });
-        };
-        if spec.op != OpKind::RoutedFfn {
-            return Err(LowerError::Unsupported {
-                op: spec.op,
-                what: "this lowering (it is routed-ffn's)".into(),
-            });
-        }
-        Ok(Self {
-            cfg: RoutedConfig {
-                dm: spec.dim("d_model") as u32,
-                bs: (spec.dim("d_ff") / r.blocks) as u32,
-                blocks: r.blocks as u32,
-                top: r.top as u32,
-                softmax: r.router == Router::Softmax,
-                gate: match r.gate {
-                    GateMode::Output => 0,
-                    GateMode::None => 1,
-                    GateMode::SptLora => 2,
-                },
-                gelu: r.act == Activation::Gelu,
-                tk: spec.schedule.tile_k,
-            },
-            t: spec.dim("T"),
-            gate_scale: r.gate_scale as f32,
-        })
-    }
+/// The plans of a `routed-ffn` spec.
+pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
+    let Pattern::Routed(r) = ctx.spec.pattern else {
+        return Err(LowerError::Unsupported {
+            op: ctx.spec.op,
+            what: "a pattern other than routed".into(),
+        });
+    };
+    let cfg = config(ctx)?;
+    let t = ctx.dim("T");
+    let (dm, dff) = (ctx.dim("d_model"), ctx.dim("d_ff"));
+    let (e_n, top, bs) = (r.blocks, r.top, dff / r.blocks);
+    let pairs = t * top;
+    let chunks = t.div_ceil(TOKEN_CHUNK as usize).max(1);
+    let (dm32, bs32, dff32, e32) = (dm as u32, bs as u32, dff as u32, e_n as u32);
+    let gate = Gate {
+        gates: 0,
+        scale: 1,
+        blocks: e32,
+        mode: cfg.gate,
+    };
+    let act = if cfg.gelu { Act::Gelu } else { Act::Relu };
+    let shape = ctx.shape;
 
-    /// (T, d_model, blocks, top, block size).
-    pub fn sizes(&self) -> (usize, usize, usize, usize, usize) {
-        let c = self.cfg;
-        (
-            self.t,
-            c.dm as usize,
-            c.blocks as usize,
-            c.top as usize,
-            c.bs as usize,
-        )
-    }
-
-    /// Kept (token, block) pairs, `T·top`.
-    pub fn pairs(&self) -> usize {
-        self.t * self.cfg.top as usize
-    }
-
-    /// Token chunks of the grouping passes.
-    pub fn chunks(&self) -> usize {
-        self.t.div_ceil(TOKEN_CHUNK as usize)
-    }
-
-    /// `d_ff`.
-    pub fn dff(&self) -> usize {
-        (self.cfg.bs * self.cfg.blocks) as usize
-    }
-
-    /// Bytes kept between forward and backward besides the inputs and `y`: gates, kept blocks,
-    /// the grouping (offsets, token of each pair, pair of each slot), each pair's output
-    /// coefficient and the pre-activations and activations of the kept pairs only (2·P·bs f32).
-    pub fn saved_bytes(&self) -> usize {
-        let (_, _, e, top, bs) = self.sizes();
-        4 * (self.t * e + self.t * top + (e + 1) + 3 * self.pairs() + 2 * self.pairs() * bs)
-    }
-
-    /// Bytes the launchers allocate and release within a call, at most: forward's chunk counts
-    /// and per-pair outputs of the second product (P·d_model f32, summed per token by the
-    /// combine), backward's dpre/dco/dci (3·P·bs f32), router logit gradients and per-pair dx
-    /// rows (P·d_model f32).
-    pub fn scratch_bytes(&self) -> usize {
-        let e = self.cfg.blocks as usize;
-        let dm = self.cfg.dm as usize;
-        let fwd = 4 * (self.chunks() * e + self.pairs() * dm);
-        let bwd = 4 * (3 * self.pairs() * self.cfg.bs as usize + self.t * e + self.pairs() * dm);
-        fwd.max(bwd)
-    }
-}
-
-/// The grid of a per-block weight gradient: one cube per tile of each block's [rows, cols] slice.
-fn weight_tiles(rows: usize, cols: usize, blocks: usize) -> CubeCount {
-    CubeCount::Static(
-        tile::column_tiles(rows) as u32,
-        tile::column_tiles(cols) as u32,
-        blocks as u32,
+    let mut f = ctx.builder(Pass::Forward);
+    let x = f.input("x", Elem::Storage, &[t, dm]);
+    let w1 = f.input("w1", Elem::Storage, &[dff, dm]);
+    let b1 = f.input("b1", Elem::Storage, &[dff]);
+    let w2 = f.input("w2", Elem::Storage, &[dm, dff]);
+    let b2 = f.input("b2", Elem::Storage, &[dm]);
+    let wr = f.input("wr", Elem::Storage, &[e_n, dm]);
+    let br = f.input("br", Elem::Storage, &[e_n]);
+    let scale = f.const_f32("gate_scale", vec![r.gate_scale as f32]);
+    let kept = ctx.kept();
+    let gates = f.declare("gates", Elem::F32, &[t, e_n], kept.clone());
+    let blocks = f.declare("blocks", Elem::I32, &[t, top], ctx.output_kept());
+    let counts = f.scratch("counts", Elem::U32, &[chunks, e_n]);
+    let offsets = f.declare("offsets", Elem::U32, &[e_n + 1], kept.clone());
+    let pair_token = f.declare("pair_token", Elem::U32, &[pairs], kept.clone());
+    let slot_of = f.declare("slot_of", Elem::U32, &[pairs], kept.clone());
+    let pre = f.declare("pre", Elem::F32, &[pairs, bs], kept.clone());
+    let h = f.declare("h", Elem::F32, &[pairs, bs], kept.clone());
+    let cout = f.declare("cout", Elem::F32, &[pairs], kept);
+    let zp = f.scratch("zp", Elem::F32, &[pairs, dm]);
+    let y = f.output("y", Elem::Storage, &[t, dm]);
+    let tokens = Arg::U32(t as u32);
+    f.elementwise(
+        "routed_gate",
+        Kernel::RoutedGate(cfg),
+        t,
+        vec![buf(x), buf(wr), buf(br), buf(gates), buf(blocks)],
+    );
+    f.elementwise(
+        "routed_count",
+        Kernel::RoutedCount(cfg),
+        chunks,
+        vec![buf(blocks), buf(counts), tokens.clone()],
+    );
+    f.elementwise(
+        "routed_scan",
+        Kernel::RoutedScan(cfg),
+        e_n,
+        vec![buf(counts), buf(offsets)],
+    );
+    f.elementwise(
+        "routed_offsets",
+        Kernel::RoutedOffsets(cfg),
+        1,
+        vec![buf(offsets)],
+    );
+    f.elementwise(
+        "routed_fill",
+        Kernel::RoutedFill(cfg),
+        chunks,
+        vec![
+            buf(blocks),
+            buf(counts),
+            buf(offsets),
+            buf(pair_token),
+            buf(slot_of),
+            tokens,
+        ],
+    );
+    // pre = x_t·w1[e·bs + j] + b1; h = act(c_in·pre); cout = c_out, per pair.
+    let mut a = Operand::strided(Src::storage(0), dm32, 1, 0);
+    a.gather_mn = true;
+    let up = TileProgram::new(
+        shape,
+        bs32,
+        a,
+        Operand::strided(Src::storage(1), dm32, 1, bs32 * dm32),
+        Store::rows(Dst::f32(1), bs32),
     )
-}
+    .grouped_rows(e32, 1)
+    .gather(0)
+    .epilogue(|e| {
+        e.gate = Some(gate);
+        e.bias = Some((2, bs32));
+        e.pre = Some(0);
+        e.act = act;
+        e.cout = Some(2);
+    });
+    let slots = up.group_slots(pairs, e_n);
+    let up_cols = up.column_tiles();
+    f.tile(
+        "routed_up",
+        up,
+        [
+            &[x, w1, b1],
+            &[gates, scale],
+            &[pair_token, offsets],
+            &[],
+            &[pre, h, cout],
+        ],
+        pairs,
+        dm,
+        (slots, up_cols, 1),
+    );
+    // zp[p, o] = c_out · Σ_j h[p, j]·w2[o, e·bs + j]
+    let down = TileProgram::new(
+        shape,
+        dm32,
+        Operand::strided(Src::f32(2), bs32, 1, 0),
+        Operand::strided(Src::storage(0), dff32, 1, bs32),
+        Store::rows(Dst::f32(0), dm32),
+    )
+    .grouped_rows(e32, 1)
+    .gather(0)
+    .epilogue(|e| {
+        e.gate = Some(gate);
+        e.scale_out = true;
+    });
+    let down_cols = down.column_tiles();
+    f.tile(
+        "routed_down",
+        down,
+        [
+            &[w2],
+            &[gates, scale, h],
+            &[pair_token, offsets],
+            &[],
+            &[zp],
+        ],
+        pairs,
+        bs,
+        (slots, down_cols, 1),
+    );
+    f.elementwise(
+        "routed_combine",
+        Kernel::RoutedCombine(cfg),
+        t * dm,
+        vec![buf(zp), buf(b2), buf(slot_of), buf(y)],
+    );
 
-/// Handles written by [`forward`] and read by [`backward`].
-#[derive(Clone, Debug)]
-pub struct RoutedForward {
-    /// `y` [T, d_model] in the storage dtype.
-    pub y: Handle,
-    /// Kept blocks [T, top], i32, ascending per token.
-    pub blocks: Handle,
-    /// Gates [T, E], f32.
-    pub gates: Handle,
-    /// First pair of each block's group [E + 1], u32.
-    pub offsets: Handle,
-    /// Token of each pair [P], u32.
-    pub pair_token: Handle,
-    /// Pair of each (token, slot) [T·top], u32.
-    pub slot_of: Handle,
-    /// Pre-activations [P, bs], f32.
-    pub pre: Handle,
-    /// Activations [P, bs], f32.
-    pub h: Handle,
-    /// The gate's output coefficient of each pair [P], f32.
-    pub cout: Handle,
-}
-
-/// Handles written by [`backward`], in the storage dtype.
-#[derive(Clone, Debug)]
-pub struct RoutedGrads {
-    /// dx [T, d_model].
-    pub dx: Handle,
-    /// dw1 [d_ff, d_model].
-    pub dw1: Handle,
-    /// db1 [d_ff].
-    pub db1: Handle,
-    /// dw2 [d_model, d_ff].
-    pub dw2: Handle,
-    /// db2 [d_model].
-    pub db2: Handle,
-    /// dwr [E, d_model].
-    pub dwr: Handle,
-    /// dbr [E].
-    pub dbr: Handle,
-}
-
-/// Runs the forward chain. Weights as in the `run` contract: x [T, d_model], w1 [d_ff, d_model],
-/// b1 [d_ff], w2 [d_model, d_ff], b2 [d_model], wr [E, d_model], br [E], all in dtype `F`.
-#[allow(clippy::too_many_arguments)]
-pub fn forward<R: Runtime, F: Float + CubeElement>(
-    client: &ComputeClient<R>,
-    plan: &RoutedPlan,
-    x: &Handle,
-    w1: &Handle,
-    b1: &Handle,
-    w2: &Handle,
-    b2: &Handle,
-    wr: &Handle,
-    br: &Handle,
-) -> RoutedForward {
-    let cfg = plan.cfg;
-    let (t, dm, e_n, top, bs) = plan.sizes();
-    let dff = plan.dff();
-    let pairs = plan.pairs();
-    let chunks = plan.chunks();
-    let gates = client.empty(t * e_n * 4);
-    let blocks = client.empty(t * top * 4);
-    let (count, dim) = grid(client, t);
-    routed_gate::launch::<F, R>(
-        client,
-        count,
-        dim,
-        arr(x, t * dm),
-        arr(wr, e_n * dm),
-        arr(br, e_n),
-        arr(&gates, t * e_n),
-        arr(&blocks, t * top),
-        cfg,
-    );
-    let counts = client.empty(chunks * e_n * 4);
-    let offsets = client.empty((e_n + 1) * 4);
-    let (count, dim) = grid(client, chunks);
-    routed_count::launch::<R>(
-        client,
-        count.clone(),
-        dim,
-        arr(&blocks, t * top),
-        arr(&counts, chunks * e_n),
-        t as u32,
-        cfg,
-    );
-    let (ecount, edim) = grid(client, e_n);
-    routed_scan::launch::<R>(
-        client,
-        ecount,
-        edim,
-        arr(&counts, chunks * e_n),
-        arr(&offsets, e_n + 1),
-        cfg,
-    );
-    let (ocount, odim) = grid(client, 1);
-    routed_offsets::launch::<R>(client, ocount, odim, arr(&offsets, e_n + 1), cfg);
-    let pair_token = client.empty(pairs * 4);
-    let slot_of = client.empty(pairs * 4);
-    routed_fill::launch::<R>(
-        client,
-        count,
-        dim,
-        arr(&blocks, t * top),
-        arr(&counts, chunks * e_n),
-        arr(&offsets, e_n + 1),
-        arr(&pair_token, pairs),
-        arr(&slot_of, pairs),
-        t as u32,
-        cfg,
-    );
-    let pre = client.empty(pairs * bs * 4);
-    let h = client.empty(pairs * bs * 4);
-    let cout = client.empty(pairs * 4);
-    let (count, dim) = grouped_tiles(pairs, e_n, bs);
-    routed_up::launch::<F, R>(
-        client,
-        count,
-        dim,
-        arr(x, t * dm),
-        arr(w1, dff * dm),
-        arr(b1, dff),
-        arr(&gates, t * e_n),
-        arr(&pair_token, pairs),
-        arr(&offsets, e_n + 1),
-        arr(&pre, pairs * bs),
-        arr(&h, pairs * bs),
-        arr(&cout, pairs),
-        plan.gate_scale,
-        cfg,
-    );
-    let zp = client.empty(pairs * dm * 4);
-    let (count, dim) = grouped_tiles(pairs, e_n, dm);
-    routed_down::launch::<F, R>(
-        client,
-        count,
-        dim,
-        arr(&h, pairs * bs),
-        arr(w2, dm * dff),
-        arr(&gates, t * e_n),
-        arr(&pair_token, pairs),
-        arr(&offsets, e_n + 1),
-        arr(&zp, pairs * dm),
-        plan.gate_scale,
-        cfg,
-    );
-    let y = client.empty(t * dm * size_of::<F>());
-    let (count, dim) = grid(client, t * dm);
-    routed_combine::launch::<F, R>(
-        client,
-        count,
-        dim,
-        arr(&zp, pairs * dm),
-        arr(b2, dm),
-        arr(&slot_of, pairs),
-        arr(&y, t * dm),
-        cfg,
-    );
-    RoutedForward {
-        y,
-        blocks,
-        gates,
-        offsets,
-        pair_token,
-        slot_of,
-        pre,
-        h,
-        cout,
-    }
-}
-
-/// Runs the backward chain for upstream gradient `dy` [T, d_model].
-#[allow(clippy::too_many_arguments)]
-pub fn backward<R: Runtime, F: Float + CubeElement>(
-    client: &ComputeClient<R>,
-    plan: &RoutedPlan,
-    x: &Handle,
-    w1: &Handle,
-    w2: &Handle,
-    wr: &Handle,
-    saved: &RoutedForward,
-    dy: &Handle,
-) -> RoutedGrads {
-    let cfg = plan.cfg;
-    let (t, dm, e_n, top, bs) = plan.sizes();
-    let dff = plan.dff();
-    let pairs = plan.pairs();
-    let hidden = pairs * bs;
-    let dpre = client.empty(hidden * 4);
-    let dco = client.empty(hidden * 4);
-    let dci = client.empty(hidden * 4);
-    let (count, dim) = grouped_tiles(pairs, e_n, bs);
-    routed_bwd_hidden::launch::<F, R>(
-        client,
-        count,
-        dim,
-        arr(dy, t * dm),
-        arr(w2, dm * dff),
-        arr(&saved.gates, t * e_n),
-        arr(&saved.pair_token, pairs),
-        arr(&saved.offsets, e_n + 1),
-        arr(&saved.pre, hidden),
-        arr(&saved.h, hidden),
-        arr(&dpre, hidden),
-        arr(&dco, hidden),
-        arr(&dci, hidden),
-        plan.gate_scale,
-        cfg,
-    );
-    let dlogit = client.empty(t * e_n * 4);
-    let (count, dim) = grid(client, t);
-    routed_bwd_router::launch::<R>(
-        client,
-        count,
-        dim,
-        arr(&saved.gates, t * e_n),
-        arr(&saved.blocks, t * top),
-        arr(&saved.slot_of, pairs),
-        arr(&dco, hidden),
-        arr(&dci, hidden),
-        arr(&dlogit, t * e_n),
-        plan.gate_scale,
-        cfg,
-    );
-    let zdx = client.empty(pairs * dm * 4);
-    let (count, dim) = grouped_tiles(pairs, e_n, dm);
-    routed_bwd_dx::launch::<F, R>(
-        client,
-        count,
-        dim,
-        arr(&dpre, hidden),
-        arr(w1, dff * dm),
-        arr(&saved.pair_token, pairs),
-        arr(&saved.offsets, e_n + 1),
-        arr(&zdx, pairs * dm),
-        cfg,
-    );
-    let dx = client.empty(t * dm * size_of::<F>());
-    let (count, dim) = grid(client, t * dm);
-    routed_bwd_dx_combine::launch::<F, R>(
-        client,
-        count,
-        dim,
-        arr(&zdx, pairs * dm),
-        arr(wr, e_n * dm),
-        arr(&saved.slot_of, pairs),
-        arr(&dlogit, t * e_n),
-        arr(&dx, t * dm),
-        cfg,
-    );
-    let dw1 = client.empty(dff * dm * size_of::<F>());
-    routed_bwd_w1::launch::<F, R>(
-        client,
-        weight_tiles(bs, dm, e_n),
-        tile::cube_dim(),
-        arr(x, t * dm),
-        arr(&saved.pair_token, pairs),
-        arr(&saved.offsets, e_n + 1),
-        arr(&dpre, hidden),
-        arr(&dw1, dff * dm),
-        cfg,
-    );
-    let db1 = client.empty(dff * size_of::<F>());
-    let (count, dim) = grid(client, dff);
-    routed_bwd_db1::launch::<F, R>(
-        client,
-        count,
-        dim,
-        arr(&saved.offsets, e_n + 1),
-        arr(&dpre, hidden),
-        arr(&db1, dff),
-        cfg,
-    );
-    let dw2 = client.empty(dm * dff * size_of::<F>());
-    routed_bwd_w2::launch::<F, R>(
-        client,
-        weight_tiles(dm, bs, e_n),
-        tile::cube_dim(),
-        arr(dy, t * dm),
-        arr(&saved.pair_token, pairs),
-        arr(&saved.offsets, e_n + 1),
-        arr(&saved.h, hidden),
-        arr(&saved.cout, pairs),
-        arr(&dw2, dm * dff),
-        cfg,
-    );
-    let db2 = client.empty(dm * size_of::<F>());
-    let (count, dim) = grid(client, dm);
-    routed_bwd_db2::launch::<F, R>(client, count, dim, arr(dy, t * dm), arr(&db2, dm), t as u32);
-    let dwr = client.empty(e_n * dm * size_of::<F>());
-    let dbr = client.empty(e_n * size_of::<F>());
-    let (count, dim) = grid(client, e_n * (dm + 1));
-    routed_bwd_router_w::launch::<F, R>(
-        client,
-        count,
-        dim,
-        arr(x, t * dm),
-        arr(&dlogit, t * e_n),
-        arr(&dwr, e_n * dm),
-        arr(&dbr, e_n),
-        t as u32,
-        cfg,
-    );
-    RoutedGrads {
-        dx,
-        dw1,
-        db1,
-        dw2,
-        db2,
-        dwr,
-        dbr,
-    }
+    let backward = ctx.backward.then(|| {
+        let mut b = ctx.builder(Pass::Backward);
+        let x = b.input("x", Elem::Storage, &[t, dm]);
+        let w1 = b.input("w1", Elem::Storage, &[dff, dm]);
+        let w2 = b.input("w2", Elem::Storage, &[dm, dff]);
+        let wr = b.input("wr", Elem::Storage, &[e_n, dm]);
+        let dy = b.input("dy", Elem::Storage, &[t, dm]);
+        let scale = b.const_f32("gate_scale", vec![r.gate_scale as f32]);
+        let gates = b.saved("gates", Elem::F32, &[t, e_n]);
+        let blocks = b.saved("blocks", Elem::I32, &[t, top]);
+        let offsets = b.saved("offsets", Elem::U32, &[e_n + 1]);
+        let pair_token = b.saved("pair_token", Elem::U32, &[pairs]);
+        let slot_of = b.saved("slot_of", Elem::U32, &[pairs]);
+        let pre = b.saved("pre", Elem::F32, &[pairs, bs]);
+        let h = b.saved("h", Elem::F32, &[pairs, bs]);
+        let cout = b.saved("cout", Elem::F32, &[pairs]);
+        let dpre = b.scratch("dpre", Elem::F32, &[pairs, bs]);
+        let dco = b.scratch("dco", Elem::F32, &[pairs, bs]);
+        let dci = b.scratch("dci", Elem::F32, &[pairs, bs]);
+        let dlogit = b.scratch("dlogit", Elem::F32, &[t, e_n]);
+        let zdx = b.scratch("zdx", Elem::F32, &[pairs, dm]);
+        let dx = b.output("dx", Elem::Storage, &[t, dm]);
+        let dw1 = b.output("dw1", Elem::Storage, &[dff, dm]);
+        let db1 = b.output("db1", Elem::Storage, &[dff]);
+        let dw2 = b.output("dw2", Elem::Storage, &[dm, dff]);
+        let db2 = b.output("db2", Elem::Storage, &[dm]);
+        let dwr = b.output("dwr", Elem::Storage, &[e_n, dm]);
+        let dbr = b.output("dbr", Elem::Storage, &[e_n]);
+        let tokens = Arg::U32(t as u32);
+        // w2dy = Σ_o dy[t, o]·w2[o, e·bs + j]; dpre, dco, dci through the activation's backward.
+        let mut a = Operand::strided(Src::storage(0), dm32, 1, 0);
+        a.gather_mn = true;
+        let hidden = TileProgram::new(
+            shape,
+            bs32,
+            a,
+            Operand::strided(Src::storage(1), 1, dff32, bs32),
+            Store::rows(Dst::f32(0), bs32),
+        )
+        .grouped_rows(e32, 1)
+        .gather(0)
+        .epilogue(|e| {
+            e.gate = Some(gate);
+            e.act_grad = Some(ActGrad {
+                pre: 2,
+                h: 3,
+                dco: 1,
+                dci: 2,
+                gelu: cfg.gelu,
+            });
+        });
+        let slots = hidden.group_slots(pairs, e_n);
+        let cols = hidden.column_tiles();
+        b.tile(
+            "routed_bwd_hidden",
+            hidden,
+            [
+                &[dy, w2],
+                &[gates, scale, pre, h],
+                &[pair_token, offsets],
+                &[],
+                &[dpre, dco, dci],
+            ],
+            pairs,
+            dm,
+            (slots, cols, 1),
+        );
+        b.elementwise(
+            "routed_bwd_router",
+            Kernel::RoutedBwdRouter(cfg),
+            t,
+            vec![
+                buf(gates),
+                buf(blocks),
+                buf(slot_of),
+                buf(dco),
+                buf(dci),
+                buf(dlogit),
+                Arg::F32(r.gate_scale as f32),
+            ],
+        );
+        // zdx[p, i] = Σ_j dpre[p, j]·w1[e·bs + j, i]
+        let dxp = TileProgram::new(
+            shape,
+            dm32,
+            Operand::strided(Src::f32(0), bs32, 1, 0),
+            Operand::strided(Src::storage(0), 1, dm32, bs32 * dm32),
+            Store::rows(Dst::f32(0), dm32),
+        )
+        .grouped_rows(e32, 0);
+        let cols = dxp.column_tiles();
+        b.tile(
+            "routed_bwd_dx",
+            dxp,
+            [&[w1], &[dpre], &[offsets], &[], &[zdx]],
+            pairs,
+            bs,
+            (slots, cols, 1),
+        );
+        b.elementwise(
+            "routed_bwd_dx_combine",
+            Kernel::RoutedBwdDxCombine(cfg),
+            t * dm,
+            vec![buf(zdx), buf(wr), buf(slot_of), buf(dlogit), buf(dx)],
+        );
+        // dw1[e·bs + j, i] = Σ_{p in e} dpre[p, j]·x[t_p, i]; db1 = its row sums.
+        let mut bx = Operand::strided(Src::storage(0), 1, dm32, 0);
+        bx.gather_k = true;
+        let w1p = TileProgram::new(
+            shape,
+            dm32,
+            Operand::strided(Src::f32(0), 1, bs32, 0),
+            bx,
+            Store::strided(Dst::storage(0), dm32, 1, bs32 * dm32),
+        )
+        .grouped_reduce(1)
+        .gather(0)
+        .epilogue(|e| e.row_sums = Some((Dst::storage(1), bs32)));
+        let grid = (w1p.row_tiles(bs), w1p.column_tiles(), e32);
+        b.tile(
+            "routed_bwd_w1",
+            w1p,
+            [&[x], &[dpre], &[pair_token, offsets], &[dw1, db1], &[]],
+            bs,
+            0,
+            grid,
+        );
+        // dw2[o, e·bs + j] = Σ_{p in e} dy[t_p, o]·c_out(p)·h[p, j]
+        let mut ady = Operand::strided(Src::storage(0), 1, dm32, 0);
+        ady.gather_k = true;
+        let mut bh = Operand::strided(Src::f32(0), 1, bs32, 0);
+        bh.scale_k = Some(1);
+        let w2p = TileProgram::new(
+            shape,
+            bs32,
+            ady,
+            bh,
+            Store::strided(Dst::storage(0), dff32, 1, bs32),
+        )
+        .grouped_reduce(1)
+        .gather(0);
+        let grid = (w2p.row_tiles(dm), w2p.column_tiles(), e32);
+        b.tile(
+            "routed_bwd_w2",
+            w2p,
+            [&[dy], &[h, cout], &[pair_token, offsets], &[dw2], &[]],
+            dm,
+            0,
+            grid,
+        );
+        b.elementwise(
+            "routed_bwd_db2",
+            Kernel::RoutedBwdDb2(),
+            dm,
+            vec![buf(dy), buf(db2), Arg::U32(t as u32)],
+        );
+        b.elementwise(
+            "routed_bwd_router_w",
+            Kernel::RoutedBwdRouterW(cfg),
+            e_n * (dm + 1),
+            vec![buf(x), buf(dlogit), buf(dwr), buf(dbr), tokens],
+        );
+        b.finish()
+    });
+    Ok(Lowering {
+        forward: f.finish(),
+        backward,
+    })
 }

@@ -1,74 +1,17 @@
-//! `#[cube]` kernels of SaRA (METHODS.md §4): packing the retrained weights, writing them into the
-//! effective weight, the sampled gradient at the mask positions, and AdamW over the packed values.
-//! Every kernel is O(nnz) (or O(nnz·T) for the sampled product): none touches a dense
-//! [out, in] float buffer besides the weight itself.
+//! `#[cube]` kernels of SaRA (METHODS.md §4) besides the products (on the tile program) and the
+//! packing (`crate::elementwise`): AdamW over the packed values and the optimizer state carried
+//! over a re-mask. Both are O(nnz): no dense [out, in] float buffer is touched.
 
-// `#[cube(launch)]` generates undocumented modules and launch functions next to each kernel.
+// `#[cube(launch, launch_unchecked)]` generates undocumented modules and launch functions.
 #![allow(missing_docs)]
 
 use cubecl::prelude::*;
-
-/// v[j] = w[index[j]]: the packed trainable values, in the mask's (ascending flat) order.
-#[cube(launch)]
-pub fn sara_gather<F: Float>(w: &Array<F>, index: &Array<u32>, v: &mut Array<F>) {
-    let j = ABSOLUTE_POS;
-    if j < v.len() {
-        v[j] = w[index[j] as usize];
-    }
-}
-
-/// dst = src, element by element (W_eff for callers whose weight buffer must stay untouched).
-#[cube(launch)]
-pub fn sara_copy<F: Float>(src: &Array<F>, dst: &mut Array<F>) {
-    let j = ABSOLUTE_POS;
-    if j < dst.len() {
-        dst[j] = src[j];
-    }
-}
-
-/// w[index[j]] = v[j], in place: the effective weight W_eff in the weight's own buffer (the
-/// positions overwritten are exactly the retrained ones, whose frozen values are never read
-/// again), so the forward is a dense GEMM with no extra memory.
-#[cube(launch)]
-pub fn sara_scatter<F: Float>(v: &Array<F>, index: &Array<u32>, w: &mut Array<F>) {
-    let j = ABSOLUTE_POS;
-    if j < v.len() {
-        let at = index[j] as usize;
-        w[at] = v[j];
-    }
-}
-
-/// dv[j] = Σ_t dy[t, o]·x[t, i] at (o, i) = the j-th mask position: the sampled dense-dense
-/// product, over the rows in order. One unit per retrained weight.
-#[cube(launch)]
-pub fn sara_dv<F: Float>(
-    dy: &Array<F>,
-    x: &Array<F>,
-    index: &Array<u32>,
-    dv: &mut Array<F>,
-    #[comptime] n_in: u32,
-    #[comptime] n_out: u32,
-) {
-    let j = ABSOLUTE_POS;
-    if j < dv.len() {
-        let flat = index[j] as usize;
-        let o = flat / (n_in as usize);
-        let i = flat % (n_in as usize);
-        let rows = x.len() / (n_in as usize);
-        let mut acc = 0.0f32;
-        for t in 0..rows {
-            acc += f32::cast_from(dy[t * (n_out as usize) + o])
-                * f32::cast_from(x[t * (n_in as usize) + i]);
-        }
-        dv[j] = F::cast_from(acc);
-    }
-}
 
 /// One AdamW step over the packed values (PyTorch's formulation, decoupled weight decay), in
 /// place; moments `m`, `s` are f32 with the length of `v` (state size = nnz). `hyper` =
 /// [lr, β1, 1 − β1, β2, 1 − β2, ε, weight decay, 1 − β1^step, 1 − β2^step], the differences
 /// rounded from f64 (1 − f32(0.999) is 1.3e-5 off 0.001).
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn sara_adamw<F: Float>(
     v: &mut Array<F>,
     dv: &Array<F>,
@@ -95,7 +38,7 @@ pub fn sara_adamw<F: Float>(
 /// Progressive re-masking: the optimizer state of the new mask's j-th position — the old
 /// moments where the position was already retrained (found by binary search in the old,
 /// ascending index list), zero where it is new. One unit per new position.
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn sara_carry(
     new_index: &Array<u32>,
     old_index: &Array<u32>,

@@ -1,195 +1,147 @@
-//! SaRA (METHODS.md §4) lowered to CubeCL: the mask of the smallest weights selected on the device
-//! ([`crate::select`]: exact k-th value by radix select for a ratio, or a threshold), the packed
-//! values, the forward as the dense tile GEMM over the weight with the packed values scattered
-//! into it in place, and a backward whose weight gradient is the sampled product at the mask
-//! positions only: no [out, in] gradient buffer exists at any point (extra memory O(nnz)).
+//! SaRA (METHODS.md §4) lowered to launch plans: the mask of the smallest weights selected on the
+//! device ([`crate::select`]: exact k-th value by radix select for a ratio — nnz known before the
+//! plan runs — or a threshold, whose nnz the plan reads back once), the packed values, the
+//! forward as the dense tile product over W_eff (a copy of the weight with the packed values
+//! scattered into it), and a backward whose weight gradient is the tile product sampled at the
+//! mask positions: no [out, in] gradient buffer exists at any point (extra memory O(nnz)).
+//! The optimizer plans ([`adamw_plan`], [`remask_plan`]) are O(nnz) too.
 
 pub mod kernels;
 
 use crate::LowerError;
-use crate::dense::{self, LinearPlan};
-use crate::launch::{arr, grid};
+use crate::linear::{Linear, Weight, WeightGrad};
+use crate::plan::build::buf;
+use crate::plan::lower::Ctx;
+use crate::plan::{Arg, BufId, Elem, Float, Kernel, LaunchPlan, Lowering, Pass, PlanBuilder, Role};
 use crate::select::{self, Keep};
-use cubecl::prelude::*;
-use cubecl::server::Handle;
-use kernels::{sara_adamw, sara_carry, sara_copy, sara_dv, sara_gather, sara_scatter};
 use kernels_ir::pattern::{Pattern, SaraSelect};
-use kernels_ir::{KernelSpec, OpKind};
+use kernels_ir::{DType, Extent, OpKind};
 
-/// Sizes and the mask rule of one `sara-linear` spec.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SaraPlan {
-    /// Rows.
-    pub t: usize,
-    /// Input features.
-    pub n_in: usize,
-    /// Output features.
-    pub n_out: usize,
-    /// Mask rule.
-    pub select: SaraSelect,
-    /// The schedule's `tile_k` (the dense products' slice depth).
-    pub tile_k: u32,
-}
-
-impl SaraPlan {
-    /// Lowers a verified `sara-linear` spec.
-    pub fn from_spec(spec: &KernelSpec) -> Result<Self, LowerError> {
-        spec.verify()?;
-        let (Pattern::Sara(s), OpKind::SaraLinear) = (spec.pattern, spec.op) else {
-            return Err(LowerError::Unsupported {
-                op: spec.op,
-                what: "this lowering (it is sara-linear's)".into(),
-            });
-        };
-        Ok(Self {
-            t: spec.dim("T"),
-            n_in: spec.dim("in"),
-            n_out: spec.dim("out"),
-            select: s.select,
-            tile_k: spec.schedule.tile_k,
-        })
-    }
-
-    /// The dense linear the forward and dx run on.
-    pub fn linear(&self) -> LinearPlan {
-        LinearPlan::new(self.t, self.n_in, self.n_out, self.tile_k)
-    }
-
-    /// Weights of the layer, `out·in`.
-    pub fn weights(&self) -> usize {
-        self.n_in * self.n_out
-    }
-}
-
-/// The mask of `w` [out, in] (dtype `F`) on the device: flat indices [nnz] (u32, ascending) and
-/// nnz. Reads one count back (it sizes the packed buffers).
-pub fn mask<R: Runtime, F: Float + CubeElement>(
-    client: &ComputeClient<R>,
-    plan: &SaraPlan,
-    w: &Handle,
-) -> Result<(Handle, usize), String> {
-    let len = plan.weights();
-    let keep = match plan.select {
+/// The mask rule of a SaRA pattern as a selection.
+pub fn keep(select: SaraSelect, len: usize) -> Keep {
+    match select {
         SaraSelect::Threshold(t) => Keep::Below(t),
         SaraSelect::Ratio(r) => Keep::Smallest((r * len as f64).floor() as usize),
+    }
+}
+
+/// Appends the selection of the mask of `w` (`len` weights) by `rule` and returns the index
+/// buffer `name` [nnz] (u32, ascending, with role `role`) and nnz's extent: fixed for a ratio,
+/// read back once for a threshold.
+pub fn select_mask(
+    b: &mut PlanBuilder,
+    w: BufId,
+    len: usize,
+    rule: SaraSelect,
+    name: &str,
+    role: Role,
+) -> (BufId, Extent) {
+    let keep = keep(rule, len);
+    let (state, counts) = select::pivot(b, w, Float::Storage, len, keep, false, Role::Scratch);
+    let nnz = match keep {
+        Keep::Smallest(k) => Extent::Fixed(k.min(len)),
+        Keep::Below(_) => {
+            b.read_nnz(state, 2, len);
+            Extent::Nnz
+        }
     };
-    select::select::<R, F>(client, w, len, keep)
+    let index = b.buffer(name, Elem::U32, vec![nnz], role);
+    select::fill(b, w, len, state, counts, index);
+    (index, nnz)
 }
 
-/// The packed values v [nnz] = w[index] (dtype `F`).
-pub fn gather<R: Runtime, F: Float + CubeElement>(
-    client: &ComputeClient<R>,
-    w: &Handle,
-    index: &Handle,
-    nnz: usize,
-    len: usize,
-) -> Handle {
-    let v = client.empty(nnz.max(1) * size_of::<F>());
-    if nnz == 0 {
-        return v;
+/// The plans of a `sara-linear` spec. With `mask_index` (and `v`) given by the caller — a
+/// trained layer's fixed mask — no selection runs and nnz is the given length.
+pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
+    let Pattern::Sara(p) = ctx.spec.pattern else {
+        return Err(LowerError::Unsupported {
+            op: ctx.spec.op,
+            what: "a pattern other than sara".into(),
+        });
+    };
+    let (t, n_in, n_out) = (ctx.dim("T"), ctx.dim("in"), ctx.dim("out"));
+    let len = n_in * n_out;
+    let lin = Linear {
+        t,
+        n_in,
+        n_out,
+        shape: ctx.shape,
+    };
+    let mut f = ctx.builder(Pass::Forward);
+    let x = f.input("x", Elem::Storage, &[t, n_in]);
+    let w = f.input("w", Elem::Storage, &[n_out, n_in]);
+    let bias = f.input("bias", Elem::Storage, &[n_out]);
+    let (index, nnz) = if ctx.opts.has("mask_index") {
+        let n = ctx.opts.nnz.unwrap_or(0);
+        let e = Extent::Fixed(n);
+        (f.buffer("mask_index", Elem::U32, vec![e], Role::Input), e)
+    } else {
+        select_mask(&mut f, w, len, p.select, "mask_index", ctx.output_kept())
+    };
+    if nnz == Extent::Nnz {
+        f.nnz_bound(len);
     }
-    let (count, dim) = grid(client, nnz);
-    sara_gather::launch::<F, R>(
-        client,
-        count,
-        dim,
-        arr(w, len),
-        arr(index, nnz),
-        arr(&v, nnz),
-    );
-    v
-}
-
-/// Copies `len` elements of `src` into `dst` (a fresh W_eff for [`scatter`] when the frozen
-/// weight must stay as it is, as in the training runtime).
-pub fn copy<R: Runtime, F: Float + CubeElement>(
-    client: &ComputeClient<R>,
-    src: &Handle,
-    dst: &Handle,
-    len: usize,
-) {
-    let (count, dim) = grid(client, len);
-    sara_copy::launch::<F, R>(client, count, dim, arr(src, len), arr(dst, len));
-}
-
-/// Writes `v` into `w` at the mask positions, in place: `w` becomes W_eff.
-pub fn scatter<R: Runtime, F: Float + CubeElement>(
-    client: &ComputeClient<R>,
-    w: &Handle,
-    index: &Handle,
-    v: &Handle,
-    nnz: usize,
-    len: usize,
-) {
-    if nnz == 0 {
-        return;
-    }
-    let (count, dim) = grid(client, nnz);
-    sara_scatter::launch::<F, R>(
-        client,
-        count,
-        dim,
-        arr(v, nnz),
-        arr(index, nnz),
-        arr(w, len),
-    );
-}
-
-/// y = x·W_effᵀ + bias, with `w_eff` from [`scatter`].
-pub fn forward<R: Runtime, F: Float + CubeElement>(
-    client: &ComputeClient<R>,
-    plan: &SaraPlan,
-    x: &Handle,
-    w_eff: &Handle,
-    bias: &Handle,
-) -> Handle {
-    dense::forward::<R, F>(client, &plan.linear(), x, w_eff, bias)
-}
-
-/// Gradients written by [`backward`], in the storage dtype.
-#[derive(Clone, Debug)]
-pub struct SaraGrads {
-    /// dx [T, in] = dy·W_eff.
-    pub dx: Handle,
-    /// dv [nnz]: the weight gradient at the mask positions only.
-    pub dv: Handle,
-    /// dbias [out].
-    pub dbias: Handle,
-}
-
-/// The backward for upstream gradient `dy` [T, out]: dx through W_eff, dv as the sampled product
-/// at the mask positions, dbias. Allocates dx, dv, dbias and nothing else of size out·in.
-pub fn backward<R: Runtime, F: Float + CubeElement>(
-    client: &ComputeClient<R>,
-    plan: &SaraPlan,
-    x: &Handle,
-    w_eff: &Handle,
-    index: &Handle,
-    nnz: usize,
-    dy: &Handle,
-) -> SaraGrads {
-    let lin = plan.linear();
-    let dx = dense::backward_dx::<R, F>(client, &lin, w_eff, dy);
-    let dbias = dense::backward_dbias::<R, F>(client, &lin, dy);
-    let dv = client.empty(nnz.max(1) * size_of::<F>());
-    if nnz > 0 {
-        let (count, dim) = grid(client, nnz);
-        sara_dv::launch::<F, R>(
-            client,
-            count,
-            dim,
-            arr(dy, plan.t * plan.n_out),
-            arr(x, plan.t * plan.n_in),
-            arr(index, nnz),
-            arr(&dv, nnz),
-            plan.n_in as u32,
-            plan.n_out as u32,
+    let v = if ctx.opts.has("v") {
+        f.buffer("v", Elem::Storage, vec![nnz], Role::Input)
+    } else {
+        let v = f.buffer("v", Elem::Storage, vec![nnz], Role::Output);
+        f.units(
+            "gather",
+            Kernel::Gather(),
+            Float::Storage,
+            nnz,
+            vec![buf(w), buf(index), buf(v)],
         );
-    }
-    SaraGrads { dx, dv, dbias }
+        v
+    };
+    let w_eff = f.declare("w_eff", Elem::Storage, &[n_out, n_in], ctx.kept());
+    f.elementwise("copy", Kernel::Copy(), len, vec![buf(w), buf(w_eff)]);
+    f.units(
+        "scatter",
+        Kernel::Scatter(),
+        Float::Storage,
+        nnz,
+        vec![buf(v), buf(index), buf(w_eff)],
+    );
+    let y = f.output("y", Elem::Storage, &[t, n_out]);
+    lin.forward(&mut f, "linear_fwd", x, &Weight::Dense(w_eff), bias, y);
+
+    let backward = ctx.backward.then(|| {
+        let mut b = ctx.builder(Pass::Backward);
+        let x = b.input("x", Elem::Storage, &[t, n_in]);
+        let dy = b.input("dy", Elem::Storage, &[t, n_out]);
+        let w_eff = b.saved("w_eff", Elem::Storage, &[n_out, n_in]);
+        let role = if ctx.opts.has("mask_index") {
+            Role::Input
+        } else {
+            Role::Saved
+        };
+        let index = b.buffer("mask_index", Elem::U32, vec![nnz], role);
+        if nnz == Extent::Nnz {
+            b.nnz_bound(len);
+        }
+        let dx = b.output("dx", Elem::Storage, &[t, n_in]);
+        let dv = b.buffer("dv", Elem::Storage, vec![nnz], Role::Output);
+        let dbias = b.output("dbias", Elem::Storage, &[n_out]);
+        lin.backward_dx(&mut b, "linear_bwd_dx", dy, &Weight::Dense(w_eff), dx);
+        lin.backward_dw(
+            &mut b,
+            "sara_bwd_dv",
+            dy,
+            x,
+            &WeightGrad::Sampled { index, dv },
+            None,
+            dbias,
+        );
+        b.finish()
+    });
+    Ok(Lowering {
+        forward: f.finish(),
+        backward,
+    })
 }
 
-/// AdamW hyper-parameters of [`adamw_step`] (f64, as the reference's; rounded once for the
+/// AdamW hyper-parameters of [`adamw_plan`] (f64, as the reference's; rounded once for the
 /// device).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamW {
@@ -205,22 +157,14 @@ pub struct AdamW {
     pub weight_decay: f64,
 }
 
-/// One AdamW step (`step` counts from 1) over the packed values `v` with f32 moments `m`, `s`
-/// (each nnz long), in place.
-#[allow(clippy::too_many_arguments)]
-pub fn adamw_step<R: Runtime, F: Float + CubeElement>(
-    client: &ComputeClient<R>,
-    v: &Handle,
-    dv: &Handle,
-    m: &Handle,
-    s: &Handle,
-    nnz: usize,
-    step: u32,
-    h: &AdamW,
-) {
-    if nnz == 0 {
-        return;
-    }
+/// One AdamW step (`step` counts from 1) over the packed values `v` [nnz] (storage dtype) with
+/// gradient `dv` and f32 moments `m`, `s`, all updated in place (bound by the caller).
+pub fn adamw_plan(dtype: DType, nnz: usize, step: u32, h: &AdamW) -> LaunchPlan {
+    let mut b = PlanBuilder::named(OpKind::SaraLinear, "sara adamw step", Pass::Backward, dtype);
+    let v = b.input("v", Elem::Storage, &[nnz]);
+    let dv = b.input("dv", Elem::Storage, &[nnz]);
+    let m = b.input("m", Elem::F32, &[nnz]);
+    let s = b.input("s", Elem::F32, &[nnz]);
     let hyper = [
         h.lr,
         h.beta1,
@@ -233,50 +177,60 @@ pub fn adamw_step<R: Runtime, F: Float + CubeElement>(
         1.0 - h.beta2.powi(step as i32),
     ]
     .map(|x| x as f32);
-    let hyper = client.create_from_slice(f32::as_bytes(&hyper));
-    let (count, dim) = grid(client, nnz);
-    sara_adamw::launch::<F, R>(
-        client,
-        count,
-        dim,
-        arr(v, nnz),
-        arr(dv, nnz),
-        arr(m, nnz),
-        arr(s, nnz),
-        arr(&hyper, 9),
+    let hyper = b.const_f32("hyper", hyper.to_vec());
+    b.elementwise(
+        "sara_adamw",
+        Kernel::SaraAdamw(),
+        nnz,
+        vec![buf(v), buf(dv), buf(m), buf(s), buf(hyper)],
     );
+    b.finish()
 }
 
-/// The optimizer state after progressive re-masking: for the new mask `new_index` [new_nnz]
-/// (selected on the current W_eff, whose retrained positions hold the trained values, so
-/// [`gather`] gives the new packed values), the f32 moments (m, s) carried over from the old
-/// mask `old_index` [old_nnz] where a position survives, and zero where it is new.
-#[allow(clippy::too_many_arguments)]
-pub fn carry_state<R: Runtime>(
-    client: &ComputeClient<R>,
-    new_index: &Handle,
-    new_nnz: usize,
-    old_index: &Handle,
+/// Progressive re-masking of an [out, in] = `shape` effective weight `w_eff` (storage dtype):
+/// the new mask `mask_index` [nnz] by `rule`, the packed values `v` read from W_eff, and the
+/// f32 moments `m`, `s` carried over from the old mask `old_index` [old_nnz] (with moments
+/// `old_m`, `old_s`) where a position survives, zero where it is new.
+pub fn remask_plan(
+    dtype: DType,
+    shape: [usize; 2],
+    rule: SaraSelect,
     old_nnz: usize,
-    old_m: &Handle,
-    old_s: &Handle,
-) -> (Handle, Handle) {
-    let new_m = client.empty(new_nnz.max(1) * 4);
-    let new_s = client.empty(new_nnz.max(1) * 4);
-    if new_nnz > 0 {
-        let (count, dim) = grid(client, new_nnz);
-        sara_carry::launch::<R>(
-            client,
-            count,
-            dim,
-            arr(new_index, new_nnz),
-            arr(old_index, old_nnz.max(1)),
-            arr(old_m, old_nnz.max(1)),
-            arr(old_s, old_nnz.max(1)),
-            arr(&new_m, new_nnz),
-            arr(&new_s, new_nnz),
-            old_nnz as u32,
-        );
+) -> LaunchPlan {
+    let len = shape[0] * shape[1];
+    let mut b = PlanBuilder::named(OpKind::SaraLinear, "sara re-mask", Pass::Forward, dtype);
+    let w = b.input("w_eff", Elem::Storage, &shape);
+    let old_index = b.input("old_index", Elem::U32, &[old_nnz]);
+    let old_m = b.input("old_m", Elem::F32, &[old_nnz]);
+    let old_s = b.input("old_s", Elem::F32, &[old_nnz]);
+    let (index, nnz) = select_mask(&mut b, w, len, rule, "mask_index", Role::Output);
+    let v = b.buffer("v", Elem::Storage, vec![nnz], Role::Output);
+    let m = b.buffer("m", Elem::F32, vec![nnz], Role::Output);
+    let s = b.buffer("s", Elem::F32, vec![nnz], Role::Output);
+    b.units(
+        "gather",
+        Kernel::Gather(),
+        Float::Storage,
+        nnz,
+        vec![buf(w), buf(index), buf(v)],
+    );
+    b.units(
+        "sara_carry",
+        Kernel::SaraCarry(),
+        Float::Storage,
+        nnz,
+        vec![
+            buf(index),
+            buf(old_index),
+            buf(old_m),
+            buf(old_s),
+            buf(m),
+            buf(s),
+            Arg::U32(old_nnz as u32),
+        ],
+    );
+    if nnz == Extent::Nnz {
+        b.nnz_bound(len);
     }
-    (new_m, new_s)
+    b.finish()
 }

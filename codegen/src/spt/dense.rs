@@ -3,14 +3,14 @@
 //! baseline that benches compare sparse attention with. It is what SPT attention computes with
 //! every candidate kept.
 
-// `#[cube(launch)]` generates undocumented modules and launch functions next to each kernel.
+// `#[cube(launch, launch_unchecked)]` generates undocumented modules and launch functions.
 #![allow(missing_docs)]
 
 use super::kernels::{SptConfig, load_lane, plane_dot, plane_row, scaled, store_lane};
 use cubecl::prelude::*;
 
 /// Forward over every candidate key (all, or `j <= i` when causal); writes `out` and `lse`.
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn dense_attend_fwd<F: Float>(
     q: &Array<F>,
     k: &Array<F>,
@@ -67,7 +67,7 @@ pub fn dense_attend_fwd<F: Float>(
 }
 
 /// Backward, query-major: dq, and `delta` = Σ_j p·dp = dout·out per row for the key pass.
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn dense_bwd_rows<F: Float>(
     q: &Array<F>,
     k: &Array<F>,
@@ -124,7 +124,7 @@ pub fn dense_bwd_rows<F: Float>(
 }
 
 /// Backward, key-major: dk and dv over every query that sees key j (all, or `i >= j`).
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn dense_bwd_keys<F: Float>(
     q: &Array<F>,
     k: &Array<F>,

@@ -1,11 +1,12 @@
-//! `#[cube]` kernels of SPT sparse attention. One unit per query row (or key, or head), or — for
+//! `#[cube]` kernels of SPT sparse attention (the selection is in `super::select`). One unit per
+//! query row (or key, or head), or — for
 //! the kernels that gather whole rows (attend, backward rows and keys) — a group of lanes per
 //! row; every shape-independent choice (head dim, PQ layout, top-k, causal, clamp, selector) is a
 //! comptime value of [`SptConfig`], so each distinct config compiles to its own specialised kernel.
 //!
 //! Storage dtype `F` (f32, f16, bf16); every reduction accumulates in f32.
 
-// `#[cube(launch)]` generates undocumented modules and launch functions next to each kernel.
+// `#[cube(launch, launch_unchecked)]` generates undocumented modules and launch functions.
 #![allow(missing_docs)]
 // Kernel code is expanded by `#[cube]`, which understands comparisons but not `Range::contains`.
 #![allow(clippy::manual_range_contains)]
@@ -13,7 +14,7 @@
 use cubecl::prelude::*;
 
 /// Comptime configuration of the SPT kernels, derived from a verified `spt-attention` spec by
-/// [`super::SptPlan::from_spec`].
+/// [`super::config`].
 #[derive_cube_comptime]
 pub struct SptConfig {
     /// Head dimension `D`.
@@ -32,208 +33,6 @@ pub struct SptConfig {
     pub clamp: bool,
     /// Score candidates by asymmetric distance (pq-adc) instead of code matches (pq-match).
     pub adc: bool,
-}
-
-/// Codes of the rows of `x` [rows, S·d_c]: per subspace the codeword at the least L1 distance,
-/// ties to the lower codeword. One unit per (row, subspace); `codes` is [rows, S].
-#[cube(launch)]
-pub fn pq_encode<F: Float>(
-    x: &Array<F>,
-    codebook: &Array<F>,
-    codes: &mut Array<u32>,
-    #[comptime] cfg: SptConfig,
-) {
-    let pos = ABSOLUTE_POS;
-    if pos < codes.len() {
-        let s = cfg.s as usize;
-        let dc = cfg.dc as usize;
-        let row = pos / s;
-        let sub = pos % s;
-        let base = row * (cfg.d as usize) + sub * dc;
-        // Seed with codeword 0 (WGSL has no infinity literal), then strict `<`: ties keep the lower word.
-        let mut best = 0.0f32;
-        #[unroll]
-        for t in 0..cfg.dc {
-            best += f32::abs(
-                f32::cast_from(x[base + t as usize])
-                    - f32::cast_from(codebook[sub * (cfg.e as usize) * dc + t as usize]),
-            );
-        }
-        let mut best_word = 0u32;
-        for w in 1..cfg.e {
-            let cb = (sub * (cfg.e as usize) + w as usize) * dc;
-            let mut dist = 0.0f32;
-            #[unroll]
-            for t in 0..cfg.dc {
-                dist += f32::abs(
-                    f32::cast_from(x[base + t as usize])
-                        - f32::cast_from(codebook[cb + t as usize]),
-                );
-            }
-            if dist < best {
-                best = dist;
-                best_word = w;
-            }
-        }
-        codes[pos] = best_word;
-    }
-}
-
-/// An order-preserving map of f32 onto u32 (larger float ⇒ larger key).
-#[cube]
-fn ordered_key(v: f32) -> u32 {
-    let bits = u32::reinterpret(v);
-    if bits >= 0x8000_0000u32 {
-        !bits
-    } else {
-        bits | 0x8000_0000u32
-    }
-}
-
-/// The selection key of candidate key row `krow` for the query whose codes start at `qbase`
-/// (pq-match: equal codes) or whose ADC table is `table` (pq-adc: Σ_s table[s, code_k[s]]).
-#[cube]
-fn candidate_key(
-    codes_q: &Array<u32>,
-    codes_k: &Array<u32>,
-    table: &Array<f32>,
-    qbase: usize,
-    krow: usize,
-    #[comptime] cfg: SptConfig,
-) -> u32 {
-    let s = cfg.s as usize;
-    let mut key = 0u32;
-    if cfg.adc {
-        let mut score = 0.0f32;
-        for sub in 0..s {
-            score += table[sub * (cfg.e as usize) + codes_k[krow * s + sub] as usize];
-        }
-        key = ordered_key(score);
-    } else {
-        for sub in 0..s {
-            if codes_q[qbase + sub] == codes_k[krow * s + sub] {
-                key += 1u32;
-            }
-        }
-    }
-    key
-}
-
-/// Top-k selection per query row: the kept set (highest key first, ties to the lower key index)
-/// written in ascending key order, padded with −1. Exact: the k-th largest key is found first —
-/// from a histogram of the S+1 possible match counts (pq-match, one pass) or bit by bit (pq-adc,
-/// one counting pass per key bit) — then keys above it and the first ones equal to it are kept.
-/// One unit per row; `indices` is [rows, topk].
-#[cube(launch)]
-pub fn spt_select<F: Float>(
-    q: &Array<F>,
-    codebook: &Array<F>,
-    codes_q: &Array<u32>,
-    codes_k: &Array<u32>,
-    indices: &mut Array<i32>,
-    seq_len: u32,
-    #[comptime] cfg: SptConfig,
-) {
-    let row = ABSOLUTE_POS;
-    let topk = cfg.topk as usize;
-    if row < indices.len() / topk {
-        let l = seq_len as usize;
-        let s = cfg.s as usize;
-        let e = cfg.e as usize;
-        let dc = cfg.dc as usize;
-        let head = row / l;
-        let i = row % l;
-        let n = if cfg.causal { i + 1 } else { l };
-        let mut kept = n;
-        if topk < n {
-            kept = topk;
-        }
-        let qbase = row * s;
-
-        let mut table = Array::<f32>::new(comptime!(if cfg.adc {
-            (cfg.s * cfg.e) as usize
-        } else {
-            1usize
-        }));
-        if cfg.adc {
-            for sub in 0..s {
-                for w in 0..e {
-                    let mut dot = 0.0f32;
-                    for t in 0..dc {
-                        dot += f32::cast_from(q[row * (cfg.d as usize) + sub * dc + t])
-                            * f32::cast_from(codebook[(sub * e + w) * dc + t]);
-                    }
-                    table[sub * e + w] = dot;
-                }
-            }
-        }
-
-        // The kept-th largest key: the largest t with #{key >= t} >= kept, and #{key > t}.
-        let mut threshold = 0u32;
-        let mut above = 0usize;
-        if cfg.adc {
-            // f32 keys: decide the threshold bit by bit, one counting pass per bit.
-            for b in 0..32u32 {
-                let candidate = threshold | (1u32 << (31u32 - b));
-                let mut count = 0usize;
-                for j in 0..n {
-                    if candidate_key(codes_q, codes_k, &table, qbase, head * l + j, cfg)
-                        >= candidate
-                    {
-                        count += 1;
-                    }
-                }
-                if count >= kept {
-                    threshold = candidate;
-                }
-            }
-            for j in 0..n {
-                if candidate_key(codes_q, codes_k, &table, qbase, head * l + j, cfg) > threshold {
-                    above += 1;
-                }
-            }
-        } else {
-            // Match counts lie in 0..=S: one histogram pass, then a scan from the top.
-            let mut hist = Array::<u32>::new(comptime!((cfg.s + 1) as usize));
-            for b in 0..cfg.s + 1 {
-                hist[b as usize] = 0u32;
-            }
-            for j in 0..n {
-                let key = candidate_key(codes_q, codes_k, &table, qbase, head * l + j, cfg);
-                hist[key as usize] += 1u32;
-            }
-            let mut cumulative = 0usize;
-            let mut found = false;
-            for b in 0..cfg.s + 1 {
-                let t = cfg.s - b;
-                let before = cumulative;
-                cumulative += hist[t as usize] as usize;
-                if !found && cumulative >= kept {
-                    threshold = t;
-                    above = before;
-                    found = true;
-                }
-            }
-        }
-        let mut equal_left = kept - above;
-        let mut slot = 0usize;
-        for j in 0..n {
-            let key = candidate_key(codes_q, codes_k, &table, qbase, head * l + j, cfg);
-            let mut take = key > threshold;
-            if key == threshold && equal_left > 0 {
-                take = true;
-                equal_left -= 1;
-            }
-            if take {
-                indices[row * topk + slot] = j as i32;
-                slot += 1;
-            }
-        }
-        while slot < topk {
-            indices[row * topk + slot] = -1i32;
-            slot += 1;
-        }
-    }
 }
 
 /// The scaled (and optionally clamped) score q_row · k_krow / √D, and whether the clamp let the
@@ -413,7 +212,7 @@ pub(crate) fn scaled(dot: f32, #[comptime] cfg: SptConfig) -> (f32, bool) {
 /// reductions are plane-wide shuffles, so every unit runs every slot: a unit past the last row
 /// works on the last row and stores nothing; an empty slot reduces a valid dummy row and is
 /// skipped afterwards.
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn spt_attend_fwd<F: Float>(
     q: &Array<F>,
     k: &Array<F>,
@@ -484,7 +283,7 @@ pub fn spt_attend_fwd<F: Float>(
 
 /// Unfused forward, step 1 (SDDMM): the scaled (clamped) score of every kept slot,
 /// `scores` [rows, topk]; empty slots get −f32::MAX (exp of it relative to any score is 0).
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn spt_sddmm<F: Float>(
     q: &Array<F>,
     k: &Array<F>,
@@ -512,7 +311,7 @@ pub fn spt_sddmm<F: Float>(
 
 /// Unfused forward, step 2: row softmax over the kept slots, in place (`scores` becomes `p`),
 /// and the row's log-sum-exp.
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn spt_softmax(
     scores: &mut Array<f32>,
     indices: &Array<i32>,
@@ -544,7 +343,7 @@ pub fn spt_softmax(
 }
 
 /// Unfused forward, step 3 (SpMM): `out` [rows, D] = Σ_slot p · v_j.
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn spt_spmm<F: Float>(
     probs: &Array<f32>,
     indices: &Array<i32>,
@@ -589,7 +388,7 @@ pub fn spt_spmm<F: Float>(
 /// A group of `lanes` units per query row, as in [`spt_attend_fwd`] (every unit runs every slot;
 /// units past the last row store nothing). The lanes of a row compute the same per-slot scalars
 /// and store the same value to `probs`/`dscores`; the later passes read those back.
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn spt_bwd_rows<F: Float>(
     q: &Array<F>,
     k: &Array<F>,
@@ -694,7 +493,7 @@ pub const KEY_CHUNK: u32 = 64;
 /// Key-major view of the kept set, pass 1 of 4: per (head, chunk of [`KEY_CHUNK`] query rows),
 /// how many of the chunk's kept slots name each key. `counts` [heads, chunks, L]. One unit per
 /// (head, chunk); it alone writes its row of `counts` (no atomics).
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn spt_key_count(
     indices: &Array<i32>,
     counts: &mut Array<u32>,
@@ -732,7 +531,7 @@ pub fn spt_key_count(
 /// Pass 2 of 4: per (head, key), the exclusive prefix of `counts` over the chunks, in place (the
 /// key's first slot for each chunk, relative to the key's segment), and the key's total into
 /// `offsets[head, key]`. One unit per (head, key).
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn spt_key_scan(counts: &mut Array<u32>, offsets: &mut Array<u32>, seq_len: u32) {
     let unit = ABSOLUTE_POS;
     let l = seq_len as usize;
@@ -758,7 +557,7 @@ pub fn spt_key_scan(counts: &mut Array<u32>, offsets: &mut Array<u32>, seq_len: 
 /// Pass 3 of 4: per head, the exclusive prefix of the key totals, in place: `offsets` [heads,
 /// L + 1] becomes the start of each key's segment, `offsets[head, L]` the head's kept count.
 /// One unit per head (O(L)).
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn spt_key_offsets(offsets: &mut Array<u32>, seq_len: u32) {
     let head = ABSOLUTE_POS;
     let l = seq_len as usize;
@@ -778,7 +577,7 @@ pub fn spt_key_offsets(offsets: &mut Array<u32>, seq_len: u32) {
 /// ordered sub-ranges of each segment and walk their queries in ascending order, so every
 /// segment lists its queries in ascending order: deterministic, no atomics. One unit per
 /// (head, chunk); `counts` (from pass 2) is its cursor.
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn spt_key_fill(
     indices: &Array<i32>,
     counts: &mut Array<u32>,
@@ -821,7 +620,7 @@ pub fn spt_key_fill(
 /// kept key j, in ascending query order (no atomics, deterministic). A group of `lanes` units per
 /// key row; lane l accumulates elements l, l + lanes, … so every gathered q/dout row is read by
 /// coalesced group-wide accesses (no reductions, so no shuffles).
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 pub fn spt_bwd_keys<F: Float>(
     q: &Array<F>,
     dout: &Array<F>,

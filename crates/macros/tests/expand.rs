@@ -57,6 +57,16 @@ fn sara_kernel() {
 }
 
 #[test]
+fn nm_kernel() {
+    insta::assert_snapshot!(kernel(quote! {
+        pub pruned: nm_linear(x, v, bias, mask_index) -> y {
+            pattern = nm(n = 2, m = 4),
+            dims = (T, in = 1024, out),
+        }
+    }));
+}
+
+#[test]
 fn pst_kernel() {
     insta::assert_snapshot!(kernel(quote! {
         pub masked: pst_linear(x, w, bias, u, v, ma, mb, mr, mc) -> y {

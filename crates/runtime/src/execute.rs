@@ -1,12 +1,17 @@
-//! Running a verified spec on host tensors on a device: upload, launch the generated kernels,
-//! read back. Ops without generated kernels yet are a clear error (use the reference device).
+//! Running a verified spec on host tensors on a device: lower it to its plans, upload the inputs
+//! the plans bind, execute the forward (and the backward, binding the forward's saved buffers),
+//! and read back the outputs the spec's signature names. Nothing here is op-specific: every op
+//! is its plans.
 
+use crate::exec::{self, Executed, Mode};
 use crate::{Device, RuntimeError};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 use kernels_ir::reference::{self, IndexTensor, ReferenceError, Tensor, TensorMap, Value};
-use kernels_ir::{DType, Direction, KernelSpec, OpKind};
-use sparsecube_codegen::{LowerError, blockdiag, cbm, dense, monarch, pst, routed, sara, spt};
+use kernels_ir::{DType, KernelSpec, OpKind, Role as SigRole};
+use sparsecube_codegen::plan::{Elem, LaunchPlan, LowerOptions, Lowering, lower};
+use sparsecube_codegen::{LowerError, spt};
+use std::collections::BTreeMap;
 
 /// Runs `spec` on `inputs` on `device` and returns the outputs its signature names.
 pub fn run(
@@ -14,11 +19,21 @@ pub fn run(
     spec: &KernelSpec,
     inputs: &TensorMap,
 ) -> Result<TensorMap, RuntimeError> {
+    run_with(device, spec, inputs, Mode::from_env())
+}
+
+/// [`run`] with launches checked or unchecked as `mode` says.
+pub fn run_with(
+    device: &Device,
+    spec: &KernelSpec,
+    inputs: &TensorMap,
+    mode: Mode,
+) -> Result<TensorMap, RuntimeError> {
     let spec = &crate::tune::resolve(device, spec);
     match device {
         Device::Reference => Ok(reference::run(spec, inputs)?),
-        Device::Wgpu(client) => on_device(client, "wgpu", spec, inputs),
-        Device::Cuda(client) => on_device(client, "cuda", spec, inputs),
+        Device::Wgpu(client) => on_device(client, "wgpu", spec, inputs, mode),
+        Device::Cuda(client) => on_device(client, "cuda", spec, inputs, mode),
     }
 }
 
@@ -55,90 +70,303 @@ impl HostFloat for half::bf16 {
     }
 }
 
+/// Whether the adapter stores `dtype` natively.
+pub(crate) fn stores<R: Runtime>(client: &ComputeClient<R>, dtype: DType) -> bool {
+    match dtype {
+        DType::F32 | DType::I64 => true,
+        DType::F16 => client
+            .properties()
+            .supports_type(half::f16::as_type_native_unchecked()),
+        DType::BF16 => client
+            .properties()
+            .supports_type(half::bf16::as_type_native_unchecked()),
+    }
+}
+
+/// The spec a device runs for `spec`: bf16 on an adapter without bf16 storage (WGSL has none) is
+/// held as f32 on the device (exactly; twice the memory), the results rounded to bf16 on the way
+/// out — so they are those of bf16 storage. Other dtypes the adapter cannot store are an error.
+pub(crate) fn device_spec<R: Runtime>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    spec: &KernelSpec,
+) -> Result<(KernelSpec, bool), RuntimeError> {
+    if stores(client, spec.dtype) {
+        return Ok((spec.clone(), false));
+    }
+    if spec.dtype == DType::BF16 {
+        let mut s = spec.clone();
+        s.dtype = DType::F32;
+        return Ok((s, true));
+    }
+    Err(RuntimeError::Unavailable {
+        kind,
+        reason: format!("this adapter cannot store {}", spec.dtype),
+    })
+}
+
+/// The plans of `spec` for this device, with the optional inputs `inputs` holds.
+pub(crate) fn lower_for<R: Runtime>(
+    client: &ComputeClient<R>,
+    spec: &KernelSpec,
+    given: &[&str],
+    nnz: Option<usize>,
+) -> Result<Lowering, RuntimeError> {
+    let mut opts = LowerOptions::new(exec::limits(client)).given(given.iter().copied());
+    opts.nnz = nnz;
+    Ok(lower(spec, &opts)?)
+}
+
 fn on_device<R: Runtime>(
     client: &ComputeClient<R>,
     kind: &'static str,
     spec: &KernelSpec,
     inputs: &TensorMap,
+    mode: Mode,
 ) -> Result<TensorMap, RuntimeError> {
     reference::check_inputs(spec, inputs)?;
-    let native_bf16 = client
-        .properties()
-        .supports_type(half::bf16::as_type_native_unchecked());
-    // `$op::<R, F>` for the spec's storage dtype; bf16 where the adapter cannot store it is held
-    // as f32 (see `bf16_as_f32`).
-    macro_rules! per_dtype {
-        ($op:ident) => {
-            match spec.dtype {
-                DType::F32 => $op::<R, f32>(client, kind, spec, inputs),
-                DType::F16 => $op::<R, half::f16>(client, kind, spec, inputs),
-                DType::BF16 if native_bf16 => $op::<R, half::bf16>(client, kind, spec, inputs),
-                DType::BF16 => bf16_as_f32(inputs, |ins| $op::<R, f32>(client, kind, spec, ins)),
-                DType::I64 => Err(LowerError::Unsupported {
-                    op: spec.op,
-                    what: "i64 storage".into(),
-                }
-                .into()),
-            }
-        };
-    }
-    match spec.op {
-        OpKind::SptAttention => per_dtype!(spt_attention),
-        OpKind::PqEncode => per_dtype!(pq_encode),
-        OpKind::RoutedFfn => per_dtype!(routed_ffn),
-        OpKind::CbmHead => per_dtype!(cbm_head),
-        OpKind::DenseLinear => per_dtype!(dense_linear),
-        OpKind::SaraLinear => per_dtype!(sara_linear),
-        OpKind::PstLinear => per_dtype!(pst_linear),
-        OpKind::Monarch => per_dtype!(monarch_op),
-        OpKind::BlockDiagLinear => per_dtype!(block_diag_linear),
+    if spec.op == OpKind::MonarchProject {
         // The projection is a truncated SVD per sub-block, a one-time conversion: it runs on the
         // host in f64 (reference quality, METHODS.md §3) whichever device is asked for.
-        OpKind::MonarchProject => Ok(reference::run(spec, inputs)?),
+        return Ok(reference::run(spec, inputs)?);
     }
-}
-
-/// bf16 on an adapter without bf16 storage (WGSL has none): the bf16 values are held as f32 on
-/// the device (exactly; twice the memory) and the outputs are rounded to bf16 on the way out, so
-/// the results are those of bf16 storage.
-fn bf16_as_f32(
-    inputs: &TensorMap,
-    run: impl FnOnce(&TensorMap) -> Result<TensorMap, RuntimeError>,
-) -> Result<TensorMap, RuntimeError> {
-    let rounded: TensorMap = inputs
+    let (dspec, bf16_as_f32) = device_spec(client, kind, spec)?;
+    let rounded: TensorMap;
+    let inputs = if bf16_as_f32 {
+        rounded = inputs
+            .iter()
+            .map(|(n, v)| (n.clone(), round_to(v, DType::BF16)))
+            .collect();
+        &rounded
+    } else {
+        inputs
+    };
+    let signature = spec.tensors()?;
+    let given: Vec<&str> = signature
         .iter()
-        .map(|(n, v)| (n.clone(), round_bf16(v)))
+        .filter(|t| t.optional && inputs.contains_key(&t.name))
+        .map(|t| t.name.as_str())
         .collect();
-    let out = run(&rounded)?;
-    Ok(out
-        .iter()
-        .map(|(n, v)| (n.clone(), round_bf16(v)))
-        .collect())
+    let lowering = lower_for(client, &dspec, &given, None)?;
+    for plan in lowering.plans() {
+        check_shapes(plan, inputs, &signature)?;
+    }
+    let mut handles: BTreeMap<String, Handle> = BTreeMap::new();
+    let fwd = run_plan(
+        client,
+        kind,
+        &lowering.forward,
+        inputs,
+        &mut handles,
+        None,
+        mode,
+    )?;
+    let last = match &lowering.backward {
+        Some(plan) => run_plan(client, kind, plan, inputs, &mut handles, Some(&fwd), mode)?,
+        None => fwd,
+    };
+    exec::sync(client, kind)?;
+    let mut out = TensorMap::new();
+    for t in signature.iter().filter(|t| t.role == SigRole::Output) {
+        let value = match last.buffers.get(&t.name) {
+            Some(r) => download(client, kind, &r.handle, r.elem, &r.shape, dspec.dtype)?,
+            // An output the op echoes from its inputs (SaRA's and N:M's given `v`).
+            None => inputs
+                .get(&t.name)
+                .cloned()
+                .ok_or_else(|| malformed_outputs(spec, &t.name))?,
+        };
+        let value = match value {
+            Value::F(_) => round_to(&value, spec.dtype),
+            v => v,
+        };
+        out.insert(t.name.clone(), value);
+    }
+    Ok(out)
 }
 
-/// A typed error where the adapter cannot hold `F` (`dtype` is its name).
-pub(crate) fn ensure_storable<R: Runtime, F: HostFloat>(
+/// Every input `plan` binds from `inputs` has the shape its buffer table gives (a count known
+/// only on the device is checked by the executor once it is read back). The message says when
+/// the length is the mask's nnz.
+fn check_shapes(
+    plan: &LaunchPlan,
+    inputs: &TensorMap,
+    signature: &[kernels_ir::TensorSpec],
+) -> Result<(), RuntimeError> {
+    for buf in plan.inputs().into_iter().filter(|b| b.is_fixed()) {
+        let Some(v) = inputs.get(&buf.name) else {
+            continue;
+        };
+        let want = buf.dims(0);
+        if v.shape() != want.as_slice() {
+            let nnz = signature
+                .iter()
+                .any(|t| t.name == buf.name && t.shape.contains(&kernels_ir::Extent::Nnz));
+            return Err(ReferenceError::ShapeMismatch {
+                name: buf.name.clone(),
+                expected: format!("{want:?}{}", if nnz { " (nnz of the mask)" } else { "" }),
+                actual: v.shape().to_vec(),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+fn malformed_outputs(spec: &KernelSpec, name: &str) -> RuntimeError {
+    LowerError::Unsupported {
+        op: spec.op,
+        what: format!("the output `{name}` (no plan returns it)"),
+    }
+    .into()
+}
+
+/// Uploads the inputs `plan` binds from `inputs` (reusing `handles` uploaded by an earlier plan)
+/// or takes them from the forward's returned buffers `fwd`, and executes it.
+fn run_plan<R: Runtime>(
     client: &ComputeClient<R>,
     kind: &'static str,
+    plan: &LaunchPlan,
+    inputs: &TensorMap,
+    handles: &mut BTreeMap<String, Handle>,
+    fwd: Option<&Executed>,
+    mode: Mode,
+) -> Result<Executed, RuntimeError> {
+    let mut bound = BTreeMap::new();
+    for buf in plan.inputs() {
+        let name = &buf.name;
+        let h = if let Some(r) = fwd.and_then(|f| f.buffers.get(name)) {
+            r.handle.clone()
+        } else if let Some(h) = handles.get(name) {
+            h.clone()
+        } else if let Some(v) = inputs.get(name) {
+            let h = upload(client, v, buf.elem, plan.dtype);
+            handles.insert(name.clone(), h.clone());
+            h
+        } else {
+            return Err(ReferenceError::MissingTensor {
+                op: plan.op,
+                name: name.clone(),
+                expected: sparsecube_codegen::plan::shape_text(&buf.shape),
+            }
+            .into());
+        };
+        bound.insert(name.clone(), h);
+    }
+    exec::execute(client, kind, plan, &bound, mode)
+}
+
+/// `v` uploaded as `elem` (the storage dtype `dtype`, or indices).
+pub(crate) fn upload<R: Runtime>(
+    client: &ComputeClient<R>,
+    v: &Value,
+    elem: Elem,
     dtype: DType,
-) -> Result<(), RuntimeError> {
-    if client
-        .properties()
-        .supports_type(F::as_type_native_unchecked())
-    {
-        Ok(())
-    } else {
-        Err(RuntimeError::Unavailable {
-            kind,
-            reason: format!("this adapter cannot store {dtype} (WGSL has no bf16)"),
-        })
+) -> Handle {
+    fn floats<R: Runtime, F: HostFloat>(client: &ComputeClient<R>, data: &[f64]) -> Handle {
+        let values: Vec<F> = data.iter().map(|&v| F::from_f64(v)).collect();
+        if values.is_empty() {
+            return client.create_from_slice(F::as_bytes(&[F::from_f64(0.0)]));
+        }
+        client.create_from_slice(F::as_bytes(&values))
+    }
+    match (v, elem) {
+        (Value::F(t), Elem::F32) => floats::<R, f32>(client, &t.data),
+        (Value::F(t), _) => match dtype {
+            DType::F16 => floats::<R, half::f16>(client, &t.data),
+            DType::BF16 => floats::<R, half::bf16>(client, &t.data),
+            _ => floats::<R, f32>(client, &t.data),
+        },
+        (Value::I(t), Elem::I32) => {
+            let v: Vec<i32> = t.data.iter().map(|&i| i as i32).collect();
+            client.create_from_slice(i32::as_bytes(if v.is_empty() { &[0] } else { &v }))
+        }
+        (Value::I(t), _) => {
+            let v: Vec<u32> = t.data.iter().map(|&i| i as u32).collect();
+            client.create_from_slice(u32::as_bytes(if v.is_empty() { &[0] } else { &v }))
+        }
     }
 }
 
-/// `v` rounded to bf16 (index tensors unchanged).
-fn round_bf16(v: &Value) -> Value {
-    match v {
-        Value::F(t) => Value::F(Tensor {
+/// Reads `h` back as a host tensor of `shape`: floats (storage dtype `dtype` or f32) as f64,
+/// indices as i64.
+pub(crate) fn download<R: Runtime>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    h: &Handle,
+    elem: Elem,
+    shape: &[usize],
+    dtype: DType,
+) -> Result<Value, RuntimeError> {
+    let n: usize = shape.iter().product();
+    let bytes = if n == 0 {
+        Vec::new()
+    } else {
+        client
+            .read_one(h.clone())
+            .map_err(|e| RuntimeError::Device {
+                kind,
+                message: format!("{e:?}"),
+            })?
+            .to_vec()
+    };
+    fn floats<F: HostFloat>(bytes: &[u8], n: usize) -> Vec<f64> {
+        if n == 0 {
+            return Vec::new();
+        }
+        F::from_bytes(bytes)[..n]
+            .iter()
+            .map(|v| HostFloat::to_f64(*v))
+            .collect()
+    }
+    let shape = shape.to_vec();
+    Ok(match elem {
+        Elem::F32 => Value::F(Tensor::new(shape, floats::<f32>(&bytes, n))?),
+        Elem::Storage => {
+            let data = match dtype {
+                DType::F16 => floats::<half::f16>(&bytes, n),
+                DType::BF16 => floats::<half::bf16>(&bytes, n),
+                _ => floats::<f32>(&bytes, n),
+            };
+            Value::F(Tensor::new(shape, data)?)
+        }
+        Elem::U32 => {
+            let data = if n == 0 {
+                Vec::new()
+            } else {
+                u32::from_bytes(&bytes)[..n]
+                    .iter()
+                    .map(|&i| i64::from(i))
+                    .collect()
+            };
+            Value::I(IndexTensor::new(shape, data)?)
+        }
+        Elem::I32 => {
+            let data = if n == 0 {
+                Vec::new()
+            } else {
+                i32::from_bytes(&bytes)[..n]
+                    .iter()
+                    .map(|&i| i64::from(i))
+                    .collect()
+            };
+            Value::I(IndexTensor::new(shape, data)?)
+        }
+    })
+}
+
+/// `v` rounded to `dtype` (index tensors unchanged).
+fn round_to(v: &Value, dtype: DType) -> Value {
+    match (v, dtype) {
+        (Value::F(t), DType::F16) => Value::F(Tensor {
+            shape: t.shape.clone(),
+            data: t
+                .data
+                .iter()
+                .map(|&x| half::f16::from_f64(x).to_f64())
+                .collect(),
+        }),
+        (Value::F(t), DType::BF16) => Value::F(Tensor {
             shape: t.shape.clone(),
             data: t
                 .data
@@ -146,544 +374,12 @@ fn round_bf16(v: &Value) -> Value {
                 .map(|&x| half::bf16::from_f64(x).to_f64())
                 .collect(),
         }),
-        Value::I(_) => v.clone(),
+        (Value::F(t), DType::F32) => Value::F(Tensor {
+            shape: t.shape.clone(),
+            data: t.data.iter().map(|&x| (x as f32) as f64).collect(),
+        }),
+        _ => v.clone(),
     }
-}
-
-fn tensor<'a>(inputs: &'a TensorMap, name: &str) -> &'a Tensor {
-    match inputs.get(name) {
-        Some(Value::F(t)) => t,
-        _ => unreachable!("check_inputs validated `{name}`"),
-    }
-}
-
-fn upload<R: Runtime, F: HostFloat>(client: &ComputeClient<R>, t: &Tensor) -> Handle {
-    let values: Vec<F> = t.data.iter().map(|&v| F::from_f64(v)).collect();
-    client.create_from_slice(F::as_bytes(&values))
-}
-
-/// Waits for queued work and turns a failed launch (compilation, validation) into an error
-/// rather than returning stale buffer contents.
-fn sync<R: Runtime>(client: &ComputeClient<R>, kind: &'static str) -> Result<(), RuntimeError> {
-    cubecl::future::block_on(client.sync()).map_err(|e| RuntimeError::Device {
-        kind,
-        message: format!("{e:?}"),
-    })
-}
-
-fn download<R: Runtime, F: HostFloat>(
-    client: &ComputeClient<R>,
-    kind: &'static str,
-    h: Handle,
-    shape: Vec<usize>,
-) -> Result<Tensor, RuntimeError> {
-    let bytes = client.read_one(h).map_err(|e| RuntimeError::Device {
-        kind,
-        message: format!("{e:?}"),
-    })?;
-    let data = F::from_bytes(&bytes)
-        .iter()
-        .map(|v| HostFloat::to_f64(*v))
-        .collect();
-    Ok(Tensor::new(shape, data)?)
-}
-
-/// Downloads each `(name, handle, shape)` into `out` as a float tensor of dtype `F`.
-fn download_into<R: Runtime, F: HostFloat>(
-    client: &ComputeClient<R>,
-    kind: &'static str,
-    out: &mut TensorMap,
-    items: impl IntoIterator<Item = (&'static str, Handle, Vec<usize>)>,
-) -> Result<(), RuntimeError> {
-    for (name, h, shape) in items {
-        out.insert(
-            name.into(),
-            Value::F(download::<R, F>(client, kind, h, shape)?),
-        );
-    }
-    Ok(())
-}
-
-/// An i32 index tensor on the device, as the i64 `IndexTensor` the outputs hold.
-fn download_indices<R: Runtime>(
-    client: &ComputeClient<R>,
-    kind: &'static str,
-    h: Handle,
-    shape: Vec<usize>,
-) -> Result<IndexTensor, RuntimeError> {
-    let bytes = client.read_one(h).map_err(|e| RuntimeError::Device {
-        kind,
-        message: format!("{e:?}"),
-    })?;
-    let data = i32::from_bytes(&bytes)
-        .iter()
-        .map(|&j| i64::from(j))
-        .collect();
-    Ok(IndexTensor::new(shape, data)?)
-}
-
-fn spt_attention<R: Runtime, F: HostFloat>(
-    client: &ComputeClient<R>,
-    kind: &'static str,
-    spec: &KernelSpec,
-    inputs: &TensorMap,
-) -> Result<TensorMap, RuntimeError> {
-    let plan = spt::SptPlan::from_spec(spec)?;
-    ensure_storable::<R, F>(client, kind, spec.dtype)?;
-    let [q, k, v, cb] =
-        ["q", "k", "v", "codebook"].map(|n| upload::<R, F>(client, tensor(inputs, n)));
-    let shape = tensor(inputs, "q").shape.clone();
-    let saved = spt::forward::<R, F>(client, &plan, &q, &k, &v, &cb);
-    sync(client, kind)?;
-    let mut out = TensorMap::new();
-    match spec.direction {
-        Direction::Forward => {
-            out.insert(
-                "out".into(),
-                Value::F(download::<R, F>(
-                    client,
-                    kind,
-                    saved.out.clone(),
-                    shape.clone(),
-                )?),
-            );
-            let mut ishape = shape;
-            ishape[3] = plan.cfg.topk as usize;
-            out.insert(
-                "indices".into(),
-                Value::I(download_indices(
-                    client,
-                    kind,
-                    saved.indices.clone(),
-                    ishape,
-                )?),
-            );
-        }
-        Direction::Backward => {
-            let dout = upload::<R, F>(client, tensor(inputs, "dout"));
-            let g = spt::backward::<R, F>(client, &plan, &q, &k, &v, &saved, &dout);
-            sync(client, kind)?;
-            for (name, h) in [("dq", g.dq), ("dk", g.dk), ("dv", g.dv)] {
-                out.insert(
-                    name.into(),
-                    Value::F(download::<R, F>(client, kind, h, shape.clone())?),
-                );
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn routed_ffn<R: Runtime, F: HostFloat>(
-    client: &ComputeClient<R>,
-    kind: &'static str,
-    spec: &KernelSpec,
-    inputs: &TensorMap,
-) -> Result<TensorMap, RuntimeError> {
-    let plan = routed::RoutedPlan::from_spec(spec)?;
-    ensure_storable::<R, F>(client, kind, spec.dtype)?;
-    let [x, w1, b1, w2, b2, wr, br] = ["x", "w1", "b1", "w2", "b2", "wr", "br"]
-        .map(|n| upload::<R, F>(client, tensor(inputs, n)));
-    let saved = routed::forward::<R, F>(client, &plan, &x, &w1, &b1, &w2, &b2, &wr, &br);
-    sync(client, kind)?;
-    let (t, dm) = (plan.t, plan.cfg.dm as usize);
-    let mut out = TensorMap::new();
-    match spec.direction {
-        Direction::Forward => {
-            out.insert(
-                "y".into(),
-                Value::F(download::<R, F>(
-                    client,
-                    kind,
-                    saved.y.clone(),
-                    vec![t, dm],
-                )?),
-            );
-            out.insert(
-                "blocks".into(),
-                Value::I(download_indices(
-                    client,
-                    kind,
-                    saved.blocks.clone(),
-                    vec![t, plan.cfg.top as usize],
-                )?),
-            );
-        }
-        Direction::Backward => {
-            let dy = upload::<R, F>(client, tensor(inputs, "dy"));
-            let g = routed::backward::<R, F>(client, &plan, &x, &w1, &w2, &wr, &saved, &dy);
-            sync(client, kind)?;
-            let (dff, e_n) = (plan.dff(), plan.cfg.blocks as usize);
-            download_into::<R, F>(
-                client,
-                kind,
-                &mut out,
-                [
-                    ("dx", g.dx, vec![t, dm]),
-                    ("dw1", g.dw1, vec![dff, dm]),
-                    ("db1", g.db1, vec![dff]),
-                    ("dw2", g.dw2, vec![dm, dff]),
-                    ("db2", g.db2, vec![dm]),
-                    ("dwr", g.dwr, vec![e_n, dm]),
-                    ("dbr", g.dbr, vec![e_n]),
-                ],
-            )?;
-        }
-    }
-    Ok(out)
-}
-
-fn dense_linear<R: Runtime, F: HostFloat>(
-    client: &ComputeClient<R>,
-    kind: &'static str,
-    spec: &KernelSpec,
-    inputs: &TensorMap,
-) -> Result<TensorMap, RuntimeError> {
-    spec.verify()?;
-    ensure_storable::<R, F>(client, kind, spec.dtype)?;
-    let plan = dense::LinearPlan::from_spec(spec);
-    let (n, n_in, n_out) = (plan.n, plan.cfg.n_in as usize, plan.cfg.n_out as usize);
-    let [x, w, bias] = ["x", "w", "bias"].map(|n| upload::<R, F>(client, tensor(inputs, n)));
-    let mut out = TensorMap::new();
-    match spec.direction {
-        Direction::Forward => {
-            let y = dense::forward::<R, F>(client, &plan, &x, &w, &bias);
-            sync(client, kind)?;
-            out.insert(
-                "y".into(),
-                Value::F(download::<R, F>(client, kind, y, vec![n, n_out])?),
-            );
-        }
-        Direction::Backward => {
-            let dy = upload::<R, F>(client, tensor(inputs, "dy"));
-            let (dx, dw, dbias) = dense::backward::<R, F>(client, &plan, &x, &w, &dy);
-            sync(client, kind)?;
-            download_into::<R, F>(
-                client,
-                kind,
-                &mut out,
-                [
-                    ("dx", dx, vec![n, n_in]),
-                    ("dw", dw, vec![n_out, n_in]),
-                    ("dbias", dbias, vec![n_out]),
-                ],
-            )?;
-        }
-    }
-    Ok(out)
-}
-
-fn sara_linear<R: Runtime, F: HostFloat>(
-    client: &ComputeClient<R>,
-    kind: &'static str,
-    spec: &KernelSpec,
-    inputs: &TensorMap,
-) -> Result<TensorMap, RuntimeError> {
-    let plan = sara::SaraPlan::from_spec(spec)?;
-    ensure_storable::<R, F>(client, kind, spec.dtype)?;
-    let device = |message: String| RuntimeError::Device { kind, message };
-    let [x, w, bias] = ["x", "w", "bias"].map(|n| upload::<R, F>(client, tensor(inputs, n)));
-    let len = plan.weights();
-    let (index, nnz) = sara::mask::<R, F>(client, &plan, &w).map_err(device)?;
-    let v = match inputs.get("v") {
-        Some(_) => {
-            let given = tensor(inputs, "v");
-            if given.numel() != nnz {
-                return Err(kernels_ir::reference::ReferenceError::ShapeMismatch {
-                    name: "v".into(),
-                    expected: format!("[{nnz}] (nnz of the mask)"),
-                    actual: given.shape.clone(),
-                }
-                .into());
-            }
-            upload::<R, F>(client, given)
-        }
-        None => sara::gather::<R, F>(client, &w, &index, nnz, len),
-    };
-    // `w` is this call's own copy: it becomes W_eff in place.
-    sara::scatter::<R, F>(client, &w, &index, &v, nnz, len);
-    let mut out = TensorMap::new();
-    match spec.direction {
-        Direction::Forward => {
-            let y = sara::forward::<R, F>(client, &plan, &x, &w, &bias);
-            sync(client, kind)?;
-            out.insert(
-                "y".into(),
-                Value::F(download::<R, F>(client, kind, y, vec![plan.t, plan.n_out])?),
-            );
-            let index = if nnz == 0 {
-                Vec::new()
-            } else {
-                u32::from_bytes(
-                    &client
-                        .read_one(index)
-                        .map_err(|e| device(format!("{e:?}")))?,
-                )
-                .iter()
-                .map(|&i| i64::from(i))
-                .collect()
-            };
-            out.insert(
-                "mask_index".into(),
-                Value::I(IndexTensor::new(vec![nnz], index)?),
-            );
-            out.insert(
-                "v".into(),
-                Value::F(download_len::<R, F>(client, kind, v, nnz)?),
-            );
-        }
-        Direction::Backward => {
-            let dy = upload::<R, F>(client, tensor(inputs, "dy"));
-            let g = sara::backward::<R, F>(client, &plan, &x, &w, &index, nnz, &dy);
-            sync(client, kind)?;
-            out.insert(
-                "dx".into(),
-                Value::F(download::<R, F>(
-                    client,
-                    kind,
-                    g.dx,
-                    vec![plan.t, plan.n_in],
-                )?),
-            );
-            out.insert(
-                "dbias".into(),
-                Value::F(download::<R, F>(client, kind, g.dbias, vec![plan.n_out])?),
-            );
-            out.insert(
-                "dv".into(),
-                Value::F(download_len::<R, F>(client, kind, g.dv, nnz)?),
-            );
-        }
-    }
-    Ok(out)
-}
-
-/// A 1-D tensor of `len` values (a placeholder handle when `len` = 0).
-fn download_len<R: Runtime, F: HostFloat>(
-    client: &ComputeClient<R>,
-    kind: &'static str,
-    h: Handle,
-    len: usize,
-) -> Result<Tensor, RuntimeError> {
-    if len == 0 {
-        return Ok(Tensor::new(vec![0], Vec::new())?);
-    }
-    let t = download::<R, F>(client, kind, h, vec![len])?;
-    Ok(t)
-}
-
-fn pst_linear<R: Runtime, F: HostFloat>(
-    client: &ComputeClient<R>,
-    kind: &'static str,
-    spec: &KernelSpec,
-    inputs: &TensorMap,
-) -> Result<TensorMap, RuntimeError> {
-    let plan = pst::PstPlan::from_spec(spec)?;
-    ensure_storable::<R, F>(client, kind, spec.dtype)?;
-    let up = |n: &str| upload::<R, F>(client, tensor(inputs, n));
-    let factors = pst::PstFactors {
-        w: up("w"),
-        u: up("u"),
-        v: up("v"),
-        ma: up("ma"),
-        mb: up("mb"),
-        mr: up("mr"),
-        mc: up("mc"),
-    };
-    let (x, bias) = (up("x"), up("bias"));
-    let (t, n_in, n_out, r, rm) = plan.sizes();
-    let mask = pst::select_mask::<R, F>(client, &plan, &factors);
-    let mut out = TensorMap::new();
-    match spec.direction {
-        Direction::Forward => {
-            let y = pst::forward::<R, F>(client, &plan, &x, &factors, &mask, &bias);
-            let m = pst::mask_values::<R, F>(client, &plan, &mask);
-            sync(client, kind)?;
-            download_into::<R, F>(
-                client,
-                kind,
-                &mut out,
-                [("y", y, vec![t, n_out]), ("mask", m, vec![n_out, n_in])],
-            )?;
-        }
-        Direction::Backward => {
-            let dy = up("dy");
-            let g = pst::backward::<R, F>(client, &plan, &x, &factors, &mask, &dy);
-            sync(client, kind)?;
-            download_into::<R, F>(
-                client,
-                kind,
-                &mut out,
-                [
-                    ("dx", g.dx, vec![t, n_in]),
-                    ("dbias", g.dbias, vec![n_out]),
-                    ("du", g.du, vec![n_out, r]),
-                    ("dv", g.dv, vec![r, n_in]),
-                    ("dma", g.dma, vec![n_out, rm]),
-                    ("dmb", g.dmb, vec![rm, n_in]),
-                    ("dmr", g.dmr, vec![n_out]),
-                    ("dmc", g.dmc, vec![n_in]),
-                ],
-            )?;
-        }
-    }
-    Ok(out)
-}
-
-fn monarch_op<R: Runtime, F: HostFloat>(
-    client: &ComputeClient<R>,
-    kind: &'static str,
-    spec: &KernelSpec,
-    inputs: &TensorMap,
-) -> Result<TensorMap, RuntimeError> {
-    let plan = monarch::MonarchPlan::from_spec(spec)?;
-    ensure_storable::<R, F>(client, kind, spec.dtype)?;
-    let [x, w1, w2] = ["x", "w1", "w2"].map(|n| upload::<R, F>(client, tensor(inputs, n)));
-    let backward = spec.direction == Direction::Backward;
-    let saved = monarch::forward::<R, F>(client, &plan, &x, &w1, &w2, backward);
-    let mut out = TensorMap::new();
-    if backward {
-        let dy = upload::<R, F>(client, tensor(inputs, "dy"));
-        let g = monarch::backward::<R, F>(client, &plan, &x, &w1, &w2, &saved.u, &dy);
-        sync(client, kind)?;
-        for (name, h, like) in [
-            ("dx", g.dx, "x"),
-            ("dw1", g.dw1, "w1"),
-            ("dw2", g.dw2, "w2"),
-        ] {
-            let shape = tensor(inputs, like).shape.clone();
-            out.insert(
-                name.into(),
-                Value::F(download::<R, F>(client, kind, h, shape)?),
-            );
-        }
-    } else {
-        sync(client, kind)?;
-        let (n, _, _, n_out) = plan.sizes();
-        out.insert(
-            "y".into(),
-            Value::F(download::<R, F>(client, kind, saved.y, vec![n, n_out])?),
-        );
-    }
-    Ok(out)
-}
-
-fn pq_encode<R: Runtime, F: HostFloat>(
-    client: &ComputeClient<R>,
-    kind: &'static str,
-    spec: &KernelSpec,
-    inputs: &TensorMap,
-) -> Result<TensorMap, RuntimeError> {
-    let plan = spt::EncodePlan::from_spec(spec)?;
-    ensure_storable::<R, F>(client, kind, spec.dtype)?;
-    let [x, codebook] = ["x", "codebook"].map(|n| upload::<R, F>(client, tensor(inputs, n)));
-    let codes = spt::encode::<R, F>(client, &plan, &x, &codebook);
-    sync(client, kind)?;
-    let mut out = TensorMap::new();
-    out.insert(
-        "codes".into(),
-        Value::I(download_indices(
-            client,
-            kind,
-            codes,
-            vec![plan.n, plan.cfg.s as usize],
-        )?),
-    );
-    Ok(out)
-}
-
-fn block_diag_linear<R: Runtime, F: HostFloat>(
-    client: &ComputeClient<R>,
-    kind: &'static str,
-    spec: &KernelSpec,
-    inputs: &TensorMap,
-) -> Result<TensorMap, RuntimeError> {
-    let plan = blockdiag::BlockDiagPlan::from_spec(spec)?;
-    ensure_storable::<R, F>(client, kind, spec.dtype)?;
-    let [x, w] = ["x", "w"].map(|n| upload::<R, F>(client, tensor(inputs, n)));
-    let (n, n_in, n_out) = plan.sizes();
-    let mut out = TensorMap::new();
-    match spec.direction {
-        Direction::Forward => {
-            let y = blockdiag::forward::<R, F>(client, &plan, &x, &w);
-            sync(client, kind)?;
-            out.insert(
-                "y".into(),
-                Value::F(download::<R, F>(client, kind, y, vec![n, n_out])?),
-            );
-        }
-        Direction::Backward => {
-            let dy = upload::<R, F>(client, tensor(inputs, "dy"));
-            let (dx, dw) = blockdiag::backward::<R, F>(client, &plan, &x, &w, &dy);
-            sync(client, kind)?;
-            let w_shape = tensor(inputs, "w").shape.clone();
-            download_into::<R, F>(
-                client,
-                kind,
-                &mut out,
-                [("dx", dx, vec![n, n_in]), ("dw", dw, w_shape)],
-            )?;
-        }
-    }
-    Ok(out)
-}
-
-fn cbm_head<R: Runtime, F: HostFloat>(
-    client: &ComputeClient<R>,
-    kind: &'static str,
-    spec: &KernelSpec,
-    inputs: &TensorMap,
-) -> Result<TensorMap, RuntimeError> {
-    let noise = inputs.get("noise").is_some();
-    let plan = cbm::CbmPlan::from_spec(spec, noise)?;
-    ensure_storable::<R, F>(client, kind, spec.dtype)?;
-    let [x, wc, wh] = ["x", "wc", "wh"].map(|n| upload::<R, F>(client, tensor(inputs, n)));
-    // Without noise the kernel never reads it; any one-element buffer stands in.
-    let noise_h = if noise {
-        upload::<R, F>(client, tensor(inputs, "noise"))
-    } else {
-        client.create_from_slice(F::as_bytes(&[F::from_f64(0.0)]))
-    };
-    let saved = cbm::forward::<R, F>(client, &plan, &x, &wc, &wh, &noise_h);
-    sync(client, kind)?;
-    let (b, c, k) = (plan.b, plan.cfg.c as usize, plan.cfg.k as usize);
-    let mut out = TensorMap::new();
-    match spec.direction {
-        Direction::Forward => {
-            // z is kept in f32 on the device; the op's `z` is in the storage dtype.
-            let z = download::<R, f32>(client, kind, saved.z.clone(), vec![b, c])?;
-            let z = Tensor {
-                shape: z.shape,
-                data: z.data.iter().map(|&v| F::from_f64(v).to_f64()).collect(),
-            };
-            out.insert("z".into(), Value::F(z));
-            out.insert(
-                "logits".into(),
-                Value::F(download::<R, F>(
-                    client,
-                    kind,
-                    saved.logits.clone(),
-                    vec![b, k],
-                )?),
-            );
-        }
-        Direction::Backward => {
-            let dlogits = upload::<R, F>(client, tensor(inputs, "dlogits"));
-            let g = cbm::backward::<R, F>(client, &plan, &x, &wc, &wh, &saved, &dlogits);
-            sync(client, kind)?;
-            download_into::<R, F>(
-                client,
-                kind,
-                &mut out,
-                [
-                    ("dx", g.dx, vec![b, c]),
-                    ("dwc", g.dwc, vec![c, c]),
-                    ("dwh", g.dwh, vec![k, c]),
-                ],
-            )?;
-        }
-    }
-    Ok(out)
 }
 
 /// Dense attention (every candidate kept) on `device`, forward and backward, f32: the baseline
@@ -695,8 +391,8 @@ pub fn dense_attention(
     inputs: &TensorMap,
 ) -> Result<TensorMap, RuntimeError> {
     match device {
-        Device::Wgpu(client) => dense_on::<_>(client, "wgpu", spec, inputs),
-        Device::Cuda(client) => dense_on::<_>(client, "cuda", spec, inputs),
+        Device::Wgpu(client) => dense_on(client, "wgpu", spec, inputs),
+        Device::Cuda(client) => dense_on(client, "cuda", spec, inputs),
         Device::Reference => Err(LowerError::Unsupported {
             op: spec.op,
             what: "the dense baseline on the reference device".into(),
@@ -705,24 +401,55 @@ pub fn dense_attention(
     }
 }
 
+/// The dense attention baseline's plans for `spec` (an `spt-attention` spec, f32) on `client`.
+pub(crate) fn dense_lowering<R: Runtime>(
+    client: &ComputeClient<R>,
+    spec: &KernelSpec,
+) -> Result<Lowering, RuntimeError> {
+    let mut spec = spec.clone();
+    spec.dtype = DType::F32;
+    spec.direction = kernels_ir::Direction::Backward;
+    spec.verify()?;
+    let opts = LowerOptions::new(exec::limits(client));
+    let ctx = sparsecube_codegen::plan::lower::Ctx {
+        spec: &spec,
+        opts: &opts,
+        shape: sparsecube_codegen::tile::shape(&spec.schedule),
+        backward: true,
+    };
+    Ok(spt::lower_dense(&ctx)?)
+}
+
 fn dense_on<R: Runtime>(
     client: &ComputeClient<R>,
     kind: &'static str,
     spec: &KernelSpec,
     inputs: &TensorMap,
 ) -> Result<TensorMap, RuntimeError> {
-    let plan = spt::SptPlan::from_spec(spec)?;
     check_dense_inputs(spec, inputs)?;
-    let [q, k, v, dout] =
-        ["q", "k", "v", "dout"].map(|n| upload::<R, f32>(client, tensor(inputs, n)));
-    let shape = tensor(inputs, "q").shape.clone();
-    let (out, g) = spt::dense_forward_backward::<R, f32>(client, &plan, &q, &k, &v, &dout);
-    sync(client, kind)?;
+    let lowering = dense_lowering(client, spec)?;
+    let mode = Mode::from_env();
+    let mut handles = BTreeMap::new();
+    let fwd = run_plan(
+        client,
+        kind,
+        &lowering.forward,
+        inputs,
+        &mut handles,
+        None,
+        mode,
+    )?;
+    let bwd = match &lowering.backward {
+        Some(plan) => run_plan(client, kind, plan, inputs, &mut handles, Some(&fwd), mode)?,
+        None => unreachable!("the dense baseline is lowered with its backward"),
+    };
+    exec::sync(client, kind)?;
     let mut map = TensorMap::new();
-    for (name, h) in [("out", out), ("dq", g.dq), ("dk", g.dk), ("dv", g.dv)] {
+    for (name, from) in [("out", &fwd), ("dq", &bwd), ("dk", &bwd), ("dv", &bwd)] {
+        let r = &from.buffers[name];
         map.insert(
             name.into(),
-            Value::F(download::<R, f32>(client, kind, h, shape.clone())?),
+            download(client, kind, &r.handle, r.elem, &r.shape, DType::F32)?,
         );
     }
     Ok(map)

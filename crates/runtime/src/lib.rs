@@ -8,6 +8,7 @@
 //! (`kernels_ir::reference`, which every device path is tested against).
 
 pub mod bench;
+pub mod exec;
 mod execute;
 pub mod optim;
 pub mod selftest;
@@ -19,7 +20,7 @@ use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 
-pub use execute::{dense_attention, run};
+pub use execute::{dense_attention, run, run_with};
 
 /// Where an op runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -69,6 +70,42 @@ impl Device {
             Device::Reference => DeviceKind::Reference,
         }
     }
+
+    /// The limits plans are checked against on this device (`None` for the host reference).
+    pub fn limits(&self) -> Option<sparsecube_codegen::plan::DeviceLimits> {
+        match self {
+            Device::Cuda(c) => Some(exec::limits(c)),
+            Device::Wgpu(c) => Some(exec::limits(c)),
+            Device::Reference => None,
+        }
+    }
+
+    /// The points of `spec`'s schedule space ([`kernels_ir::Schedule::space`]) this device can
+    /// run: those whose tiles fit its shared memory. The spec's own schedule comes first, as in
+    /// the IR's space. What the autotuner sweeps.
+    pub fn schedule_space(&self, spec: &kernels_ir::KernelSpec) -> Vec<kernels_ir::Schedule> {
+        self.fits(spec.schedule.space(spec.op), spec.op)
+    }
+
+    /// [`Device::schedule_space`] restricted to the spec's schedule and each single-knob change
+    /// of it ([`kernels_ir::Schedule::axes`]).
+    pub fn schedule_axes(&self, spec: &kernels_ir::KernelSpec) -> Vec<kernels_ir::Schedule> {
+        self.fits(spec.schedule.axes(spec.op), spec.op)
+    }
+
+    fn fits(
+        &self,
+        points: Vec<kernels_ir::Schedule>,
+        op: kernels_ir::OpKind,
+    ) -> Vec<kernels_ir::Schedule> {
+        let Some(limits) = self.limits() else {
+            return points;
+        };
+        points
+            .into_iter()
+            .filter(|s| !op.tiled() || s.tile_shared_bytes() <= limits.max_shared_bytes as u64)
+            .collect()
+    }
 }
 
 /// Why a device could not be used.
@@ -91,6 +128,9 @@ pub enum RuntimeError {
     /// The inputs do not fit the spec.
     #[error(transparent)]
     Reference(#[from] kernels_ir::reference::ReferenceError),
+    /// The caller's bindings do not fit a plan, or the problem does not fit the device.
+    #[error(transparent)]
+    Plan(#[from] sparsecube_codegen::plan::PlanError),
     /// The device failed while running.
     #[error("{kind} device failed: {message}")]
     Device {

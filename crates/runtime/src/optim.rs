@@ -2,10 +2,14 @@
 //! = nnz, never a dense [out, in] moment), and SaRA's progressive re-masking, which carries the
 //! optimizer state of every surviving position.
 
+use crate::exec::{self, Mode};
 use crate::{Device, RuntimeError};
 use cubecl::prelude::*;
+use cubecl::server::Handle;
+use kernels_ir::DType;
 use kernels_ir::pattern::SaraSelect;
 use sparsecube_codegen::sara::{self, AdamW};
+use std::collections::BTreeMap;
 
 /// Packed values and their two f32 moments, host side.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,10 +64,22 @@ fn on<R: Runtime>(
         |x: &[f32]| client.create_from_slice(f32::as_bytes(if x.is_empty() { &[0.0] } else { x }));
     let (v, m, s) = (up(&state.v), up(&state.m), up(&state.s));
     for (i, g) in grads.iter().enumerate() {
-        let dv = up(g);
-        sara::adamw_step::<R, f32>(client, &v, &dv, &m, &s, n, first_step + i as u32, h);
+        let plan = sara::adamw_plan(DType::F32, n, first_step + i as u32, h);
+        let bound: BTreeMap<String, Handle> = [
+            ("v", v.clone()),
+            ("dv", up(g)),
+            ("m", m.clone()),
+            ("s", s.clone()),
+        ]
+        .into_iter()
+        .map(|(k, h)| (k.to_string(), h))
+        .collect();
+        exec::execute(client, kind, &plan, &bound, Mode::from_env())?;
     }
     let down = |handle| -> Result<Vec<f32>, RuntimeError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let bytes = client.read_one(handle).map_err(|e| RuntimeError::Device {
             kind,
             message: format!("{e:?}"),
@@ -130,46 +146,41 @@ fn remask_on<R: Runtime>(
     select: SaraSelect,
     old: &SaraSet,
 ) -> Result<SaraSet, RuntimeError> {
-    let device = |message: String| RuntimeError::Device { kind, message };
     let up_f =
         |x: &[f32]| client.create_from_slice(f32::as_bytes(if x.is_empty() { &[0.0] } else { x }));
     let up_u =
         |x: &[u32]| client.create_from_slice(u32::as_bytes(if x.is_empty() { &[0] } else { x }));
-    let len = shape[0] * shape[1];
-    let plan = sara::SaraPlan {
-        t: 1,
-        n_in: shape[1],
-        n_out: shape[0],
-        select,
-        tile_k: kernels_ir::Schedule::default().tile_k,
-    };
-    let w = up_f(w_eff);
-    let (index, nnz) = sara::mask::<R, f32>(client, &plan, &w).map_err(device)?;
-    let v = sara::gather::<R, f32>(client, &w, &index, nnz, len);
-    let (old_index, old_m, old_s) = (up_u(&old.index), up_f(&old.state.m), up_f(&old.state.s));
-    let (m, s) = sara::carry_state(
-        client,
-        &index,
-        nnz,
-        &old_index,
-        old.index.len(),
-        &old_m,
-        &old_s,
-    );
-    let read = |h, n: usize| -> Result<Vec<u8>, RuntimeError> {
-        if n == 0 {
+    let plan = sara::remask_plan(DType::F32, shape, select, old.index.len());
+    let bound: BTreeMap<String, Handle> = [
+        ("w_eff", up_f(w_eff)),
+        ("old_index", up_u(&old.index)),
+        ("old_m", up_f(&old.state.m)),
+        ("old_s", up_f(&old.state.s)),
+    ]
+    .into_iter()
+    .map(|(k, h)| (k.to_string(), h))
+    .collect();
+    let out = exec::execute(client, kind, &plan, &bound, Mode::from_env())?;
+    let nnz = out.buffers["mask_index"].shape[0];
+    let read = |name: &str| -> Result<Vec<u8>, RuntimeError> {
+        if nnz == 0 {
             return Ok(Vec::new());
         }
-        let bytes = client.read_one(h).map_err(|e| device(format!("{e:?}")))?;
-        Ok(bytes[..4 * n].to_vec())
+        let bytes = client
+            .read_one(out.buffers[name].handle.clone())
+            .map_err(|e| RuntimeError::Device {
+                kind,
+                message: format!("{e:?}"),
+            })?;
+        Ok(bytes[..4 * nnz].to_vec())
     };
     let floats = |b: Vec<u8>| f32::from_bytes(&b).to_vec();
     Ok(SaraSet {
-        index: u32::from_bytes(&read(index, nnz)?).to_vec(),
+        index: u32::from_bytes(&read("mask_index")?).to_vec(),
         state: AdamState {
-            v: floats(read(v, nnz)?),
-            m: floats(read(m, nnz)?),
-            s: floats(read(s, nnz)?),
+            v: floats(read("v")?),
+            m: floats(read("m")?),
+            s: floats(read("s")?),
         },
     })
 }

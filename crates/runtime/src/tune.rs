@@ -1,10 +1,11 @@
 //! Autotuning: the IR's schedule space of a spec ([`Schedule::space`]) is the candidate set, a
 //! timed training step per candidate picks the fastest, and the choice persists per device.
 //!
-//! - **Candidates** come from the IR, not from the call site: the spec's own schedule first (the
-//!   fallback that runs when nothing is tuned; every candidate computes the same result, the
-//!   kernel tests check each point of every space), then every other point of the knobs its op
-//!   reads ([`kernels_ir::Knob`]).
+//! - **Candidates** come from the IR, not from the call site ([`Device::schedule_space`]: the
+//!   IR's space less the points whose tiles overflow the device's shared memory): the spec's own
+//!   schedule first (the fallback that runs when nothing is tuned; every candidate computes the
+//!   same result, the kernel tests check each point of every space), then every other point of
+//!   the knobs its op reads ([`kernels_ir::Knob`]).
 //! - **Keys** ([`TuneKey`]) bucket the problem sizes to powers of two and include the op,
 //!   direction, dtype and pattern; the device is the cache file's key.
 //! - **The cache** ([`TuneCache`]) is one JSON file per device under the user cache directory
@@ -516,7 +517,7 @@ pub fn settle(
     })
 }
 
-/// Settles `spec`'s key on `device` ([`settle`]) over `spec.schedule.space(op)`, timing one
+/// Settles `spec`'s key on `device` ([`settle`]) over [`Device::schedule_space`], timing one
 /// training step per candidate ([`crate::bench::step`]). A fresh result is recorded in `cache`
 /// (not saved) for the forward and the backward key alike: a step times both.
 pub fn tune_spec(
@@ -527,7 +528,23 @@ pub fn tune_spec(
     on_done: impl FnMut(usize, &str, &Result<Option<f64>, String>),
 ) -> Result<Tuned, TuneError> {
     spec.verify().map_err(RuntimeError::from)?;
-    let space = spec.schedule.space(spec.op);
+    // Sizes first: a problem the device cannot hold is refused before anything is generated or
+    // timed (the step is the backward plan, which also holds the forward's saved buffers).
+    if let Some(limits) = device.limits()
+        && spec.op != kernels_ir::OpKind::MonarchProject
+    {
+        let step = KernelSpec {
+            direction: if spec.op.has_backward() {
+                Direction::Backward
+            } else {
+                Direction::Forward
+            },
+            ..spec.clone()
+        };
+        let options = sparsecube_codegen::plan::LowerOptions::new(limits);
+        sparsecube_codegen::plan::lower(&step, &options).map_err(RuntimeError::from)?;
+    }
+    let space = device.schedule_space(spec);
     let key = TuneKey::of(spec);
     let deadline = options.budget.map(|b| Instant::now() + b);
     let count = space.len();
@@ -627,7 +644,7 @@ pub fn resolve(device: &Device, spec: &KernelSpec) -> KernelSpec {
     let mut cache = process_cache(device)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let space = spec.schedule.space(spec.op);
+    let space = device.schedule_space(spec);
     let labels: Vec<String> = space.iter().map(|s| s.label(spec.op)).collect();
     let key = TuneKey::of(spec);
     let winner = match cache.lookup(&key, &labels) {

@@ -124,13 +124,18 @@ enum Command {
         #[command(flatten)]
         spec: SpecArgs,
         /// Source language.
-        #[arg(long, value_enum)]
-        target: GenTarget,
+        #[arg(long, value_enum, required_unless_present = "plan")]
+        target: Option<GenTarget>,
         /// Instead of the sources, compile each CUDA kernel with NVRTC (compute_90) and ptxas
         /// (sm_90) and print registers, stack, spills, shared memory and barriers. Needs
         /// SPARSECUBE_CUDA_WHEELS (see scripts/fetch-cuda-wheels.sh).
         #[arg(long)]
         resources: bool,
+        /// Instead of the sources, print the launch plans the kernels come from — the training
+        /// step's forward and backward on an sm_90 GPU: every launch (kernel, comptime config,
+        /// cubes, arguments) and the buffer table with bytes, roles and the peak.
+        #[arg(long, conflicts_with_all = ["target", "resources"])]
+        plan: bool,
     },
     /// List the devices present (CUDA, the wgpu adapter, the reference executor) with their
     /// properties and the tuning cache each uses.
@@ -301,7 +306,11 @@ fn main() -> ExitCode {
             spec,
             target,
             resources,
-        } => gen_sources(op, file.as_deref(), &spec, target, resources),
+            plan,
+        } => match target {
+            Some(target) if !plan => gen_sources(op, file.as_deref(), &spec, target, resources),
+            _ => gen_plans(op, file.as_deref(), &spec),
+        },
         Command::Devices => devices(),
         Command::Tune {
             op,
@@ -615,13 +624,25 @@ fn gen_sources(
         for k in emit::sources(spec, target)? {
             match &toolchain {
                 Some(cuda) => {
-                    for r in cuda.check(k.kernel, &k.source)? {
+                    for r in cuda.check(&k.kernel, &k.source)? {
                         println!("{} / {}: {r}", spec.name, k.kernel);
                     }
                 }
                 None => println!("// ===== {} / {} =====\n{}", spec.name, k.kernel, k.source),
             }
         }
+    }
+    Ok(())
+}
+
+/// Prints the launch plans of each spec (`gen --plan`).
+fn gen_plans(op: Option<OpKind>, file: Option<&std::path::Path>, args: &SpecArgs) -> Result<()> {
+    for (i, spec) in specs_from_cli(op, file, args)?.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        println!("# {}: {}", spec.name, spec.op);
+        print!("{}", emit::printed_lowering(spec)?);
     }
     Ok(())
 }

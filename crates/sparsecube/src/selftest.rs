@@ -6,9 +6,10 @@ use anyhow::{Result, bail};
 use kernels_ir::DType;
 use kernels_ir::reference::rng::SplitMix64;
 use sparsecube_runtime::selftest::{
-    BlockDiagCase, CaseReport, CbmCase, EncodeCase, LinearCase, MonarchCase, PstCase, RoutedCase,
-    SaraCase, SptCase, check_block_diag, check_cbm, check_dense, check_encode, check_linear,
-    check_monarch, check_pst, check_routed, check_sara, check_spt, quick_cases,
+    BlockDiagCase, CaseReport, CbmCase, EncodeCase, LinearCase, MonarchCase, NmCase, PstCase,
+    RoutedCase, SaraCase, SptCase, check_block_diag, check_cbm, check_dense, check_encode,
+    check_linear, check_monarch, check_nm, check_pst, check_routed, check_sara, check_spt,
+    quick_cases,
 };
 use sparsecube_runtime::{Device, DeviceKind};
 
@@ -43,6 +44,7 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
     let mut linear: Vec<LinearCase> = Vec::new();
     let mut sara: Vec<SaraCase> = Vec::new();
     let mut pst: Vec<PstCase> = Vec::new();
+    let mut nm: Vec<NmCase> = Vec::new();
     let mut block_diag: Vec<BlockDiagCase> = Vec::new();
     let mut encode: Vec<EncodeCase> = Vec::new();
     if opts.quick {
@@ -59,6 +61,7 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
             linear.push(LinearCase::draw(&mut rng, &[dt]));
             sara.push(SaraCase::draw(&mut rng, &[dt]));
             pst.push(PstCase::draw(&mut rng, &[dt]));
+            nm.push(NmCase::draw(&mut rng, &[dt]));
             block_diag.push(BlockDiagCase::draw(&mut rng, &[dt]));
             encode.push(EncodeCase::draw(&mut rng, &[dt]));
         }
@@ -100,6 +103,7 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
             linear.push(LinearCase::draw(&mut rng, &dtypes));
             sara.push(SaraCase::draw(&mut rng, &dtypes));
             pst.push(PstCase::draw(&mut rng, &dtypes));
+            nm.push(NmCase::draw(&mut rng, &dtypes));
             block_diag.push(BlockDiagCase::draw(&mut rng, &dtypes));
             encode.push(EncodeCase::draw(&mut rng, &dtypes));
         }
@@ -111,10 +115,11 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
         + linear.len()
         + sara.len()
         + pst.len()
+        + nm.len()
         + block_diag.len()
         + encode.len();
     println!(
-        "selftest on {}: {total} case(s), SPT attention (and the dense baseline), the routed FFN, the Sparse-CBM head, Monarch, the block-diagonal map, the dense linear, SaRA, PST and PQ encoding, forward + backward, vs the reference executor",
+        "selftest on {}: {total} case(s), SPT attention (and the dense baseline), the routed FFN, the Sparse-CBM head, Monarch, the block-diagonal map, the dense linear, SaRA, PST, N:M and PQ encoding, forward + backward, vs the reference executor",
         sparsecube_runtime::describe(device.kind())?,
     );
     let mut failed = 0;
@@ -154,6 +159,9 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
     }
     for case in &pst {
         record(case, check_pst(device, case));
+    }
+    for case in &nm {
+        record(case, check_nm(device, case));
     }
     for case in &block_diag {
         record(case, check_block_diag(device, case));

@@ -64,7 +64,7 @@ pub fn run(device: &Device, req: &Request<'_>) -> Result<()> {
             );
             continue;
         }
-        let space = spec.schedule.space(spec.op);
+        let space = device.schedule_space(spec);
         let bar = ProgressBar::new(space.len() as u64).with_style(
             ProgressStyle::with_template("{prefix} [{bar:24}] {pos}/{len} {msg} ({elapsed})")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),

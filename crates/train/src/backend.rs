@@ -22,7 +22,7 @@ use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Int, Tensor, TensorPrimitive};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use kernels_ir::OpKind;
-use kernels_ir::pattern::{Cbm, MonarchShape, PqTopK, Pst, Routed};
+use kernels_ir::pattern::{Cbm, MonarchShape, Nm, PqTopK, Pst, Routed};
 
 /// One sparse op with everything about it that is not a tensor. The tensors each op takes, in
 /// order, are listed per variant (`inputs` / `ints` of [`SparseBackend::sparse_forward`]).
@@ -46,6 +46,10 @@ pub enum SparseOp {
     /// Sparse-CBM head (§6): inputs `[x [B, C], wc [C, C], wh [K, C], noise [B, C]]` (the
     /// noise only perturbs the selection; all zeros for none); logits [B, K].
     CbmHead(Cbm),
+    /// N:M linear (§8) over a fixed mask: inputs `[x [T, in], v [nnz], bias [out]]`, ints
+    /// `[mask_index [nnz]]` (the kept flat positions of the [out, in] weight, ascending, `n` of
+    /// every `m`); y [T, out].
+    Nm(Nm),
 }
 
 impl SparseOp {
@@ -63,6 +67,7 @@ impl SparseOp {
             SparseOp::Sara => OpKind::SaraLinear,
             SparseOp::Pst(_) => OpKind::PstLinear,
             SparseOp::CbmHead(_) => OpKind::CbmHead,
+            SparseOp::Nm(_) => OpKind::NmLinear,
         }
     }
 
@@ -72,7 +77,7 @@ impl SparseOp {
         match self {
             SparseOp::Sara | SparseOp::Pst(_) => input == 1,
             SparseOp::SptAttention(_) | SparseOp::CbmHead(_) => input == 3,
-            SparseOp::RoutedFfn(_) | SparseOp::Monarch(_) => false,
+            SparseOp::RoutedFfn(_) | SparseOp::Monarch(_) | SparseOp::Nm(_) => false,
         }
     }
 }
@@ -275,7 +280,7 @@ impl<B: SparseBackend, C: CheckpointStrategy> SparseBackend for Autodiff<B, C> {
             return (y, inputs);
         }
         let y = match op {
-            SparseOp::Monarch(_) => tracked::<B, C, 3>(op, inputs, ints),
+            SparseOp::Monarch(_) | SparseOp::Nm(_) => tracked::<B, C, 3>(op, inputs, ints),
             SparseOp::SptAttention(_) | SparseOp::Sara | SparseOp::CbmHead(_) => {
                 tracked::<B, C, 4>(op, inputs, ints)
             }

@@ -65,6 +65,16 @@ pub(crate) fn forward<B: Backend>(
                 Tensor::from_primitive(index),
             ))
         }
+        SparseOp::Nm(_) => {
+            let [x, v, bias] = take(op, inputs);
+            let [index] = take(op, ints);
+            p(nm_linear::<B>(
+                t(x),
+                t(v),
+                t(bias),
+                Tensor::from_primitive(index),
+            ))
+        }
         SparseOp::Pst(pst) => {
             let [x, w, bias, u, v, ma, mb, mr, mc] = take(op, inputs);
             let factors = [t(u), t(v), t(ma), t(mb)];
@@ -110,6 +120,22 @@ pub(crate) fn sara<B: Backend>(
     let delta = v - flat.clone().select(0, index.clone());
     let w_eff = flat
         .select_assign(0, index, delta, IndexingUpdateOp::Add)
+        .reshape([o, i]);
+    x.matmul(w_eff.transpose()) + bias.unsqueeze()
+}
+
+/// N:M linear (METHODS.md §8) over its fixed mask: W_eff = `v` scattered at `index` into zeros
+/// [out, in] (out from `bias`, in from `x`); y = x·W_effᵀ + bias.
+pub(crate) fn nm_linear<B: Backend>(
+    x: Tensor<B, 2>,
+    v: Tensor<B, 1>,
+    bias: Tensor<B, 1>,
+    index: Tensor<B, 1, Int>,
+) -> Tensor<B, 2> {
+    let [_, i] = x.dims();
+    let [o] = bias.dims();
+    let w_eff = Tensor::<B, 1>::zeros([o * i], &x.device())
+        .select_assign(0, index, v, IndexingUpdateOp::Add)
         .reshape([o, i]);
     x.matmul(w_eff.transpose()) + bias.unsqueeze()
 }

@@ -58,11 +58,13 @@ pub enum Method {
     Monarch,
     /// Sparse-CBM: a concept-bottleneck head on the frozen encoder.
     Cbm,
+    /// N:M: every linear pruned to 2 of every 4 weights (largest |w|), the kept ones trained.
+    Nm,
 }
 
 impl Method {
     /// Every method, in the order `--compare` reports them.
-    pub const ALL: [Method; 7] = [
+    pub const ALL: [Method; 8] = [
         Method::Dense,
         Method::Lora,
         Method::Spt,
@@ -70,6 +72,7 @@ impl Method {
         Method::Pst,
         Method::Monarch,
         Method::Cbm,
+        Method::Nm,
     ];
 
     /// The method's name on the command line.
@@ -82,6 +85,7 @@ impl Method {
             Method::Pst => "pst",
             Method::Monarch => "monarch",
             Method::Cbm => "cbm",
+            Method::Nm => "nm",
         }
     }
 }
@@ -390,11 +394,11 @@ impl ModelConfig {
                     })),
                 )?);
             }
-            Method::Sara | Method::Pst => {
-                let op = if self.method == Method::Sara {
-                    OpKind::SaraLinear
-                } else {
-                    OpKind::PstLinear
+            Method::Sara | Method::Pst | Method::Nm => {
+                let op = match self.method {
+                    Method::Sara => OpKind::SaraLinear,
+                    Method::Pst => OpKind::PstLinear,
+                    _ => OpKind::NmLinear,
                 };
                 for (name, n_in, n_out) in [
                     ("out_proj", dm, dm),

@@ -41,14 +41,10 @@ pub enum LaunchError {
 /// The pattern of `family` from the canonical arguments kernels-ir accepted when the macro
 /// expanded (the same function checked them then, so this cannot fail for generated calls).
 pub fn pattern(family: &str, args: &[(&str, &str)]) -> Pattern {
-    let kind = match family {
-        "pq_topk" => PatternKind::PqTopK,
-        "routed" => PatternKind::Routed,
-        "monarch" => PatternKind::Monarch,
-        "sara" => PatternKind::Sara,
-        "pst" => PatternKind::Pst,
-        "cbm" => PatternKind::Cbm,
-        _ => PatternKind::Dense,
+    // The DSL spells families with `_` (a Rust identifier), the IR's text format with `-`.
+    let kind: PatternKind = match family.replace('_', "-").parse() {
+        Ok(k) => k,
+        Err(e) => panic!("{family}: a family the macro accepted is unknown now: {e}"),
     };
     let items = args
         .iter()
@@ -90,7 +86,7 @@ pub fn check_shapes(spec: &KernelSpec, tensors: &[(&str, Vec<usize>)]) -> Result
 }
 
 /// Runs the op of `spec` on its tensors (launch order of `SparseOp`).
-pub fn launch<B: SparseBackend, const D: usize>(
+pub fn run<B: SparseBackend, const D: usize>(
     spec: &KernelSpec,
     inputs: Vec<FloatTensor<B>>,
     ints: Vec<Tensor<B, 1, Int>>,
@@ -102,6 +98,7 @@ pub fn launch<B: SparseBackend, const D: usize>(
         Pattern::Sara(_) => SparseOp::Sara,
         Pattern::Pst(p) => SparseOp::Pst(p),
         Pattern::Cbm(c) => SparseOp::CbmHead(c),
+        Pattern::Nm(nm) => SparseOp::Nm(nm),
         other => panic!(
             "{}: the DSL generates typed launches only for the six op families with kernels, not {other:?}",
             spec.op
@@ -113,7 +110,7 @@ pub fn launch<B: SparseBackend, const D: usize>(
 /// How an annotated `Linear` field is converted.
 #[derive(Clone, Debug, PartialEq)]
 pub enum LinearMethod {
-    /// A kernel pattern: `sara(..)` or `pst(..)`.
+    /// A kernel pattern: `sara(..)`, `pst(..)` or `nm(..)`.
     Pattern(Pattern),
     /// `monarch(blocks = ..)`: the projection of the dense weight.
     Monarch {
@@ -158,11 +155,14 @@ pub fn linear<B: Backend>(
         LinearMethod::Pattern(Pattern::Pst(p)) => {
             Linear::Pst(PstLinear::from_dense(d.frozen_bias(), p, rng)?)
         }
+        LinearMethod::Pattern(Pattern::Nm(nm)) => {
+            Linear::Nm(crate::modules::NmLinear::from_dense(d, nm)?)
+        }
         LinearMethod::Pattern(other) => {
             return Err(TrainError::Config {
                 module: "SparseModel::from_dense",
                 problem: format!("{:?} is not a linear's method", other.kind()),
-                fix: "use monarch, sara, pst or lora on a Linear field",
+                fix: "use monarch, sara, pst, nm or lora on a Linear field",
             });
         }
     })

@@ -11,11 +11,11 @@ use crate::modules::ffn::{DenseFfn, Ffn};
 use crate::modules::linear::{
     DenseLinear, Linear, LoraLinear, MonarchLinear, PstLinear, SaraLinear,
 };
-use crate::modules::{SptAttention, normal, param};
+use crate::modules::{NmLinear, SptAttention, normal, param};
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
-use kernels_ir::pattern::{Activation, Cbm, Pattern, PqTopK, Pst, Routed, TopK};
+use kernels_ir::pattern::{Activation, Cbm, Nm, Pattern, PqTopK, Pst, Routed, TopK};
 use kernels_ir::reference::rng::SplitMix64;
 
 /// LayerNorm over the last dimension with a learned scale and shift.
@@ -223,6 +223,7 @@ impl<B: Backend> Encoder<B> {
                     Linear::Pst(PstLinear::from_dense(d.frozen_bias(), pattern, &mut rng)?)
                 }
                 Method::Monarch => Linear::Monarch(MonarchLinear::from_dense(d, opts.blocks)?),
+                Method::Nm => Linear::Nm(NmLinear::from_dense(d, Nm::default())?),
             })
         })?;
         if matches!(

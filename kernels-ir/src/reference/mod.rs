@@ -10,6 +10,7 @@ pub mod cbm;
 pub mod dense;
 pub mod linalg;
 pub mod monarch;
+pub mod nm;
 pub mod pst;
 pub mod rng;
 pub mod routed;
@@ -319,6 +320,38 @@ pub fn run(spec: &KernelSpec, inputs: &TensorMap) -> Result<TensorMap, Reference
             } else {
                 put(&mut out, "z", z);
                 put(&mut out, "logits", logits);
+            }
+        }
+        (OpKind::NmLinear, Pattern::Nm(nm)) => {
+            let (x, w) = (g("x"), g("w"));
+            let mask = nm::mask(w, nm.n, nm.m);
+            let v: Vec<f64> = match opt(inputs, "v") {
+                Some(v) => v.data.clone(),
+                None => mask.iter().map(|&i| w.data[i]).collect(),
+            };
+            if bwd {
+                let (dx, dv, dbias) = nm::backward(x, w, &mask, &v, g("dy"));
+                put(&mut out, "dx", dx);
+                put(&mut out, "dv", dv);
+                put(&mut out, "dbias", dbias);
+            } else {
+                put(&mut out, "y", nm::forward(x, w, g("bias"), &mask, &v));
+                put(
+                    &mut out,
+                    "mask_index",
+                    IndexTensor {
+                        shape: vec![mask.len()],
+                        data: mask.iter().map(|&i| i as i64).collect(),
+                    },
+                );
+                put(
+                    &mut out,
+                    "v",
+                    Tensor {
+                        shape: vec![v.len()],
+                        data: v,
+                    },
+                );
             }
         }
         (OpKind::DenseLinear, Pattern::Dense) => {

@@ -86,6 +86,14 @@ pub const OPS: &[OpSig] = &[
         sources: &[("T", "x", 0), ("in", "x", 1), ("out", "w", 0)],
     },
     OpSig {
+        dsl: "nm_linear",
+        op: OpKind::NmLinear,
+        inputs: &[("x", 2), ("v", 1), ("bias", 1)],
+        ints: &[("mask_index", 1)],
+        output: ("y", 2),
+        sources: &[("T", "x", 0), ("in", "x", 1), ("out", "bias", 0)],
+    },
+    OpSig {
         dsl: "cbm_head",
         op: OpKind::CbmHead,
         inputs: &[("x", 2), ("wc", 2), ("wh", 2), ("noise", 2)],
@@ -413,7 +421,7 @@ fn generate(
                 #(#source_lets)*
                 let spec = spec(#(#symbolic_args),*)?;
                 #dsl::check_shapes(&spec, &[#(#shape_items),*])?;
-                ::core::result::Result::Ok(#dsl::launch(&spec, ::std::vec![#(#floats),*], ::std::vec![#(#ints),*]))
+                ::core::result::Result::Ok(#dsl::run(&spec, ::std::vec![#(#floats),*], ::std::vec![#(#ints),*]))
             }
         }
     }

@@ -31,6 +31,10 @@ fn probe(kind: PatternKind, pattern: &Pattern) -> Option<(OpKind, Vec<(&'static 
         ),
         (PatternKind::Sara, _) => (OpKind::SaraLinear, vec![("T", 1), ("in", 64), ("out", 64)]),
         (PatternKind::Pst, _) => (OpKind::PstLinear, vec![("T", 1), ("in", 64), ("out", 64)]),
+        (PatternKind::Nm, Pattern::Nm(nm)) => (
+            OpKind::NmLinear,
+            vec![("T", 1), ("in", 16 * nm.m.max(1)), ("out", 64)],
+        ),
         _ => return None,
     })
 }
@@ -86,6 +90,7 @@ fn conversion(a: &Annotation) -> syn::Result<TokenStream> {
                 "pq_topk" => PatternKind::PqTopK,
                 "routed" => PatternKind::Routed,
                 "sara" => PatternKind::Sara,
+                "nm" => PatternKind::Nm,
                 _ => PatternKind::Pst,
             };
             let resolved = to_pattern(kind, &a.call, &|_| None, a.key_span)?;

@@ -27,6 +27,7 @@ pub fn family_of(kind: PatternKind) -> &'static str {
         PatternKind::Cbm => "cbm",
         PatternKind::BlockDiagonal => "block_diag",
         PatternKind::Dense => "dense",
+        PatternKind::Nm => "nm",
     }
 }
 

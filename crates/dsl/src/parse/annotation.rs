@@ -64,7 +64,7 @@ impl Slot {
         match self {
             Slot::Attention => &["pq_topk"],
             Slot::Ffn => &["routed"],
-            Slot::Linear => &["monarch", "pst", "sara", "lora"],
+            Slot::Linear => &["monarch", "pst", "sara", "nm", "lora"],
             Slot::Adapter => &["sara", "lora"],
         }
     }

@@ -1,6 +1,7 @@
 //! Pattern calls: `family(name = value, flag, ...)`, e.g. `pq_topk(topk = L / 8, selector =
 //! pq_match, causal)`, `routed(blocks = 4, top = 2, gate = output)`, `monarch(blocks = 4)`,
-//! `sara(threshold = 2e-3)`, `pst(sparsity = 0.9, rank = 8)`, `cbm(topk = 32)`, `lora(rank = 8)`.
+//! `sara(threshold = 2e-3)`, `pst(sparsity = 0.9, rank = 8)`, `cbm(topk = 32)`, `nm(n = 2, m = 4)`,
+//! `lora(rank = 8)`.
 //! Each family's arguments are a darling struct: unknown and duplicated names, and values of the
 //! wrong type, are reported by darling at the offending token. The values are then handed to
 //! kernels-ir as `name = value` text (`Pattern::from_args`), which checks what it can alone.
@@ -14,7 +15,9 @@ use syn::spanned::Spanned;
 use syn::{Expr, Ident};
 
 /// The families a pattern call may name.
-pub const FAMILIES: &[&str] = &["pq_topk", "routed", "monarch", "sara", "pst", "cbm", "lora"];
+pub const FAMILIES: &[&str] = &[
+    "pq_topk", "routed", "monarch", "sara", "pst", "cbm", "nm", "lora",
+];
 
 type Sv<T> = Option<SpannedValue<T>>;
 
@@ -163,6 +166,16 @@ pub struct CbmArgs {
     pub topk: Sv<Count>,
 }
 
+/// `nm(...)`: N:M semi-structured sparsity.
+#[derive(Debug, Default, FromMeta)]
+#[darling(default)]
+pub struct NmArgs {
+    /// Entries kept per group.
+    pub n: Sv<Count>,
+    /// Entries per group.
+    pub m: Sv<Count>,
+}
+
 /// `lora(...)` (annotations only: LoRA is a module, not a kernel pattern).
 #[derive(Debug, Default, FromMeta)]
 #[darling(default)]
@@ -188,6 +201,8 @@ pub enum PatternArgs {
     Pst(PstArgs),
     /// `cbm(...)`.
     Cbm(CbmArgs),
+    /// `nm(...)`.
+    Nm(NmArgs),
     /// `lora(...)`.
     Lora(LoraArgs),
 }
@@ -235,6 +250,7 @@ impl PatternCall {
             "sara" => PatternArgs::Sara(SaraArgs::from_list(&items).map_err(d)?),
             "pst" => PatternArgs::Pst(PstArgs::from_list(&items).map_err(d)?),
             "cbm" => PatternArgs::Cbm(CbmArgs::from_list(&items).map_err(d)?),
+            "nm" => PatternArgs::Nm(NmArgs::from_list(&items).map_err(d)?),
             "lora" => PatternArgs::Lora(LoraArgs::from_list(&items).map_err(d)?),
             other => {
                 let hint = crate::closest(other, FAMILIES)
@@ -309,6 +325,10 @@ impl PatternCall {
                 push(&mut out, "beta", &a.beta);
             }
             PatternArgs::Cbm(a) => push(&mut out, "topk", &a.topk),
+            PatternArgs::Nm(a) => {
+                push(&mut out, "n", &a.n);
+                push(&mut out, "m", &a.m);
+            }
             PatternArgs::Lora(a) => {
                 push(&mut out, "rank", &a.rank);
                 push(&mut out, "alpha", &a.alpha);

@@ -457,6 +457,8 @@ pub enum Linear<B: Backend> {
     Pst(PstLinear<B>),
     /// Monarch.
     Monarch(MonarchLinear<B>),
+    /// N:M semi-structured sparsity.
+    Nm(super::nm::NmLinear<B>),
 }
 
 impl<B: crate::SparseBackend> Linear<B> {
@@ -468,6 +470,7 @@ impl<B: crate::SparseBackend> Linear<B> {
             Linear::Sara(l) => l.forward(x),
             Linear::Pst(l) => l.forward(x),
             Linear::Monarch(l) => l.forward(x),
+            Linear::Nm(l) => l.forward(x),
         }
     }
 }
@@ -489,6 +492,7 @@ impl<B: Backend> Linear<B> {
             Linear::Sara(l) => l.merge(),
             Linear::Pst(l) => l.export(),
             Linear::Monarch(l) => l.to_dense(),
+            Linear::Nm(l) => l.to_dense(),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The sparse modules: linears per method ([`linear`]), SPT attention ([`attention`]), the routed
+//! The sparse modules: linears per method ([`linear`], N:M in [`nm`]), SPT attention ([`attention`]), the routed
 //! FFN ([`ffn`]) and the concept bottleneck ([`cbm`]). Every module keeps weights in PyTorch's
 //! layout (a linear's weight is [out, in]), so checkpoints and the kernels' `run` contract agree.
 
@@ -6,6 +6,7 @@ pub mod attention;
 pub mod cbm;
 pub mod ffn;
 pub mod linear;
+pub mod nm;
 
 use burn::module::Param;
 use burn::tensor::backend::Backend;
@@ -16,6 +17,7 @@ pub use attention::{MultiHeadAttention, SptAttention};
 pub use cbm::ConceptBottleneck;
 pub use ffn::{Ffn, RoutedFfn};
 pub use linear::{DenseLinear, Linear, LoraLinear, MonarchLinear, PstLinear, SaraLinear};
+pub use nm::NmLinear;
 
 /// N(0, std²) values from `rng` as a tensor of `shape` (host-drawn: the same seed gives the same
 /// weights on every backend).
