@@ -2,15 +2,18 @@
 """Joins `sparsecube bench --json` and `benches/torch_baselines.py` output by workload id into one
 markdown table of ratios (measured side by side in one device session).
 
-    python3 benches/join_table.py ours.json torch.json > table.md
+    python3 benches/join_table.py ours.json torch.json [--json table.json --card CARD --commit C] > table.md
 
 `time ×` is the baseline's median step time over ours (> 1: ours is faster); `mem ×` is our peak
 device memory over the baseline's (< 1: ours holds less). A workload whose kernel does not exist
-yet shows its status instead of a number.
+yet shows its status instead of a number. With `--json`, the same rows are also written as a JSON
+list of objects (`workload`, `ours`, `ours_ms`, `ours_peak_mib`, `baseline`, `baseline_ms`,
+`baseline_peak_mib`, `card`, `commit`, plus each side's status and the two ratios), atomically.
 """
 
+import argparse
 import json
-import sys
+import os
 
 
 def fmt_ms(r):
@@ -22,13 +25,28 @@ def fmt_mib(r):
     return f"{b / 2**20:.1f}" if r.get("status") == "ok" and b is not None else "—"
 
 
+def ms(r):
+    return r["median_ms"] if r.get("status") == "ok" else None
+
+
+def mib(r):
+    b = r.get("peak_bytes")
+    return b / 2**20 if r.get("status") == "ok" and b is not None else None
+
+
 def main():
-    if len(sys.argv) != 3:
-        sys.exit("usage: join_table.py OURS.json TORCH.json")
-    with open(sys.argv[1]) as f:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("ours")
+    ap.add_argument("torch")
+    ap.add_argument("--json", help="also write the rows here as JSON objects")
+    ap.add_argument("--card", default="?", help="the card's name, for the JSON rows")
+    ap.add_argument("--commit", default="?", help="the commit the binary was built from")
+    args = ap.parse_args()
+    with open(args.ours) as f:
         ours = json.load(f)
-    with open(sys.argv[2]) as f:
+    with open(args.torch) as f:
         torch = json.load(f)
+    rows = []
     print(f"ours: {ours.get('device', '?')}  ")
     print(f"torch {torch.get('torch', '?')} on {torch.get('device', '?')}  ")
     c = torch.get("ceilings")
@@ -61,6 +79,28 @@ def main():
                     f"| {wid} | {ours_cell} | {fmt_ms(o)} | {fmt_mib(o)} | {base_cell} | {fmt_ms(b)} | "
                     f"{fmt_mib(b)} | {time_x} | {mem_x} |"
                 )
+                rows.append(
+                    {
+                        "workload": wid,
+                        "ours": o["impl"],
+                        "ours_status": o.get("status"),
+                        "ours_ms": ms(o),
+                        "ours_peak_mib": mib(o),
+                        "baseline": b["impl"],
+                        "baseline_status": b.get("status"),
+                        "baseline_ms": ms(b),
+                        "baseline_peak_mib": mib(b),
+                        "time_x": None if time_x == "—" else float(time_x),
+                        "mem_x": None if mem_x == "—" else float(mem_x),
+                        "card": args.card,
+                        "commit": args.commit,
+                    }
+                )
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(rows, f, indent=1)
+        os.replace(tmp, args.json)
 
 
 if __name__ == "__main__":

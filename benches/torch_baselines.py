@@ -252,7 +252,37 @@ def layer_steps(d, dtype, dev):
     }
 
 
+# ----- GEMM: the dense linear, forward + backward ---------------------------------------------
+
+
+def gemm_steps(d, dtype, dev):
+    t, n_in, n_out = d["T"], d["in"], d["out"]
+    x = randn((t, n_in), dtype, dev, grad=True)
+    w = randn((n_out, n_in), dtype, dev, grad=True, std=n_in**-0.5)
+    b = randn((n_out,), dtype, dev, grad=True)
+    dy = randn((t, n_out), dtype, dev)
+
+    def linear(tf32):
+        def run():
+            before = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            try:
+                y = F.linear(x, w, b)
+                y.backward(dy)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = before
+            zero_grads((x, w, b))
+
+        return run
+
+    steps = {"torch-linear": Step(linear(False), (x, w, b, dy))}
+    if dtype == torch.float32:
+        steps["torch-linear-tf32"] = Step(linear(True), (x, w, b, dy))
+    return steps
+
+
 FACTORIES = {
+    "gemm": gemm_steps,
     "attention": attention_steps,
     "ffn": ffn_steps,
     "monarch": monarch_steps,

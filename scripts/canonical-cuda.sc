@@ -8,7 +8,7 @@ kernel spt_default_f32 {
   dtype = f32
   pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
   dims = (B = 16, H = 32, L = 512, D = 64)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel spt_default_f16 {
@@ -17,7 +17,7 @@ kernel spt_default_f16 {
   dtype = f16
   pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
   dims = (B = 16, H = 32, L = 512, D = 64)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel spt_default_bf16 {
@@ -26,7 +26,7 @@ kernel spt_default_bf16 {
   dtype = bf16
   pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
   dims = (B = 16, H = 32, L = 512, D = 64)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel spt_variant_f32 {
@@ -35,7 +35,7 @@ kernel spt_variant_f32 {
   dtype = f32
   pattern = pq-topk(topk = 24, selector = pq-adc, causal = true, clamp = true, sub_dim = 8, codewords = 16)
   dims = (B = 16, H = 32, L = 512, D = 32)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = false, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = false, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel spt_variant_f16 {
@@ -44,7 +44,7 @@ kernel spt_variant_f16 {
   dtype = f16
   pattern = pq-topk(topk = 24, selector = pq-adc, causal = true, clamp = true, sub_dim = 8, codewords = 16)
   dims = (B = 16, H = 32, L = 512, D = 32)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = false, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = false, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel spt_variant_bf16 {
@@ -53,7 +53,7 @@ kernel spt_variant_bf16 {
   dtype = bf16
   pattern = pq-topk(topk = 24, selector = pq-adc, causal = true, clamp = true, sub_dim = 8, codewords = 16)
   dims = (B = 16, H = 32, L = 512, D = 32)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = false, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = false, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel routed_default_f32 {
@@ -62,7 +62,7 @@ kernel routed_default_f32 {
   dtype = f32
   pattern = routed(blocks = 4, top = 2, router = sigmoid, gate = output, gate_scale = 2, act = relu)
   dims = (T = 8192, d_model = 1024, d_ff = 4096)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel routed_default_f16 {
@@ -71,7 +71,7 @@ kernel routed_default_f16 {
   dtype = f16
   pattern = routed(blocks = 4, top = 2, router = sigmoid, gate = output, gate_scale = 2, act = relu)
   dims = (T = 8192, d_model = 1024, d_ff = 4096)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel routed_default_bf16 {
@@ -80,7 +80,16 @@ kernel routed_default_bf16 {
   dtype = bf16
   pattern = routed(blocks = 4, top = 2, router = sigmoid, gate = output, gate_scale = 2, act = relu)
   dims = (T = 8192, d_model = 1024, d_ff = 4096)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
+}
+
+kernel routed_default_tf32 {
+  op = routed-ffn
+  direction = forward
+  dtype = f32
+  pattern = routed(blocks = 4, top = 2, router = sigmoid, gate = output, gate_scale = 2, act = relu)
+  dims = (T = 8192, d_model = 1024, d_ff = 4096)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = tf32)
 }
 
 kernel routed_variant_f32 {
@@ -89,7 +98,7 @@ kernel routed_variant_f32 {
   dtype = f32
   pattern = routed(blocks = 16, top = 4, router = softmax, gate = spt-lora, gate_scale = 2, act = gelu)
   dims = (T = 8192, d_model = 1024, d_ff = 4096)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel routed_variant_f16 {
@@ -98,7 +107,7 @@ kernel routed_variant_f16 {
   dtype = f16
   pattern = routed(blocks = 16, top = 4, router = softmax, gate = spt-lora, gate_scale = 2, act = gelu)
   dims = (T = 8192, d_model = 1024, d_ff = 4096)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel routed_variant_bf16 {
@@ -107,7 +116,16 @@ kernel routed_variant_bf16 {
   dtype = bf16
   pattern = routed(blocks = 16, top = 4, router = softmax, gate = spt-lora, gate_scale = 2, act = gelu)
   dims = (T = 8192, d_model = 1024, d_ff = 4096)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
+}
+
+kernel routed_variant_tf32 {
+  op = routed-ffn
+  direction = forward
+  dtype = f32
+  pattern = routed(blocks = 16, top = 4, router = softmax, gate = spt-lora, gate_scale = 2, act = gelu)
+  dims = (T = 8192, d_model = 1024, d_ff = 4096)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = tf32)
 }
 
 kernel cbm_top16_f32 {
@@ -116,7 +134,7 @@ kernel cbm_top16_f32 {
   dtype = f32
   pattern = cbm(topk = 16)
   dims = (B = 256, C = 512, K = 200)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel cbm_top16_f16 {
@@ -125,7 +143,7 @@ kernel cbm_top16_f16 {
   dtype = f16
   pattern = cbm(topk = 16)
   dims = (B = 256, C = 512, K = 200)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel cbm_top16_bf16 {
@@ -134,7 +152,16 @@ kernel cbm_top16_bf16 {
   dtype = bf16
   pattern = cbm(topk = 16)
   dims = (B = 256, C = 512, K = 200)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
+}
+
+kernel cbm_top16_tf32 {
+  op = cbm-head
+  direction = forward
+  dtype = f32
+  pattern = cbm(topk = 16)
+  dims = (B = 256, C = 512, K = 200)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = tf32)
 }
 
 kernel dense_linear_f32 {
@@ -143,7 +170,7 @@ kernel dense_linear_f32 {
   dtype = f32
   pattern = dense
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel dense_linear_f16 {
@@ -152,7 +179,7 @@ kernel dense_linear_f16 {
   dtype = f16
   pattern = dense
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel dense_linear_bf16 {
@@ -161,7 +188,16 @@ kernel dense_linear_bf16 {
   dtype = bf16
   pattern = dense
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
+}
+
+kernel dense_linear_tf32 {
+  op = dense-linear
+  direction = forward
+  dtype = f32
+  pattern = dense
+  dims = (T = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = tf32)
 }
 
 kernel dense_linear_tk32_f32 {
@@ -170,7 +206,7 @@ kernel dense_linear_tk32_f32 {
   dtype = f32
   pattern = dense
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel dense_linear_tk32_f16 {
@@ -179,7 +215,7 @@ kernel dense_linear_tk32_f16 {
   dtype = f16
   pattern = dense
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel dense_linear_tk32_bf16 {
@@ -188,7 +224,16 @@ kernel dense_linear_tk32_bf16 {
   dtype = bf16
   pattern = dense
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
+}
+
+kernel dense_linear_tk32_tf32 {
+  op = dense-linear
+  direction = forward
+  dtype = f32
+  pattern = dense
+  dims = (T = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 32, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = tf32)
 }
 
 kernel nm_2of4_f32 {
@@ -197,7 +242,7 @@ kernel nm_2of4_f32 {
   dtype = f32
   pattern = nm(n = 2, m = 4)
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel nm_2of4_f16 {
@@ -206,7 +251,7 @@ kernel nm_2of4_f16 {
   dtype = f16
   pattern = nm(n = 2, m = 4)
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel nm_2of4_bf16 {
@@ -215,7 +260,16 @@ kernel nm_2of4_bf16 {
   dtype = bf16
   pattern = nm(n = 2, m = 4)
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
+}
+
+kernel nm_2of4_tf32 {
+  op = nm-linear
+  direction = forward
+  dtype = f32
+  pattern = nm(n = 2, m = 4)
+  dims = (T = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = tf32)
 }
 
 kernel block_diag_f32 {
@@ -224,7 +278,7 @@ kernel block_diag_f32 {
   dtype = f32
   pattern = block-diagonal(blocks = 4)
   dims = (N = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel block_diag_f16 {
@@ -233,7 +287,7 @@ kernel block_diag_f16 {
   dtype = f16
   pattern = block-diagonal(blocks = 4)
   dims = (N = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel block_diag_bf16 {
@@ -242,7 +296,16 @@ kernel block_diag_bf16 {
   dtype = bf16
   pattern = block-diagonal(blocks = 4)
   dims = (N = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
+}
+
+kernel block_diag_tf32 {
+  op = block-diag-linear
+  direction = forward
+  dtype = f32
+  pattern = block-diagonal(blocks = 4)
+  dims = (N = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = tf32)
 }
 
 kernel pq_encode_f32 {
@@ -251,7 +314,7 @@ kernel pq_encode_f32 {
   dtype = f32
   pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
   dims = (N = 8192, D = 64)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel pq_encode_f16 {
@@ -260,7 +323,7 @@ kernel pq_encode_f16 {
   dtype = f16
   pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
   dims = (N = 8192, D = 64)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel pq_encode_bf16 {
@@ -269,7 +332,7 @@ kernel pq_encode_bf16 {
   dtype = bf16
   pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
   dims = (N = 8192, D = 64)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel sara_ratio_f32 {
@@ -278,7 +341,7 @@ kernel sara_ratio_f32 {
   dtype = f32
   pattern = sara(ratio = 0.1)
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel sara_ratio_f16 {
@@ -287,7 +350,7 @@ kernel sara_ratio_f16 {
   dtype = f16
   pattern = sara(ratio = 0.1)
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel sara_ratio_bf16 {
@@ -296,7 +359,16 @@ kernel sara_ratio_bf16 {
   dtype = bf16
   pattern = sara(ratio = 0.1)
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
+}
+
+kernel sara_ratio_tf32 {
+  op = sara-linear
+  direction = forward
+  dtype = f32
+  pattern = sara(ratio = 0.1)
+  dims = (T = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = tf32)
 }
 
 kernel pst_default_f32 {
@@ -305,7 +377,7 @@ kernel pst_default_f32 {
   dtype = f32
   pattern = pst(sparsity = 0.9, rank = 8, mask_rank = 8, alpha1 = 1, alpha2 = 1, beta = 1, s0 = 0, warmup = 0.1, cooldown = 0.3)
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel pst_default_f16 {
@@ -314,7 +386,7 @@ kernel pst_default_f16 {
   dtype = f16
   pattern = pst(sparsity = 0.9, rank = 8, mask_rank = 8, alpha1 = 1, alpha2 = 1, beta = 1, s0 = 0, warmup = 0.1, cooldown = 0.3)
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel pst_default_bf16 {
@@ -323,7 +395,16 @@ kernel pst_default_bf16 {
   dtype = bf16
   pattern = pst(sparsity = 0.9, rank = 8, mask_rank = 8, alpha1 = 1, alpha2 = 1, beta = 1, s0 = 0, warmup = 0.1, cooldown = 0.3)
   dims = (T = 8192, in = 1024, out = 1024)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
+}
+
+kernel pst_default_tf32 {
+  op = pst-linear
+  direction = forward
+  dtype = f32
+  pattern = pst(sparsity = 0.9, rank = 8, mask_rank = 8, alpha1 = 1, alpha2 = 1, beta = 1, s0 = 0, warmup = 0.1, cooldown = 0.3)
+  dims = (T = 8192, in = 1024, out = 1024)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = tf32)
 }
 
 kernel monarch_square_f32 {
@@ -332,7 +413,7 @@ kernel monarch_square_f32 {
   dtype = f32
   pattern = monarch(k = 4, q = 256, p = 256, l = 4, s = 256, r = 256)
   dims = (N = 8192)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel monarch_square_f16 {
@@ -341,7 +422,7 @@ kernel monarch_square_f16 {
   dtype = f16
   pattern = monarch(k = 4, q = 256, p = 256, l = 4, s = 256, r = 256)
   dims = (N = 8192)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel monarch_square_bf16 {
@@ -350,7 +431,16 @@ kernel monarch_square_bf16 {
   dtype = bf16
   pattern = monarch(k = 4, q = 256, p = 256, l = 4, s = 256, r = 256)
   dims = (N = 8192)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
+}
+
+kernel monarch_square_tf32 {
+  op = monarch
+  direction = forward
+  dtype = f32
+  pattern = monarch(k = 4, q = 256, p = 256, l = 4, s = 256, r = 256)
+  dims = (N = 8192)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = tf32)
 }
 
 kernel monarch_narrow_f32 {
@@ -359,7 +449,7 @@ kernel monarch_narrow_f32 {
   dtype = f32
   pattern = monarch(k = 4, q = 256, p = 256, l = 4, s = 256, r = 256)
   dims = (N = 8192)
-  schedule = (tile_m = 32, tile_n = 128, tile_k = 16, vector = 1, stages = 1, fused = true, lanes = 8)
+  schedule = (tile_m = 32, tile_n = 128, tile_k = 16, vector = 1, stages = 1, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel monarch_narrow_f16 {
@@ -368,7 +458,7 @@ kernel monarch_narrow_f16 {
   dtype = f16
   pattern = monarch(k = 4, q = 256, p = 256, l = 4, s = 256, r = 256)
   dims = (N = 8192)
-  schedule = (tile_m = 32, tile_n = 128, tile_k = 16, vector = 1, stages = 1, fused = true, lanes = 8)
+  schedule = (tile_m = 32, tile_n = 128, tile_k = 16, vector = 1, stages = 1, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel monarch_narrow_bf16 {
@@ -377,7 +467,16 @@ kernel monarch_narrow_bf16 {
   dtype = bf16
   pattern = monarch(k = 4, q = 256, p = 256, l = 4, s = 256, r = 256)
   dims = (N = 8192)
-  schedule = (tile_m = 32, tile_n = 128, tile_k = 16, vector = 1, stages = 1, fused = true, lanes = 8)
+  schedule = (tile_m = 32, tile_n = 128, tile_k = 16, vector = 1, stages = 1, fused = true, lanes = 8, mma = auto, precision = ieee)
+}
+
+kernel monarch_narrow_tf32 {
+  op = monarch
+  direction = forward
+  dtype = f32
+  pattern = monarch(k = 4, q = 256, p = 256, l = 4, s = 256, r = 256)
+  dims = (N = 8192)
+  schedule = (tile_m = 32, tile_n = 128, tile_k = 16, vector = 1, stages = 1, fused = true, lanes = 8, mma = auto, precision = tf32)
 }
 
 kernel monarch_rect_f32 {
@@ -386,7 +485,7 @@ kernel monarch_rect_f32 {
   dtype = f32
   pattern = monarch(k = 3, q = 64, p = 128, l = 4, s = 40, r = 48)
   dims = (N = 64)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel monarch_rect_f16 {
@@ -395,7 +494,7 @@ kernel monarch_rect_f16 {
   dtype = f16
   pattern = monarch(k = 3, q = 64, p = 128, l = 4, s = 40, r = 48)
   dims = (N = 64)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel monarch_rect_bf16 {
@@ -404,5 +503,14 @@ kernel monarch_rect_bf16 {
   dtype = bf16
   pattern = monarch(k = 3, q = 64, p = 128, l = 4, s = 40, r = 48)
   dims = (N = 64)
-  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
+}
+
+kernel monarch_rect_tf32 {
+  op = monarch
+  direction = forward
+  dtype = f32
+  pattern = monarch(k = 3, q = 64, p = 128, l = 4, s = 40, r = 48)
+  dims = (N = 64)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = tf32)
 }

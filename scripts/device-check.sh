@@ -2,7 +2,7 @@
 # The one call made on a lent GPU machine (H100/H200, CUDA 13, PyTorch, no network, no crates):
 # proves the CUDA path right and measures it against PyTorch on the same card, in one run.
 #
-# Here:   scripts/build-device-bundle.sh            (the stripped release binary in .bundle/)
+# Here:   scripts/build-device-bundle.sh            (the stripped release binary, xz, in .bundle/)
 # There:  scripts/device-check.sh                   (device tool: carry [".bundle"], OUT set)
 #
 # Steps, each under its own time budget (seconds), all output under $OUT:
@@ -21,7 +21,7 @@
 #   6. benches/torch_baselines.py on the same shapes (and a CPU smoke run at tiny shapes), with
 #      the measured ceilings (copy bandwidth, matmul rates)   → torch.json
 #  6b. Nsight Compute: per-kernel time and DRAM bytes of one attention step → ncu.csv
-#   7. the joined table of ratios                               → table.md (also printed last)
+#   7. the joined table of ratios                  → table.md (also printed last), table.json
 # Exit status: non-zero when the selftest, a sanitizer or the NVRTC check failed (the table is
 # still written).
 set -uo pipefail
@@ -53,6 +53,17 @@ step() {
 }
 export BIN CUDA_HOME
 
+# The bundle carries the binary xz-compressed (the device call's 64 MiB limit): unpack it once.
+if [ ! -x "$BIN" ] && [ -f .bundle/sparsecube.xz ] && [ -z "${SPARSECUBE_BIN:-}" ]; then
+    if command -v xz >/dev/null; then
+        xz -dc .bundle/sparsecube.xz >.bundle/sparsecube.tmp
+    else
+        "$PY" -c 'import lzma, shutil, sys
+with lzma.open(sys.argv[1]) as f, open(sys.argv[2], "wb") as o: shutil.copyfileobj(f, o)' \
+            .bundle/sparsecube.xz .bundle/sparsecube.tmp
+    fi
+    chmod +x .bundle/sparsecube.tmp && mv .bundle/sparsecube.tmp .bundle/sparsecube
+fi
 [ -x "$BIN" ] || { echo "no $BIN: run scripts/build-device-bundle.sh first and carry .bundle" >&2; exit 2; }
 
 # 1. The card.
@@ -139,7 +150,10 @@ step "ncu per-kernel, attention f32 at the paper shape" 120 "$OUT/ncu.csv" \
 
 # 7. One table.
 if [ -s "$OUT/ours.json" ] && [ -s "$OUT/torch.json" ]; then
-    "$PY" benches/join_table.py "$OUT/ours.json" "$OUT/torch.json" >"$OUT/table.md" 2>>"$LOG"
+    card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
+    "$PY" benches/join_table.py "$OUT/ours.json" "$OUT/torch.json" --json "$OUT/table.json" \
+        --card "${card:-unknown}" --commit "$(cat .bundle/COMMIT 2>/dev/null || echo unknown)" \
+        >"$OUT/table.md" 2>>"$LOG"
 fi
 log "done, overall status $status"
 cat "$OUT/table.md" 2>/dev/null

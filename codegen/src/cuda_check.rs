@@ -132,6 +132,8 @@ impl CudaToolchain {
             lib.join("libnvrtc.so.13"),
             cu13.join("bin/ptxas"),
             cu13.join("include/cuda_runtime.h"),
+            // WMMA's mma.h includes it; PyPI ships it in nvidia-cuda-crt, not the runtime wheel.
+            cu13.join("include/crt/mma.h"),
         ] {
             if !p.exists() {
                 return Err(missing(&p));

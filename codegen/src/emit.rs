@@ -101,6 +101,15 @@ fn sm90_properties() -> DeviceProperties {
     let mut props =
         DeviceProperties::new(Default::default(), memory, hardware, TimingMethod::System);
     cubecl_cpp::register_supported_types(&mut props);
+    // sm_90's WMMA shapes, as cubecl-cuda registers them on a live H100: what the tile
+    // program's tensor-core mainloop is printed and compiled for.
+    let arch = cubecl_cpp::cuda::arch::CudaArchitecture { version: 90 };
+    cubecl_cpp::shared::register_wmma_features(
+        <cubecl_cpp::cuda::mma::CudaWmmaCompiler as cubecl_cpp::DialectWmmaCompiler<
+            cubecl_cpp::cuda::CudaDialect<cubecl_cpp::cuda::mma::CudaWmmaCompiler>,
+        >>::supported_wmma_combinations(&arch),
+        &mut props,
+    );
     props
 }
 
@@ -464,18 +473,29 @@ pub fn plan_sources(
 /// for ops with a backward) on an sm_90 GPU, with every optional input present (the kernels
 /// read them then).
 pub fn printed_lowering(spec: &KernelSpec) -> Result<Lowering, LowerError> {
+    lowering_for(spec, Target::Cuda)
+}
+
+/// [`printed_lowering`] for `target`: WGSL has no tensor cores (CubeCL 0.10's WGSL compiler
+/// has no cooperative matrices), so its plans take the scalar mainloop — and a schedule that
+/// insists on tensor cores (`mma = cmma`) is refused for it.
+pub fn lowering_for(spec: &KernelSpec, target: Target) -> Result<Lowering, LowerError> {
     let mut spec = spec.clone();
     if spec.op.has_backward() {
         spec.direction = Direction::Backward;
     }
-    lower(
-        &spec,
-        &LowerOptions::new(DeviceLimits::sm90()).given(["noise"]),
-    )
+    let device = match target {
+        Target::Cuda => DeviceLimits::sm90(),
+        Target::Wgsl => DeviceLimits {
+            tensor_cores: Default::default(),
+            ..DeviceLimits::sm90()
+        },
+    };
+    lower(&spec, &LowerOptions::new(device).given(["noise"]))
 }
 
 /// Every kernel a spec lowers to (forward and backward), as `target` source. `monarch-project`
 /// has none: it is a one-time host conversion (a truncated SVD per sub-block, f64).
 pub fn sources(spec: &KernelSpec, target: Target) -> Result<Vec<KernelSource>, LowerError> {
-    plan_sources(&printed_lowering(spec)?, spec.dtype, target)
+    plan_sources(&lowering_for(spec, target)?, spec.dtype, target)
 }

@@ -54,4 +54,14 @@ pub enum LowerError {
     /// The problem does not fit the device (found before anything is allocated).
     #[error(transparent)]
     TooLarge(#[from] plan::SizeError),
+    /// The schedule asks for tensor cores (`mma = cmma`) the device or the tile cannot use.
+    #[error("{op} with schedule {schedule}: {why}")]
+    NoTensorCores {
+        /// The op.
+        op: OpKind,
+        /// The schedule as written.
+        schedule: kernels_ir::Schedule,
+        /// What is missing, and the fix.
+        why: String,
+    },
 }

@@ -34,7 +34,7 @@ pub mod verify;
 pub use dtype::DType;
 pub use op::{Direction, Extent, OpKind, Role, TensorSpec};
 pub use pattern::{Pattern, PatternKind};
-pub use schedule::{Knob, Schedule};
+pub use schedule::{Knob, Mma, Precision, Schedule};
 pub use spec::{Cost, KernelSpec, KernelSpecBuilder, Module};
 pub use text::ParseError;
 pub use verify::{VerifyError, VerifyErrors, verify_module};

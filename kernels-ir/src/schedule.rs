@@ -1,7 +1,10 @@
 //! The *schedule* half of a kernel spec: how a kernel is tiled and vectorised. It never changes a
 //! result (the reference executor ignores it); the autotuner searches it. Every field is read by
-//! the code generator: the tile program's `tile_m`, `tile_n`, `tile_k`, `vector` and `stages`
-//! for every tiled product, SPT's `fused` and `lanes` for attention.
+//! the code generator: the tile program's `tile_m`, `tile_n`, `tile_k`, `vector`, `stages` and
+//! `mma` (its mainloop: scalar FMA or tensor cores) for every tiled product, SPT's `fused` and
+//! `lanes` for attention. One field is a user's choice the autotuner never makes for them:
+//! `precision = tf32` lets f32 products run on tensor cores with TF32 operands (a 10-bit
+//! mantissa: results within about 1e-3 relative of the f32 ones, not bit-close).
 
 use crate::args::{ArgError, Args};
 use crate::op::OpKind;
@@ -27,6 +30,93 @@ pub enum Knob {
     /// `lanes`: lanes per query row of SPT's row kernels (a power of two; several rows share a
     /// plane below the plane size).
     Lanes,
+    /// `mma`: the tile program's mainloop — scalar FMA, tensor cores (WMMA), or whichever the
+    /// device supports for the dtype (`auto`).
+    Mma,
+}
+
+/// The tile program's mainloop strategy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mma {
+    /// Tensor cores where the device has them for the dtype and precision (f16/bf16 operands,
+    /// or f32 with `precision = tf32`) and the tile fits their shape; scalar FMA elsewhere.
+    #[default]
+    Auto,
+    /// Scalar f32 FMA on every device (the exact path: products of f32 storage are IEEE f32).
+    Scalar,
+    /// Tensor cores through WMMA (16×16×16 for f16/bf16, 16×16×8 for tf32), f32 accumulation:
+    /// a device without them for the dtype is an error, not a fallback.
+    Cmma,
+}
+
+impl Mma {
+    /// Every strategy, in the text format's spelling.
+    pub const ALL: [Mma; 3] = [Mma::Auto, Mma::Scalar, Mma::Cmma];
+
+    /// The text format's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mma::Auto => "auto",
+            Mma::Scalar => "scalar",
+            Mma::Cmma => "cmma",
+        }
+    }
+}
+
+impl fmt::Display for Mma {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Mma {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Mma::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| "use `auto`, `scalar` or `cmma`".to_string())
+    }
+}
+
+/// The arithmetic precision of f32 products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// IEEE f32 products and sums (what the reference executor's tolerances assume).
+    #[default]
+    Ieee,
+    /// TF32 operands (10-bit mantissa) with f32 accumulation on tensor cores, for f32 storage:
+    /// about 1e-3 relative. f16/bf16 storage is unaffected (its operands are already narrower).
+    Tf32,
+}
+
+impl Precision {
+    /// The text format's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Ieee => "ieee",
+            Precision::Tf32 => "tf32",
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ieee" => Ok(Precision::Ieee),
+            "tf32" => Ok(Precision::Tf32),
+            _ => Err("use `ieee` or `tf32`".into()),
+        }
+    }
 }
 
 impl Knob {
@@ -42,16 +132,19 @@ impl Knob {
     pub const LANES: [u32; 4] = [8, 4, 16, 32];
     /// Units of one tile-program cube (16 × 16).
     pub const TILE_UNITS: u32 = 256;
-    /// Shared memory a tile program may use per cube (CUDA's default per-block limit).
-    pub const TILE_SHARED_BYTES: u32 = 48 * 1024;
+    /// Shared memory a tile program may use per cube on any device: sm_90's opt-in maximum
+    /// (227 KiB). Lowering checks the target device's own limit, and a device's schedule space
+    /// holds only the points it can run.
+    pub const TILE_SHARED_BYTES: u32 = 227 * 1024;
 
     /// The knobs of the tile program, in the order the space varies them.
-    pub const TILE: [Knob; 5] = [
+    pub const TILE: [Knob; 6] = [
         Knob::TileM,
         Knob::TileN,
         Knob::TileK,
         Knob::Vector,
         Knob::Stages,
+        Knob::Mma,
     ];
 
     /// The schedule field's name in the text format.
@@ -64,6 +157,7 @@ impl Knob {
             Knob::Stages => "stages",
             Knob::Fused => "fused",
             Knob::Lanes => "lanes",
+            Knob::Mma => "mma",
         }
     }
 
@@ -77,6 +171,7 @@ impl Knob {
             Knob::Stages => nums(&Self::STAGES),
             Knob::Lanes => nums(&Self::LANES),
             Knob::Fused => vec!["true".into(), "false".into()],
+            Knob::Mma => Mma::ALL.iter().map(|m| m.name().to_string()).collect(),
         }
     }
 
@@ -127,6 +222,12 @@ pub struct Schedule {
     /// Lanes per row of SPT's row kernels (a power of two up to 32; capped at the plane size).
     #[serde(default = "default_lanes")]
     pub lanes: u32,
+    /// The tile program's mainloop strategy.
+    #[serde(default)]
+    pub mma: Mma,
+    /// The precision of f32 products (`tf32`: tensor cores with TF32 operands).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn default_lanes() -> u32 {
@@ -143,14 +244,24 @@ impl Default for Schedule {
             stages: 2,
             fused: true,
             lanes: 8,
+            mma: Mma::Auto,
+            precision: Precision::Ieee,
         }
     }
 }
 
 impl Schedule {
     /// Argument names of the text form.
-    pub const ARGS: [&'static str; 7] = [
-        "tile_m", "tile_n", "tile_k", "vector", "stages", "fused", "lanes",
+    pub const ARGS: [&'static str; 9] = [
+        "tile_m",
+        "tile_n",
+        "tile_k",
+        "vector",
+        "stages",
+        "fused",
+        "lanes",
+        "mma",
+        "precision",
     ];
 
     /// Canonical `(name, text)` pairs.
@@ -163,6 +274,8 @@ impl Schedule {
             ("stages", self.stages.to_string()),
             ("fused", self.fused.to_string()),
             ("lanes", self.lanes.to_string()),
+            ("mma", self.mma.to_string()),
+            ("precision", self.precision.to_string()),
         ]
     }
 
@@ -178,6 +291,8 @@ impl Schedule {
             stages: a.parse_or("stages", d.stages, "a stage count")?,
             fused: a.bool_or("fused", d.fused)?,
             lanes: a.parse_or("lanes", d.lanes, "a lane count")?,
+            mma: a.parse_or("mma", d.mma, "a mainloop strategy")?,
+            precision: a.parse_or("precision", d.precision, "a precision")?,
         };
         a.finish(&Self::ARGS)?;
         Ok(s)
@@ -202,6 +317,7 @@ impl Schedule {
             Knob::Stages => self.stages.to_string(),
             Knob::Fused => self.fused.to_string(),
             Knob::Lanes => self.lanes.to_string(),
+            Knob::Mma => self.mma.to_string(),
         }
     }
 
@@ -217,6 +333,7 @@ impl Schedule {
             Knob::Stages => s.stages = n(),
             Knob::Lanes => s.lanes = n(),
             Knob::Fused => s.fused = value == "true",
+            Knob::Mma => s.mma = value.parse().unwrap_or_default(),
         }
         s
     }

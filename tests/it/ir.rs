@@ -138,9 +138,11 @@ fn any_spec() -> impl Strategy<Value = KernelSpec> {
         0u32..6,
         any::<bool>(),
         0u32..40,
+        0usize..3,
+        any::<bool>(),
     )
         .prop_map(
-            |(tile_m, tile_n, tile_k, vector, stages, fused, lanes)| Schedule {
+            |(tile_m, tile_n, tile_k, vector, stages, fused, lanes, mma, tf32)| Schedule {
                 tile_m,
                 tile_n,
                 tile_k,
@@ -148,6 +150,12 @@ fn any_spec() -> impl Strategy<Value = KernelSpec> {
                 stages,
                 fused,
                 lanes,
+                mma: kernels_ir::Mma::ALL[mma],
+                precision: if tf32 {
+                    kernels_ir::Precision::Tf32
+                } else {
+                    kernels_ir::Precision::Ieee
+                },
             },
         );
     (

@@ -17,5 +17,6 @@ mod kernels_spt;
 mod model;
 mod plans;
 mod sources;
+mod tensor_cores;
 mod train;
 mod tune;

@@ -245,6 +245,7 @@ fn a_problem_too_large_for_the_device_is_refused_before_allocating() {
         max_shared_bytes: 32 * 1024,
         max_buffer_bytes: 128 << 20,
         memory_bytes: 24 << 30,
+        tensor_cores: Default::default(),
     };
     let err = lower(&spec, &LowerOptions::new(lavapipe_like)).unwrap_err();
     let text = err.to_string();

@@ -374,23 +374,50 @@ fn canonicalize_sorts_only_runs_of_uninitialised_declarations() {
     );
 }
 
+/// Every canonical config in f32, f16 and bf16 — on sm_90 the tile program's f16/bf16 products
+/// take the tensor-core mainloop — and, for the ops on the tile program, in f32 with
+/// `precision = tf32` (the TF32 tensor-core mainloop): each spec named `<config>_<variant>`,
+/// with the config's name.
+pub(crate) fn in_every_dtype() -> Vec<(&'static str, KernelSpec)> {
+    let mut out = Vec::new();
+    for (name, spec) in canonical() {
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            out.push((
+                name,
+                KernelSpec {
+                    name: format!("{}_{dtype}", spec.name),
+                    dtype,
+                    ..spec.clone()
+                },
+            ));
+        }
+        if spec.op.tiled() {
+            out.push((
+                name,
+                KernelSpec {
+                    name: format!("{}_tf32", spec.name),
+                    dtype: DType::F32,
+                    schedule: kernels_ir::Schedule {
+                        precision: kernels_ir::Precision::Tf32,
+                        ..spec.schedule
+                    },
+                    ..spec.clone()
+                },
+            ));
+        }
+    }
+    out
+}
+
 /// scripts/canonical-cuda.sc (what the GPU machine's own NVRTC compiles in
 /// scripts/device-check.sh) holds exactly the canonical configs in every dtype, so its resource
 /// report can be compared with the committed snapshot.
 #[test]
 fn device_check_compiles_the_canonical_configs() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/canonical-cuda.sc");
-    let mut want = Vec::new();
-    for (_, spec) in canonical() {
-        for dtype in [DType::F32, DType::F16, DType::BF16] {
-            want.push(KernelSpec {
-                name: format!("{}_{dtype}", spec.name),
-                dtype,
-                ..spec.clone()
-            });
-        }
-    }
-    let want = kernels_ir::Module { kernels: want };
+    let want = kernels_ir::Module {
+        kernels: in_every_dtype().into_iter().map(|(_, s)| s).collect(),
+    };
     kernels_ir::verify_module(&want).unwrap();
     let text = format!(
         "# The canonical CUDA configs of tests/it/cuda_offline.rs (every dtype), for the GPU machine's own\n\

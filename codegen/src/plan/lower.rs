@@ -149,7 +149,9 @@ fn check_shared(
                         "the device has {}",
                         bytes_text(device.max_shared_bytes as u128)
                     ),
-                    fix: "use a smaller tile_m, tile_n or tile_k, or stages = 1".into(),
+                    fix: "use a smaller tile_m, tile_n or tile_k, or stages = 1 (or mma = \
+                          scalar: the tensor-core mainloop also stages its f32 output tile)"
+                        .into(),
                 });
             }
         }
@@ -167,7 +169,7 @@ pub fn lower(spec: &KernelSpec, opts: &LowerOptions) -> Result<Lowering, LowerEr
     let ctx = Ctx {
         spec,
         opts,
-        shape: crate::tile::shape(&spec.schedule),
+        shape: crate::tile::shape(&spec.schedule, spec.op, spec.dtype, &opts.device)?,
         backward: spec.direction == Direction::Backward,
     };
     let lowering = match spec.op {

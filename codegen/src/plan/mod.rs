@@ -301,6 +301,41 @@ pub struct DeviceLimits {
     pub max_buffer_bytes: u64,
     /// Device memory, bytes (what the plan's peak is checked against).
     pub memory_bytes: u64,
+    /// The tensor-core (WMMA) shapes the device runs, by operand type.
+    pub tensor_cores: TensorCores,
+}
+
+/// Which WMMA operand types a device runs with f32 accumulation: 16×16×16 for f16 and bf16,
+/// 16×16×8 for tf32 (what the tile program's tensor-core mainloop uses).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TensorCores {
+    /// f16 × f16 → f32, 16×16×16.
+    pub f16: bool,
+    /// bf16 × bf16 → f32, 16×16×16.
+    pub bf16: bool,
+    /// tf32 × tf32 → f32, 16×16×8.
+    pub tf32: bool,
+}
+
+impl TensorCores {
+    /// Those of an sm_90 GPU (all three).
+    pub fn sm90() -> Self {
+        Self {
+            f16: true,
+            bf16: true,
+            tf32: true,
+        }
+    }
+
+    /// Whether operands of `dtype` (with `tf32`: f32 operands rounded to TF32) run on them.
+    pub fn supports(&self, dtype: DType, tf32: bool) -> bool {
+        match dtype {
+            DType::F16 => self.f16,
+            DType::BF16 => self.bf16,
+            DType::F32 => tf32 && self.tf32,
+            DType::I64 => false,
+        }
+    }
 }
 
 impl DeviceLimits {
@@ -312,6 +347,7 @@ impl DeviceLimits {
             max_shared_bytes: 227 * 1024,
             max_buffer_bytes: 80 << 30,
             memory_bytes: 80 << 30,
+            tensor_cores: TensorCores::sm90(),
         }
     }
 }

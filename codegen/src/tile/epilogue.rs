@@ -95,11 +95,13 @@ pub fn find_sorted(list: &Array<u32>, flat: usize) -> usize {
     at
 }
 
-/// Applies program `p`'s epilogue to this unit's accumulators (see the module docs).
+/// Applies program `p`'s epilogue to this unit's accumulators (see the module docs): its
+/// registers `acc` after the scalar mainloop, its elements of the shared f32 tile `sc` after
+/// the tensor-core one.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 // A comptime test around a runtime one: joined with `&&` the pair would be one runtime branch.
-#[allow(clippy::collapsible_if)]
+#[allow(clippy::collapsible_if, unused_assignments)]
 pub fn epilogue<F: Float>(
     ins: &Sequence<Array<F>>,
     ins32: &Sequence<Array<f32>>,
@@ -108,6 +110,7 @@ pub fn epilogue<F: Float>(
     outs32: &mut Sequence<Array<f32>>,
     sizes: &Sequence<u32>,
     acc: &Array<f32>,
+    sc: &SharedMemory<f32>,
     sums: &Array<f32>,
     g: usize,
     r0: usize,
@@ -157,7 +160,14 @@ pub fn epilogue<F: Float>(
                 let c = n0 + (UNIT_POS_X + j * UNITS) as usize;
                 if c < n {
                     let addr = g * s_gc + r * s_row + c * s_col;
-                    let mut v = acc[(i * mn + j) as usize];
+                    let mut v = 0.0f32;
+                    if comptime!(p.shape.tensor()) {
+                        let pc = comptime!(p.shape.c_pitch() as usize);
+                        v = sc[(UNIT_POS_Y + i * UNITS) as usize * pc
+                            + (UNIT_POS_X + j * UNITS) as usize];
+                    } else {
+                        v = acc[(i * mn + j) as usize];
+                    }
                     if e.scale_out {
                         v *= c_out;
                     }

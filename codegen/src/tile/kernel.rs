@@ -12,7 +12,10 @@
 #![allow(missing_docs)]
 
 use super::epilogue::epilogue;
-use super::program::{Operand, Packed, Prologue, PstWeight, Reduce, Rows, TileProgram, UNITS, at};
+use super::program::{
+    FRAG, Mainloop, Operand, Packed, Prologue, PstWeight, Reduce, Rows, TileProgram, UNITS, WARPS,
+    at,
+};
 use crate::select::kernels::{key, selected};
 use cubecl::prelude::*;
 
@@ -64,11 +67,29 @@ pub fn tile_gemm<F: Float>(
         let mut acc =
             Array::<f32>::new(comptime!((p.shape.micro_m() * p.shape.micro_n()) as usize));
         let mut sums = Array::<f32>::new(comptime!(p.shape.micro_m() as usize));
-        mainloop::<F>(
-            ins, ins32, idx, sizes, &mut acc, &mut sums, g, r0, r_end, n0, k_begin, k_end, p,
+        // The tensor-core mainloop's f32 output tile, which the epilogue reads in place of
+        // `acc` (a buffer no scalar kernel uses, so none of them declares it).
+        let mut sc = SharedMemory::<f32>::new_aligned(
+            comptime!((p.shape.tm * p.shape.c_pitch()) as usize),
+            32usize,
         );
+        if comptime!(p.shape.mma == Mainloop::Half) {
+            mainloop_mma::<F, F, F>(
+                ins, ins32, idx, sizes, &mut sc, &mut sums, g, r0, r_end, n0, k_begin, k_end, p,
+            );
+        }
+        if comptime!(p.shape.mma == Mainloop::Tf32) {
+            mainloop_mma::<F, f32, tf32>(
+                ins, ins32, idx, sizes, &mut sc, &mut sums, g, r0, r_end, n0, k_begin, k_end, p,
+            );
+        }
+        if comptime!(p.shape.mma == Mainloop::Scalar) {
+            mainloop::<F>(
+                ins, ins32, idx, sizes, &mut acc, &mut sums, g, r0, r_end, n0, k_begin, k_end, p,
+            );
+        }
         epilogue::<F>(
-            ins, ins32, idx, outs, outs32, sizes, &acc, &sums, g, r0, r_end, n0, p,
+            ins, ins32, idx, outs, outs32, sizes, &acc, &sc, &sums, g, r0, r_end, n0, p,
         );
     }
 }
@@ -154,7 +175,7 @@ pub fn mainloop<F: Float>(
             let cur = i % 2;
             if i < steps {
                 let k = k_begin + i * tk;
-                stage::<F>(
+                stage::<F, f32>(
                     &mut sa,
                     ins,
                     ins32,
@@ -171,7 +192,7 @@ pub fn mainloop<F: Float>(
                     s.tm,
                     p,
                 );
-                stage::<F>(
+                stage::<F, f32>(
                     &mut sb,
                     ins,
                     ins32,
@@ -198,7 +219,7 @@ pub fn mainloop<F: Float>(
         }
     } else {
         while k0 < k_end {
-            stage::<F>(
+            stage::<F, f32>(
                 &mut sa,
                 ins,
                 ins32,
@@ -215,7 +236,7 @@ pub fn mainloop<F: Float>(
                 s.tm,
                 p,
             );
-            stage::<F>(
+            stage::<F, f32>(
                 &mut sb,
                 ins,
                 ins32,
@@ -240,14 +261,339 @@ pub fn mainloop<F: Float>(
     }
 }
 
+/// The tensor-core mainloop: operands staged in shared memory as `S` (the 16-bit storage dtype,
+/// or f32 for TF32), pipelined over `stages` buffers as in [`mainloop`]; each plane (warp) of the
+/// [`super::TileShape::warp_grid`] multiplies its part of the tile with WMMA fragments of type
+/// `M` into f32 accumulator fragments. After the reduction the fragments are stored to the
+/// shared f32 tile `sc` (row pitch [`super::TileShape::c_pitch`]), which the epilogue reads
+/// where the scalar loop's units read their registers: the epilogue is the same code for both
+/// mainloops. Row sums, when asked for, are added up from the staged A slices.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn mainloop_mma<F: Float, S: Float, M: CubePrimitive>(
+    ins: &Sequence<Array<F>>,
+    ins32: &Sequence<Array<f32>>,
+    idx: &Sequence<Array<u32>>,
+    sizes: &Sequence<u32>,
+    sc: &mut SharedMemory<f32>,
+    sums: &mut Array<f32>,
+    g: usize,
+    r0: usize,
+    r_end: usize,
+    n0: usize,
+    k_begin: usize,
+    k_end: usize,
+    #[comptime] p: TileProgram,
+) {
+    let s = p.shape;
+    #[unroll]
+    for i in 0..comptime!(s.micro_m()) {
+        sums[i as usize] = 0.0f32;
+    }
+    let slice_a = comptime!((s.tk * s.pitch(s.tm)) as usize);
+    let slice_b = comptime!((s.tk * s.pitch(s.tn)) as usize);
+    // 32-byte aligned: WMMA fragments start on 256-bit boundaries.
+    let mut sa = SharedMemory::<S>::new_aligned(comptime!(s.stages as usize * slice_a), 32usize);
+    let mut sb = SharedMemory::<S>::new_aligned(comptime!(s.stages as usize * slice_b), 32usize);
+    let wn = comptime!(s.warp_grid().1);
+    let warps = comptime!(s.warp_grid().0 * s.warp_grid().1);
+    let fm = comptime!(s.warp_frags().0);
+    let fnn = comptime!(s.warp_frags().1);
+    let kd = comptime!(s.mma_k() as usize);
+    let warp = UNIT_POS / 32;
+    // Planes past the grid stage operands but own no fragment; the test is plane-uniform.
+    let mut owner = true;
+    if comptime!(warps < WARPS) {
+        owner = warp < warps;
+    }
+    let row0 = ((warp / wn) * fm * FRAG) as usize;
+    let col0 = ((warp % wn) * fnn * FRAG) as usize;
+    let mut frags = Sequence::<cmma::Matrix<f32>>::new();
+    #[unroll]
+    for _ in 0..comptime!(fm * fnn) {
+        frags.push(cmma::Matrix::<f32>::from_value(
+            cmma::MatrixIdent::Accumulator,
+            16usize,
+            16usize,
+            kd,
+            cmma::MatrixLayout::Undefined,
+            0.0f32,
+        ));
+    }
+    let n_end = size(sizes, at::N);
+    let tk = s.tk as usize;
+    #[allow(clippy::manual_div_ceil)]
+    let steps = (k_end - k_begin + tk - 1) / tk;
+    if comptime!(s.stages == 2) {
+        // As in the scalar loop: stage slice i into buffer i % 2 while slice i − 1 is
+        // multiplied from the other; one barrier per iteration.
+        let mut i = 0usize;
+        while i <= steps {
+            let cur = i % 2;
+            if i < steps {
+                let k = k_begin + i * tk;
+                stage::<F, S>(
+                    &mut sa,
+                    ins,
+                    ins32,
+                    idx,
+                    sizes,
+                    cur * slice_a,
+                    r0,
+                    r_end,
+                    g,
+                    k,
+                    k_end,
+                    p.a,
+                    at::A,
+                    s.tm,
+                    p,
+                );
+                stage::<F, S>(
+                    &mut sb,
+                    ins,
+                    ins32,
+                    idx,
+                    sizes,
+                    cur * slice_b,
+                    n0,
+                    n_end,
+                    g,
+                    k,
+                    k_end,
+                    p.b,
+                    at::B,
+                    s.tn,
+                    p,
+                );
+            }
+            if i > 0 {
+                let prev = 1 - cur;
+                if owner {
+                    multiply_mma::<S, M>(
+                        &sa,
+                        &sb,
+                        prev * slice_a,
+                        prev * slice_b,
+                        &frags,
+                        row0,
+                        col0,
+                        p,
+                    );
+                }
+                add_row_sums::<S>(&sa, prev * slice_a, sums, p);
+            }
+            sync_cube();
+            i += 1;
+        }
+    } else {
+        let mut i = 0usize;
+        while i < steps {
+            let k = k_begin + i * tk;
+            stage::<F, S>(
+                &mut sa,
+                ins,
+                ins32,
+                idx,
+                sizes,
+                0,
+                r0,
+                r_end,
+                g,
+                k,
+                k_end,
+                p.a,
+                at::A,
+                s.tm,
+                p,
+            );
+            stage::<F, S>(
+                &mut sb,
+                ins,
+                ins32,
+                idx,
+                sizes,
+                0,
+                n0,
+                n_end,
+                g,
+                k,
+                k_end,
+                p.b,
+                at::B,
+                s.tn,
+                p,
+            );
+            sync_cube();
+            if owner {
+                multiply_mma::<S, M>(&sa, &sb, 0, 0, &frags, row0, col0, p);
+            }
+            add_row_sums::<S>(&sa, 0, sums, p);
+            sync_cube();
+            i += 1;
+        }
+    }
+    finish_row_sums(sums, p);
+    // The fragments' layout is opaque: they go to the shared f32 tile the epilogue reads.
+    let pc = comptime!(s.c_pitch() as usize);
+    if owner {
+        #[unroll]
+        for i in 0..fm {
+            #[unroll]
+            for j in 0..fnn {
+                let start = (row0 + (i * FRAG) as usize) * pc + col0 + (j * FRAG) as usize;
+                let mut out = sc.slice_mut(start, start + comptime!((FRAG as usize - 1) * pc + 16));
+                cmma::store(
+                    &mut out,
+                    frags.index(comptime!((i * fnn + j) as usize)),
+                    comptime!(pc as u32),
+                    cmma::MatrixLayout::RowMajor,
+                );
+            }
+        }
+    }
+    sync_cube();
+}
+
+/// One staged slice into this plane's accumulator fragments: for each WMMA step of the slice,
+/// the plane's B fragments, then each A fragment against all of them.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn multiply_mma<S: Float, M: CubePrimitive>(
+    sa: &SharedMemory<S>,
+    sb: &SharedMemory<S>,
+    base_a: usize,
+    base_b: usize,
+    frags: &Sequence<cmma::Matrix<f32>>,
+    row0: usize,
+    col0: usize,
+    #[comptime] p: TileProgram,
+) {
+    let s = p.shape;
+    let pa = comptime!(s.pitch(s.tm) as usize);
+    let pb = comptime!(s.pitch(s.tn) as usize);
+    let kd = comptime!(s.mma_k() as usize);
+    let fm = comptime!(s.warp_frags().0);
+    let fnn = comptime!(s.warp_frags().1);
+    #[unroll]
+    for step in 0..comptime!(s.tk / s.mma_k()) {
+        let ka = base_a + (step as usize) * kd * pa;
+        let kb = base_b + (step as usize) * kd * pb;
+        let mut bs = Sequence::<cmma::Matrix<M>>::new();
+        #[unroll]
+        for j in 0..fnn {
+            bs.push(fragment::<S, M>(
+                sb,
+                kb + col0 + (j * FRAG) as usize,
+                cmma::MatrixIdent::B,
+                p,
+            ));
+        }
+        #[unroll]
+        for i in 0..fm {
+            let a = fragment::<S, M>(sa, ka + row0 + (i * FRAG) as usize, cmma::MatrixIdent::A, p);
+            #[unroll]
+            for j in 0..fnn {
+                let c = frags.index(comptime!((i * fnn + j) as usize));
+                cmma::execute::<M, M, f32, f32>(&a, bs.index(comptime!(j as usize)), c, c);
+            }
+        }
+    }
+}
+
+/// The WMMA operand fragment `ident` (A or B) of a staged slice at `start`. Both operands are
+/// staged k-major: A [m, k] reads as column-major, B [k, n] as row-major, with the slice's
+/// pitch as the leading dimension.
+// SAFETY of `uninitialized`: the fragment is loaded (`cmma::load`) before it is returned.
+// (A TF32 fragment is loaded from f32 staging, which `Matrix::from_slice` cannot express.)
+#[cube]
+#[allow(unsafe_code)]
+pub fn fragment<S: Float, M: CubePrimitive>(
+    smem: &SharedMemory<S>,
+    start: usize,
+    #[comptime] ident: cmma::MatrixIdent,
+    #[comptime] p: TileProgram,
+) -> cmma::Matrix<M> {
+    let s = p.shape;
+    let a = comptime!(ident == cmma::MatrixIdent::A);
+    let pitch = comptime!((if a { s.pitch(s.tm) } else { s.pitch(s.tn) }) as usize);
+    let kd = comptime!(s.mma_k() as usize);
+    let layout = if a {
+        cmma::MatrixLayout::ColMajor
+    } else {
+        cmma::MatrixLayout::RowMajor
+    };
+    let m = unsafe { cmma::Matrix::<M>::uninitialized(ident, 16usize, 16usize, kd, layout) };
+    // It spans kd rows of the pitch: it ends (kd − 1)·pitch + 16 past its start.
+    cmma::load(
+        &m,
+        &smem.slice(start, start + comptime!((kd - 1) * pitch + 16)),
+        comptime!(pitch as u32),
+    );
+    m
+}
+
+/// Adds this unit's share of a staged slice's A values to its partial row sums (rows
+/// `y + 16·i`; unit x takes reduction steps x, x + 16, …), when the epilogue asks for them:
+/// a sixteenth of the loads the scalar loop spends, so the tensor-core kernels keep their
+/// registers. [`finish_row_sums`] adds the partials up.
+#[cube]
+pub fn add_row_sums<S: Float>(
+    sa: &SharedMemory<S>,
+    base_a: usize,
+    sums: &mut Array<f32>,
+    #[comptime] p: TileProgram,
+) {
+    if comptime!(p.epilogue.row_sums.is_some()) {
+        let s = p.shape;
+        let pa = comptime!(s.pitch(s.tm) as usize);
+        let tx = UNIT_POS_X as usize;
+        let ty = UNIT_POS_Y as usize;
+        #[unroll]
+        for q in 0..comptime!(s.tk.div_ceil(UNITS)) {
+            let kk = tx + (q * UNITS) as usize;
+            // Only an 8-deep slice leaves units without a step.
+            let mut take = true;
+            if comptime!(!s.tk.is_multiple_of(UNITS)) {
+                take = kk < (s.tk as usize);
+            }
+            if take {
+                let row = base_a + kk * pa + ty;
+                #[unroll]
+                for i in 0..comptime!(s.micro_m()) {
+                    sums[i as usize] += f32::cast_from(sa[row + (i * UNITS) as usize]);
+                }
+            }
+        }
+    }
+}
+
+/// The row sums from [`add_row_sums`]' partials: the 16 units of a row (16 consecutive lanes
+/// of a plane) add theirs in a fixed butterfly order, so every one holds the total.
+#[cube]
+pub fn finish_row_sums(sums: &mut Array<f32>, #[comptime] p: TileProgram) {
+    if comptime!(p.epilogue.row_sums.is_some()) {
+        #[unroll]
+        for i in 0..comptime!(p.shape.micro_m()) {
+            let mut v = sums[i as usize];
+            #[unroll]
+            for m in 0..4u32 {
+                v += plane_shuffle_xor(v, comptime!(8u32 >> m));
+            }
+            sums[i as usize] = v;
+        }
+    }
+}
+
 /// This unit's part of staging one operand's slice — `tile` output-side indices from `mn0`
 /// (below `mn_end`) × `tk` reduction steps from `k0` (below `k_end`) — into `smem` at `base`,
-/// as `smem[base + k·(tile + 1) + mn]`. Elements are walked along the operand's contiguous axis,
+/// as `smem[base + k·pitch + mn]` (pitch: [`super::TileShape::pitch`]), converted to the
+/// staging type `S` (f32, or the storage dtype for tensor cores). Elements are walked along the operand's contiguous axis,
 /// `vector` consecutive ones per unit; out-of-range ones read as 0.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub fn stage<F: Float>(
-    smem: &mut SharedMemory<f32>,
+pub fn stage<F: Float, S: Float>(
+    smem: &mut SharedMemory<S>,
     ins: &Sequence<Array<F>>,
     ins32: &Sequence<Array<f32>>,
     idx: &Sequence<Array<u32>>,
@@ -269,7 +615,7 @@ pub fn stage<F: Float>(
     let unit = (UNIT_POS_Y * UNITS + UNIT_POS_X) as usize;
     let tk = p.shape.tk as usize;
     let t = tile as usize;
-    let pitch = comptime!((tile + 1) as usize);
+    let pitch = comptime!(p.shape.pitch(tile) as usize);
     let vector = p.shape.vector;
     let cube = comptime!(UNITS * UNITS);
     #[unroll]
@@ -289,7 +635,7 @@ pub fn stage<F: Float>(
             if i < mn_end && kx < k_end {
                 v = read::<F>(ins, ins32, idx, sizes, i, kx, g, s_mn, s_k, s_g, op, p);
             }
-            smem[base + kk * pitch + mn] = v;
+            smem[base + kk * pitch + mn] = S::cast_from(v);
         }
     }
 }

@@ -16,21 +16,81 @@ pub mod kernel;
 pub mod program;
 
 pub use program::{
-    Act, ActGrad, Dst, Epilogue, Gate, Operand, Packed, Prologue, PstGrad, PstWeight, Reduce, Rows,
-    Src, Store, TileProgram, TileShape, UNITS,
+    Act, ActGrad, Dst, Epilogue, Gate, Mainloop, Operand, Packed, Prologue, PstGrad, PstWeight,
+    Reduce, Rows, Src, Store, TileProgram, TileShape, UNITS,
 };
 
-use kernels_ir::Schedule;
+use crate::LowerError;
+use crate::plan::DeviceLimits;
+use kernels_ir::{DType, Mma, OpKind, Precision, Schedule};
 
-/// The mainloop shape a schedule asks for (`tile_m`, `tile_n`, `tile_k`, `stages`, `vector`).
-pub fn shape(s: &Schedule) -> TileShape {
-    TileShape {
+/// The mainloop shape `s` asks for (`tile_m`, `tile_n`, `tile_k`, `stages`, `vector`) with its
+/// `mma` resolved for `op` on `dtype` and `device`: tensor cores where the device runs the
+/// operand type (f16/bf16, or f32 with `precision = tf32`) and `tile_k` is a multiple of their
+/// depth; for `mma = auto` the scalar loop elsewhere, for `mma = cmma` a
+/// [`LowerError::NoTensorCores`] naming what is missing. Ops off the tile program get the scalar
+/// shape (they read no tile field).
+pub fn shape(
+    s: &Schedule,
+    op: OpKind,
+    dtype: DType,
+    device: &DeviceLimits,
+) -> Result<TileShape, LowerError> {
+    let mut shape = TileShape {
         tm: s.tile_m,
         tn: s.tile_n,
         tk: s.tile_k,
         stages: s.stages,
         vector: s.vector,
+        mma: Mainloop::Scalar,
+    };
+    if !op.tiled() || s.mma == Mma::Scalar {
+        return Ok(shape);
     }
+    let tf32 = s.precision == Precision::Tf32;
+    let tensor = match dtype {
+        DType::F16 | DType::BF16 => Mainloop::Half,
+        _ => Mainloop::Tf32,
+    };
+    let depth = TileShape {
+        mma: tensor,
+        ..shape
+    }
+    .mma_k();
+    let why = if !device.tensor_cores.supports(dtype, tf32) {
+        Some(if dtype == DType::F32 && !tf32 {
+            "f32 products with precision = ieee have no tensor-core path; set precision = tf32 \
+             (about 1e-3 relative) or mma = auto"
+                .to_string()
+        } else {
+            let what = if dtype == DType::F32 {
+                "tf32".into()
+            } else {
+                dtype.to_string()
+            };
+            format!("this device has no {what} tensor cores (WMMA); use mma = auto or mma = scalar")
+        })
+    } else if !s.tile_k.is_multiple_of(depth) {
+        Some(format!(
+            "tile_k = {} is not a multiple of the tensor cores' depth {depth}; use tile_k = 16 \
+             or 32",
+            s.tile_k
+        ))
+    } else {
+        None
+    };
+    match why {
+        None => shape.mma = tensor,
+        Some(why) if s.mma == Mma::Cmma => {
+            return Err(LowerError::NoTensorCores {
+                op,
+                schedule: *s,
+                why,
+            });
+        }
+        Some(_) => {}
+    }
+    Ok(shape)
 }
 
 impl Store {
@@ -135,8 +195,13 @@ pub fn describe(p: &TileProgram, sizes: &[u32]) -> String {
     let z = |i: usize| sizes.get(i).copied().unwrap_or(0);
     let trio = |s: [usize; 3]| [z(s[0]), z(s[1]), z(s[2])];
     let s = p.shape;
+    let mainloop = match s.mma {
+        Mainloop::Scalar => "scalar fma".to_string(),
+        Mainloop::Half => "wmma 16x16x16".to_string(),
+        Mainloop::Tf32 => "wmma tf32 16x16x8".to_string(),
+    };
     let mut parts = vec![format!(
-        "{}x{}x{} stages {} vector {}, n = {}",
+        "{}x{}x{} stages {} vector {} {mainloop}, n = {}",
         s.tm,
         s.tn,
         s.tk,

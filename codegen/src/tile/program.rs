@@ -11,8 +11,20 @@
 
 use cubecl::prelude::*;
 
+/// The mainloop's arithmetic.
+#[derive_cube_comptime]
+pub enum Mainloop {
+    /// Scalar f32 FMA on f32 staging buffers (every device).
+    Scalar,
+    /// Tensor cores: WMMA 16×16×16 on operands staged in the storage dtype (f16/bf16), f32
+    /// accumulators.
+    Half,
+    /// Tensor cores: WMMA 16×16×8 on TF32 operands staged as f32, f32 accumulators.
+    Tf32,
+}
+
 /// Tile sizes and pipelining of the mainloop: the schedule's `tile_m`, `tile_n`, `tile_k`,
-/// `stages` and `vector`.
+/// `stages` and `vector`, and the strategy its `mma` resolved to on the target device.
 #[derive_cube_comptime]
 pub struct TileShape {
     /// Rows of C per cube (32, 64 or 128).
@@ -27,10 +39,18 @@ pub struct TileShape {
     /// Consecutive elements each unit stages per load along the operand's contiguous axis
     /// (1, 2 or 4).
     pub vector: u32,
+    /// The mainloop's arithmetic.
+    pub mma: Mainloop,
 }
 
 /// Units per side of a tile cube (16 × 16 units).
 pub const UNITS: u32 = 16;
+
+/// Side of a WMMA fragment's output tile (16 × 16).
+pub const FRAG: u32 = 16;
+
+/// Planes (warps) of a tile cube: 256 units in planes of 32.
+pub const WARPS: u32 = UNITS * UNITS / 32;
 
 impl TileShape {
     /// Rows each unit accumulates.
@@ -41,9 +61,69 @@ impl TileShape {
     pub fn micro_n(&self) -> u32 {
         self.tn / UNITS
     }
-    /// Shared memory of the staging buffers, bytes.
+    /// Whether the mainloop runs on tensor cores.
+    pub fn tensor(&self) -> bool {
+        !matches!(self.mma, Mainloop::Scalar)
+    }
+    /// The WMMA reduction depth (16 for f16/bf16, 8 for tf32; 1 for the scalar loop).
+    pub fn mma_k(&self) -> u32 {
+        match self.mma {
+            Mainloop::Scalar => 1,
+            Mainloop::Half => 16,
+            Mainloop::Tf32 => 8,
+        }
+    }
+    /// Bytes per staged element (f32, or the 16-bit storage dtype).
+    pub fn stage_elem_bytes(&self) -> u32 {
+        match self.mma {
+            Mainloop::Half => 2,
+            _ => 4,
+        }
+    }
+    /// Padding of a staged slice row, elements: one for the scalar loop (the transposing
+    /// stores hit distinct banks); 16 bytes for WMMA, whose row pitch must be a multiple of
+    /// 16 bytes (and whose fragments start 32-byte aligned).
+    pub fn pad(&self) -> u32 {
+        match self.mma {
+            Mainloop::Scalar => 1,
+            Mainloop::Half => 8,
+            Mainloop::Tf32 => 4,
+        }
+    }
+    /// The pitch of a staged slice row of `tile` output-side indices.
+    pub fn pitch(&self, tile: u32) -> u32 {
+        tile + self.pad()
+    }
+    /// Planes along the tile's rows and columns in the tensor-core mainloop: at most 4 across
+    /// the columns, every plane's tile at least one fragment wide and tall; planes past
+    /// `wm·wn` stage operands but own no fragment.
+    pub fn warp_grid(&self) -> (u32, u32) {
+        let wn = (self.tn / FRAG).min(4);
+        let wm = (self.tm / FRAG).min(WARPS / wn);
+        (wm, wn)
+    }
+    /// Fragments of one plane's tile, down and across.
+    pub fn warp_frags(&self) -> (u32, u32) {
+        let (wm, wn) = self.warp_grid();
+        (self.tm / wm / FRAG, self.tn / wn / FRAG)
+    }
+    /// Pitch of the f32 output tile the tensor-core mainloop hands to the epilogue.
+    pub fn c_pitch(&self) -> u32 {
+        self.tn + 4
+    }
+    /// Shared memory of the mainloop, bytes: the staging buffers, and for tensor cores the f32
+    /// output tile.
     pub fn shared_bytes(&self) -> usize {
-        (self.stages * self.tk * (self.tm + 1 + self.tn + 1) * 4) as usize
+        let staging = self.stages
+            * self.tk
+            * (self.pitch(self.tm) + self.pitch(self.tn))
+            * self.stage_elem_bytes();
+        let out = if self.tensor() {
+            self.tm * self.c_pitch() * 4
+        } else {
+            0
+        };
+        (staging + out) as usize
     }
 }
 

@@ -411,6 +411,17 @@ pub fn dense_counterpart(spec: &KernelSpec) -> Result<KernelSpec, RuntimeError> 
     Ok(dense)
 }
 
+/// The dense counterpart a bench times next to `spec`: [`dense_counterpart`] with its own
+/// schedule — the default one, or its own tuned winner on this device ([`crate::tune::resolve`])
+/// — never the sparse side's, whose winner was chosen for another product.
+fn counterpart(device: &Device, spec: &KernelSpec) -> Result<KernelSpec, RuntimeError> {
+    let dense = KernelSpec {
+        schedule: kernels_ir::Schedule::default(),
+        ..dense_counterpart(spec)?
+    };
+    Ok(crate::tune::resolve(device, &dense))
+}
+
 /// Times `which` linear map, forward + backward (dx and the weight gradients), at the sizes and
 /// dtype of `spec` (a `monarch` spec).
 pub fn linear(
@@ -428,7 +439,7 @@ pub fn linear(
     )?;
     match which {
         Linear::Monarch => step(device, spec, warmup, repeats, seed),
-        Linear::Dense => step(device, &dense_counterpart(spec)?, warmup, repeats, seed),
+        Linear::Dense => step(device, &counterpart(device, spec)?, warmup, repeats, seed),
     }
 }
 
@@ -494,7 +505,7 @@ pub fn sara_step(
     )?;
     match which {
         SaraStep::Sparse => step(device, spec, warmup, repeats, seed),
-        SaraStep::DenseGrad => step(device, &dense_counterpart(spec)?, warmup, repeats, seed),
+        SaraStep::DenseGrad => step(device, &counterpart(device, spec)?, warmup, repeats, seed),
     }
 }
 
@@ -514,7 +525,7 @@ pub fn pst_step(
     )?;
     match which {
         PstStep::Masked => step(device, spec, warmup, repeats, seed),
-        PstStep::Dense => step(device, &dense_counterpart(spec)?, warmup, repeats, seed),
+        PstStep::Dense => step(device, &counterpart(device, spec)?, warmup, repeats, seed),
     }
 }
 

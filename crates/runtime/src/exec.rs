@@ -12,7 +12,7 @@ use cubecl::server::Handle;
 use kernels_ir::{DType, Extent};
 use sparsecube_codegen::plan::{
     Arg, BufId, ConstData, Cubes, DeviceLimits, Elem, Float as FloatTy, Kernel, LaunchPlan, Step,
-    input_names, shape_text,
+    TensorCores, input_names, shape_text,
 };
 use std::collections::BTreeMap;
 
@@ -55,6 +55,30 @@ pub fn limits<R: Runtime>(client: &ComputeClient<R>) -> DeviceLimits {
         max_shared_bytes: hw.max_shared_memory_size,
         max_buffer_bytes,
         memory_bytes,
+        tensor_cores: tensor_cores(client),
+    }
+}
+
+/// The WMMA shapes the tile program's tensor-core mainloop needs, as the device reports them
+/// (none on wgpu: WGSL has no cooperative matrices in CubeCL 0.10).
+pub fn tensor_cores<R: Runtime>(client: &ComputeClient<R>) -> TensorCores {
+    use cubecl::ir::features::MmaConfig;
+    use cubecl::ir::{ElemType, FloatKind};
+    let cmma = &client.properties().features.matmul.cmma;
+    let has = |kind: FloatKind, k: u32| {
+        cmma.contains(&MmaConfig {
+            a_type: ElemType::Float(kind).into(),
+            b_type: ElemType::Float(kind).into(),
+            cd_type: ElemType::Float(FloatKind::F32).into(),
+            m: 16,
+            n: 16,
+            k,
+        })
+    };
+    TensorCores {
+        f16: has(FloatKind::F16, 16),
+        bf16: has(FloatKind::BF16, 16),
+        tf32: has(FloatKind::TF32, 8),
     }
 }
 

@@ -414,7 +414,7 @@ pub(crate) fn dense_lowering<R: Runtime>(
     let ctx = sparsecube_codegen::plan::lower::Ctx {
         spec: &spec,
         opts: &opts,
-        shape: sparsecube_codegen::tile::shape(&spec.schedule),
+        shape: sparsecube_codegen::tile::shape(&spec.schedule, spec.op, spec.dtype, &opts.device)?,
         backward: true,
     };
     Ok(spt::lower_dense(&ctx)?)

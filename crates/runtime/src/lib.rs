@@ -81,29 +81,43 @@ impl Device {
     }
 
     /// The points of `spec`'s schedule space ([`kernels_ir::Schedule::space`]) this device can
-    /// run: those whose tiles fit its shared memory. The spec's own schedule comes first, as in
-    /// the IR's space. What the autotuner sweeps.
+    /// run: those whose mainloop it has (no `mma = cmma` without tensor cores for the dtype)
+    /// and whose tiles fit its shared memory, each distinct mainloop once (`mma = auto` and
+    /// the strategy it resolves to here are one point). The spec's own schedule comes first,
+    /// as in the IR's space. What the autotuner sweeps.
     pub fn schedule_space(&self, spec: &kernels_ir::KernelSpec) -> Vec<kernels_ir::Schedule> {
-        self.fits(spec.schedule.space(spec.op), spec.op)
+        self.fits(spec.schedule.space(spec.op), spec)
     }
 
     /// [`Device::schedule_space`] restricted to the spec's schedule and each single-knob change
     /// of it ([`kernels_ir::Schedule::axes`]).
     pub fn schedule_axes(&self, spec: &kernels_ir::KernelSpec) -> Vec<kernels_ir::Schedule> {
-        self.fits(spec.schedule.axes(spec.op), spec.op)
+        self.fits(spec.schedule.axes(spec.op), spec)
     }
 
     fn fits(
         &self,
         points: Vec<kernels_ir::Schedule>,
-        op: kernels_ir::OpKind,
+        spec: &kernels_ir::KernelSpec,
     ) -> Vec<kernels_ir::Schedule> {
         let Some(limits) = self.limits() else {
             return points;
         };
+        if !spec.op.tiled() {
+            return points;
+        }
+        let mut seen = std::collections::HashSet::new();
+        let first = spec.schedule;
         points
             .into_iter()
-            .filter(|s| !op.tiled() || s.tile_shared_bytes() <= limits.max_shared_bytes as u64)
+            .filter(|s| {
+                let Ok(shape) = sparsecube_codegen::tile::shape(s, spec.op, spec.dtype, &limits)
+                else {
+                    return false;
+                };
+                (*s == first || shape.shared_bytes() <= limits.max_shared_bytes)
+                    && seen.insert(shape)
+            })
             .collect()
     }
 }

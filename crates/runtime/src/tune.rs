@@ -4,7 +4,7 @@
 //! - **Candidates** come from the IR, not from the call site ([`Device::schedule_space`]: the
 //!   IR's space less the points whose tiles overflow the device's shared memory): the spec's own
 //!   schedule first (the fallback that runs when nothing is tuned; every candidate computes the
-//!   same result, the kernel tests check each point of every space), then every other point of
+//!   same result, the kernel tests check every knob value of every space), then every other point of
 //!   the knobs its op reads ([`kernels_ir::Knob`]).
 //! - **Keys** ([`TuneKey`]) bucket the problem sizes to powers of two and include the op,
 //!   direction, dtype and pattern; the device is the cache file's key.

@@ -94,6 +94,7 @@ fn op_of(kind: &str) -> Option<OpKind> {
         "sara-linear" => OpKind::SaraLinear,
         "pst-linear" => OpKind::PstLinear,
         "cbm-head" => OpKind::CbmHead,
+        "gemm" => OpKind::DenseLinear,
         _ => return None,
     })
 }
@@ -154,7 +155,8 @@ pub fn all(scale: Scale) -> Vec<Workload> {
 pub struct Workload {
     /// Stable id, the join key with the PyTorch baselines.
     pub id: String,
-    /// attention | ffn | monarch | sara-linear | pst-linear | spt-layer.
+    /// attention | ffn | monarch | sara-linear | pst-linear | spt-layer | gemm | block-diag |
+    /// cbm-head.
     pub kind: &'static str,
     /// Sizes by name.
     pub dims: Vec<(&'static str, usize)>,
@@ -199,6 +201,8 @@ pub fn paper(scale: Scale) -> Vec<Workload> {
         Scale::Small => (1, 4, 256, 64, 1, 512, 512, 512, 2048, 512, 16),
         Scale::Tiny => (1, 2, 64, 32, 1, 128, 64, 64, 256, 64, 4),
     };
+    // The square GEMM's side: 4096³ at full scale.
+    let g = 2 * n;
     vec![
         workload(
             "attention",
@@ -285,6 +289,11 @@ pub fn paper(scale: Scale) -> Vec<Workload> {
             &[("T", t), ("in", n / 2), ("out", n / 2), ("rank", 8)],
             F32,
         ),
+        // The tile program's dense product, forward + backward (3 GEMMs of 2·T·in·out FLOPs):
+        // tensor cores against the scalar loop, PyTorch's linear and cubek's best (issue 18).
+        workload("gemm", &[("T", g), ("in", g), ("out", g)], BF16),
+        workload("gemm", &[("T", t), ("in", n), ("out", t)], BF16),
+        workload("gemm", &[("T", g), ("in", g), ("out", g)], F32),
         workload(
             "spt-layer",
             &[
@@ -323,6 +332,10 @@ enum Ours {
     /// The block-diagonal map, or the dense linear of the same shape.
     BlockDiag {
         dense: bool,
+    },
+    /// The dense linear on tensor cores (`mma = cmma`; f32 as TF32) or the scalar loop.
+    Gemm {
+        tensor: bool,
     },
 }
 
@@ -368,6 +381,13 @@ fn ours(kind: &str) -> Vec<(&'static str, Result<Ours, &'static str>)> {
         "cbm-head" => vec![
             ("sparsecube-sparse-cbm", Ok(Ours::Cbm { dense: false })),
             ("sparsecube-dense-cbm", Ok(Ours::Cbm { dense: true })),
+        ],
+        "gemm" => vec![
+            (
+                "sparsecube-gemm-tensor-cores",
+                Ok(Ours::Gemm { tensor: true }),
+            ),
+            ("sparsecube-gemm-scalar", Ok(Ours::Gemm { tensor: false })),
         ],
         _ => vec![(
             "sparsecube-spt-layer",
@@ -454,6 +474,35 @@ fn sara_spec(w: &Workload) -> Result<KernelSpec> {
         ])
         .pattern(Pattern::Sara(Sara::default()))
         .dtype(w.dtype)
+        .build()?)
+}
+
+/// The dense linear of a `gemm` workload with its mainloop fixed: tensor cores (`mma = cmma`,
+/// f32 storage as TF32) or the scalar loop. Never the tuned schedule: the row names the
+/// strategy it times.
+fn gemm_spec(w: &Workload, tensor: bool) -> Result<KernelSpec> {
+    let schedule = kernels_ir::Schedule {
+        mma: if tensor {
+            kernels_ir::Mma::Cmma
+        } else {
+            kernels_ir::Mma::Scalar
+        },
+        precision: if tensor && w.dtype == DType::F32 {
+            kernels_ir::Precision::Tf32
+        } else {
+            kernels_ir::Precision::Ieee
+        },
+        ..kernels_ir::Schedule::default()
+    };
+    Ok(KernelSpec::builder("bench", OpKind::DenseLinear)
+        .dims([
+            ("T", w.dim("T")),
+            ("in", w.dim("in")),
+            ("out", w.dim("out")),
+        ])
+        .pattern(Pattern::Dense)
+        .dtype(w.dtype)
+        .schedule(schedule)
         .build()?)
 }
 
@@ -675,6 +724,9 @@ fn measure(
         }
         Ours::Cbm { dense } => {
             bench::cbm_head(device, &tuned(cbm_spec(w, dense)?), warmup, repeats, SEED)?
+        }
+        Ours::Gemm { tensor } => {
+            bench::dense_linear(device, &gemm_spec(w, tensor)?, warmup, repeats, SEED)?
         }
         Ours::BlockDiag { dense } => bench::step(
             device,

@@ -52,8 +52,9 @@ struct SpecArgs {
     /// Forward or backward.
     #[arg(long, default_value = "forward")]
     direction: Direction,
-    /// Schedule fields, NAME=VALUE[,NAME=VALUE...], e.g. --schedule tile_k=16 or
-    /// --schedule fused=false (the fields each op reads: `sparsecube tune --help`).
+    /// Schedule fields, NAME=VALUE[,NAME=VALUE...], e.g. --schedule tile_k=16,
+    /// --schedule mma=cmma,precision=tf32 or --schedule fused=false (the fields each op reads:
+    /// `sparsecube tune --help`).
     #[arg(long, value_name = "FIELDS")]
     schedule: Option<String>,
 }
@@ -143,10 +144,13 @@ enum Command {
     /// Autotune: time every schedule the IR's space holds for a spec (a training step each:
     /// forward + backward) and keep the fastest in the device's tuning cache.
     ///
-    /// The candidates are the spec's own schedule (the fallback, what runs untuned) and every
-    /// other value of the schedule fields its op reads: tile_k = 16 | 32 (routed-ffn,
-    /// dense-linear, sara-linear, pst-linear, block-diag-linear: the tile mainloop's slice depth), tile_m = 16 | 8 |
-    /// 4 (monarch: rows per cube of the fused forward), fused = true | false (spt-attention).
+    /// The candidates are the spec's own schedule (the fallback, what runs untuned) and the
+    /// other values of the schedule fields its op reads, as far as the device runs them: for
+    /// every op on the tile program (routed-ffn, dense-linear, sara-linear, pst-linear,
+    /// nm-linear, block-diag-linear, monarch, cbm-head) tile_m, tile_n = 64 | 128 | 32,
+    /// tile_k = 16 | 32 | 8, vector = 4 | 1 | 2, stages = 2 | 1 and mma = auto | scalar | cmma
+    /// (tensor cores: CUDA with f16/bf16, or f32 with precision=tf32, which is never tuned);
+    /// fused = true | false and lanes = 8 | 4 | 16 | 32 for spt-attention.
     /// Ops without such fields have one candidate and are recorded without timing. Keys bucket
     /// the sizes to powers of two. The cache is a JSON file per device, driver and version in
     /// $SPARSECUBE_CACHE_DIR, else $XDG_CACHE_HOME/sparsecube, else ~/.cache/sparsecube; a

@@ -603,8 +603,8 @@ fn tune_persists_its_choice_and_a_second_run_reuses_it() {
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
     assert!(
-        out.contains("| tile_m=64,tile_n=64,tile_k=16,vector=4,stages=2 |")
-            && out.contains("| tile_m=128,tile_n=64,tile_k=16,vector=4,stages=2 |"),
+        out.contains("| tile_m=64,tile_n=64,tile_k=16,vector=4,stages=2,mma=auto |")
+            && out.contains("| tile_m=128,tile_n=64,tile_k=16,vector=4,stages=2,mma=auto |"),
         "{out}"
     );
     assert!(out.contains("fallback"), "{out}");
@@ -755,4 +755,22 @@ fn gen_prints_cuda_for_every_op_without_a_gpu() {
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
     assert_ne!(src("tile_k=16"), src("tile_k=32"));
+    // bf16 products run on tensor cores on sm_90; WGSL has none, and insisting is an error.
+    let o = run(&["gen", "dense-linear", "--dtype", "bf16", "--target", "cuda"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("wmma::mma_sync"));
+    let o = run(&[
+        "gen",
+        "dense-linear",
+        "--dtype",
+        "f16",
+        "--target",
+        "wgsl",
+        "--schedule",
+        "mma=cmma",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("no f16 tensor cores"), "{err}");
 }
