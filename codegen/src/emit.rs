@@ -322,7 +322,7 @@ fn shared_decl<'a>(comment: &str, decl: &'a str) -> Option<(u64, usize, &'a str,
 }
 
 /// Rewrites every run of CUDA shared-memory declarations in buffer-number order, laid out one
-/// after the other (16-byte aligned). cubecl-opt 0.10 picks both their order and their offsets in
+/// after the other (32-byte aligned). cubecl-opt 0.10 picks both their order and their offsets in
 /// `HashMap` order (a kernel with two buffers prints four variants); any non-overlapping layout
 /// is a valid one, so the canonical source is as correct as the one the runtime compiles.
 fn canonical_shared(lines: &[&str]) -> Vec<String> {
@@ -349,7 +349,8 @@ fn canonical_shared(lines: &[&str]) -> Vec<String> {
         for ((_, bytes, head, tail), comment) in run {
             out.push(comment.to_string());
             out.push(format!("{head}{offset}{tail}"));
-            offset += bytes.div_ceil(16) * 16;
+            // 32 bytes: WMMA fragments start on 256-bit boundaries.
+            offset += bytes.div_ceil(32) * 32;
         }
     }
     out

@@ -87,8 +87,9 @@ pub enum Precision {
     /// IEEE f32 products and sums (what the reference executor's tolerances assume).
     #[default]
     Ieee,
-    /// TF32 operands (10-bit mantissa) with f32 accumulation on tensor cores, for f32 storage:
-    /// about 1e-3 relative. f16/bf16 storage is unaffected (its operands are already narrower).
+    /// TF32 operands (10-bit mantissa, truncated) with f32 accumulation on tensor cores, for
+    /// f32 storage: about 1e-3 relative. f16/bf16 storage is unaffected (its operands are
+    /// already narrower).
     Tf32,
 }
 

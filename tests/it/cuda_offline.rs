@@ -28,6 +28,23 @@ fn toolchain_or_skip(test: &str) -> Option<CudaToolchain> {
 /// `__launch_bounds__(256)` allows 65536 / 256 = 256, the small kernels' 64 threads more).
 const MAX_REGISTERS: u32 = 255;
 
+/// A resource line that stays the same from run to run: ptxas's register count of the same
+/// source varied between runs of this test (48, 62 or 64 for one kernel; not explained yet, and
+/// not seen from `sparsecube gen` in separate processes), so the snapshot records the occupancy
+/// bucket (≤ 64, ≤ 128, ≤ 255 registers: 4, 2 or 1 cubes of 256 units per SM) with the exact
+/// spills, stack, shared memory and barriers. The limits above are checked on the exact numbers.
+fn stable(r: &sparsecube_codegen::cuda_check::Resources) -> String {
+    let bucket = match r.registers {
+        0..=64 => 64,
+        65..=128 => 128,
+        _ => 255,
+    };
+    format!(
+        "{}: ≤ {bucket} registers, {} B stack, {}/{} B spill stores/loads, {} B smem, {} barriers",
+        r.function, r.stack_frame, r.spill_stores, r.spill_loads, r.shared, r.barriers
+    )
+}
+
 /// The kernels allowed to spill, with the bytes (stores + loads) ptxas may report: every other
 /// kernel spills nothing. One: PST's weight-gradient product on TF32 tensor cores, whose
 /// epilogue recomputes W′ and the score from the rank-r factors per element (4 + 4 B; its
@@ -72,7 +89,7 @@ fn every_generated_cuda_kernel_compiles_for_hopper_without_spills() {
                     k.kernel
                 ));
             }
-            report.push_str(&format!("{name} {variant} {} = {r}\n", k.kernel));
+            report.push_str(&format!("{name} {variant} {} = {}\n", k.kernel, stable(r)));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));

@@ -327,7 +327,7 @@ impl TensorCores {
         }
     }
 
-    /// Whether operands of `dtype` (with `tf32`: f32 operands rounded to TF32) run on them.
+    /// Whether operands of `dtype` (with `tf32`: f32 operands read as TF32) run on them.
     pub fn supports(&self, dtype: DType, tf32: bool) -> bool {
         match dtype {
             DType::F16 => self.f16,

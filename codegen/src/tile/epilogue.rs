@@ -8,7 +8,7 @@
 // `#[cube]` generates undocumented expansion items next to each function.
 #![allow(missing_docs)]
 
-use super::kernel::{pst_weight_score, pst_zeroed, size};
+use super::kernel::{pst_weight_score, pst_zeroed, size, strided};
 use super::program::{Act, Dst, TileProgram, UNITS, at};
 use cubecl::prelude::*;
 
@@ -159,7 +159,7 @@ pub fn epilogue<F: Float>(
             for j in 0..mn {
                 let c = n0 + (UNIT_POS_X + j * UNITS) as usize;
                 if c < n {
-                    let addr = g * s_gc + r * s_row + c * s_col;
+                    let addr = g * s_gc + strided(r, s_row, st.s_row) + strided(c, s_col, st.s_col);
                     let mut v = 0.0f32;
                     if comptime!(p.shape.tensor()) {
                         let pc = comptime!(p.shape.c_pitch() as usize);

@@ -19,6 +19,17 @@ use super::program::{
 use crate::select::kernels::{key, selected};
 use cubecl::prelude::*;
 
+/// `i · stride`, where the comptime structure's `unit` (1 or 0) says whether the stride is 1: then
+/// `i` itself, a contiguous address the shader compiler can see.
+#[cube]
+pub fn strided(i: usize, stride: usize, #[comptime] unit: u32) -> usize {
+    let mut at = i;
+    if comptime!(unit != 1) {
+        at = i * stride;
+    }
+    at
+}
+
 /// Entry `at` of the launch's runtime sizes (see [`at`]).
 #[cube]
 pub fn size(sizes: &Sequence<u32>, #[comptime] at: usize) -> usize {
@@ -160,6 +171,44 @@ pub fn mainloop<F: Float>(
     let slice_b = comptime!((s.tk * (s.tn + 1)) as usize);
     let mut sa = SharedMemory::<f32>::new(comptime!(s.stages as usize * slice_a));
     let mut sb = SharedMemory::<f32>::new(comptime!(s.stages as usize * slice_b));
+    let frags = Sequence::<cmma::Matrix<f32>>::new();
+    pipeline::<F, f32, f32>(
+        ins, ins32, idx, sizes, &mut sa, &mut sb, acc, &frags, sums, true, 0, 0, g, r0, r_end, n0,
+        k_begin, k_end, p,
+    );
+}
+
+/// The reduction over `k_begin..k_end` in `tk`-deep slices, for both mainloops: each slice
+/// staged into `sa`, `sb` (type `S`: f32, or the storage dtype for 16-bit tensor cores) and
+/// consumed ([`consume`]) by the scalar register tiles (`acc`) or the plane's WMMA fragments
+/// (`frags`, of operand type `M`); with `stages` = 2, slice i is staged into buffer i % 2 while
+/// slice i − 1 is consumed from the other, one barrier per slice.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn pipeline<F: Float, S: Float, M: CubePrimitive>(
+    ins: &Sequence<Array<F>>,
+    ins32: &Sequence<Array<f32>>,
+    idx: &Sequence<Array<u32>>,
+    sizes: &Sequence<u32>,
+    sa: &mut SharedMemory<S>,
+    sb: &mut SharedMemory<S>,
+    acc: &mut Array<f32>,
+    frags: &Sequence<cmma::Matrix<f32>>,
+    sums: &mut Array<f32>,
+    owner: bool,
+    row0: usize,
+    col0: usize,
+    g: usize,
+    r0: usize,
+    r_end: usize,
+    n0: usize,
+    k_begin: usize,
+    k_end: usize,
+    #[comptime] p: TileProgram,
+) {
+    let s = p.shape;
+    let slice_a = comptime!((s.tk * s.pitch(s.tm)) as usize);
+    let slice_b = comptime!((s.tk * s.pitch(s.tn)) as usize);
     let n_end = size(sizes, at::N);
     let tk = s.tk as usize;
     let mut k0 = k_begin;
@@ -175,8 +224,8 @@ pub fn mainloop<F: Float>(
             let cur = i % 2;
             if i < steps {
                 let k = k_begin + i * tk;
-                stage::<F, f32>(
-                    &mut sa,
+                stage::<F, S>(
+                    sa,
                     ins,
                     ins32,
                     idx,
@@ -192,8 +241,8 @@ pub fn mainloop<F: Float>(
                     s.tm,
                     p,
                 );
-                stage::<F, f32>(
-                    &mut sb,
+                stage::<F, S>(
+                    sb,
                     ins,
                     ins32,
                     idx,
@@ -212,15 +261,27 @@ pub fn mainloop<F: Float>(
             }
             if i > 0 {
                 let prev = 1 - cur;
-                multiply(&sa, &sb, prev * slice_a, prev * slice_b, acc, sums, p);
+                consume::<S, M>(
+                    sa,
+                    sb,
+                    prev * slice_a,
+                    prev * slice_b,
+                    acc,
+                    frags,
+                    sums,
+                    owner,
+                    row0,
+                    col0,
+                    p,
+                );
             }
             sync_cube();
             i += 1;
         }
     } else {
         while k0 < k_end {
-            stage::<F, f32>(
-                &mut sa,
+            stage::<F, S>(
+                sa,
                 ins,
                 ins32,
                 idx,
@@ -236,8 +297,8 @@ pub fn mainloop<F: Float>(
                 s.tm,
                 p,
             );
-            stage::<F, f32>(
-                &mut sb,
+            stage::<F, S>(
+                sb,
                 ins,
                 ins32,
                 idx,
@@ -254,10 +315,37 @@ pub fn mainloop<F: Float>(
                 p,
             );
             sync_cube();
-            multiply(&sa, &sb, 0, 0, acc, sums, p);
+            consume::<S, M>(sa, sb, 0, 0, acc, frags, sums, owner, row0, col0, p);
             sync_cube();
             k0 += tk;
         }
+    }
+}
+
+/// One staged slice into the accumulators: the scalar register tiles, or — on tensor cores —
+/// the owning planes' fragments and every unit's row-sum partials.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn consume<S: Float, M: CubePrimitive>(
+    sa: &SharedMemory<S>,
+    sb: &SharedMemory<S>,
+    base_a: usize,
+    base_b: usize,
+    acc: &mut Array<f32>,
+    frags: &Sequence<cmma::Matrix<f32>>,
+    sums: &mut Array<f32>,
+    owner: bool,
+    row0: usize,
+    col0: usize,
+    #[comptime] p: TileProgram,
+) {
+    if comptime!(p.shape.tensor()) {
+        if owner {
+            multiply_mma::<S, M>(sa, sb, base_a, base_b, frags, row0, col0, p);
+        }
+        add_row_sums::<S>(sa, base_a, sums, p);
+    } else {
+        multiply::<S>(sa, sb, base_a, base_b, acc, sums, p);
     }
 }
 
@@ -320,119 +408,11 @@ pub fn mainloop_mma<F: Float, S: Float, M: CubePrimitive>(
             0.0f32,
         ));
     }
-    let n_end = size(sizes, at::N);
-    let tk = s.tk as usize;
-    #[allow(clippy::manual_div_ceil)]
-    let steps = (k_end - k_begin + tk - 1) / tk;
-    if comptime!(s.stages == 2) {
-        // As in the scalar loop: stage slice i into buffer i % 2 while slice i − 1 is
-        // multiplied from the other; one barrier per iteration.
-        let mut i = 0usize;
-        while i <= steps {
-            let cur = i % 2;
-            if i < steps {
-                let k = k_begin + i * tk;
-                stage::<F, S>(
-                    &mut sa,
-                    ins,
-                    ins32,
-                    idx,
-                    sizes,
-                    cur * slice_a,
-                    r0,
-                    r_end,
-                    g,
-                    k,
-                    k_end,
-                    p.a,
-                    at::A,
-                    s.tm,
-                    p,
-                );
-                stage::<F, S>(
-                    &mut sb,
-                    ins,
-                    ins32,
-                    idx,
-                    sizes,
-                    cur * slice_b,
-                    n0,
-                    n_end,
-                    g,
-                    k,
-                    k_end,
-                    p.b,
-                    at::B,
-                    s.tn,
-                    p,
-                );
-            }
-            if i > 0 {
-                let prev = 1 - cur;
-                if owner {
-                    multiply_mma::<S, M>(
-                        &sa,
-                        &sb,
-                        prev * slice_a,
-                        prev * slice_b,
-                        &frags,
-                        row0,
-                        col0,
-                        p,
-                    );
-                }
-                add_row_sums::<S>(&sa, prev * slice_a, sums, p);
-            }
-            sync_cube();
-            i += 1;
-        }
-    } else {
-        let mut i = 0usize;
-        while i < steps {
-            let k = k_begin + i * tk;
-            stage::<F, S>(
-                &mut sa,
-                ins,
-                ins32,
-                idx,
-                sizes,
-                0,
-                r0,
-                r_end,
-                g,
-                k,
-                k_end,
-                p.a,
-                at::A,
-                s.tm,
-                p,
-            );
-            stage::<F, S>(
-                &mut sb,
-                ins,
-                ins32,
-                idx,
-                sizes,
-                0,
-                n0,
-                n_end,
-                g,
-                k,
-                k_end,
-                p.b,
-                at::B,
-                s.tn,
-                p,
-            );
-            sync_cube();
-            if owner {
-                multiply_mma::<S, M>(&sa, &sb, 0, 0, &frags, row0, col0, p);
-            }
-            add_row_sums::<S>(&sa, 0, sums, p);
-            sync_cube();
-            i += 1;
-        }
-    }
+    let mut acc = Array::<f32>::new(1usize);
+    pipeline::<F, S, M>(
+        ins, ins32, idx, sizes, &mut sa, &mut sb, &mut acc, &frags, sums, owner, row0, col0, g, r0,
+        r_end, n0, k_begin, k_end, p,
+    );
     finish_row_sums(sums, p);
     // The fragments' layout is opaque: they go to the shared f32 tile the epilogue reads.
     let pc = comptime!(s.c_pitch() as usize);
@@ -668,7 +648,7 @@ pub fn read<F: Float>(
             kk = gather[kx] as usize;
         }
     }
-    let addr = g * s_g + ii * s_mn + kk * s_k;
+    let addr = g * s_g + strided(ii, s_mn, op.s_mn) + strided(kk, s_k, op.s_k);
     let mut v = 0.0f32;
     if comptime!(op.pst().is_some()) {
         let w = comptime!(op.pst().unwrap_or_default());
@@ -783,9 +763,9 @@ pub fn pst_masked<F: Float>(
 /// Accumulates the staged slices at `base_a`, `base_b` into this unit's register tile, and the
 /// A values into the row sums when the epilogue asks for them.
 #[cube]
-pub fn multiply(
-    sa: &SharedMemory<f32>,
-    sb: &SharedMemory<f32>,
+pub fn multiply<S: Float>(
+    sa: &SharedMemory<S>,
+    sb: &SharedMemory<S>,
     base_a: usize,
     base_b: usize,
     acc: &mut Array<f32>,
@@ -808,11 +788,11 @@ pub fn multiply(
         let mut bv = Array::<f32>::new(comptime!(mn as usize));
         #[unroll]
         for i in 0..mm {
-            av[i as usize] = sa[ra + ty + (i * UNITS) as usize];
+            av[i as usize] = f32::cast_from(sa[ra + ty + (i * UNITS) as usize]);
         }
         #[unroll]
         for j in 0..mn {
-            bv[j as usize] = sb[rb + tx + (j * UNITS) as usize];
+            bv[j as usize] = f32::cast_from(sb[rb + tx + (j * UNITS) as usize]);
         }
         #[unroll]
         for i in 0..mm {

@@ -214,8 +214,10 @@ pub enum Prologue {
 
 /// How one operand is read. Its strides are sizes: they travel to the kernel as runtime values
 /// (see [`TileProgram::runtime_sizes`]), so one compiled kernel serves every problem size of a
-/// program's structure; only `k_fast` (whether the reduction axis is the contiguous one, which
-/// decides the loaders' walk) is part of the comptime structure.
+/// program's structure. The structure keeps what does not vary with the sizes: `k_fast`
+/// (whether the reduction axis is the contiguous one, which decides the loaders' walk) and
+/// which strides are 1 (kept as 1, every other stride as 0: a unit stride is a constant in the
+/// kernel, so the shader compiler sees contiguous addresses — on lavapipe, LLVM vectorises them).
 #[derive_cube_comptime]
 pub struct Operand {
     /// Where its values live (for [`Prologue::Packed`]: the packed values).
@@ -269,8 +271,8 @@ impl Operand {
 
     fn structure(mut self) -> Self {
         self.k_fast = self.k_fastest();
-        self.s_mn = 0;
-        self.s_k = 0;
+        self.s_mn = unit(self.s_mn);
+        self.s_k = unit(self.s_k);
         self.s_g = 0;
         self
     }
@@ -443,6 +445,11 @@ pub struct TileProgram {
     pub epilogue: Epilogue,
 }
 
+/// A stride as the comptime structure keeps it: 1 where it is 1, else 0 (a runtime value).
+fn unit(stride: u32) -> u32 {
+    u32::from(stride == 1)
+}
+
 /// Positions of the runtime sizes in the tile kernel's `sizes` argument.
 pub mod at {
     /// Rows of C (plain rows).
@@ -477,8 +484,8 @@ impl TileProgram {
         p.n = 0;
         p.a = p.a.structure();
         p.b = p.b.structure();
-        p.epilogue.store.s_row = 0;
-        p.epilogue.store.s_col = 0;
+        p.epilogue.store.s_row = unit(p.epilogue.store.s_row);
+        p.epilogue.store.s_col = unit(p.epilogue.store.s_col);
         p.epilogue.store.s_g = 0;
         if let Some((slot, _)) = p.epilogue.bias {
             p.epilogue.bias = Some((slot, 0));
