@@ -111,9 +111,11 @@ impl Device {
         points
             .into_iter()
             .filter(|s| {
+                // The spec's own schedule stays first even where it cannot lower (`mma = cmma`
+                // without tensor cores): running it reports the typed error.
                 let Ok(shape) = sparsecube_codegen::tile::shape(s, spec.op, spec.dtype, &limits)
                 else {
-                    return false;
+                    return *s == first;
                 };
                 (*s == first || shape.shared_bytes() <= limits.max_shared_bytes)
                     && seen.insert(shape)
