@@ -400,25 +400,16 @@ impl SaraCase {
 /// Runs `case` forward and backward on `device` and on the reference executor: the mask indices
 /// exactly, y, v, dx, dv and dbias within [`tolerance`].
 pub fn check_sara(device: &Device, case: &SaraCase) -> Result<CaseReport, RuntimeError> {
-    let mut ins = case.inputs();
-    let dy = ins.remove("dy").expect("inputs() draws dy");
-    let tol = tolerance(case.dtype);
-    let mut report = CaseReport {
-        case: case.to_string(),
-        index_mismatches: 0,
-        outputs: Vec::new(),
-    };
-    let (got, want) = both(device, &case.spec(Direction::Forward)?, &ins)?;
-    report.index_mismatches = mismatches(&got, &want, "mask_index")?;
-    for name in ["y", "v"] {
-        report.outputs.push(compare(&got, &want, name, tol)?);
-    }
-    ins.insert("dy".into(), dy);
-    let (got, want) = both(device, &case.spec(Direction::Backward)?, &ins)?;
-    for name in ["dx", "dv", "dbias"] {
-        report.outputs.push(compare(&got, &want, name, tol)?);
-    }
-    Ok(report)
+    check_masked(
+        device,
+        case.to_string(),
+        case.dtype,
+        case.inputs(),
+        [
+            case.spec(Direction::Forward)?,
+            case.spec(Direction::Backward)?,
+        ],
+    )
 }
 
 /// One PST linear problem: x [T, in], the frozen w [out, in], bias, and the trainable factors
@@ -666,21 +657,42 @@ impl NmCase {
 /// Runs `case` forward and backward on `device` and on the reference executor: the mask indices
 /// exactly, y, v, dx, dv and dbias within [`tolerance`].
 pub fn check_nm(device: &Device, case: &NmCase) -> Result<CaseReport, RuntimeError> {
-    let mut ins = case.inputs();
+    check_masked(
+        device,
+        case.to_string(),
+        case.dtype,
+        case.inputs(),
+        [
+            case.spec(Direction::Forward)?,
+            case.spec(Direction::Backward)?,
+        ],
+    )
+}
+
+/// The check of a linear with a mask and packed values (SaRA, N:M): forward and backward of the
+/// `[forward, backward]` specs on `device` and on the reference executor over `ins` (which hold
+/// dy for the backward), the mask indices exactly, y, v, dx, dv and dbias within [`tolerance`].
+fn check_masked(
+    device: &Device,
+    case: String,
+    dtype: DType,
+    mut ins: TensorMap,
+    [forward, backward]: [KernelSpec; 2],
+) -> Result<CaseReport, RuntimeError> {
     let dy = ins.remove("dy").expect("inputs() draws dy");
-    let tol = tolerance(case.dtype);
+    let tol = tolerance(dtype);
     let mut report = CaseReport {
-        case: case.to_string(),
+        case,
         index_mismatches: 0,
         outputs: Vec::new(),
     };
-    let (got, want) = both(device, &case.spec(Direction::Forward)?, &ins)?;
+    let (got, want) = both(device, &forward, &ins)?;
     report.index_mismatches = mismatches(&got, &want, "mask_index")?;
     for name in ["y", "v"] {
         report.outputs.push(compare(&got, &want, name, tol)?);
     }
     ins.insert("dy".into(), dy);
-    let (got, want) = both(device, &case.spec(Direction::Backward)?, &ins)?;
+    let (got, want) = both(device, &backward, &ins)?;
     for name in ["dx", "dv", "dbias"] {
         report.outputs.push(compare(&got, &want, name, tol)?);
     }
