@@ -20,6 +20,7 @@ pub mod linear;
 pub mod monarch;
 pub mod nm;
 pub mod plan;
+pub mod prim;
 pub mod pst;
 pub mod routed;
 pub mod sara;

@@ -5,9 +5,10 @@
 //! lowest flat indices first (the reference's tie rule). A threshold mask (|w| < t) is the same
 //! compaction with the threshold as the pivot and no ties taken.
 //!
-//! Every pass is chunked ([`SELECT_CHUNK`] elements per unit) with per-chunk counts and
-//! fixed-order prefix sums: deterministic, no atomics, and no invocation loops more than a few
-//! thousand times (lavapipe's loop limit, see docs/perf.md).
+//! Every pass runs on the primitives of [`crate::prim`]: one cube per tile of 1024 elements, its
+//! histogram in shared memory, merged across tiles in tile order; the compaction's counts
+//! scanned by the device scan; ranks inside a tile from a cube scan. Deterministic, no float
+//! atomics, and no unit loops over more than its four elements.
 
 pub mod kernels {
     //! `#[cube]` kernels of the selection.
@@ -17,10 +18,10 @@ pub mod kernels {
 
     use cubecl::prelude::*;
 
-    /// Elements per unit of the chunked passes.
-    pub const SELECT_CHUNK: u32 = 1024;
-    /// Buckets of one radix pass (8 bits).
-    pub const RADIX: u32 = 256;
+    use crate::prim::kernels::{ITEMS, TILE, UNITS, cube_scan};
+
+    /// Buckets of one radix pass (8 bits): one per unit of a cube.
+    pub const RADIX: u32 = UNITS;
 
     /// The sortable key of a value: the bits of |v| as f32, or, `signed`, the bits of v mapped
     /// so that unsigned order is float order (negative: all bits flipped; else the sign bit
@@ -138,9 +139,10 @@ pub mod kernels {
         }
     }
 
-    /// Radix pass `pass` (0 = the top 8 bits), step 1: per chunk, the histogram of digit `pass`
-    /// of the keys whose higher digits equal the pivot found so far (`state[0]`).
-    /// `hist` [chunks, 256]; one unit per chunk.
+    /// Radix pass `pass` (0 = the top 8 bits), step 1: per tile of [`TILE`] elements, the
+    /// histogram of digit `pass` of the keys whose higher digits equal the pivot found so far
+    /// (`state[0]`), counted in shared memory, into `hist` [256, tiles] (digit-major). One cube
+    /// per tile.
     #[cube(launch, launch_unchecked)]
     pub fn select_hist<F: Float>(
         w: &Array<F>,
@@ -149,74 +151,82 @@ pub mod kernels {
         #[comptime] pass: u32,
         #[comptime] signed: bool,
     ) {
-        let chunk = ABSOLUTE_POS;
-        let radix = RADIX as usize;
-        if chunk < hist.len() / radix {
-            for b in 0..radix {
-                hist[chunk * radix + b] = 0u32;
-            }
-            let first = chunk * (SELECT_CHUNK as usize);
-            let mut last = first + SELECT_CHUNK as usize;
-            if last > w.len() {
-                last = w.len();
-            }
+        // Integer counts: the order in which the cube's units add to a bin cannot change them.
+        let bins = SharedMemory::<Atomic<u32>>::new(RADIX as usize);
+        let u = UNIT_POS as usize;
+        let tiles = hist.len() / (RADIX as usize);
+        let tile = CUBE_POS;
+        bins[u].store(0u32);
+        sync_cube();
+        if tile < tiles {
             let prefix = state[0];
-            for at in first..last {
-                let k = key::<F>(w[at], signed);
-                let mut matches = true;
-                if pass > 0 {
-                    matches = (k >> comptime!(32 - 8 * pass)) == prefix;
-                }
-                if matches {
-                    let digit = ((k >> comptime!(24 - 8 * pass)) & 255u32) as usize;
-                    hist[chunk * radix + digit] += 1u32;
+            let first = tile * (TILE as usize) + u * (ITEMS as usize);
+            for i in 0..ITEMS as usize {
+                if first + i < w.len() {
+                    let k = key::<F>(w[first + i], signed);
+                    let mut matches = true;
+                    if pass > 0 {
+                        matches = (k >> comptime!(32 - 8 * pass)) == prefix;
+                    }
+                    if matches {
+                        let digit = ((k >> comptime!(24 - 8 * pass)) & 255u32) as usize;
+                        bins[digit].fetch_add(1u32);
+                    }
                 }
             }
         }
-    }
-
-    /// Step 2: the total of each bucket over the chunks, in chunk order. One unit per bucket.
-    #[cube(launch, launch_unchecked)]
-    pub fn select_bins(hist: &Array<u32>, totals: &mut Array<u32>) {
-        let b = ABSOLUTE_POS;
-        let radix = RADIX as usize;
-        if b < radix {
-            let mut acc = 0u32;
-            for c in 0..hist.len() / radix {
-                acc += hist[c * radix + b];
-            }
-            totals[b] = acc;
+        sync_cube();
+        if tile < tiles {
+            hist[u * tiles + tile] = bins[u].load();
         }
     }
 
     /// Step 3: the bucket holding the wanted rank. `state` = [pivot prefix, rank (1-based) among
     /// the keys that share it]: the prefix gains the bucket's digit and the rank drops by the
-    /// keys of the lower buckets. One unit.
+    /// keys of the lower buckets. One cube: a scan of the 256 bucket totals.
     #[cube(launch, launch_unchecked)]
     pub fn select_pick(totals: &Array<u32>, state: &mut Array<u32>) {
-        if ABSOLUTE_POS == 0 {
-            let rank = state[1];
-            let mut below = 0u32;
-            let mut digit = 0u32;
-            let mut found = false;
-            for b in 0..RADIX {
-                let n = totals[b as usize];
-                if !found {
-                    if below + n >= rank {
-                        digit = b;
-                        found = true;
-                    } else {
-                        below += n;
-                    }
-                }
-            }
-            state[0] = (state[0] << 8u32) | digit;
+        let mut smem = SharedMemory::<u32>::new(UNITS as usize);
+        let u = UNIT_POS;
+        let prefix = state[0];
+        let rank = state[1];
+        let n = totals[u as usize];
+        let (below, _total) = cube_scan(n, &mut smem);
+        if below < rank && rank <= below + n {
+            state[0] = (prefix << 8u32) | u;
             state[1] = rank - below;
         }
     }
 
-    /// Compaction, step 1: per chunk, how many keys are below the pivot (`state[0]`) and how
-    /// many equal it. `counts` [chunks, 2]; one unit per chunk.
+    /// Keys of the unit's elements below the pivot (low 16 bits) and equal to it (high 16
+    /// bits): a tile has at most 1024 of each.
+    #[cube]
+    fn unit_counts<F: Float>(
+        w: &Array<F>,
+        first: usize,
+        pivot: u32,
+        valid: bool,
+        #[comptime] signed: bool,
+    ) -> u32 {
+        let mut packed = 0u32;
+        if valid {
+            for i in 0..ITEMS as usize {
+                if first + i < w.len() {
+                    let k = key::<F>(w[first + i], signed);
+                    if k < pivot {
+                        packed += 1u32;
+                    }
+                    if k == pivot {
+                        packed += 65536u32;
+                    }
+                }
+            }
+        }
+        packed
+    }
+
+    /// Compaction, step 1: per tile, how many keys are below the pivot (`state[0]`) and how
+    /// many equal it, into `counts` [2, tiles]. One cube per tile.
     #[cube(launch, launch_unchecked)]
     pub fn select_count<F: Float>(
         w: &Array<F>,
@@ -224,118 +234,111 @@ pub mod kernels {
         counts: &mut Array<u32>,
         #[comptime] signed: bool,
     ) {
-        let chunk = ABSOLUTE_POS;
-        if chunk < counts.len() / 2 {
-            let first = chunk * (SELECT_CHUNK as usize);
-            let mut last = first + SELECT_CHUNK as usize;
-            if last > w.len() {
-                last = w.len();
-            }
-            let pivot = state[0];
-            let mut less = 0u32;
-            let mut equal = 0u32;
-            for at in first..last {
-                let k = key::<F>(w[at], signed);
-                if k < pivot {
-                    less += 1u32;
-                }
-                if k == pivot {
-                    equal += 1u32;
-                }
-            }
-            counts[chunk * 2] = less;
-            counts[chunk * 2 + 1] = equal;
+        let mut smem = SharedMemory::<u32>::new(UNITS as usize);
+        let tiles = counts.len() / 2;
+        let tile = CUBE_POS;
+        let first = tile * (TILE as usize) + (UNIT_POS * ITEMS) as usize;
+        let packed = unit_counts::<F>(w, first, state[0], tile < tiles, signed);
+        let (_prefix, total) = cube_scan(packed, &mut smem);
+        if tile < tiles && UNIT_POS == 0 {
+            counts[tile] = total & 65535u32;
+            counts[tiles + tile] = total >> 16u32;
         }
     }
 
-    /// Step 2: per chunk, in place, the selected elements before it and the pivot-equal elements
-    /// before it (exclusive prefixes, equal ones taken while fewer than `state[1]` came before),
-    /// and the total selected into `state[2]`. One unit (chunks are 1024 elements: a 16M-weight
-    /// matrix is 16 384 iterations).
+    /// Step 3: the total selected into `state[2]`: every key below the pivot and the first
+    /// `state[1]` equal to it, from the last tile's prefixes (`prefix`, the exclusive scan of
+    /// `counts` per row). One unit.
     #[cube(launch, launch_unchecked)]
-    pub fn select_scan(counts: &mut Array<u32>, state: &mut Array<u32>) {
+    pub fn select_total(counts: &Array<u32>, prefix: &Array<u32>, state: &mut Array<u32>) {
         if ABSOLUTE_POS == 0 {
-            let need = state[1];
-            let mut selected = 0u32;
-            let mut equal = 0u32;
-            for c in 0..counts.len() / 2 {
-                let less = counts[c * 2];
-                let eq = counts[c * 2 + 1];
-                counts[c * 2] = selected;
-                counts[c * 2 + 1] = equal;
-                let mut take = 0u32;
-                if equal < need {
-                    take = need - equal;
-                    if eq < take {
-                        take = eq;
-                    }
-                }
-                selected += less + take;
-                equal += eq;
+            let tiles = counts.len() / 2;
+            let last = tiles - 1;
+            let less = prefix[last] + counts[last];
+            let equal = prefix[tiles + last] + counts[tiles + last];
+            let mut take = state[1];
+            if equal < take {
+                take = equal;
             }
-            state[2] = selected;
-        }
-    }
-
-    /// Step 3: every selected flat index, ascending, into `index`. One unit per chunk.
-    #[cube(launch, launch_unchecked)]
-    pub fn select_fill<F: Float>(
-        w: &Array<F>,
-        state: &Array<u32>,
-        counts: &Array<u32>,
-        index: &mut Array<u32>,
-        #[comptime] signed: bool,
-    ) {
-        let chunk = ABSOLUTE_POS;
-        if chunk < counts.len() / 2 {
-            let first = chunk * (SELECT_CHUNK as usize);
-            let mut last = first + SELECT_CHUNK as usize;
-            if last > w.len() {
-                last = w.len();
-            }
-            let pivot = state[0];
-            let need = state[1];
-            let mut at_out = counts[chunk * 2] as usize;
-            let mut equal = counts[chunk * 2 + 1];
-            for at in first..last {
-                let k = key::<F>(w[at], signed);
-                let mut take = k < pivot;
-                if k == pivot {
-                    take = equal < need;
-                    equal += 1u32;
-                }
-                if take {
-                    index[at_out] = at as u32;
-                    at_out += 1;
-                }
-            }
+            state[2] = less + take;
         }
     }
 
     /// The flat index of the last pivot-equal element taken, into `state[3]` (when any is
-    /// taken): the chunk holding it walks its elements. One unit per chunk.
+    /// taken): the one tile holding it ranks its equal keys by a cube scan. One cube per tile.
     #[cube(launch, launch_unchecked)]
     pub fn select_cutoff<F: Float>(
         w: &Array<F>,
         state: &mut Array<u32>,
         counts: &Array<u32>,
+        prefix: &Array<u32>,
         #[comptime] signed: bool,
     ) {
-        let chunk = ABSOLUTE_POS;
-        if chunk < counts.len() / 2 {
-            let first = chunk * (SELECT_CHUNK as usize);
-            let mut last = first + SELECT_CHUNK as usize;
-            if last > w.len() {
-                last = w.len();
+        let mut smem = SharedMemory::<u32>::new(UNITS as usize);
+        let tiles = counts.len() / 2;
+        let tile = CUBE_POS;
+        let pivot = state[0];
+        let need = state[1];
+        let mut active = false;
+        let mut before = 0u32;
+        if tile < tiles {
+            before = prefix[tiles + tile];
+            active = need > 0u32 && before < need && need <= before + counts[tiles + tile];
+        }
+        let first = tile * (TILE as usize) + (UNIT_POS * ITEMS) as usize;
+        let packed = unit_counts::<F>(w, first, pivot, active, signed);
+        let (p, _total) = cube_scan(packed, &mut smem);
+        if active {
+            let mut rank = before + (p >> 16u32);
+            for i in 0..ITEMS as usize {
+                let at = first + i;
+                if at < w.len() && key::<F>(w[at], signed) == pivot {
+                    if rank + 1u32 == need {
+                        state[3] = at as u32;
+                    }
+                    rank += 1u32;
+                }
             }
-            let pivot = state[0];
-            let need = state[1];
-            let mut equal = counts[chunk * 2 + 1];
-            if need > 0u32 && equal < need {
-                for at in first..last {
-                    if key::<F>(w[at], signed) == pivot {
-                        if equal + 1u32 == need {
-                            state[3] = at as u32;
+        }
+    }
+
+    /// Compaction, step 4: every selected flat index, ascending, into `index`: a selected key
+    /// goes after every key below the pivot before it and the equal ones taken before it. One
+    /// cube per tile.
+    #[cube(launch, launch_unchecked)]
+    pub fn select_fill<F: Float>(
+        w: &Array<F>,
+        state: &Array<u32>,
+        prefix: &Array<u32>,
+        index: &mut Array<u32>,
+        #[comptime] signed: bool,
+    ) {
+        let mut smem = SharedMemory::<u32>::new(UNITS as usize);
+        let tiles = prefix.len() / 2;
+        let tile = CUBE_POS;
+        let pivot = state[0];
+        let need = state[1];
+        let first = tile * (TILE as usize) + (UNIT_POS * ITEMS) as usize;
+        let packed = unit_counts::<F>(w, first, pivot, tile < tiles, signed);
+        let (p, _total) = cube_scan(packed, &mut smem);
+        if tile < tiles {
+            let mut less = prefix[tile] + (p & 65535u32);
+            let mut equal = prefix[tiles + tile] + (p >> 16u32);
+            for i in 0..ITEMS as usize {
+                let at = first + i;
+                if at < w.len() {
+                    let k = key::<F>(w[at], signed);
+                    if k < pivot {
+                        let mut taken = equal;
+                        if need < taken {
+                            taken = need;
+                        }
+                        index[(less + taken) as usize] = at as u32;
+                        less += 1u32;
+                    }
+                    if k == pivot {
+                        if equal < need {
+                            index[(less + equal) as usize] = at as u32;
                         }
                         equal += 1u32;
                     }
@@ -345,8 +348,9 @@ pub mod kernels {
     }
 }
 
-use crate::plan::{Arg, BufId, Elem, Float, Kernel, PlanBuilder, Role};
-use kernels::{RADIX, SELECT_CHUNK};
+use crate::plan::{Arg, BufId, Cubes, Elem, Float, Kernel, PlanBuilder, Role};
+use crate::prim::{self, kernels::UNITS};
+use kernels::RADIX;
 use kernels_ir::Extent;
 
 /// Which elements a selection keeps.
@@ -366,16 +370,17 @@ fn f32_at_or_above(t: f64) -> u32 {
     f.abs().to_bits()
 }
 
-/// Chunks of [`SELECT_CHUNK`] elements covering `len`.
-pub fn chunks(len: usize) -> usize {
-    len.div_ceil(SELECT_CHUNK as usize).max(1)
+/// `n` cubes of the primitives' width.
+fn tiles_launch(n: usize) -> Cubes {
+    Cubes::Units(Extent::Fixed(n * UNITS as usize), 1)
 }
 
 /// Appends the selection over the `len` elements of buffer `w` (float type `float`) up to its
 /// pivot state, without reading anything back: the state buffer `select_state` = [pivot key,
 /// pivot-equal elements taken, total selected, flat index of the last pivot-equal one taken]
-/// (u32 ×4, with role `state_role`), and the per-chunk prefixes `select_counts` the compaction
-/// uses. `signed` orders by value instead of magnitude. Returns (state, counts).
+/// (u32 ×4, with role `state_role`), and the per-tile exclusive prefixes `select_prefix` [2,
+/// tiles] (keys below the pivot, keys equal to it) the compaction uses. `signed` orders by
+/// value instead of magnitude. Returns (state, prefix).
 pub fn pivot(
     b: &mut PlanBuilder,
     w: BufId,
@@ -385,7 +390,7 @@ pub fn pivot(
     signed: bool,
     state_role: Role,
 ) -> (BufId, BufId) {
-    let chunks = chunks(len);
+    let tiles = prim::tiles(len);
     let radix = RADIX as usize;
     let init: Vec<u32> = match keep {
         Keep::Smallest(k) if k >= len => vec![u32::MAX, 0, 0, 0],
@@ -400,69 +405,76 @@ pub fn pivot(
         state_role,
     );
     b.initialise(state, crate::plan::ConstData::U32(init));
+    let dim = (UNITS, 1, 1);
     if let Keep::Smallest(k) = keep
         && k > 0
         && k < len
     {
-        let hist = b.scratch("select_hist", Elem::U32, &[chunks, radix]);
-        let totals = b.scratch("select_totals", Elem::U32, &[radix]);
+        let hist = b.scratch("select_hist", Elem::U32, &[radix, tiles]);
         for pass in 0..4u32 {
-            b.elementwise_as(
+            b.append_as(
                 &format!("select_hist_pass{pass}"),
                 Kernel::SelectHist(pass, signed),
                 float,
-                chunks,
+                tiles_launch(tiles),
+                dim,
                 vec![Arg::Buf(w), Arg::Buf(state), Arg::Buf(hist)],
             );
-            b.elementwise(
-                "select_bins",
-                Kernel::SelectBins(),
-                radix,
-                vec![Arg::Buf(hist), Arg::Buf(totals)],
-            );
-            b.elementwise(
+            let totals = prim::segment_sums(b, &format!("select_bins{pass}"), hist, radix, tiles);
+            b.append(
                 "select_pick",
                 Kernel::SelectPick(),
-                1,
+                tiles_launch(1),
+                dim,
                 vec![Arg::Buf(totals), Arg::Buf(state)],
             );
         }
     }
-    let counts = b.scratch("select_counts", Elem::U32, &[chunks, 2]);
-    b.elementwise_as(
+    let counts = b.scratch("select_counts", Elem::U32, &[2, tiles]);
+    let prefix = b.scratch("select_prefix", Elem::U32, &[2, tiles]);
+    b.append_as(
         "select_count",
         Kernel::SelectCount(signed),
         float,
-        chunks,
+        tiles_launch(tiles),
+        dim,
         vec![Arg::Buf(w), Arg::Buf(state), Arg::Buf(counts)],
     );
+    prim::scan(b, "select_scan", counts, prefix, 2, tiles, false);
     b.elementwise(
-        "select_scan",
-        Kernel::SelectScan(),
+        "select_total",
+        Kernel::SelectTotal(),
         1,
-        vec![Arg::Buf(counts), Arg::Buf(state)],
+        vec![Arg::Buf(counts), Arg::Buf(prefix), Arg::Buf(state)],
     );
-    b.elementwise_as(
+    b.append_as(
         "select_cutoff",
         Kernel::SelectCutoff(signed),
         float,
-        chunks,
-        vec![Arg::Buf(w), Arg::Buf(state), Arg::Buf(counts)],
-    );
-    (state, counts)
-}
-
-/// Appends the compaction: every selected flat index of `w` (by magnitude), ascending, into
-/// `index` (the selection's total long).
-pub fn fill(b: &mut PlanBuilder, w: BufId, len: usize, state: BufId, counts: BufId, index: BufId) {
-    b.elementwise(
-        "select_fill",
-        Kernel::SelectFill(false),
-        chunks(len),
+        tiles_launch(tiles),
+        dim,
         vec![
             Arg::Buf(w),
             Arg::Buf(state),
             Arg::Buf(counts),
+            Arg::Buf(prefix),
+        ],
+    );
+    (state, prefix)
+}
+
+/// Appends the compaction: every selected flat index of `w` (by magnitude), ascending, into
+/// `index` (the selection's total long).
+pub fn fill(b: &mut PlanBuilder, w: BufId, len: usize, state: BufId, prefix: BufId, index: BufId) {
+    b.append(
+        "select_fill",
+        Kernel::SelectFill(false),
+        tiles_launch(prim::tiles(len)),
+        (UNITS, 1, 1),
+        vec![
+            Arg::Buf(w),
+            Arg::Buf(state),
+            Arg::Buf(prefix),
             Arg::Buf(index),
         ],
     );

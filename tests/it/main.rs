@@ -16,6 +16,7 @@ mod kernels_sara;
 mod kernels_spt;
 mod model;
 mod plans;
+mod prims;
 mod sources;
 mod tensor_cores;
 mod train;

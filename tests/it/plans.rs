@@ -204,8 +204,9 @@ fn bits(m: &TensorMap) -> Vec<(String, Vec<u64>)> {
 }
 
 #[test]
-fn checked_and_unchecked_launches_agree_bit_for_bit() {
-    let Some(device) = wgpu_or_skip("checked_and_unchecked_launches_agree_bit_for_bit") else {
+fn launches_are_deterministic_and_checked_equals_unchecked() {
+    let Some(device) = wgpu_or_skip("launches_are_deterministic_and_checked_equals_unchecked")
+    else {
         return;
     };
     for (label, spec_of, inputs) in one_case_per_family() {
@@ -227,6 +228,12 @@ fn checked_and_unchecked_launches_agree_bit_for_bit() {
                 bits(&checked),
                 bits(&unchecked),
                 "{label} {direction}: checked and unchecked launches differ"
+            );
+            // Deterministic: a second run gives the same bits.
+            assert_eq!(
+                bits(&run(Mode::Unchecked)),
+                bits(&unchecked),
+                "{label} {direction}: two runs differ"
             );
         }
     }

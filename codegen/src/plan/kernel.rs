@@ -7,6 +7,7 @@
 //! dispatch of the executor (`sparsecube-runtime`).
 
 use crate::cbm::kernels::CbmConfig;
+use crate::prim::kernels::{ColumnConfig, ScanConfig};
 use crate::pst::kernels::PstConfig;
 use crate::routed::kernels::RoutedConfig;
 use crate::select::kernels::TopkConfig;
@@ -34,14 +35,6 @@ macro_rules! kernel_table {
             SptSpmm(cfg: SptConfig) = spt::kernels::spt_spmm, SptSpmm, generic, (a a a a u);
             /// SPT backward over query rows: dq, p and ds.
             SptBwdRows(cfg: SptConfig, lanes: u32) = spt::kernels::spt_bwd_rows, SptBwdRows, generic, (a a a a a a a a a u);
-            /// Key-major index, pass 1: counts per chunk.
-            SptKeyCount(topk: u32) = spt::kernels::spt_key_count, SptKeyCount, plain, (a a u);
-            /// Key-major index, pass 2: scan over chunks.
-            SptKeyScan() = spt::kernels::spt_key_scan, SptKeyScan, plain, (a a u);
-            /// Key-major index, pass 3: scan over keys.
-            SptKeyOffsets() = spt::kernels::spt_key_offsets, SptKeyOffsets, plain, (a u);
-            /// Key-major index, pass 4: the ordered fill.
-            SptKeyFill(topk: u32) = spt::kernels::spt_key_fill, SptKeyFill, plain, (a a a a u);
             /// SPT backward over key rows: dk and dv.
             SptBwdKeys(cfg: SptConfig, lanes: u32) = spt::kernels::spt_bwd_keys, SptBwdKeys, generic, (a a a a a a a a u);
             /// Dense attention forward (the baseline).
@@ -52,24 +45,12 @@ macro_rules! kernel_table {
             DenseBwdKeys(cfg: SptConfig, lanes: u32) = spt::dense::dense_bwd_keys, DenseBwdKeys, generic, (a a a a a a a a u);
             /// The routed FFN's router: gates and kept blocks.
             RoutedGate(cfg: RoutedConfig) = routed::kernels::routed_gate, RoutedGate, generic, (a a a a a);
-            /// Grouping, pass 1: counts per chunk of tokens.
-            RoutedCount(cfg: RoutedConfig) = routed::kernels::routed_count, RoutedCount, plain, (a a u);
-            /// Grouping, pass 2: scan over chunks.
-            RoutedScan(cfg: RoutedConfig) = routed::kernels::routed_scan, RoutedScan, plain, (a a);
-            /// Grouping, pass 3: group offsets.
-            RoutedOffsets(cfg: RoutedConfig) = routed::kernels::routed_offsets, RoutedOffsets, plain, (a);
-            /// Grouping, pass 4: the ordered fill.
-            RoutedFill(cfg: RoutedConfig) = routed::kernels::routed_fill, RoutedFill, plain, (a a a a a u);
             /// The weighted un-permute of the per-pair outputs.
             RoutedCombine(cfg: RoutedConfig) = routed::kernels::routed_combine, RoutedCombine, generic, (a a a a);
             /// Router backward to the logits.
             RoutedBwdRouter(cfg: RoutedConfig) = routed::kernels::routed_bwd_router, RoutedBwdRouter, plain, (a a a a a a f);
             /// dx: the per-pair rows summed per token, plus the router path.
             RoutedBwdDxCombine(cfg: RoutedConfig) = routed::kernels::routed_bwd_dx_combine, RoutedBwdDxCombine, generic, (a a a a a);
-            /// db2: column sums of dy.
-            RoutedBwdDb2() = routed::kernels::routed_bwd_db2, RoutedBwdDb2, generic, (a a u);
-            /// Router weight and bias gradients.
-            RoutedBwdRouterW(cfg: RoutedConfig) = routed::kernels::routed_bwd_router_w, RoutedBwdRouterW, generic, (a a a a u);
             /// Per-row top-k of a score (CBM's concepts, N:M's groups).
             RowTopk(cfg: TopkConfig) = select::kernels::row_topk, RowTopk, generic, (a a a);
             /// The CBM head's logits over the kept concepts.
@@ -80,16 +61,14 @@ macro_rules! kernel_table {
             CbmBwdDx(cfg: CbmConfig) = cbm::kernels::cbm_bwd_dx, CbmBwdDx, generic, (a a a a);
             /// Radix select, step 1: digit histograms per chunk.
             SelectHist(pass: u32, signed: bool) = select::kernels::select_hist, SelectHist, generic, (a a a);
-            /// Radix select, step 2: bucket totals.
-            SelectBins() = select::kernels::select_bins, SelectBins, plain, (a a);
             /// Radix select, step 3: the bucket of the wanted rank.
             SelectPick() = select::kernels::select_pick, SelectPick, plain, (a a);
-            /// Compaction, step 1: counts per chunk.
+            /// Compaction, step 1: counts per tile.
             SelectCount(signed: bool) = select::kernels::select_count, SelectCount, generic, (a a a);
-            /// Compaction, step 2: the scan and the total.
-            SelectScan() = select::kernels::select_scan, SelectScan, plain, (a a);
+            /// Compaction, step 2: the total selected.
+            SelectTotal() = select::kernels::select_total, SelectTotal, plain, (a a a);
             /// The flat index of the last tie taken.
-            SelectCutoff(signed: bool) = select::kernels::select_cutoff, SelectCutoff, generic, (a a a);
+            SelectCutoff(signed: bool) = select::kernels::select_cutoff, SelectCutoff, generic, (a a a a);
             /// Compaction, step 3: the selected flat indices.
             SelectFill(signed: bool) = select::kernels::select_fill, SelectFill, generic, (a a a a);
             /// out[j] = src[index[j]].
@@ -110,6 +89,24 @@ macro_rules! kernel_table {
             PstBwdRows(cfg: PstConfig) = pst::kernels::pst_bwd_rows, PstBwdRows, generic, (a a a a a a a a);
             /// PST's low-rank gradients per input column.
             PstBwdCols(cfg: PstConfig) = pst::kernels::pst_bwd_cols, PstBwdCols, generic, (a a a a a a a a);
+            /// Scan, level 1: tile totals.
+            ScanReduce() = prim::kernels::scan_reduce, ScanReduce, plain, (a a u u);
+            /// Scan, level 2: tile prefixes plus carries.
+            ScanApply(cfg: ScanConfig) = prim::kernels::scan_apply, ScanApply, plain, (a a a u u u);
+            /// Radix sort: digit histograms per tile.
+            SortHist() = prim::kernels::sort_hist, SortHist, plain, (a a u u);
+            /// Radix sort: the stable scatter of one digit.
+            SortScatter(first_pass: bool) = prim::kernels::sort_scatter, SortScatter, plain, (a a a a a u u);
+            /// Grouping: composite sort keys.
+            GroupKeys() = prim::kernels::group_keys, GroupKeys, plain, (a a u u);
+            /// Grouping: the values (and ranks) of the sorted entries.
+            GroupValues(rank: bool) = prim::kernels::group_values, GroupValues, plain, (a a a u u);
+            /// Grouping: each bin's offset in its segment.
+            GroupOffsets() = prim::kernels::group_offsets, GroupOffsets, plain, (a a u u);
+            /// Column reduction, level 1: partial sums per row chunk.
+            ColumnPartial(cfg: ColumnConfig) = prim::kernels::column_partial, ColumnPartial, generic, (a a a u u u);
+            /// Column reduction, level 2: the chunks in order.
+            ColumnFinish(cfg: ColumnConfig) = prim::kernels::column_finish, ColumnFinish, generic, (a a a u u);
             /// One tiled product (the tile program).
             Tile(prog: TileProgram) = tile::kernel::tile_gemm, TileGemm, generic, (q q q q q s);
         }

@@ -18,10 +18,6 @@
 
 use cubecl::prelude::*;
 
-/// Tokens per chunk of the grouping passes: the unit of parallelism of [`routed_count`] and
-/// [`routed_fill`].
-pub const TOKEN_CHUNK: u32 = 64;
-
 /// Comptime configuration of the routed FFN kernels, derived from a verified `routed-ffn` spec.
 #[derive_cube_comptime]
 pub struct RoutedConfig {
@@ -121,110 +117,6 @@ pub fn routed_gate<F: Float>(
             if ge > last_g || (ge == last_g && ei <= last_e) {
                 blocks[t * (cfg.top as usize) + slot] = ei;
                 slot += 1;
-            }
-        }
-    }
-}
-
-/// Grouping, pass 1 of 4: per chunk of [`TOKEN_CHUNK`] tokens, how many of its kept pairs name
-/// each block. `counts` [chunks, E]; one unit per chunk, the only writer of its row.
-#[cube(launch, launch_unchecked)]
-pub fn routed_count(
-    blocks: &Array<i32>,
-    counts: &mut Array<u32>,
-    tokens: u32,
-    #[comptime] cfg: RoutedConfig,
-) {
-    let chunk = ABSOLUTE_POS;
-    let e_n = cfg.blocks as usize;
-    let top = cfg.top as usize;
-    if chunk < counts.len() / e_n {
-        for e in 0..e_n {
-            counts[chunk * e_n + e] = 0u32;
-        }
-        let first = chunk * (TOKEN_CHUNK as usize);
-        let mut last = first + TOKEN_CHUNK as usize;
-        if last > tokens as usize {
-            last = tokens as usize;
-        }
-        for t in first..last {
-            for s in 0..top {
-                let e = blocks[t * top + s] as usize;
-                counts[chunk * e_n + e] += 1u32;
-            }
-        }
-    }
-}
-
-/// Pass 2 of 4: per block, the exclusive prefix of `counts` over the chunks, in place, and the
-/// block's total into `offsets[e]`. One unit per block.
-#[cube(launch, launch_unchecked)]
-pub fn routed_scan(
-    counts: &mut Array<u32>,
-    offsets: &mut Array<u32>,
-    #[comptime] cfg: RoutedConfig,
-) {
-    let e = ABSOLUTE_POS;
-    let e_n = cfg.blocks as usize;
-    if e < e_n {
-        let chunks = counts.len() / e_n;
-        let mut running = 0u32;
-        for c in 0..chunks {
-            let n = counts[c * e_n + e];
-            counts[c * e_n + e] = running;
-            running += n;
-        }
-        offsets[e] = running;
-    }
-}
-
-/// Pass 3 of 4: the exclusive prefix of the block totals, in place: `offsets` [E + 1] becomes the
-/// first pair of each block's group, `offsets[E]` = P. One unit.
-#[cube(launch, launch_unchecked)]
-pub fn routed_offsets(offsets: &mut Array<u32>, #[comptime] cfg: RoutedConfig) {
-    if ABSOLUTE_POS == 0 {
-        let e_n = cfg.blocks as usize;
-        let mut running = 0u32;
-        for e in 0..e_n {
-            let n = offsets[e];
-            offsets[e] = running;
-            running += n;
-        }
-        offsets[e_n] = running;
-    }
-}
-
-/// Pass 4 of 4: every kept (token, slot) written to its block's group: `pair_token` [P] (the
-/// token) and `slot_of` [T·top] (where pair (t, slot) went). Chunks
-/// own ordered sub-ranges of each group and walk their tokens in order, so each group lists its
-/// tokens in ascending order. One unit per chunk; `counts` (from pass 2) is its cursor.
-#[cube(launch, launch_unchecked)]
-pub fn routed_fill(
-    blocks: &Array<i32>,
-    counts: &mut Array<u32>,
-    offsets: &Array<u32>,
-    pair_token: &mut Array<u32>,
-    slot_of: &mut Array<u32>,
-    tokens: u32,
-    #[comptime] cfg: RoutedConfig,
-) {
-    let chunk = ABSOLUTE_POS;
-    let e_n = cfg.blocks as usize;
-    let top = cfg.top as usize;
-    if chunk < counts.len() / e_n {
-        let first = chunk * (TOKEN_CHUNK as usize);
-        let mut last = first + TOKEN_CHUNK as usize;
-        if last > tokens as usize {
-            last = tokens as usize;
-        }
-        for t in first..last {
-            for s in 0..top {
-                let e = blocks[t * top + s] as usize;
-                let cursor = counts[chunk * e_n + e];
-                let at = (offsets[e] + cursor) as usize;
-                counts[chunk * e_n + e] = cursor + 1u32;
-                pair_token[at] = t as u32;
-                slot_of[t * top + s] = at as u32;
             }
         }
     }
@@ -335,52 +227,5 @@ pub fn routed_bwd_dx_combine<F: Float>(
             acc += dlogit[t * e_n + e] * f32::cast_from(wr[e * dm + i]);
         }
         dx[pos] = F::cast_from(acc);
-    }
-}
-
-/// db2 = Σ_t dy[t, ·], one unit per output column.
-#[cube(launch, launch_unchecked)]
-pub fn routed_bwd_db2<F: Float>(dy: &Array<F>, db2: &mut Array<F>, tokens: u32) {
-    let o = ABSOLUTE_POS;
-    let dm = db2.len();
-    if o < dm {
-        let mut acc = 0.0f32;
-        for t in 0..tokens as usize {
-            acc += f32::cast_from(dy[t * dm + o]);
-        }
-        db2[o] = F::cast_from(acc);
-    }
-}
-
-/// dwr and dbr, one unit per (e, i ∈ 0..=d_model; i = d_model is the bias): Σ_t dlogit[t, e]·x.
-#[cube(launch, launch_unchecked)]
-pub fn routed_bwd_router_w<F: Float>(
-    x: &Array<F>,
-    dlogit: &Array<f32>,
-    dwr: &mut Array<F>,
-    dbr: &mut Array<F>,
-    tokens: u32,
-    #[comptime] cfg: RoutedConfig,
-) {
-    let pos = ABSOLUTE_POS;
-    let dm = cfg.dm as usize;
-    let e_n = cfg.blocks as usize;
-    let width = dm + 1;
-    if pos < e_n * width {
-        let e = pos / width;
-        let i = pos % width;
-        let mut acc = 0.0f32;
-        for t in 0..tokens as usize {
-            let mut xv = 1.0f32;
-            if i < dm {
-                xv = f32::cast_from(x[t * dm + i]);
-            }
-            acc += dlogit[t * e_n + e] * xv;
-        }
-        if i < dm {
-            dwr[e * dm + i] = F::cast_from(acc);
-        } else {
-            dbr[e] = F::cast_from(acc);
-        }
     }
 }

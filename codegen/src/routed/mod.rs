@@ -1,13 +1,13 @@
 //! The routed FFN (SPT's routed FFN, a general MoE) lowered to launch plans.
 //!
-//! Forward: `routed_gate` (gates, kept blocks) → grouping by block, a deterministic counting sort
-//! in four passes (`routed_count` → `routed_scan` → `routed_offsets` → `routed_fill`) →
+//! Forward: `routed_gate` (gates, kept blocks) → grouping by block (`routed_group_*`: the stable
+//! radix sort of [`crate::prim::group`], each group in token order) →
 //! `routed_up` (x·w1ᵀ + b1 and the activation over the kept pairs only) → `routed_down` (·w2ᵀ and
 //! the gate's output coefficient, per pair) → `routed_combine` (the weighted un-permute, + b2).
 //! Backward: `routed_bwd_hidden` → `routed_bwd_router` (router logits) → `routed_bwd_dx` (per
 //! pair) → `routed_bwd_dx_combine` (+ the router path), `routed_bwd_w1` (with db1 as its row
-//! sums) and `routed_bwd_w2` (tiled per block), `routed_bwd_db2`, `routed_bwd_router_w` (dwr,
-//! dbr). The six products are tile programs with grouped rows (tiles scheduled across the
+//! sums) and `routed_bwd_w2` (tiled per block), `routed_bwd_db2` and `routed_bwd_router_w` (dwr,
+//! dbr: [`crate::prim::column_sums`], two-level column reductions). The six products are tile programs with grouped rows (tiles scheduled across the
 //! variable-size groups on the device) or a reduction over each block's group; only kept
 //! (token, block) pairs are computed.
 
@@ -17,8 +17,9 @@ use crate::LowerError;
 use crate::plan::build::buf;
 use crate::plan::lower::Ctx;
 use crate::plan::{Arg, Elem, Kernel, Lowering, Pass};
+use crate::prim;
 use crate::tile::{Act, ActGrad, Dst, Gate, Operand, Src, Store, TileProgram};
-use kernels::{RoutedConfig, TOKEN_CHUNK};
+use kernels::RoutedConfig;
 use kernels_ir::pattern::{Activation, GateMode, Pattern, Router};
 
 /// The comptime config of a verified `routed-ffn` spec's kernels.
@@ -57,7 +58,6 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
     let (dm, dff) = (ctx.dim("d_model"), ctx.dim("d_ff"));
     let (e_n, top, bs) = (r.blocks, r.top, dff / r.blocks);
     let pairs = t * top;
-    let chunks = t.div_ceil(TOKEN_CHUNK as usize).max(1);
     let (dm32, bs32, dff32, e32) = (dm as u32, bs as u32, dff as u32, e_n as u32);
     let gate = Gate {
         gates: 0,
@@ -80,7 +80,6 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
     let kept = ctx.kept();
     let gates = f.declare("gates", Elem::F32, &[t, e_n], kept.clone());
     let blocks = f.declare("blocks", Elem::I32, &[t, top], ctx.output_kept());
-    let counts = f.scratch("counts", Elem::U32, &[chunks, e_n]);
     let offsets = f.declare("offsets", Elem::U32, &[e_n + 1], kept.clone());
     let pair_token = f.declare("pair_token", Elem::U32, &[pairs], kept.clone());
     let slot_of = f.declare("slot_of", Elem::U32, &[pairs], kept.clone());
@@ -89,43 +88,27 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
     let cout = f.declare("cout", Elem::F32, &[pairs], kept);
     let zp = f.scratch("zp", Elem::F32, &[pairs, dm]);
     let y = f.output("y", Elem::Storage, &[t, dm]);
-    let tokens = Arg::U32(t as u32);
     f.elementwise(
         "routed_gate",
         Kernel::RoutedGate(cfg),
         t,
         vec![buf(x), buf(wr), buf(br), buf(gates), buf(blocks)],
     );
-    f.elementwise(
-        "routed_count",
-        Kernel::RoutedCount(cfg),
-        chunks,
-        vec![buf(blocks), buf(counts), tokens.clone()],
-    );
-    f.elementwise(
-        "routed_scan",
-        Kernel::RoutedScan(cfg),
-        e_n,
-        vec![buf(counts), buf(offsets)],
-    );
-    f.elementwise(
-        "routed_offsets",
-        Kernel::RoutedOffsets(cfg),
+    // Group the kept pairs by block, each group in token order: a stable counting sort.
+    prim::group(
+        &mut f,
+        "routed_group",
+        blocks,
         1,
-        vec![buf(offsets)],
-    );
-    f.elementwise(
-        "routed_fill",
-        Kernel::RoutedFill(cfg),
-        chunks,
-        vec![
-            buf(blocks),
-            buf(counts),
-            buf(offsets),
-            buf(pair_token),
-            buf(slot_of),
-            tokens,
-        ],
+        pairs,
+        e_n + 1,
+        prim::Grouped {
+            values: pair_token,
+            offsets,
+            rank_of: Some(slot_of),
+            modulus: pairs.max(1),
+            divisor: top,
+        },
     );
     // pre = x_t·w1[e·bs + j] + b1; h = act(c_in·pre); cout = c_out, per pair.
     let mut a = Operand::strided(Src::storage(0), dm32, 1, 0);
@@ -226,7 +209,6 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
         let db2 = b.output("db2", Elem::Storage, &[dm]);
         let dwr = b.output("dwr", Elem::Storage, &[e_n, dm]);
         let dbr = b.output("dbr", Elem::Storage, &[e_n]);
-        let tokens = Arg::U32(t as u32);
         // w2dy = Σ_o dy[t, o]·w2[o, e·bs + j]; dpre, dco, dci through the activation's backward.
         let mut a = Operand::strided(Src::storage(0), dm32, 1, 0);
         a.gather_mn = true;
@@ -348,17 +330,16 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
             0,
             grid,
         );
-        b.elementwise(
-            "routed_bwd_db2",
-            Kernel::RoutedBwdDb2(),
-            dm,
-            vec![buf(dy), buf(db2), Arg::U32(t as u32)],
-        );
-        b.elementwise(
+        prim::column_sums(&mut b, "routed_bwd_db2", dy, None, t, dm, db2, None);
+        prim::column_sums(
+            &mut b,
             "routed_bwd_router_w",
-            Kernel::RoutedBwdRouterW(cfg),
-            e_n * (dm + 1),
-            vec![buf(x), buf(dlogit), buf(dwr), buf(dbr), tokens],
+            x,
+            Some((dlogit, e_n)),
+            t,
+            dm,
+            dwr,
+            Some(dbr),
         );
         b.finish()
     });

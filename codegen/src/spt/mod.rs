@@ -4,8 +4,9 @@
 //! softmax and output fused; saves only the per-row log-sum-exp), or, with the schedule's
 //! `fused = false`, the unfused fallback `spt_sddmm` → `spt_softmax` → `spt_spmm` (which holds
 //! B·H·L·topk scores in scratch).
-//! Backward: `spt_bwd_rows` (dq, p, ds) → `spt_key_count` → `spt_key_scan` → `spt_key_offsets` →
-//! `spt_key_fill` (key-major view, deterministic, chunks of query rows in parallel) →
+//! Backward: `spt_bwd_rows` (dq, p, ds) → `spt_keys_*` (the key-major view: per head, the kept
+//! (query, slot) positions grouped by key in query order, by the stable radix sort of
+//! [`crate::prim::group`]) →
 //! `spt_bwd_keys` (dk, dv). The row kernels run `lanes` lanes per row (the schedule's, capped at
 //! the device's plane size).
 
@@ -17,7 +18,8 @@ use crate::LowerError;
 use crate::plan::build::buf;
 use crate::plan::lower::Ctx;
 use crate::plan::{Arg, BufId, Cubes, Elem, Kernel, Lowering, Pass, PlanBuilder};
-use kernels::{KEY_CHUNK, SptConfig};
+use crate::prim;
+use kernels::SptConfig;
 use kernels_ir::pattern::{Pattern, Selector};
 use kernels_ir::{Extent, KernelSpec};
 
@@ -169,11 +171,9 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
         let indices = b.saved("indices", Elem::I32, &[bn, h, l, topk]);
         let lse = b.saved("lse", Elem::F32, &[rows]);
         let heads = bn * h;
-        let chunks = l.div_ceil(KEY_CHUNK as usize);
         let probs = b.scratch("probs", Elem::F32, &[rows, topk]);
         let dscores = b.scratch("dscores", Elem::F32, &[rows, topk]);
         let offsets = b.scratch("key_offsets", Elem::U32, &[heads, l + 1]);
-        let counts = b.scratch("key_counts", Elem::U32, &[heads, chunks, l]);
         let entries = b.scratch("key_entries", Elem::U32, &[rows, topk]);
         let dq = b.output("dq", Elem::Storage, &qkv);
         let dk = b.output("dk", Elem::Storage, &qkv);
@@ -197,14 +197,7 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
                 seq.clone(),
             ],
         );
-        key_index(
-            &mut b,
-            indices,
-            [counts, offsets, entries],
-            heads,
-            l,
-            cfg.topk,
-        );
+        key_index(&mut b, indices, [offsets, entries], heads, l, cfg.topk);
         rows_launch(
             &mut b,
             "spt_bwd_keys",
@@ -231,41 +224,33 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
     })
 }
 
-/// The key-major view of the kept set in four passes (see `spt_key_count`): chunk counts,
-/// per-key scan over chunks, per-head scan over keys, ordered fill.
+/// The key-major view of the kept set: per head, the within-head positions i·topk + slot of
+/// the kept entries grouped by key j (a dropped slot, j < 0, in the head's last bin), each
+/// group in query order, into `entries` [heads, L·topk]; `offsets` [heads, L + 1] where each
+/// key's group starts, `offsets[head, L]` the head's kept count.
 fn key_index(
     b: &mut PlanBuilder,
     indices: BufId,
-    [counts, offsets, entries]: [BufId; 3],
+    [offsets, entries]: [BufId; 2],
     heads: usize,
     l: usize,
     topk: u32,
 ) {
-    let chunks = l.div_ceil(KEY_CHUNK as usize);
-    let seq = Arg::U32(l as u32);
-    b.elementwise(
-        "spt_key_count",
-        Kernel::SptKeyCount(topk),
-        heads * chunks,
-        vec![buf(indices), buf(counts), seq.clone()],
-    );
-    b.elementwise(
-        "spt_key_scan",
-        Kernel::SptKeyScan(),
-        heads * l,
-        vec![buf(counts), buf(offsets), seq.clone()],
-    );
-    b.elementwise(
-        "spt_key_offsets",
-        Kernel::SptKeyOffsets(),
+    let per_head = l * topk as usize;
+    prim::group(
+        b,
+        "spt_keys",
+        indices,
         heads,
-        vec![buf(offsets), seq.clone()],
-    );
-    b.elementwise(
-        "spt_key_fill",
-        Kernel::SptKeyFill(topk),
-        heads * chunks,
-        vec![buf(indices), buf(counts), buf(offsets), buf(entries), seq],
+        per_head,
+        l + 1,
+        prim::Grouped {
+            values: entries,
+            offsets,
+            rank_of: None,
+            modulus: per_head.max(1),
+            divisor: 1,
+        },
     );
 }
 

@@ -525,3 +525,59 @@ pub fn sync<R: Runtime>(client: &ComputeClient<R>, kind: &'static str) -> Result
         message: format!("{e:?}"),
     })
 }
+
+/// Runs `plan` on `device` with 32-bit host words bound by name (u32, i32 and f32 buffers as
+/// their bit patterns; the plan's storage dtype must be 32-bit too), and reads every returned
+/// buffer back as words: how the primitives' tests drive a plan without an op around it.
+pub fn run_words(
+    device: &crate::Device,
+    plan: &LaunchPlan,
+    inputs: &BTreeMap<String, Vec<u32>>,
+) -> Result<BTreeMap<String, Vec<u32>>, RuntimeError> {
+    fn on<R: Runtime>(
+        client: &ComputeClient<R>,
+        kind: &'static str,
+        plan: &LaunchPlan,
+        inputs: &BTreeMap<String, Vec<u32>>,
+    ) -> Result<BTreeMap<String, Vec<u32>>, RuntimeError> {
+        let bound: BTreeMap<String, Handle> = inputs
+            .iter()
+            .map(|(name, words)| {
+                let data: &[u32] = if words.is_empty() { &[0] } else { words };
+                (name.clone(), client.create_from_slice(u32::as_bytes(data)))
+            })
+            .collect();
+        let out = execute(client, kind, plan, &bound, Mode::from_env())?;
+        let mut words = BTreeMap::new();
+        for (name, r) in out.buffers {
+            let n: usize = r.shape.iter().product();
+            let v = if n == 0 {
+                Vec::new()
+            } else {
+                let bytes = client
+                    .read_one(r.handle)
+                    .map_err(|e| RuntimeError::Device {
+                        kind,
+                        message: format!("{e:?}"),
+                    })?;
+                u32::from_bytes(&bytes)[..n].to_vec()
+            };
+            words.insert(name, v);
+        }
+        Ok(words)
+    }
+    if plan.dtype.size_bytes() != 4 {
+        return Err(malformed(
+            plan,
+            "run_words needs a 32-bit storage dtype".into(),
+        ));
+    }
+    match device {
+        crate::Device::Wgpu(c) => on(c, "wgpu", plan, inputs),
+        crate::Device::Cuda(c) => on(c, "cuda", plan, inputs),
+        crate::Device::Reference => Err(malformed(
+            plan,
+            "the host reference does not run launch plans".into(),
+        )),
+    }
+}

@@ -100,16 +100,18 @@ fn gen_prints_cuda_and_wgsl_without_a_gpu() {
         "spt_select_f_f32",
         "spt_attend_fwd_f_f32",
         "spt_bwd_rows_f_f32",
-        "spt_key_count",
-        "spt_key_scan",
-        "spt_key_offsets",
-        "spt_key_fill",
+        "group_keys",
+        "sort_hist",
+        "scan_apply",
+        "sort_scatter",
+        "group_values",
+        "group_offsets",
         "spt_bwd_keys_f_f32",
     ] {
         assert!(
             // 64 units per cube for one-unit-per-row kernels, 32 lanes × 4 rows for the
-            // plane-per-row ones.
-            ["64", "128"]
+            // plane-per-row ones, 256 for the tiled primitives.
+            ["64", "128", "256"]
                 .iter()
                 .any(|units| text
                     .contains(&format!("__global__ void __launch_bounds__({units}){k} ("))),
@@ -122,7 +124,9 @@ fn gen_prints_cuda_and_wgsl_without_a_gpu() {
         String::from_utf8_lossy(&wgsl.stdout)
             .matches("@compute")
             .count(),
-        9
+        // The eleven kernels above, sort_scatter twice (two radix passes; the first one's
+        // comptime config writes positions): 12.
+        12
     );
 
     let dir = tempfile::tempdir().unwrap();
@@ -215,13 +219,14 @@ fn gen_resources_reports_ptxas_numbers_or_says_what_is_missing() {
     if std::env::var_os("SPARSECUBE_CUDA_WHEELS").is_some() {
         assert!(o.status.success(), "{}", stderr(&o));
         let text = String::from_utf8_lossy(&o.stdout);
-        // pq_encode, spt_select, spt_attend_fwd, spt_bwd_rows, four key-index passes,
-        // spt_bwd_keys; after a header naming the NVRTC and ptxas versions.
+        // pq_encode, spt_select, spt_attend_fwd, spt_bwd_rows, the key index's grouping (keys,
+        // histogram, scan, two radix passes' scatters, values, offsets), spt_bwd_keys; after a
+        // header naming the NVRTC and ptxas versions.
         assert_eq!(
             text.lines()
                 .filter(|l| l.contains(" registers, ") && l.contains("spill stores/loads"))
                 .count(),
-            9,
+            12,
             "{text}"
         );
         assert!(
