@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Summarises `ncu --csv --metrics gpu__time_duration.sum,dram__bytes_read.sum,...` output: one
-row per kernel launch (in launch order) with its time, DRAM bytes and achieved bandwidth.
+row per kernel launch (in launch order) with its time, DRAM bytes and achieved bandwidth, then
+each kernel family's share of the step's kernel time (the primitives of codegen/src/prim.rs:
+grouping, scan and sort — in an attention step, SPT's key index —, the column reductions of the
+bias and router gradients, the selection).
 
     python3 benches/ncu_summary.py ncu.csv
 """
@@ -32,6 +35,29 @@ def main():
         bw = (rd + wr) / (ms * 1e-3) / 1e9 if ms else 0.0
         sm = m.get("sm__throughput.avg.pct_of_peak_sustained_elapsed", 0.0)
         print(f"| {i} | {name.split('(')[0]} | {ms:.3f} | {rd / 1e6:.1f} | {wr / 1e6:.1f} | {bw:.0f} | {sm:.1f} |")
+    # The share is of our sparse step: the dense baseline's own kernels (dense_*) are left out
+    # (device-check.sh profiles the routed FFN's sparse launches only, with --launch-count).
+    total = sum(
+        m.get("gpu__time_duration.sum", 0.0)
+        for (_, name), m in launches.items()
+        if not name.startswith("dense_")
+    )
+    families = {
+        "grouping / scan / sort (prim)": ("group_", "sort_", "scan_"),
+        "column reductions (bias, router gradients)": ("column_",),
+        "selection": ("select_",),
+    }
+    print()
+    print(f"| family | ms | share of the step's {total:.3f} ms |")
+    print("|---|---|---|")
+    for family, prefixes in families.items():
+        ms = sum(
+            m.get("gpu__time_duration.sum", 0.0)
+            for (_, name), m in launches.items()
+            if name.split("(")[0].split("<")[0].strip().startswith(prefixes)
+        )
+        share = 100.0 * ms / total if total else 0.0
+        print(f"| {family} | {ms:.3f} | {share:.1f} % |")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@
 #                                                              → finetune/report.json
 #   6. benches/torch_baselines.py on the same shapes (and a CPU smoke run at tiny shapes), with
 #      the measured ceilings (copy bandwidth, matmul rates)   → torch.json
-#  6b. Nsight Compute: per-kernel time and DRAM bytes of one attention step → ncu.csv
+#  6b. Nsight Compute: per-kernel time and DRAM bytes of one attention step → ncu.csv, and of one
+#      routed-FFN step → ncu-ffn.csv (each with its kernel families' shares of the step)
 #   7. the joined table of ratios                  → table.md (also printed last), table.json
 # Exit status: non-zero when the selftest, a sanitizer or the NVRTC check failed (the table is
 # still written).
@@ -147,6 +148,17 @@ step "ncu per-kernel, attention f32 at the paper shape" 120 "$OUT/ncu.csv" \
     "$BIN" bench --suite paper --device cuda --workload attention/B16-H32-L512-D64-topk64/f32 \
     --warmup 0 --repeats 1
 [ -s "$OUT/ncu.csv" ] && "$PY" benches/ncu_summary.py "$OUT/ncu.csv" | tee -a "$LOG"
+# The routed FFN's grouping and its db2 / router-gradient column reductions (issue 19: ≤ 3 %).
+# Only the sparse step's launches (its plans' step count; the dense FFN runs after it and
+# shares the tile kernel's name).
+ffn_launches=$("$BIN" gen routed-ffn --dim T=8192 --dim d_model=1024 --dim d_ff=4096 \
+    --param blocks=4 --param top=2 --direction backward --plan 2>/dev/null | grep -cE '^ +[0-9]+\. ')
+step "ncu per-kernel, routed FFN f32 at the paper shape" 90 "$OUT/ncu-ffn.csv" \
+    ncu --clock-control none --csv --launch-count "${ffn_launches:-20}" \
+    --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed \
+    "$BIN" bench --suite paper --device cuda --workload ffn/T8192-d_model1024-d_ff4096-blocks4-r2/f32 \
+    --warmup 0 --repeats 1
+[ -s "$OUT/ncu-ffn.csv" ] && "$PY" benches/ncu_summary.py "$OUT/ncu-ffn.csv" | tee -a "$LOG"
 
 # 7. One table.
 if [ -s "$OUT/ours.json" ] && [ -s "$OUT/torch.json" ]; then

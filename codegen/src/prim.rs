@@ -13,16 +13,20 @@
 //!   per tile a 16-bin histogram, one device scan of the digit-major histogram, then a stable
 //!   scatter whose in-tile ranks come from a shared-memory scan over (digit, unit). Segmented
 //!   sorts (per head, per block) sort composite keys `segment·bins + key`; dropped entries go to
-//!   each segment's last bin. [`group`] builds on it: the grouping of SPT's key-major index and
-//!   of the routed FFN's pairs — positions in stable order, each group's offsets found by binary
-//!   search in the sorted keys.
+//!   each segment's last bin ([`group`]: values, ranks and each bin's offset by binary search).
+//! - **Stable counting sort of rows of distinct bins** ([`group_rows`]): [`group`]'s result where
+//!   a row's entries name distinct bins — SPT's key index (a query's kept keys) and the routed
+//!   FFN's grouping (a token's kept blocks) — counted and filled in shared memory one row at a
+//!   time, a segmented scan between: two passes over the entries and scratch the size of the
+//!   counts, against a sort's ⌈bits / 4⌉ passes and four copies of the entries.
 //! - **Column reductions** (bias and router gradients): `out[e, i] = Σ_t w[t, e]·a[t, i]` (w
 //!   absent: plain column sums) as a two-level tree: row chunks in parallel, then the chunk
 //!   partials in chunk order.
 //!
 //! Every kernel here is a pure function of its inputs: results are bit-identical from run to
-//! run, on every device, whatever the scheduling. No kernel on a problem of N elements launches
-//! fewer than N / [`TILE`] cubes.
+//! run, on every device, whatever the scheduling. A launch over N elements runs ⌈N / [`TILE`]⌉
+//! cubes or more, but for [`group_rows`]: a cube per [`GROUP_ROWS`] rows (SPT's key index at
+//! B16 H32 L512: 4096 cubes).
 
 pub mod kernels {
     //! `#[cube]` kernels of the primitives.
@@ -338,6 +342,159 @@ pub mod kernels {
         }
     }
 
+    /// Comptime form of the grouping of rows of distinct bins ([`rows_count`], [`rows_fill`]).
+    #[derive_cube_comptime]
+    pub struct RowsConfig {
+        /// Entries per row.
+        pub slots: u32,
+        /// Rows per chunk (one cube each).
+        pub rows: u32,
+        /// Bins per segment (the last one is never counted: dropped entries).
+        pub bins: u32,
+        /// Units per cube.
+        pub units: u32,
+    }
+
+    /// The segment and chunk of the cube, and whether it has one: `segments` segments of
+    /// `seg_rows` rows, each cut into chunks of `cfg.rows` rows.
+    #[cube]
+    fn rows_chunk(
+        seg_rows: u32,
+        segments: u32,
+        #[comptime] cfg: RowsConfig,
+    ) -> (usize, usize, bool) {
+        let rows = cfg.rows as usize;
+        #[allow(clippy::manual_div_ceil)]
+        let chunks = (seg_rows as usize + rows - 1) / rows;
+        // Launched only with seg_rows > 0, so chunks > 0.
+        let c = CUBE_POS;
+        let seg = c / chunks;
+        let chunk = c % chunks;
+        (seg, chunk, seg < segments as usize)
+    }
+
+    /// Grouping of rows of distinct bins, step 1: per (segment, chunk of rows), how many entries
+    /// name each bin, counted in shared memory one row at a time (a row's entries name distinct
+    /// bins, so its units never touch the same counter), into `counts` [segments, bins, chunks]
+    /// (so one segmented scan gives every (bin, chunk) its first slot). Negative entries are
+    /// dropped. One cube per chunk.
+    #[cube(launch, launch_unchecked)]
+    pub fn rows_count(
+        src: &Array<i32>,
+        counts: &mut Array<u32>,
+        seg_rows: u32,
+        segments: u32,
+        #[comptime] cfg: RowsConfig,
+    ) {
+        let mut cnt = SharedMemory::<u32>::new(cfg.bins as usize);
+        let u = UNIT_POS as usize;
+        let units = cfg.units as usize;
+        let bins = cfg.bins as usize;
+        let slots = cfg.slots as usize;
+        let (seg, chunk, valid) = rows_chunk(seg_rows, segments, cfg);
+        for k in 0..comptime!(cfg.bins.div_ceil(cfg.units)) {
+            let b = k as usize * units + u;
+            if b < bins {
+                cnt[b] = 0u32;
+            }
+        }
+        for r in 0..cfg.rows as usize {
+            sync_cube();
+            let row = chunk * (cfg.rows as usize) + r;
+            if valid && row < seg_rows as usize {
+                #[unroll]
+                for k in 0..comptime!(cfg.slots.div_ceil(cfg.units)) {
+                    let s = k as usize * units + u;
+                    if s < slots {
+                        let j = src[(seg * seg_rows as usize + row) * slots + s];
+                        if j >= 0i32 {
+                            cnt[j as usize] += 1u32;
+                        }
+                    }
+                }
+            }
+        }
+        sync_cube();
+        if valid {
+            #[allow(clippy::manual_div_ceil)]
+            let chunks = (seg_rows as usize + cfg.rows as usize - 1) / (cfg.rows as usize);
+            for k in 0..comptime!(cfg.bins.div_ceil(cfg.units)) {
+                let b = k as usize * units + u;
+                if b < bins {
+                    counts[(seg * bins + b) * chunks + chunk] = cnt[b];
+                }
+            }
+        }
+    }
+
+    /// Step 2: every kept entry of the chunk written to its place: the chunk's first slot of
+    /// each bin (`starts`, the segmented exclusive scan of step 1) plus the entries of that bin
+    /// in earlier rows of the chunk, one row at a time. `values[p] = (g % modulus) / divisor` of
+    /// the entry's original position g, and with `rank`, `rank_of[g] = p`. One cube per chunk.
+    #[cube(launch, launch_unchecked)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn rows_fill(
+        src: &Array<i32>,
+        starts: &Array<u32>,
+        values: &mut Array<u32>,
+        rank_of: &mut Array<u32>,
+        seg_rows: u32,
+        segments: u32,
+        modulus: u32,
+        divisor: u32,
+        #[comptime] cfg: RowsConfig,
+        #[comptime] rank: bool,
+    ) {
+        let mut cur = SharedMemory::<u32>::new(cfg.bins as usize);
+        let u = UNIT_POS as usize;
+        let units = cfg.units as usize;
+        let bins = cfg.bins as usize;
+        let slots = cfg.slots as usize;
+        let (seg, chunk, valid) = rows_chunk(seg_rows, segments, cfg);
+        #[allow(clippy::manual_div_ceil)]
+        let chunks = (seg_rows as usize + cfg.rows as usize - 1) / (cfg.rows as usize);
+        for k in 0..comptime!(cfg.bins.div_ceil(cfg.units)) {
+            let b = k as usize * units + u;
+            if valid && b < bins {
+                cur[b] = starts[(seg * bins + b) * chunks + chunk];
+            }
+        }
+        let seg_len = seg_rows as usize * slots;
+        for r in 0..cfg.rows as usize {
+            sync_cube();
+            let row = chunk * (cfg.rows as usize) + r;
+            if valid && row < seg_rows as usize {
+                #[unroll]
+                for k in 0..comptime!(cfg.slots.div_ceil(cfg.units)) {
+                    let s = k as usize * units + u;
+                    if s < slots {
+                        let g = (seg * seg_rows as usize + row) * slots + s;
+                        let j = src[g];
+                        if j >= 0i32 {
+                            let at = cur[j as usize];
+                            cur[j as usize] = at + 1u32;
+                            let p = seg * seg_len + at as usize;
+                            values[p] = (g as u32 % modulus) / divisor;
+                            if rank {
+                                rank_of[g] = p as u32;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Step 3: `offsets[s, b]` = the first slot of bin b in segment s (`starts` at chunk 0).
+    /// One unit per (segment, bin).
+    #[cube(launch, launch_unchecked)]
+    pub fn rows_offsets(starts: &Array<u32>, offsets: &mut Array<u32>, chunks: u32) {
+        let k = ABSOLUTE_POS;
+        if k < offsets.len() {
+            offsets[k] = starts[k * chunks as usize];
+        }
+    }
+
     /// Comptime form of the column reductions.
     #[derive_cube_comptime]
     pub struct ColumnConfig {
@@ -438,7 +595,7 @@ pub mod kernels {
 }
 
 use crate::plan::{Arg, BufId, Cubes, Elem, Float, Kernel, PlanBuilder};
-use kernels::{ColumnConfig, DIGIT_BITS, DIGITS, ScanConfig, TILE, UNITS};
+use kernels::{ColumnConfig, DIGIT_BITS, DIGITS, RowsConfig, ScanConfig, TILE, UNITS};
 use kernels_ir::Extent;
 
 /// Tiles of [`TILE`] elements covering `len` (at least one).
@@ -568,23 +725,25 @@ fn key_bits(bound: u64) -> u32 {
 }
 
 /// Appends the stable LSD radix sort of the `n` keys of `keys` (each below `bound`), 4 bits a
-/// pass. Returns (sorted keys, original positions in sorted order), two scratch buffers [n].
+/// pass; `keys` is overwritten (it is one of the two key buffers the passes alternate
+/// between). Returns (sorted keys, original positions in sorted order), buffers [n].
 pub fn sort(b: &mut PlanBuilder, name: &str, keys: BufId, n: usize, bound: u64) -> (BufId, BufId) {
     let passes = key_bits(bound).div_ceil(DIGIT_BITS) as usize;
     let t = tiles(n);
     let hist = b.scratch(&format!("{name}_hist"), Elem::U32, &[DIGITS as usize, t]);
     let starts = b.scratch(&format!("{name}_starts"), Elem::U32, &[DIGITS as usize, t]);
-    let mut ping = Vec::new();
-    for i in 0..passes.min(2) {
-        ping.push((
-            b.scratch(&format!("{name}_keys{i}"), Elem::U32, &[n]),
-            b.scratch(&format!("{name}_vals{i}"), Elem::U32, &[n]),
-        ));
+    // Keys alternate between `keys` itself and one scratch buffer; positions between two
+    // (the first pass writes them without reading any).
+    let keys1 = b.scratch(&format!("{name}_keys1"), Elem::U32, &[n]);
+    let mut vals = vec![b.scratch(&format!("{name}_vals0"), Elem::U32, &[n])];
+    if passes > 1 {
+        vals.push(b.scratch(&format!("{name}_vals1"), Elem::U32, &[n]));
     }
     let (mut kin, mut vin) = (keys, unused(b, name, Elem::U32));
     for pass in 0..passes {
         let shift = Arg::U32(pass as u32 * DIGIT_BITS);
-        let (kout, vout) = ping[pass % 2];
+        let kout = if pass % 2 == 0 { keys1 } else { keys };
+        let vout = vals[pass % 2];
         b.append(
             &format!("{name}_hist"),
             Kernel::SortHist(),
@@ -690,6 +849,108 @@ pub fn group(
             Arg::Buf(out.offsets),
             Arg::U32(bins as u32),
             Arg::U32(seg_len as u32),
+        ],
+    );
+}
+
+/// Rows per chunk of [`group_rows`].
+pub const GROUP_ROWS: usize = 64;
+
+/// Whether [`group_rows`] can group `bins` bins on `device` (its counters live in shared
+/// memory); else [`group`] does it.
+pub fn rows_fit(bins: usize, device: &crate::plan::DeviceLimits) -> bool {
+    bins * 4 <= device.max_shared_bytes.min(32 * 1024)
+}
+
+/// Appends the stable grouping of the i32 entries of `src` ([segments, seg_rows, slots]), whose
+/// rows name distinct bins (`0..bins − 1`; a negative entry is dropped): [`group`]'s result
+/// without a sort. A cube per chunk of [`GROUP_ROWS`] rows counts its bins in shared memory one
+/// row at a time (a row's entries never share a counter); a segmented scan of the [segments,
+/// bins, chunks] counts gives every (bin, chunk) its first slot; the fill repeats the count's
+/// walk. Scratch: two u32 buffers of segments · bins · chunks. Kept entries only are written.
+#[allow(clippy::too_many_arguments)]
+pub fn group_rows(
+    b: &mut PlanBuilder,
+    name: &str,
+    src: BufId,
+    segments: usize,
+    seg_rows: usize,
+    slots: usize,
+    bins: usize,
+    out: Grouped,
+) {
+    if segments * seg_rows * slots == 0 {
+        return;
+    }
+    let chunks = seg_rows.div_ceil(GROUP_ROWS);
+    let units = slots.next_power_of_two().clamp(32, UNITS as usize);
+    let cfg = RowsConfig {
+        slots: slots as u32,
+        rows: GROUP_ROWS as u32,
+        bins: bins as u32,
+        units: units as u32,
+    };
+    let dim = (units as u32, 1, 1);
+    let cubes = Cubes::Units(Extent::Fixed(segments * chunks * units), 1);
+    let counts = b.scratch(
+        &format!("{name}_counts"),
+        Elem::U32,
+        &[segments, bins, chunks],
+    );
+    let starts = b.scratch(
+        &format!("{name}_starts"),
+        Elem::U32,
+        &[segments, bins, chunks],
+    );
+    b.append(
+        &format!("{name}_count"),
+        Kernel::RowsCount(cfg),
+        cubes,
+        dim,
+        vec![
+            Arg::Buf(src),
+            Arg::Buf(counts),
+            Arg::U32(seg_rows as u32),
+            Arg::U32(segments as u32),
+        ],
+    );
+    scan(
+        b,
+        &format!("{name}_scan"),
+        counts,
+        starts,
+        segments,
+        bins * chunks,
+        false,
+    );
+    let rank_of = match out.rank_of {
+        Some(r) => r,
+        None => unused(b, name, Elem::U32),
+    };
+    b.append(
+        &format!("{name}_fill"),
+        Kernel::RowsFill(cfg, out.rank_of.is_some()),
+        cubes,
+        dim,
+        vec![
+            Arg::Buf(src),
+            Arg::Buf(starts),
+            Arg::Buf(out.values),
+            Arg::Buf(rank_of),
+            Arg::U32(seg_rows as u32),
+            Arg::U32(segments as u32),
+            Arg::U32(out.modulus as u32),
+            Arg::U32(out.divisor as u32),
+        ],
+    );
+    b.elementwise(
+        &format!("{name}_offsets"),
+        Kernel::RowsOffsets(),
+        segments * bins,
+        vec![
+            Arg::Buf(starts),
+            Arg::Buf(out.offsets),
+            Arg::U32(chunks as u32),
         ],
     );
 }

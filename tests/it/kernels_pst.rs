@@ -56,7 +56,7 @@ fn check(c: &PstCase) -> Result<(), TestCaseError> {
 // Every case specialises the kernels to its sizes and ranks (a fresh lavapipe compile), so the
 // draws are fewer than for the other families.
 proptest! {
-    #![proptest_config(proptest_config(12))]
+    #![proptest_config(proptest_config(8))]
 
     #[test]
     fn pst_kernels_match_reference_f32(c in case(DType::F32)) {

@@ -71,7 +71,7 @@ fn values(m: &TensorMap, name: &str) -> Vec<f64> {
 }
 
 proptest! {
-    #![proptest_config(proptest_config(32))]
+    #![proptest_config(proptest_config(20))]
 
     #[test]
     fn routed_kernels_match_reference_f32(c in case(DType::F32)) {

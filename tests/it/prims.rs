@@ -208,6 +208,62 @@ proptest! {
         }
     }
 
+    /// The grouping of rows whose entries name distinct bins (SPT's key index, the routed FFN's
+    /// pairs) equals a stable host sort on its kept entries: one to 300 slots a row (more than
+    /// a cube's units), rows past one chunk, dropped entries, all rows naming the same bins.
+    #[test]
+    fn grouping_rows_of_distinct_bins_equals_a_stable_host_sort(
+        segments in 1usize..6, seg_rows in prop_oneof![Just(1usize), 2usize..200],
+        slots in prop_oneof![Just(1usize), 2usize..70, Just(300usize)], extra in 0usize..600,
+        drop_frac in 0.0f64..0.5, same_rows: bool, seed: u64,
+    ) {
+        let Some(device) = wgpu_or_skip("grouping rows") else { return Ok(()); };
+        let bins = slots + extra + 1;
+        let mut rng = SplitMix64::new(seed);
+        let pick = |rng: &mut SplitMix64| {
+            // `slots` distinct bins of 0..bins − 1, in random order (a partial shuffle).
+            let mut all: Vec<i32> = (0..(bins - 1) as i32).collect();
+            for i in 0..slots {
+                let j = i + rng.below(all.len() - i);
+                all.swap(i, j);
+            }
+            all.truncate(slots);
+            all
+        };
+        let shared_row = pick(&mut rng);
+        let mut src = Vec::new();
+        for _ in 0..segments * seg_rows {
+            let row = if same_rows { shared_row.clone() } else { pick(&mut rng) };
+            for v in row {
+                src.push(if rng.uniform() < drop_frac { -1 } else { v });
+            }
+        }
+        let n = src.len();
+        let seg_len = seg_rows * slots;
+        let mut b = builder("grouping rows");
+        let input = b.input("src", Elem::I32, &[n]);
+        let values = b.output("values", Elem::U32, &[n]);
+        let offsets = b.output("offsets", Elem::U32, &[segments, bins]);
+        let rank_of = b.output("rank_of", Elem::U32, &[n]);
+        prim::group_rows(&mut b, "rows", input, segments, seg_rows, slots, bins, Grouped {
+            values, offsets, rank_of: Some(rank_of), modulus: seg_len, divisor: 1,
+        });
+        let words: Vec<u32> = src.iter().map(|&v| v as u32).collect();
+        let got = run_twice(&device, &b.finish(), &[("src", words)]);
+        let (v, o, r) = host_group(&src, seg_len, bins);
+        prop_assert_eq!(&got["offsets"], &o);
+        for s in 0..segments {
+            let kept = o[s * bins + bins - 1] as usize;
+            let at = s * seg_len;
+            prop_assert_eq!(&got["values"][at..at + kept], &v[at..at + kept]);
+        }
+        for g in 0..n {
+            if src[g] >= 0 {
+                prop_assert_eq!(got["rank_of"][g], r[g]);
+            }
+        }
+    }
+
     /// Column sums, plain and weighted with a bias column, equal f64 sums to f32 accuracy.
     #[test]
     fn column_sums_equal_the_host(

@@ -7,7 +7,7 @@
 //! dispatch of the executor (`sparsecube-runtime`).
 
 use crate::cbm::kernels::CbmConfig;
-use crate::prim::kernels::{ColumnConfig, ScanConfig};
+use crate::prim::kernels::{ColumnConfig, RowsConfig, ScanConfig};
 use crate::pst::kernels::PstConfig;
 use crate::routed::kernels::RoutedConfig;
 use crate::select::kernels::TopkConfig;
@@ -103,6 +103,12 @@ macro_rules! kernel_table {
             GroupValues(rank: bool) = prim::kernels::group_values, GroupValues, plain, (a a a u u);
             /// Grouping: each bin's offset in its segment.
             GroupOffsets() = prim::kernels::group_offsets, GroupOffsets, plain, (a a u u);
+            /// Grouping of rows of distinct bins: counts per chunk in shared memory.
+            RowsCount(cfg: RowsConfig) = prim::kernels::rows_count, RowsCount, plain, (a a u u);
+            /// Grouping of rows of distinct bins: the ordered fill.
+            RowsFill(cfg: RowsConfig, rank: bool) = prim::kernels::rows_fill, RowsFill, plain, (a a a a u u u u);
+            /// Grouping of rows of distinct bins: each bin's offset.
+            RowsOffsets() = prim::kernels::rows_offsets, RowsOffsets, plain, (a a u);
             /// Column reduction, level 1: partial sums per row chunk.
             ColumnPartial(cfg: ColumnConfig) = prim::kernels::column_partial, ColumnPartial, generic, (a a a u u u);
             /// Column reduction, level 2: the chunks in order.

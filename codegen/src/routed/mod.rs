@@ -94,13 +94,15 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
         t,
         vec![buf(x), buf(wr), buf(br), buf(gates), buf(blocks)],
     );
-    // Group the kept pairs by block, each group in token order: a stable counting sort.
-    prim::group(
+    // Group the kept pairs by block, each group in token order: a stable counting sort (a
+    // token's kept blocks are distinct).
+    prim::group_rows(
         &mut f,
         "routed_group",
         blocks,
         1,
-        pairs,
+        t,
+        top,
         e_n + 1,
         prim::Grouped {
             values: pair_token,

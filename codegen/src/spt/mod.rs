@@ -197,7 +197,16 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
                 seq.clone(),
             ],
         );
-        key_index(&mut b, indices, [offsets, entries], heads, l, cfg.topk);
+        let shared = prim::rows_fit(l + 1, &ctx.opts.device);
+        key_index(
+            &mut b,
+            indices,
+            [offsets, entries],
+            heads,
+            l,
+            cfg.topk,
+            shared,
+        );
         rows_launch(
             &mut b,
             "spt_bwd_keys",
@@ -225,9 +234,12 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
 }
 
 /// The key-major view of the kept set: per head, the within-head positions i·topk + slot of
-/// the kept entries grouped by key j (a dropped slot, j < 0, in the head's last bin), each
-/// group in query order, into `entries` [heads, L·topk]; `offsets` [heads, L + 1] where each
-/// key's group starts, `offsets[head, L]` the head's kept count.
+/// the kept entries grouped by key j, each group in query order, into `entries` [heads,
+/// L·topk]; `offsets` [heads, L + 1] where each key's group starts, `offsets[head, L]` the
+/// head's kept count. A query row's kept keys are distinct, so the grouping counts and fills in
+/// shared memory row by row ([`prim::group_rows`]); where L + 1 counters do not fit shared
+/// memory (`shared` false), by the radix sort of [`prim::group`] (dropped slots, j < 0, in the
+/// head's last bin).
 fn key_index(
     b: &mut PlanBuilder,
     indices: BufId,
@@ -235,23 +247,21 @@ fn key_index(
     heads: usize,
     l: usize,
     topk: u32,
+    shared: bool,
 ) {
     let per_head = l * topk as usize;
-    prim::group(
-        b,
-        "spt_keys",
-        indices,
-        heads,
-        per_head,
-        l + 1,
-        prim::Grouped {
-            values: entries,
-            offsets,
-            rank_of: None,
-            modulus: per_head.max(1),
-            divisor: 1,
-        },
-    );
+    let out = prim::Grouped {
+        values: entries,
+        offsets,
+        rank_of: None,
+        modulus: per_head.max(1),
+        divisor: 1,
+    };
+    if shared {
+        prim::group_rows(b, "spt_keys", indices, heads, l, topk as usize, l + 1, out);
+    } else {
+        prim::group(b, "spt_keys", indices, heads, per_head, l + 1, out);
+    }
 }
 
 /// The plan of a `pq-encode` spec: the codes [N, S] of the rows of x [N, D].

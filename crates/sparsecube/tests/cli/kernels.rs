@@ -100,18 +100,17 @@ fn gen_prints_cuda_and_wgsl_without_a_gpu() {
         "spt_select_f_f32",
         "spt_attend_fwd_f_f32",
         "spt_bwd_rows_f_f32",
-        "group_keys",
-        "sort_hist",
+        "rows_count",
         "scan_apply",
-        "sort_scatter",
-        "group_values",
-        "group_offsets",
+        "rows_fill",
+        "rows_offsets",
         "spt_bwd_keys_f_f32",
     ] {
         assert!(
             // 64 units per cube for one-unit-per-row kernels, 32 lanes × 4 rows for the
-            // plane-per-row ones, 256 for the tiled primitives.
-            ["64", "128", "256"]
+            // plane-per-row ones, 256 for the tiled primitives, a row's slots (at least a
+            // warp) for the grouping of rows.
+            ["32", "64", "128", "256"]
                 .iter()
                 .any(|units| text
                     .contains(&format!("__global__ void __launch_bounds__({units}){k} ("))),
@@ -124,9 +123,7 @@ fn gen_prints_cuda_and_wgsl_without_a_gpu() {
         String::from_utf8_lossy(&wgsl.stdout)
             .matches("@compute")
             .count(),
-        // The eleven kernels above, sort_scatter twice (two radix passes; the first one's
-        // comptime config writes positions): 12.
-        12
+        9
     );
 
     let dir = tempfile::tempdir().unwrap();
@@ -219,14 +216,14 @@ fn gen_resources_reports_ptxas_numbers_or_says_what_is_missing() {
     if std::env::var_os("SPARSECUBE_CUDA_WHEELS").is_some() {
         assert!(o.status.success(), "{}", stderr(&o));
         let text = String::from_utf8_lossy(&o.stdout);
-        // pq_encode, spt_select, spt_attend_fwd, spt_bwd_rows, the key index's grouping (keys,
-        // histogram, scan, two radix passes' scatters, values, offsets), spt_bwd_keys; after a
-        // header naming the NVRTC and ptxas versions.
+        // pq_encode, spt_select, spt_attend_fwd, spt_bwd_rows, the key index's grouping (count,
+        // scan, fill, offsets), spt_bwd_keys; after a header naming the NVRTC and ptxas
+        // versions.
         assert_eq!(
             text.lines()
                 .filter(|l| l.contains(" registers, ") && l.contains("spill stores/loads"))
                 .count(),
-            12,
+            9,
             "{text}"
         );
         assert!(
