@@ -85,6 +85,48 @@ pub mod kernels {
         (seg, first)
     }
 
+    /// Zeroes the unit's column of `counts` [DIGITS, UNITS] (digit-major) and counts its
+    /// [`ITEMS`] keys' 4-bit digits at `shift` into it (keys past `n`, or any when `valid` is
+    /// false, are not counted). The caller synchronises before reading other columns.
+    #[cube]
+    fn digit_counts(
+        keys: &Array<u32>,
+        counts: &mut SharedMemory<u32>,
+        first: usize,
+        n: u32,
+        shift: u32,
+        valid: bool,
+    ) {
+        let u = UNIT_POS as usize;
+        let units = UNITS as usize;
+        for d in 0..DIGITS as usize {
+            counts[d * units + u] = 0u32;
+        }
+        if valid {
+            for i in 0..ITEMS as usize {
+                if first + i < n as usize {
+                    let d = ((keys[first + i] >> shift) & (DIGITS - 1)) as usize;
+                    counts[d * units + u] += 1u32;
+                }
+            }
+        }
+    }
+
+    /// The sum of the unit's [`ITEMS`] elements of segment `seg` (of `n` elements) from
+    /// `first` on (none when `valid` is false).
+    #[cube]
+    fn unit_sum(input: &Array<u32>, seg: usize, first: usize, n: usize, valid: bool) -> u32 {
+        let mut v = 0u32;
+        if valid {
+            for i in 0..ITEMS as usize {
+                if first + i < n {
+                    v += input[seg * n + first + i];
+                }
+            }
+        }
+        v
+    }
+
     /// Scan, level 1: the total of each tile of each segment into `sums` [segments ·
     /// tiles_per_seg]. One cube per tile.
     #[cube(launch, launch_unchecked)]
@@ -98,14 +140,7 @@ pub mod kernels {
         let (seg, first) = tile_of(tiles_per_seg);
         let n = seg_len as usize;
         let valid = CUBE_POS < sums.len();
-        let mut v = 0u32;
-        if valid {
-            for i in 0..ITEMS as usize {
-                if first + i < n {
-                    v += input[seg * n + first + i];
-                }
-            }
-        }
+        let v = unit_sum(input, seg, first, n, valid);
         let (_prefix, total) = cube_scan(v, &mut smem);
         if valid && UNIT_POS == 0 {
             sums[CUBE_POS] = total;
@@ -137,14 +172,7 @@ pub mod kernels {
         let (seg, first) = tile_of(tiles_per_seg);
         let n = seg_len as usize;
         let valid = CUBE_POS < tiles as usize;
-        let mut v = 0u32;
-        if valid {
-            for i in 0..ITEMS as usize {
-                if first + i < n {
-                    v += input[seg * n + first + i];
-                }
-            }
-        }
+        let v = unit_sum(input, seg, first, n, valid);
         let (prefix, _total) = cube_scan(v, &mut smem);
         if valid {
             let mut running = prefix;
@@ -174,21 +202,10 @@ pub mod kernels {
     pub fn sort_hist(keys: &Array<u32>, hist: &mut Array<u32>, n: u32, shift: u32) {
         let mut counts = SharedMemory::<u32>::new((DIGITS * UNITS) as usize);
         let u = UNIT_POS as usize;
-        let units = UNITS as usize;
         let tiles = hist.len() / (DIGITS as usize);
         let tile = CUBE_POS;
         let first = tile * (TILE as usize) + u * (ITEMS as usize);
-        for d in 0..DIGITS as usize {
-            counts[d * units + u] = 0u32;
-        }
-        if tile < tiles {
-            for i in 0..ITEMS as usize {
-                if first + i < n as usize {
-                    let d = ((keys[first + i] >> shift) & (DIGITS - 1)) as usize;
-                    counts[d * units + u] += 1u32;
-                }
-            }
-        }
+        digit_counts(keys, &mut counts, first, n, shift, tile < tiles);
         sync_cube();
         // Unit u sums 16 consecutive columns of digit u / 16; then 16 units sum those.
         let mut part = 0u32;
@@ -232,17 +249,7 @@ pub mod kernels {
         let tile = CUBE_POS;
         let valid = tile < tiles;
         let first = tile * (TILE as usize) + u * (ITEMS as usize);
-        for d in 0..DIGITS as usize {
-            counts[d * units + u] = 0u32;
-        }
-        if valid {
-            for i in 0..ITEMS as usize {
-                if first + i < n as usize {
-                    let d = ((keys_in[first + i] >> shift) & (DIGITS - 1)) as usize;
-                    counts[d * units + u] += 1u32;
-                }
-            }
-        }
+        digit_counts(keys_in, &mut counts, first, n, shift, valid);
         sync_cube();
         // Exclusive scan of counts in digit-major order: unit u owns entries u·16 .. u·16 + 16.
         let mut local = 0u32;
