@@ -43,7 +43,7 @@ def main():
         if not name.startswith("dense_")
     )
     families = {
-        "grouping / scan / sort (prim)": ("group_", "sort_", "scan_"),
+        "grouping / scan / sort (prim)": ("group_", "rows_", "sort_", "scan_"),
         "column reductions (bias, router gradients)": ("column_",),
         "selection": ("select_",),
     }

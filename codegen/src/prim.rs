@@ -25,8 +25,10 @@
 //!
 //! Every kernel here is a pure function of its inputs: results are bit-identical from run to
 //! run, on every device, whatever the scheduling. A launch over N elements runs ⌈N / [`TILE`]⌉
-//! cubes or more, but for [`group_rows`]: a cube per [`GROUP_ROWS`] rows (SPT's key index at
-//! B16 H32 L512: 4096 cubes).
+//! cubes or more, but for [`group_rows`] (a cube per [`GROUP_ROWS`] rows: SPT's key index at
+//! B16 H32 L512 runs 4096) and [`column_sums`] (a cube per 256 columns and 64 or more rows).
+//! The radix sort's scatter holds 17 KiB of shared memory (lavapipe and CUDA have 32 KiB or
+//! more; WebGPU's baseline is 16 KiB).
 
 pub mod kernels {
     //! `#[cube]` kernels of the primitives.
@@ -414,7 +416,8 @@ pub mod kernels {
                     let s = k as usize * units + u;
                     if s < slots {
                         let j = src[(seg * seg_rows as usize + row) * slots + s];
-                        if j >= 0i32 {
+                        // Out-of-range entries are dropped like negative ones.
+                        if j >= 0i32 && (j as u32) < cfg.bins - 1 {
                             cnt[j as usize] += 1u32;
                         }
                     }
@@ -477,7 +480,7 @@ pub mod kernels {
                     if s < slots {
                         let g = (seg * seg_rows as usize + row) * slots + s;
                         let j = src[g];
-                        if j >= 0i32 {
+                        if j >= 0i32 && (j as u32) < cfg.bins - 1 {
                             let at = cur[j as usize];
                             cur[j as usize] = at + 1u32;
                             let p = seg * seg_len + at as usize;
@@ -556,10 +559,14 @@ pub mod kernels {
                     wat += groups;
                 }
             } else {
-                // The bias column: Σ_t w[t, e].
+                // The bias column: Σ_t w[t, e] (the row count without weights).
                 let mut wat = first * groups + e;
                 for _t in first..last {
-                    acc += w[wat];
+                    if cfg.weighted {
+                        acc += w[wat];
+                    } else {
+                        acc += 1.0f32;
+                    }
                     wat += groups;
                 }
             }
@@ -785,16 +792,26 @@ pub fn sort(b: &mut PlanBuilder, name: &str, keys: BufId, n: usize, bound: u64) 
     (kin, vin)
 }
 
+/// Every bin of an empty grouping starts at 0: `offsets` (len words) as the scan of zeros.
+fn zero_offsets(b: &mut PlanBuilder, name: &str, len: usize, offsets: BufId) {
+    if len > 0 {
+        let zeros = b.zeros(&format!("{name}_zeros"), Elem::U32, &[len]);
+        scan(b, &format!("{name}_empty"), zeros, offsets, 1, len, false);
+    }
+}
+
 /// Where [`group`] writes.
 #[derive(Clone, Copy, Debug)]
 pub struct Grouped {
     /// [segments · seg_len] u32: per sorted entry, `(position % modulus) / divisor` of its
-    /// original position (kept entries of a segment first, by bin, in original order).
+    /// original position (kept entries of a segment first, by bin, in original order;
+    /// [`group_rows`] writes the kept entries only).
     pub values: BufId,
     /// [segments, bins] u32: where each bin starts within its segment (the last bin holds the
     /// dropped entries, so `offsets[s, bins − 1]` is the segment's kept count).
     pub offsets: BufId,
-    /// Optional [segments · seg_len] u32: the sorted position of each original entry.
+    /// Optional [segments · seg_len] u32: the sorted position of each original entry
+    /// ([`group_rows`]: of each kept entry).
     pub rank_of: Option<BufId>,
     /// The modulus of the written values.
     pub modulus: usize,
@@ -816,6 +833,7 @@ pub fn group(
 ) {
     let n = segments * seg_len;
     if n == 0 {
+        zero_offsets(b, name, segments * bins, out.offsets);
         return;
     }
     let keys = b.scratch(&format!("{name}_keys"), Elem::U32, &[n]);
@@ -870,8 +888,8 @@ pub fn rows_fit(bins: usize, device: &crate::plan::DeviceLimits) -> bool {
 }
 
 /// Appends the stable grouping of the i32 entries of `src` ([segments, seg_rows, slots]), whose
-/// rows name distinct bins (`0..bins − 1`; a negative entry is dropped): [`group`]'s result
-/// without a sort. A cube per chunk of [`GROUP_ROWS`] rows counts its bins in shared memory one
+/// rows name distinct bins (`0..bins − 1`; a negative or larger entry is dropped; two equal
+/// entries in one row would race): [`group`]'s result without a sort. A cube per chunk of [`GROUP_ROWS`] rows counts its bins in shared memory one
 /// row at a time (a row's entries never share a counter); a segmented scan of the [segments,
 /// bins, chunks] counts gives every (bin, chunk) its first slot; the fill repeats the count's
 /// walk. Scratch: two u32 buffers of segments · bins · chunks. Kept entries only are written.
@@ -887,6 +905,7 @@ pub fn group_rows(
     out: Grouped,
 ) {
     if segments * seg_rows * slots == 0 {
+        zero_offsets(b, name, segments * bins, out.offsets);
         return;
     }
     let chunks = seg_rows.div_ceil(GROUP_ROWS);
@@ -962,10 +981,12 @@ pub fn group_rows(
     );
 }
 
-/// Rows per chunk of a column reduction over `rows` rows: enough chunks to fill a large GPU
-/// (at least 64 rows a chunk), at most 1024 chunks (the second level's loop).
-pub fn chunk_rows(rows: usize) -> usize {
-    64.max(rows.div_ceil(1024))
+/// Rows per chunk of a column reduction over `rows` rows into `outputs` sums: enough chunks to
+/// fill a large GPU (at least 64 rows a chunk), at most 1024 chunks (the second level's loop)
+/// and at most 2^24 partial sums (64 MiB of scratch).
+pub fn chunk_rows(rows: usize, outputs: usize) -> usize {
+    let chunks = 1024.min((1usize << 24) / outputs.max(1)).max(1);
+    64.max(rows.div_ceil(chunks))
 }
 
 /// Appends the column reduction `out[e, i] = Σ_t w[t, e]·a[t, i]` over `rows` rows of `a`
@@ -993,7 +1014,7 @@ pub fn column_sums(
         weighted: w.is_some(),
         bias: out_bias.is_some(),
     };
-    let per = chunk_rows(rows);
+    let per = chunk_rows(rows, groups * width);
     let chunks = rows.div_ceil(per).max(1);
     let partial = b.scratch(
         &format!("{name}_partial"),

@@ -190,6 +190,8 @@ pub mod kernels {
         let u = UNIT_POS;
         let prefix = state[0];
         let rank = state[1];
+        // Every unit has read the state before the one that picks rewrites it.
+        sync_storage();
         let n = totals[u as usize];
         let (below, _total) = cube_scan(n, &mut smem);
         if below < rank && rank <= below + n {

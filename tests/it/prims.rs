@@ -205,6 +205,9 @@ proptest! {
             prop_assert_eq!(&got["values"], &v);
             prop_assert_eq!(&got["offsets"], &o);
             prop_assert_eq!(&got["rank_of"], &r);
+        } else {
+            // An empty grouping: every bin of every segment starts at 0.
+            prop_assert_eq!(&got["offsets"], &vec![0u32; segments * bins]);
         }
     }
 

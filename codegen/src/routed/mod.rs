@@ -1,15 +1,16 @@
 //! The routed FFN (SPT's routed FFN, a general MoE) lowered to launch plans.
 //!
-//! Forward: `routed_gate` (gates, kept blocks) → grouping by block (`routed_group_*`: the stable
-//! radix sort of [`crate::prim::group`], each group in token order) →
+//! Forward: `routed_gate` (gates, kept blocks) → grouping by block (`routed_group_*`: the
+//! counting sort of [`crate::prim::group_rows`] — a token's blocks are distinct —, or past shared
+//! memory the radix sort of [`crate::prim::group`]; each group in token order) →
 //! `routed_up` (x·w1ᵀ + b1 and the activation over the kept pairs only) → `routed_down` (·w2ᵀ and
 //! the gate's output coefficient, per pair) → `routed_combine` (the weighted un-permute, + b2).
 //! Backward: `routed_bwd_hidden` → `routed_bwd_router` (router logits) → `routed_bwd_dx` (per
 //! pair) → `routed_bwd_dx_combine` (+ the router path), `routed_bwd_w1` (with db1 as its row
 //! sums) and `routed_bwd_w2` (tiled per block), `routed_bwd_db2` and `routed_bwd_router_w` (dwr,
-//! dbr: [`crate::prim::column_sums`], two-level column reductions). The six products are tile programs with grouped rows (tiles scheduled across the
-//! variable-size groups on the device) or a reduction over each block's group; only kept
-//! (token, block) pairs are computed.
+//! dbr: [`crate::prim::column_sums`], two-level column reductions). The six products are tile
+//! programs with grouped rows (tiles scheduled across the variable-size groups on the device)
+//! or a reduction over each block's group; only kept (token, block) pairs are computed.
 
 pub mod kernels;
 
@@ -96,22 +97,18 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
     );
     // Group the kept pairs by block, each group in token order: a stable counting sort (a
     // token's kept blocks are distinct).
-    prim::group_rows(
-        &mut f,
-        "routed_group",
-        blocks,
-        1,
-        t,
-        top,
-        e_n + 1,
-        prim::Grouped {
-            values: pair_token,
-            offsets,
-            rank_of: Some(slot_of),
-            modulus: pairs.max(1),
-            divisor: top,
-        },
-    );
+    let grouped = prim::Grouped {
+        values: pair_token,
+        offsets,
+        rank_of: Some(slot_of),
+        modulus: pairs.max(1),
+        divisor: top,
+    };
+    if prim::rows_fit(e_n + 1, &ctx.opts.device) {
+        prim::group_rows(&mut f, "routed_group", blocks, 1, t, top, e_n + 1, grouped);
+    } else {
+        prim::group(&mut f, "routed_group", blocks, 1, pairs, e_n + 1, grouped);
+    }
     // pre = x_t·w1[e·bs + j] + b1; h = act(c_in·pre); cout = c_out, per pair.
     let mut a = Operand::strided(Src::storage(0), dm32, 1, 0);
     a.gather_mn = true;

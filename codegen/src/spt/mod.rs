@@ -5,8 +5,9 @@
 //! `fused = false`, the unfused fallback `spt_sddmm` → `spt_softmax` → `spt_spmm` (which holds
 //! B·H·L·topk scores in scratch).
 //! Backward: `spt_bwd_rows` (dq, p, ds) → `spt_keys_*` (the key-major view: per head, the kept
-//! (query, slot) positions grouped by key in query order, by the stable radix sort of
-//! [`crate::prim::group`]) →
+//! (query, slot) positions grouped by key in query order, by the counting sort of
+//! [`crate::prim::group_rows`] — a query's kept keys are distinct —, or past shared memory the
+//! radix sort of [`crate::prim::group`]) →
 //! `spt_bwd_keys` (dk, dv). The row kernels run `lanes` lanes per row (the schedule's, capped at
 //! the device's plane size).
 
