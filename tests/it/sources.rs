@@ -262,8 +262,10 @@ fn generated_sources_snapshots() {
                     "pst_fwd",
                     "pst_bwd_dx",
                     "pst_bwd_w",
-                    "pst_bwd_rows",
-                    "pst_bwd_cols",
+                    "pst_bwd_rows_partial",
+                    "pst_bwd_rows_finish",
+                    "pst_bwd_cols_partial",
+                    "pst_bwd_cols_finish",
                 ],
                 // (SaRA's AdamW and re-mask are the optimiser's plans, not the op's.)
                 OpKind::SaraLinear => vec![

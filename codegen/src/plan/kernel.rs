@@ -85,10 +85,10 @@ macro_rules! kernel_table {
             PstScore(cfg: PstConfig) = pst::kernels::pst_score, PstScore, generic, (a a a a a a a a a);
             /// PST's 0/1 mask.
             PstMask() = pst::kernels::pst_mask, PstMask, generic, (a a a);
-            /// PST's low-rank gradients per output row.
-            PstBwdRows(cfg: PstConfig) = pst::kernels::pst_bwd_rows, PstBwdRows, generic, (a a a a a a a a);
-            /// PST's low-rank gradients per input column.
-            PstBwdCols(cfg: PstConfig) = pst::kernels::pst_bwd_cols, PstBwdCols, generic, (a a a a a a a a);
+            /// PST's low-rank gradients, level 1: partial sums per (line, chunk).
+            PstGradPartial(cfg: PstConfig, rows: bool) = pst::kernels::pst_grad_partial, PstGradPartial, generic, (a a a a a u);
+            /// PST's low-rank gradients, level 2: the chunks in order, scaled.
+            PstGradFinish(cfg: PstConfig, rows: bool) = pst::kernels::pst_grad_finish, PstGradFinish, generic, (a a a a a u);
             /// Scan, level 1: tile totals.
             ScanReduce() = prim::kernels::scan_reduce, ScanReduce, plain, (a a u u);
             /// Scan, level 2: tile prefixes plus carries.

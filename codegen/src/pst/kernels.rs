@@ -114,24 +114,33 @@ pub fn pst_mask<F: Float>(score: &Array<f32>, state: &Array<u32>, mask: &mut Arr
     }
 }
 
-/// Per output row o (one unit each): dU[o, :] = β·dW'[o, :]·Vᵀ, dA[o, :] = α1·dS[o, :]·Bᵀ,
-/// dR[o] = α2·Σ_i dS[o, i], over the inputs in order.
+/// The low-rank gradients' sums, level 1, two ways. `rows` true: per output row o and chunk of
+/// `chunk` inputs, Σ_i dW'[o, i]·V[r, i] (r < rank), Σ_i dS[o, i]·B[k, i] (k < mrank) and
+/// Σ_i dS[o, i]; `rows` false: per input column i and chunk of `chunk` outputs, Σ_o
+/// U[o, r]·dW'[o, i], Σ_o A[o, k]·dS[o, i] and Σ_o dS[o, i]. Into `partial` [chunks, n,
+/// rank + mrank + 1] (n = outputs or inputs), in order. Cubes: (blocks of n, chunks); a unit per
+/// (line, chunk).
 #[cube(launch, launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-pub fn pst_bwd_rows<F: Float>(
+pub fn pst_grad_partial<F: Float>(
     dwp: &Array<f32>,
     ds: &Array<f32>,
-    v: &Array<F>,
-    mb: &Array<F>,
-    coef: &Array<f32>,
-    du: &mut Array<F>,
-    dma: &mut Array<F>,
-    dmr: &mut Array<F>,
+    fu: &Array<F>,
+    fa: &Array<F>,
+    partial: &mut Array<f32>,
+    chunk: u32,
     #[comptime] cfg: PstConfig,
+    #[comptime] rows: bool,
 ) {
-    let o = ABSOLUTE_POS;
+    let line = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
+    let c = CUBE_POS_Y as usize;
     let n_in = cfg.n_in as usize;
-    if o < dmr.len() {
+    let rank = cfg.rank as usize;
+    let mrank = cfg.mrank as usize;
+    let width = (cfg.rank + cfg.mrank + 1) as usize;
+    let lines = comptime!(if rows { cfg.n_out } else { cfg.n_in }) as usize;
+    let along = comptime!(if rows { cfg.n_in } else { cfg.n_out }) as usize;
+    if line < lines {
         let mut gu = Array::<f32>::new(comptime!(cfg.rank as usize));
         let mut ga = Array::<f32>::new(comptime!(cfg.mrank as usize));
         #[unroll]
@@ -143,82 +152,98 @@ pub fn pst_bwd_rows<F: Float>(
             ga[k as usize] = 0.0f32;
         }
         let mut gr = 0.0f32;
-        for i in 0..n_in {
-            let a = dwp[o * n_in + i];
-            let b = ds[o * n_in + i];
+        let first = c * chunk as usize;
+        let mut last = first + chunk as usize;
+        if last > along {
+            last = along;
+        }
+        for j in first..last {
+            // rows: j is the input i of output row `line`; else j is the output o of column
+            // `line`.
+            let mut at = line * n_in + j;
+            if !rows {
+                at = j * n_in + line;
+            }
+            let a = dwp[at];
+            let b = ds[at];
             #[unroll]
             for r in 0..cfg.rank {
-                gu[r as usize] += a * f32::cast_from(v[(r as usize) * n_in + i]);
+                let mut fi = j * rank + r as usize;
+                if rows {
+                    fi = (r as usize) * n_in + j;
+                }
+                gu[r as usize] += a * f32::cast_from(fu[fi]);
             }
             #[unroll]
             for k in 0..cfg.mrank {
-                ga[k as usize] += b * f32::cast_from(mb[(k as usize) * n_in + i]);
+                let mut fi = j * mrank + k as usize;
+                if rows {
+                    fi = (k as usize) * n_in + j;
+                }
+                ga[k as usize] += b * f32::cast_from(fa[fi]);
             }
             gr += b;
         }
+        let base = (c * lines + line) * width;
         #[unroll]
         for r in 0..cfg.rank {
-            du[o * (cfg.rank as usize) + r as usize] = F::cast_from(coef[2] * gu[r as usize]);
+            partial[base + r as usize] = gu[r as usize];
         }
         #[unroll]
         for k in 0..cfg.mrank {
-            dma[o * (cfg.mrank as usize) + k as usize] = F::cast_from(coef[0] * ga[k as usize]);
+            partial[base + rank + k as usize] = ga[k as usize];
         }
-        dmr[o] = F::cast_from(coef[1] * gr);
+        partial[base + rank + mrank] = gr;
     }
 }
 
-/// Per input column i (one unit each): dV[:, i] = β·Uᵀ·dW'[:, i], dB[:, i] = α1·Aᵀ·dS[:, i],
-/// dC[i] = α2·Σ_o dS[o, i], over the outputs in order.
+/// The low-rank gradients, level 2: the chunk partials of each line summed in chunk order and
+/// scaled. `rows` true: dU[o, :] = β·Σ, dA[o, :] = α1·Σ, dR[o] = α2·Σ; `rows` false: dV[:, i],
+/// dB[:, i], dC[i] likewise. One unit per line.
 #[cube(launch, launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-pub fn pst_bwd_cols<F: Float>(
-    dwp: &Array<f32>,
-    ds: &Array<f32>,
-    u: &Array<F>,
-    ma: &Array<F>,
+pub fn pst_grad_finish<F: Float>(
+    partial: &Array<f32>,
     coef: &Array<f32>,
-    dv: &mut Array<F>,
-    dmb: &mut Array<F>,
-    dmc: &mut Array<F>,
+    g1: &mut Array<F>,
+    g2: &mut Array<F>,
+    g3: &mut Array<F>,
+    chunks: u32,
     #[comptime] cfg: PstConfig,
+    #[comptime] rows: bool,
 ) {
-    let i = ABSOLUTE_POS;
+    let line = ABSOLUTE_POS;
     let n_in = cfg.n_in as usize;
-    let n_out = cfg.n_out as usize;
-    if i < dmc.len() {
-        let mut gv = Array::<f32>::new(comptime!(cfg.rank as usize));
-        let mut gb = Array::<f32>::new(comptime!(cfg.mrank as usize));
+    let rank = cfg.rank as usize;
+    let mrank = cfg.mrank as usize;
+    let width = (cfg.rank + cfg.mrank + 1) as usize;
+    let lines = comptime!(if rows { cfg.n_out } else { cfg.n_in }) as usize;
+    if line < lines {
         #[unroll]
-        for r in 0..cfg.rank {
-            gv[r as usize] = 0.0f32;
-        }
-        #[unroll]
-        for k in 0..cfg.mrank {
-            gb[k as usize] = 0.0f32;
-        }
-        let mut gc = 0.0f32;
-        for o in 0..n_out {
-            let a = dwp[o * n_in + i];
-            let b = ds[o * n_in + i];
-            #[unroll]
-            for r in 0..cfg.rank {
-                gv[r as usize] += f32::cast_from(u[o * (cfg.rank as usize) + r as usize]) * a;
+        for q in 0..comptime!(cfg.rank + cfg.mrank + 1) {
+            let mut acc = 0.0f32;
+            for c in 0..chunks as usize {
+                acc += partial[(c * lines + line) * width + q as usize];
             }
-            #[unroll]
-            for k in 0..cfg.mrank {
-                gb[k as usize] += f32::cast_from(ma[o * (cfg.mrank as usize) + k as usize]) * b;
+            let qu = q as usize;
+            if qu < rank {
+                let v = F::cast_from(coef[2] * acc);
+                if rows {
+                    g1[line * rank + qu] = v;
+                } else {
+                    g1[qu * n_in + line] = v;
+                }
+            } else if qu < rank + mrank {
+                let v = F::cast_from(coef[0] * acc);
+                let k = qu - rank;
+                if rows {
+                    g2[line * mrank + k] = v;
+                } else {
+                    g2[k * n_in + line] = v;
+                }
+            } else {
+                g3[line] = F::cast_from(coef[1] * acc);
             }
-            gc += b;
         }
-        #[unroll]
-        for r in 0..cfg.rank {
-            dv[(r as usize) * n_in + i] = F::cast_from(coef[2] * gv[r as usize]);
-        }
-        #[unroll]
-        for k in 0..cfg.mrank {
-            dmb[(k as usize) * n_in + i] = F::cast_from(coef[0] * gb[k as usize]);
-        }
-        dmc[i] = F::cast_from(coef[1] * gc);
     }
 }

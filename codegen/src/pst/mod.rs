@@ -11,7 +11,8 @@ use crate::LowerError;
 use crate::linear::{Linear, Weight, WeightGrad};
 use crate::plan::build::buf;
 use crate::plan::lower::Ctx;
-use crate::plan::{Elem, Float, Kernel, Lowering, Pass, Role};
+use crate::plan::{Arg, Cubes, Elem, Float, Kernel, Lowering, Pass, Role};
+use crate::prim;
 use crate::select::{self, Keep};
 use kernels::PstConfig;
 use kernels_ir::pattern::Pattern;
@@ -128,36 +129,48 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
             dbias,
         );
         let [_, u, v, ma, mb, _, _] = factors;
-        b.elementwise(
-            "pst_bwd_rows",
-            Kernel::PstBwdRows(cfg),
-            o,
-            vec![
-                buf(dwp),
-                buf(ds),
-                buf(v),
-                buf(mb),
-                buf(coef),
-                buf(du),
-                buf(dma),
-                buf(dmr),
-            ],
-        );
-        b.elementwise(
-            "pst_bwd_cols",
-            Kernel::PstBwdCols(cfg),
-            i,
-            vec![
-                buf(dwp),
-                buf(ds),
-                buf(u),
-                buf(ma),
-                buf(coef),
-                buf(dvv),
-                buf(dmb),
-                buf(dmc),
-            ],
-        );
+        // The low-rank gradients: per output row (over the inputs) and per input column (over
+        // the outputs), each a two-level reduction in a fixed order.
+        for (rows, name, lines, along, fu, fa, outs) in [
+            (true, "pst_bwd_rows", o, i, v, mb, [du, dma, dmr]),
+            (false, "pst_bwd_cols", i, o, u, ma, [dvv, dmb, dmc]),
+        ] {
+            let chunk = prim::chunk_rows(along, lines * (r + rm + 1));
+            let chunks = along.div_ceil(chunk).max(1);
+            let partial = b.scratch(
+                &format!("{name}_partial"),
+                Elem::F32,
+                &[chunks, lines, r + rm + 1],
+            );
+            b.append(
+                &format!("{name}_partial"),
+                Kernel::PstGradPartial(cfg, rows),
+                Cubes::Fixed(lines.div_ceil(64) as u32, chunks as u32, 1),
+                (64, 1, 1),
+                vec![
+                    buf(dwp),
+                    buf(ds),
+                    buf(fu),
+                    buf(fa),
+                    buf(partial),
+                    Arg::U32(chunk as u32),
+                ],
+            );
+            let [g1, g2, g3] = outs;
+            b.elementwise(
+                &format!("{name}_finish"),
+                Kernel::PstGradFinish(cfg, rows),
+                lines,
+                vec![
+                    buf(partial),
+                    buf(coef),
+                    buf(g1),
+                    buf(g2),
+                    buf(g3),
+                    Arg::U32(chunks as u32),
+                ],
+            );
+        }
         b.finish()
     });
     Ok(Lowering {
