@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Summarises `ncu --csv --metrics gpu__time_duration.sum,dram__bytes_read.sum,...` output: one
 row per kernel launch (in launch order) with its time, DRAM bytes and achieved bandwidth, then
-each kernel family's share of the step's kernel time (the primitives of codegen/src/prim.rs:
+each kernel family's share of the step's kernel time (the primitives of codegen/src/prim/:
 grouping, scan and sort — in an attention step, SPT's key index —, the column reductions of the
 bias and router gradients, the selection).
 

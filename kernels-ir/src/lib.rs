@@ -4,10 +4,14 @@
 //! signatures, [schedules](schedule) (tiling, searched by the autotuner), [kernel specs](spec)
 //! tying them together, a [builder](spec::KernelSpecBuilder), a [verifier](verify) that reports
 //! every error at once, a [text format](text) (Display prints, FromStr parses) and serde; plus the
-//! f64 [reference executor](reference) that defines the correct answer of every op.
+//! f64 reference executor (`reference`) that defines the correct answer of every op.
+//!
+//! The reference executor is behind the default feature `reference` (it brings faer for its
+//! SVD). The DSL's proc-macro checks specs at expansion time and needs only the IR, so it builds
+//! `kernels-ir` without it: no linear-algebra crate is compiled for the host.
 //!
 //! What it is not: a code generator. It has no CubeCL dependency; `sparsecube-codegen` lowers
-//! specs to launch plans and kernels, and tests compare those kernels against [`reference`].
+//! specs to launch plans and kernels, and tests compare those kernels against the reference executor.
 //!
 //! ```
 //! use kernels_ir::{KernelSpec, OpKind, Pattern, pattern::Routed};
@@ -25,6 +29,7 @@ pub mod dtype;
 pub mod infer;
 pub mod op;
 pub mod pattern;
+#[cfg(feature = "reference")]
 pub mod reference;
 pub mod schedule;
 pub mod spec;

@@ -13,6 +13,7 @@
 
 pub mod epilogue;
 pub mod kernel;
+pub mod mma;
 pub mod program;
 
 pub use program::{
