@@ -4,7 +4,7 @@
 //! its factors; and every way it wants the weight gradient: dense, sampled at a mask (SaRA's and
 //! N:M's dv: never an [out, in] gradient), or PST's straight-through dW′ and dS.
 
-use crate::plan::{BufId, PlanBuilder};
+use crate::plan::{BufId, Elem, PlanBuilder};
 use crate::tile::{
     Dst, Operand, Packed, Prologue, PstGrad, PstWeight, Src, Store, TileProgram, TileShape,
 };
@@ -145,7 +145,7 @@ impl Linear {
         (prog.row_tiles(m), prog.column_tiles(), 1)
     }
 
-    /// y [t, out] = x·Wᵀ + bias.
+    /// y [t, out] = x·Wᵀ + bias (y in the storage dtype or f32).
     pub fn forward(
         &self,
         b: &mut PlanBuilder,
@@ -161,19 +161,21 @@ impl Linear {
         let bop = weight_operand(w, n_in, 1, n_in, &mut ins, &mut ins32, &mut idx);
         let bias_slot = ins.len() as u32;
         ins.push(bias);
-        let prog = TileProgram::new(
-            self.shape,
-            n_out,
-            a,
-            bop,
-            Store::rows(Dst::storage(0), n_out),
-        )
-        .epilogue(|e| e.bias = Some((bias_slot, 0)));
+        // y in the storage dtype, or f32 (the routed FFN's router logits).
+        let f32_out = b.elem(y) == Elem::F32;
+        let dst = if f32_out {
+            Dst::f32(0)
+        } else {
+            Dst::storage(0)
+        };
+        let prog = TileProgram::new(self.shape, n_out, a, bop, Store::rows(dst, n_out))
+            .epilogue(|e| e.bias = Some((bias_slot, 0)));
         let grid = Self::grid(&prog, self.t);
+        let (outs, outs32): (&[BufId], &[BufId]) = if f32_out { (&[], &[y]) } else { (&[y], &[]) };
         b.tile(
             name,
             prog,
-            [&ins, &ins32, &idx, &[y], &[]],
+            [&ins, &ins32, &idx, outs, outs32],
             self.t,
             self.n_in,
             grid,

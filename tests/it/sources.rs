@@ -308,6 +308,7 @@ fn generated_sources_snapshots() {
                     "cbm_bwd_dx",
                 ],
                 _ => vec![
+                    "routed_router",
                     "routed_gate",
                     "routed_group_count",
                     "routed_group_scan_apply",

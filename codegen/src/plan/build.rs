@@ -46,6 +46,11 @@ impl PlanBuilder {
         self.plan.pass
     }
 
+    /// The element type of buffer `b`.
+    pub fn elem(&self, b: BufId) -> Elem {
+        self.plan.buffers[b].elem
+    }
+
     /// Declares a buffer.
     pub fn buffer(&mut self, name: &str, elem: Elem, shape: Vec<Extent>, role: Role) -> BufId {
         debug_assert!(

@@ -43,8 +43,8 @@ macro_rules! kernel_table {
             DenseBwdRows(cfg: SptConfig, lanes: u32) = spt::dense::dense_bwd_rows, DenseBwdRows, generic, (a a a a a a a a u);
             /// Dense attention backward over key rows.
             DenseBwdKeys(cfg: SptConfig, lanes: u32) = spt::dense::dense_bwd_keys, DenseBwdKeys, generic, (a a a a a a a a u);
-            /// The routed FFN's router: gates and kept blocks.
-            RoutedGate(cfg: RoutedConfig) = routed::kernels::routed_gate, RoutedGate, generic, (a a a a a);
+            /// The routed FFN's router, after its logits product: gates and kept blocks.
+            RoutedGate(cfg: RoutedConfig) = routed::kernels::routed_gate, RoutedGate, plain, (a a);
             /// The weighted un-permute of the per-pair outputs.
             RoutedCombine(cfg: RoutedConfig) = routed::kernels::routed_combine, RoutedCombine, generic, (a a a a);
             /// Router backward to the logits.

@@ -37,31 +37,21 @@ pub struct RoutedConfig {
     pub gelu: bool,
 }
 
-/// Router: the gates `g` [T, E] (sigmoid or softmax of x·wrᵀ + br) and the `top` blocks each token
-/// keeps, `blocks` [T, top] (highest gate first, ties to the lower block; written in ascending
-/// block order). One unit per token.
+/// Router, after the `routed_router` product has written the logits x·wrᵀ + br into `gates`
+/// [T, E]: each row of `gates` becomes its sigmoid or softmax, and `blocks` [T, top] the `top`
+/// blocks the token keeps (highest gate first, ties to the lower block; written in ascending
+/// block order). One unit per token, O(E) work: the d_model-long dot products are the product's.
 #[cube(launch, launch_unchecked)]
-pub fn routed_gate<F: Float>(
-    x: &Array<F>,
-    wr: &Array<F>,
-    br: &Array<F>,
-    gates: &mut Array<f32>,
-    blocks: &mut Array<i32>,
-    #[comptime] cfg: RoutedConfig,
-) {
+pub fn routed_gate(gates: &mut Array<f32>, blocks: &mut Array<i32>, #[comptime] cfg: RoutedConfig) {
     let t = ABSOLUTE_POS;
     let e_n = cfg.blocks as usize;
-    let dm = cfg.dm as usize;
     if t < gates.len() / e_n {
         // Every loop over the blocks is unrolled (E is comptime), so `g` lives in registers.
         let mut g = Array::<f32>::new(comptime!(cfg.blocks as usize));
         let mut m = f32::new(-f32::MAX);
         #[unroll]
         for e in 0..cfg.blocks {
-            let mut z = f32::cast_from(br[e as usize]);
-            for i in 0..dm {
-                z += f32::cast_from(x[t * dm + i]) * f32::cast_from(wr[(e as usize) * dm + i]);
-            }
+            let z = gates[t * e_n + e as usize];
             g[e as usize] = z;
             m = f32::max(m, z);
         }

@@ -1,6 +1,7 @@
 //! The routed FFN (SPT's routed FFN, a general MoE) lowered to launch plans.
 //!
-//! Forward: `routed_gate` (gates, kept blocks) → grouping by block (`routed_group_*`: the
+//! Forward: `routed_router` (the logits x·wrᵀ + br, a tile program) → `routed_gate` (gates,
+//! kept blocks) → grouping by block (`routed_group_*`: the
 //! counting sort of [`crate::prim::group_rows`] — a token's blocks are distinct —, or past shared
 //! memory the radix sort of [`crate::prim::group`]; each group in token order) →
 //! `routed_up` (x·w1ᵀ + b1 and the activation over the kept pairs only) → `routed_down` (·w2ᵀ and
@@ -15,6 +16,7 @@
 pub mod kernels;
 
 use crate::LowerError;
+use crate::linear::{Linear, Weight};
 use crate::plan::build::buf;
 use crate::plan::lower::Ctx;
 use crate::plan::{Arg, Elem, Kernel, Lowering, Pass};
@@ -89,11 +91,20 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
     let cout = f.declare("cout", Elem::F32, &[pairs], kept);
     let zp = f.scratch("zp", Elem::F32, &[pairs, dm]);
     let y = f.output("y", Elem::Storage, &[t, dm]);
+    // The router logits x·wrᵀ + br [T, E] as a tiled product (coalesced reads, cubes over T),
+    // then the gates and the kept blocks per token.
+    let router = Linear {
+        t,
+        n_in: dm,
+        n_out: e_n,
+        shape,
+    };
+    router.forward(&mut f, "routed_router", x, &Weight::Dense(wr), br, gates);
     f.elementwise(
         "routed_gate",
         Kernel::RoutedGate(cfg),
         t,
-        vec![buf(x), buf(wr), buf(br), buf(gates), buf(blocks)],
+        vec![buf(gates), buf(blocks)],
     );
     // Group the kept pairs by block, each group in token order: a stable counting sort (a
     // token's kept blocks are distinct).
