@@ -1,6 +1,6 @@
 //! N:M semi-structured sparsity (`nm-linear`, METHODS.md §8) lowered through the compiler's
 //! building blocks alone: the mask is the per-row top-k primitive over |W| in groups of m
-//! (`row_topk`, flat indices), the packed values a gather, and the three products tile programs
+//! (`select::row_topk`, flat indices), the packed values a gather, and the three products tile programs
 //! whose weight operand is the packed values at their flat positions (the `Packed` prologue:
 //! W_eff is never formed) and whose weight gradient is sampled at the mask — never an [out, in]
 //! gradient. No kernel of its own.
@@ -10,7 +10,7 @@ use crate::linear::{Linear, Weight, WeightGrad};
 use crate::plan::build::buf;
 use crate::plan::lower::Ctx;
 use crate::plan::{Elem, Float, Kernel, Lowering, Pass, Role};
-use crate::select::kernels::TopkConfig;
+use crate::select::{self, kernels::TopkConfig};
 use kernels_ir::Extent;
 use kernels_ir::pattern::Pattern;
 
@@ -42,16 +42,17 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
         let w = f.input("w", Elem::Storage, &[n_out, n_in]);
         let none = f.zeros("no_base", Elem::F32, &[1]);
         let index = f.declare("mask_index", Elem::U32, &[kept], ctx.output_kept());
-        f.elementwise(
+        select::row_topk(
+            &mut f,
             "nm_select",
-            Kernel::RowTopk(TopkConfig {
+            TopkConfig {
                 c: nm.m as u32,
                 topk: nm.n as u32,
                 base: false,
                 term: true,
                 abs: true,
                 flat: true,
-            }),
+            },
             groups,
             vec![buf(none), buf(w), buf(index)],
         );

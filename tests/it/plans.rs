@@ -3,7 +3,7 @@
 //! in the executor, checked and unchecked launches bit for bit equal, and sizes refused before
 //! anything is allocated.
 
-use kernels_ir::pattern::{Pattern, Routed};
+use kernels_ir::pattern::{Pattern, Routed, Selector};
 use kernels_ir::reference::{TensorMap, Value};
 use kernels_ir::{Direction, KernelSpec, OpKind};
 use sparsecube_codegen::LowerError;
@@ -92,7 +92,13 @@ fn every_product_runs_on_the_tile_program() {
         .collect();
     assert_eq!(
         functions,
-        ["row_topk", "gather", "tile_gemm", "tile_gemm", "tile_gemm"],
+        [
+            "group_topk",
+            "gather",
+            "tile_gemm",
+            "tile_gemm",
+            "tile_gemm"
+        ],
         "{functions:?}"
     );
 }
@@ -288,6 +294,20 @@ fn a_problem_too_large_for_the_device_is_refused_before_allocating() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("of shared memory per cube"), "{err}");
+    // pq-adc's per-row score table past the device's shared memory: a typed error with the fix.
+    let mut adc = KernelSpec::example(OpKind::SptAttention);
+    if let Pattern::PqTopK(p) = &mut adc.pattern {
+        p.selector = Selector::PqAdc;
+        p.codewords = 4096;
+    }
+    let err = lower(&adc, &LowerOptions::new(lavapipe_like)).unwrap_err();
+    assert!(matches!(err, LowerError::Unsupported { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("4096 codewords") && text.contains("larger sub_dim"),
+        "{text}"
+    );
+    lower(&adc, &LowerOptions::new(DeviceLimits::sm90())).unwrap();
 }
 
 #[test]

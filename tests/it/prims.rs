@@ -6,9 +6,9 @@
 use kernels_ir::reference::rng::SplitMix64;
 use kernels_ir::{DType, OpKind};
 use proptest::prelude::*;
-use sparsecube_codegen::plan::{Elem, Float, LaunchPlan, Pass, PlanBuilder, Role};
+use sparsecube_codegen::plan::{Arg, Elem, Float, LaunchPlan, Pass, PlanBuilder, Role};
 use sparsecube_codegen::prim::{self, Grouped};
-use sparsecube_codegen::select::{self, Keep};
+use sparsecube_codegen::select::{self, Keep, kernels::TopkConfig};
 use sparsecube_runtime::Device;
 use sparsecube_runtime::exec::run_words;
 use sparsecube_tests::{proptest_config, wgpu_or_skip};
@@ -343,6 +343,47 @@ proptest! {
         prop_assert_eq!(got["select_state"][0], w[kth].abs().to_bits());
         prop_assert_eq!(got["select_state"][2], k as u32);
         prop_assert_eq!(got["select_state"][3], want.iter().copied().filter(|&i| w[i as usize].abs() == w[kth].abs()).max().unwrap());
+    }
+}
+
+proptest! {
+    // Each row length compiles its own kernel: fewer cases than the shape-independent ones.
+    #![proptest_config(proptest_config(10))]
+
+    /// The per-row top-k (highest score first, ties to the lower column, kept columns written
+    /// ascending) equals the host's: short rows (a unit each), long rows (a cube each, from one
+    /// to 512 entries per unit, past the 2^16 entries of the packed counts), few distinct
+    /// values (many ties at the k-th), ±0 (equal), and all-equal rows.
+    #[test]
+    fn row_topk_equals_the_host(
+        rows in 1usize..4,
+        c in prop_oneof![1usize..40, 33usize..3000, Just(1024usize), Just(5000usize), Just(70_000usize)],
+        frac in 0.0f64..1.0, distinct in 1u64..50, flat: bool, seed: u64,
+    ) {
+        let Some(device) = wgpu_or_skip("row top-k") else { return Ok(()); };
+        let topk = ((frac * c as f64) as usize).clamp(1, c);
+        let mut rng = SplitMix64::new(seed);
+        let scores: Vec<f32> = (0..rows * c)
+            .map(|_| {
+                let m = (rng.next_u64() % distinct) as f32 * 0.5;
+                if rng.next_u64().is_multiple_of(2) { m } else { -m }
+            })
+            .collect();
+        let cfg = TopkConfig { c: c as u32, topk: topk as u32, base: true, term: false, abs: false, flat };
+        let mut b = builder("row top-k");
+        let base = b.input("base", Elem::F32, &[rows, c]);
+        let term = b.zeros("term", Elem::Storage, &[1]);
+        let kept = b.output("kept", Elem::U32, &[rows, topk]);
+        select::row_topk(&mut b, "topk", cfg, rows, vec![Arg::Buf(base), Arg::Buf(term), Arg::Buf(kept)]);
+        let got = run_twice(&device, &b.finish(), &[("base", scores.iter().map(|x| x.to_bits()).collect())]);
+        for r in 0..rows {
+            let s = &scores[r * c..(r + 1) * c];
+            let mut order: Vec<usize> = (0..c).collect();
+            order.sort_by(|&i, &j| s[j].partial_cmp(&s[i]).unwrap().then(i.cmp(&j)));
+            let mut want: Vec<u32> = order[..topk].iter().map(|&i| (i + if flat { r * c } else { 0 }) as u32).collect();
+            want.sort_unstable();
+            prop_assert_eq!(&got["kept"][r * topk..(r + 1) * topk], &want[..], "row {}", r);
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! `#[cube]` kernels of the Sparse-CBM head (METHODS.md §6) that read only the kept concepts:
 //! the sparse head logits = (keep ⊙ z)·whᵀ, the backward to the kept concepts and dx. The concept
 //! layer z = x·wcᵀ and the weight gradients are tile programs, the per-row top-k selection is
-//! [`crate::select::kernels::row_topk`] (both lowered in [`super`]). Storage dtype `F`, f32
+//! [`crate::select::row_topk`] (both lowered in [`super`]). Storage dtype `F`, f32
 //! accumulation, one output element per unit.
 
 // `#[cube(launch, launch_unchecked)]` generates undocumented modules and launch functions.

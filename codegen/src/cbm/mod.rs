@@ -10,7 +10,7 @@ use crate::LowerError;
 use crate::plan::build::buf;
 use crate::plan::lower::Ctx;
 use crate::plan::{Elem, Kernel, Lowering, Pass};
-use crate::select::kernels::TopkConfig;
+use crate::select::{self, kernels::TopkConfig};
 use crate::tile::{Dst, Operand, Src, Store, TileProgram};
 use kernels::CbmConfig;
 use kernels_ir::pattern::Pattern;
@@ -63,16 +63,17 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
         c,
         grid,
     );
-    f.elementwise(
+    select::row_topk(
+        &mut f,
         "cbm_select",
-        Kernel::RowTopk(TopkConfig {
+        TopkConfig {
             c: c32,
             topk: topk as u32,
             base: true,
             term: noise_given,
             abs: false,
             flat: false,
-        }),
+        },
         b_n,
         vec![buf(z), buf(noise), buf(kept)],
     );

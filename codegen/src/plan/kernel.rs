@@ -11,6 +11,7 @@ use crate::prim::kernels::{ColumnConfig, RowsConfig, ScanConfig};
 use crate::pst::kernels::PstConfig;
 use crate::routed::kernels::RoutedConfig;
 use crate::select::kernels::TopkConfig;
+use crate::select::row::RowShape;
 use crate::spt::kernels::SptConfig;
 use crate::tile::TileProgram;
 
@@ -24,7 +25,7 @@ macro_rules! kernel_table {
             /// PQ codes of the rows of x.
             PqEncode(cfg: SptConfig) = spt::select::pq_encode, PqEncode, generic, (a a a);
             /// SPT's per-row top-k selection.
-            SptSelect(cfg: SptConfig) = spt::select::spt_select, SptSelect, generic, (a a a a a u);
+            SptSelect(cfg: SptConfig, shape: RowShape) = spt::select::spt_select, SptSelect, generic, (a a a a a u);
             /// SPT's fused sparse attention forward.
             SptAttendFwd(cfg: SptConfig, lanes: u32) = spt::kernels::spt_attend_fwd, SptAttendFwd, generic, (a a a a a a u);
             /// SPT's unfused chain: scores on the kept set.
@@ -51,8 +52,10 @@ macro_rules! kernel_table {
             RoutedBwdRouter(cfg: RoutedConfig) = routed::kernels::routed_bwd_router, RoutedBwdRouter, plain, (a a a a a a f);
             /// dx: the per-pair rows summed per token, plus the router path.
             RoutedBwdDxCombine(cfg: RoutedConfig) = routed::kernels::routed_bwd_dx_combine, RoutedBwdDxCombine, generic, (a a a a a);
-            /// Per-row top-k of a score (CBM's concepts, N:M's groups).
-            RowTopk(cfg: TopkConfig) = select::kernels::row_topk, RowTopk, generic, (a a a);
+            /// Per-row top-k of a score, a cube per row (CBM's concepts).
+            RowTopk(cfg: TopkConfig, shape: RowShape) = select::kernels::row_topk, RowTopk, generic, (a a a);
+            /// Per-row top-k of a score, a unit per short row (N:M's groups).
+            GroupTopk(cfg: TopkConfig) = select::kernels::group_topk, GroupTopk, generic, (a a a);
             /// The CBM head's logits over the kept concepts.
             CbmLogits(cfg: CbmConfig) = cbm::kernels::cbm_logits, CbmLogits, generic, (a a a a);
             /// CBM backward to the kept concepts.

@@ -20,12 +20,18 @@ pub const DIGITS: u32 = 1 << DIGIT_BITS;
 /// unit of the cube must call it (it synchronises the cube); `smem` holds [`UNITS`] words.
 #[cube]
 pub fn cube_scan(v: u32, smem: &mut SharedMemory<u32>) -> (u32, u32) {
+    cube_scan_width(v, smem, UNITS)
+}
+
+/// [`cube_scan`] over a cube of `units` units (a power of two, at most [`UNITS`]).
+#[cube]
+pub fn cube_scan_width(v: u32, smem: &mut SharedMemory<u32>, #[comptime] units: u32) -> (u32, u32) {
     let u = UNIT_POS as usize;
     sync_cube();
     smem[u] = v;
     let mut d = 1usize;
     // Hillis–Steele: after step s, smem[u] sums the 2^s units ending at u.
-    for _step in 0..8u32 {
+    for _step in 0..comptime!(units.trailing_zeros()) {
         sync_cube();
         let mut add = 0u32;
         if u >= d {
@@ -37,7 +43,7 @@ pub fn cube_scan(v: u32, smem: &mut SharedMemory<u32>) -> (u32, u32) {
     }
     sync_cube();
     let inclusive = smem[u];
-    let total = smem[(UNITS - 1) as usize];
+    let total = smem[(units - 1) as usize];
     sync_cube();
     (inclusive - v, total)
 }

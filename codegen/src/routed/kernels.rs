@@ -16,6 +16,7 @@
 // `#[cube(launch, launch_unchecked)]` generates undocumented modules and launch functions.
 #![allow(missing_docs)]
 
+use crate::select::row::{best_first, short_select};
 use cubecl::prelude::*;
 
 /// Comptime configuration of the routed FFN kernels, derived from a verified `routed-ffn` spec.
@@ -40,7 +41,8 @@ pub struct RoutedConfig {
 /// Router, after the `routed_router` product has written the logits x·wrᵀ + br into `gates`
 /// [T, E]: each row of `gates` becomes its sigmoid or softmax, and `blocks` [T, top] the `top`
 /// blocks the token keeps (highest gate first, ties to the lower block; written in ascending
-/// block order). One unit per token, O(E) work: the d_model-long dot products are the product's.
+/// block order, [`short_select`]). One unit per token, O(E²) compares: the d_model-long dot
+/// products are the product's.
 #[cube(launch, launch_unchecked)]
 pub fn routed_gate(gates: &mut Array<f32>, blocks: &mut Array<i32>, #[comptime] cfg: RoutedConfig) {
     let t = ABSOLUTE_POS;
@@ -76,39 +78,20 @@ pub fn routed_gate(gates: &mut Array<f32>, blocks: &mut Array<i32>, #[comptime] 
         for e in 0..cfg.blocks {
             gates[t * e_n + e as usize] = g[e as usize];
         }
-        // Rank blocks by (gate descending, index ascending). Each round picks the first block
-        // after the previous pick in that order, so `top` rounds end at the top-th block
-        // (ties keep the lower block) with no per-block flags.
-        let mut last_g = f32::new(f32::MAX);
-        let mut last_e = i32::new(-1);
-        for _round in 0..cfg.top {
-            let mut best_g = f32::new(-f32::MAX);
-            let mut best_e = i32::new(-1);
-            #[unroll]
-            for e in 0..cfg.blocks {
-                let ge = g[e as usize];
-                let ei = i32::cast_from(e);
-                let after_last = ge < last_g || (ge == last_g && ei > last_e);
-                let before_best = best_e < 0 || ge > best_g;
-                if after_last && before_best {
-                    best_g = ge;
-                    best_e = ei;
-                }
-            }
-            last_g = best_g;
-            last_e = best_e;
-        }
-        // Kept = every block up to the last pick in that order, written in ascending order.
-        let mut slot = 0usize;
+        // The kept blocks: the `top` highest gates, ties to the lower block, ascending.
+        let mut keys = Array::<u32>::new(comptime!(cfg.blocks as usize));
         #[unroll]
         for e in 0..cfg.blocks {
-            let ge = g[e as usize];
-            let ei = i32::cast_from(e);
-            if ge > last_g || (ge == last_g && ei <= last_e) {
-                blocks[t * (cfg.top as usize) + slot] = ei;
-                slot += 1;
-            }
+            keys[e as usize] = best_first(g[e as usize]);
         }
+        short_select::<i32>(
+            &keys,
+            cfg.blocks,
+            cfg.top,
+            blocks,
+            t * (cfg.top as usize),
+            0u32,
+        );
     }
 }
 

@@ -20,6 +20,7 @@ use crate::plan::build::buf;
 use crate::plan::lower::Ctx;
 use crate::plan::{Arg, BufId, Cubes, Elem, Kernel, Lowering, Pass, PlanBuilder};
 use crate::prim;
+use crate::select::row::RowShape;
 use kernels::SptConfig;
 use kernels_ir::pattern::{Pattern, Selector};
 use kernels_ir::{Extent, KernelSpec};
@@ -111,10 +112,27 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
             vec![buf(x), buf(codebook), buf(codes)],
         );
     }
-    f.elementwise(
+    let shape = RowShape::for_rows(l, select::key_bits(&cfg));
+    // pq-adc keeps each row's score table q_s · codebook[s, w] in shared memory, beside the
+    // selection's bins and scans.
+    let table = if cfg.adc { s * cfg.e as usize } else { 0 };
+    let shared = 4 * (table + 256 + 2 * shape.units as usize + 2);
+    if shared > ctx.opts.device.max_shared_bytes {
+        return Err(LowerError::Unsupported {
+            op: ctx.spec.op,
+            what: format!(
+                "pq-adc with {s} subspaces × {} codewords on this device: the selection's \
+                 per-row score table and bins take {shared} B of shared memory, the device has \
+                 {} B per cube (use fewer codewords or a larger sub_dim)",
+                cfg.e, ctx.opts.device.max_shared_bytes
+            ),
+        });
+    }
+    f.append(
         "spt_select",
-        Kernel::SptSelect(cfg),
-        rows,
+        Kernel::SptSelect(cfg, shape),
+        Cubes::Units(Extent::Fixed(rows * shape.units as usize), 1),
+        shape.dim(),
         vec![
             buf(q),
             buf(codebook),

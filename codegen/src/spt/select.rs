@@ -8,6 +8,7 @@
 #![allow(clippy::manual_range_contains)]
 
 use super::kernels::SptConfig;
+use crate::select::row::{RowShape, best_first, row_select, row_valid};
 use cubecl::prelude::*;
 
 /// Codes of the rows of `x` [rows, S·d_c]: per subspace the codeword at the least L1 distance,
@@ -55,51 +56,12 @@ pub fn pq_encode<F: Float>(
     }
 }
 
-/// An order-preserving map of f32 onto u32 (larger float ⇒ larger key).
-#[cube]
-fn ordered_key(v: f32) -> u32 {
-    let bits = u32::reinterpret(v);
-    if bits >= 0x8000_0000u32 {
-        !bits
-    } else {
-        bits | 0x8000_0000u32
-    }
-}
-
-/// The selection key of candidate key row `krow` for the query whose codes start at `qbase`
-/// (pq-match: equal codes) or whose ADC table is `table` (pq-adc: Σ_s table[s, code_k[s]]).
-#[cube]
-fn candidate_key(
-    codes_q: &Array<u32>,
-    codes_k: &Array<u32>,
-    table: &Array<f32>,
-    qbase: usize,
-    krow: usize,
-    #[comptime] cfg: SptConfig,
-) -> u32 {
-    let s = cfg.s as usize;
-    let mut key = 0u32;
-    if cfg.adc {
-        let mut score = 0.0f32;
-        for sub in 0..s {
-            score += table[sub * (cfg.e as usize) + codes_k[krow * s + sub] as usize];
-        }
-        key = ordered_key(score);
-    } else {
-        for sub in 0..s {
-            if codes_q[qbase + sub] == codes_k[krow * s + sub] {
-                key += 1u32;
-            }
-        }
-    }
-    key
-}
-
 /// Top-k selection per query row: the kept set (highest key first, ties to the lower key index)
-/// written in ascending key order, padded with −1. Exact: the k-th largest key is found first —
-/// from a histogram of the S+1 possible match counts (pq-match, one pass) or bit by bit (pq-adc,
-/// one counting pass per key bit) — then keys above it and the first ones equal to it are kept.
-/// One unit per row; `indices` is [rows, topk].
+/// written in ascending key order, padded with −1. Exact: one cube per row
+/// ([`crate::select::row`]); the pq-adc table q_s · codebook[s, w] is built once per row in
+/// shared memory, then each unit scores its chunk of candidates — pq-match: the number of equal
+/// codes (a key of a few bits, S − matches); pq-adc: Σ_s table[s, code_k[s]] — and the radix
+/// select keeps the best `topk`. `indices` is [rows, topk].
 #[cube(launch, launch_unchecked)]
 pub fn spt_select<F: Float>(
     q: &Array<F>,
@@ -109,105 +71,93 @@ pub fn spt_select<F: Float>(
     indices: &mut Array<i32>,
     seq_len: u32,
     #[comptime] cfg: SptConfig,
+    #[comptime] shape: RowShape,
 ) {
-    let row = ABSOLUTE_POS;
+    let row = CUBE_POS;
     let topk = cfg.topk as usize;
-    if row < indices.len() / topk {
-        let l = seq_len as usize;
-        let s = cfg.s as usize;
-        let e = cfg.e as usize;
-        let dc = cfg.dc as usize;
-        let head = row / l;
-        let i = row % l;
-        let n = if cfg.causal { i + 1 } else { l };
-        let mut kept = n;
-        if topk < n {
-            kept = topk;
+    let active = row < indices.len() / topk;
+    let l = seq_len as usize;
+    let s = cfg.s as usize;
+    let e = cfg.e as usize;
+    let dc = cfg.dc as usize;
+    let head = row / l;
+    let mut n = seq_len;
+    if cfg.causal {
+        n = (row % l + 1) as u32;
+    }
+    let mut table = SharedMemory::<f32>::new(comptime!(if cfg.adc {
+        (cfg.s * cfg.e) as usize
+    } else {
+        1usize
+    }));
+    if cfg.adc {
+        for x in 0..comptime!((cfg.s * cfg.e).div_ceil(shape.units)) {
+            let at = (UNIT_POS + x * shape.units) as usize;
+            if active && at < s * e {
+                let sub = at / e;
+                let mut dot = 0.0f32;
+                for t in 0..dc {
+                    dot += f32::cast_from(q[row * (cfg.d as usize) + sub * dc + t])
+                        * f32::cast_from(codebook[at * dc + t]);
+                }
+                table[at] = dot;
+            }
         }
-        let qbase = row * s;
-
-        let mut table = Array::<f32>::new(comptime!(if cfg.adc {
-            (cfg.s * cfg.e) as usize
-        } else {
-            1usize
-        }));
-        if cfg.adc {
-            for sub in 0..s {
-                for w in 0..e {
-                    let mut dot = 0.0f32;
-                    for t in 0..dc {
-                        dot += f32::cast_from(q[row * (cfg.d as usize) + sub * dc + t])
-                            * f32::cast_from(codebook[(sub * e + w) * dc + t]);
+        sync_cube();
+    }
+    let mut valid = 0u32;
+    if active {
+        valid = row_valid(n, shape);
+    }
+    let first = (UNIT_POS * shape.per) as usize;
+    let qbase = row * s;
+    let mut keys = Array::<u32>::new(comptime!(shape.per as usize));
+    for x in 0..shape.per {
+        if x < valid {
+            let krow = head * l + first + x as usize;
+            if cfg.adc {
+                let mut score = 0.0f32;
+                for sub in 0..s {
+                    score += table[sub * e + codes_k[krow * s + sub] as usize];
+                }
+                keys[x as usize] = best_first(score);
+            } else {
+                let mut matches = 0u32;
+                for sub in 0..s {
+                    if codes_q[qbase + sub] == codes_k[krow * s + sub] {
+                        matches += 1u32;
                     }
-                    table[sub * e + w] = dot;
                 }
+                keys[x as usize] = cfg.s - matches;
             }
         }
+    }
+    let written = row_select::<i32>(
+        &keys,
+        valid,
+        n,
+        cfg.topk,
+        indices,
+        row * topk,
+        0u32,
+        active,
+        shape,
+    );
+    // Slots past the kept set (a causal row shorter than topk) are empty.
+    for x in 0..comptime!(cfg.topk.div_ceil(shape.units)) {
+        let slot = written + UNIT_POS + x * shape.units;
+        if active && slot < cfg.topk {
+            indices[row * topk + slot as usize] = -1i32;
+        }
+    }
+}
 
-        // The kept-th largest key: the largest t with #{key >= t} >= kept, and #{key > t}.
-        let mut threshold = 0u32;
-        let mut above = 0usize;
-        if cfg.adc {
-            // f32 keys: decide the threshold bit by bit, one counting pass per bit.
-            for b in 0..32u32 {
-                let candidate = threshold | (1u32 << (31u32 - b));
-                let mut count = 0usize;
-                for j in 0..n {
-                    if candidate_key(codes_q, codes_k, &table, qbase, head * l + j, cfg)
-                        >= candidate
-                    {
-                        count += 1;
-                    }
-                }
-                if count >= kept {
-                    threshold = candidate;
-                }
-            }
-            for j in 0..n {
-                if candidate_key(codes_q, codes_k, &table, qbase, head * l + j, cfg) > threshold {
-                    above += 1;
-                }
-            }
-        } else {
-            // Match counts lie in 0..=S: one histogram pass, then a scan from the top.
-            let mut hist = Array::<u32>::new(comptime!((cfg.s + 1) as usize));
-            for b in 0..cfg.s + 1 {
-                hist[b as usize] = 0u32;
-            }
-            for j in 0..n {
-                let key = candidate_key(codes_q, codes_k, &table, qbase, head * l + j, cfg);
-                hist[key as usize] += 1u32;
-            }
-            let mut cumulative = 0usize;
-            let mut found = false;
-            for b in 0..cfg.s + 1 {
-                let t = cfg.s - b;
-                let before = cumulative;
-                cumulative += hist[t as usize] as usize;
-                if !found && cumulative >= kept {
-                    threshold = t;
-                    above = before;
-                    found = true;
-                }
-            }
-        }
-        let mut equal_left = kept - above;
-        let mut slot = 0usize;
-        for j in 0..n {
-            let key = candidate_key(codes_q, codes_k, &table, qbase, head * l + j, cfg);
-            let mut take = key > threshold;
-            if key == threshold && equal_left > 0 {
-                take = true;
-                equal_left -= 1;
-            }
-            if take {
-                indices[row * topk + slot] = j as i32;
-                slot += 1;
-            }
-        }
-        while slot < topk {
-            indices[row * topk + slot] = -1i32;
-            slot += 1;
-        }
+/// Bits of SPT's selection key for `cfg`: S − matches (at most S) for pq-match, an order-mapped
+/// f32 for pq-adc.
+pub fn key_bits(cfg: &SptConfig) -> u32 {
+    if cfg.adc {
+        32
+    } else {
+        32 - cfg.s.leading_zeros()
     }
 }

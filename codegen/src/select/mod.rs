@@ -9,6 +9,11 @@
 //! histogram in shared memory, merged across tiles in tile order; the compaction's counts
 //! scanned by the device scan; ranks inside a tile from a cube scan. Deterministic, no float
 //! atomics, and no unit loops over more than its four elements.
+//!
+//! Per-row top-k (every row's best entries, for SPT, Sparse-CBM, the routed FFN and N:M) is
+//! [`row`]: the same radix select and compaction inside one cube per row.
+
+pub mod row;
 
 pub mod kernels {
     //! `#[cube]` kernels of the selection.
@@ -18,6 +23,7 @@ pub mod kernels {
 
     use cubecl::prelude::*;
 
+    use super::row::{RowShape, best_first, row_select, row_valid, short_select};
     use crate::prim::kernels::{ITEMS, TILE, UNITS, cube_scan};
 
     /// Buckets of one radix pass (8 bits): one per unit of a cube.
@@ -51,7 +57,7 @@ pub mod kernels {
         take
     }
 
-    /// Comptime layout of [`row_topk`].
+    /// Comptime layout of [`row_topk`] and [`group_topk`].
     #[derive_cube_comptime]
     pub struct TopkConfig {
         /// Entries per row.
@@ -90,52 +96,72 @@ pub mod kernels {
     }
 
     /// Per row of `c` entries, the `topk` with the highest score (ties to the lower column),
-    /// written in ascending order into `kept` [rows, topk]: the Sparse-CBM head's concepts (z +
-    /// noise) and N:M's kept entries of each group (|w|, flat indices). Rank order (score
-    /// descending, column ascending): each of `topk` rounds takes the first entry after the
-    /// previous pick, so no per-entry flags are needed. One unit per row.
+    /// written in ascending order into `kept` [rows, topk] (columns, or flat indices `row·c +
+    /// column` with `flat`): the Sparse-CBM head's concepts (z + noise). One cube per row, the
+    /// row spread over its units ([`super::row::row_select`]).
     #[cube(launch, launch_unchecked)]
     pub fn row_topk<F: Float>(
         base: &Array<f32>,
         term: &Array<F>,
         kept: &mut Array<u32>,
         #[comptime] cfg: TopkConfig,
+        #[comptime] shape: RowShape,
     ) {
-        let b = ABSOLUTE_POS;
+        let row = CUBE_POS;
         let c = cfg.c as usize;
         let topk = cfg.topk as usize;
-        if b < kept.len() / topk {
-            let mut last_s = f32::new(f32::MAX);
-            let mut last_j = i32::new(-1);
-            for _round in 0..topk {
-                let mut best_s = f32::new(-f32::MAX);
-                let mut best_j = i32::new(-1);
-                for j in 0..c {
-                    let s = topk_score::<F>(base, term, b * c + j, cfg);
-                    let ji = j as i32;
-                    let after_last = s < last_s || (s == last_s && ji > last_j);
-                    let before_best = best_j < 0 || s > best_s;
-                    if after_last && before_best {
-                        best_s = s;
-                        best_j = ji;
-                    }
-                }
-                last_s = best_s;
-                last_j = best_j;
+        let active = row < kept.len() / topk;
+        let mut valid = 0u32;
+        if active {
+            valid = row_valid(cfg.c, shape);
+        }
+        let first = (UNIT_POS * shape.per) as usize;
+        let mut keys = Array::<u32>::new(comptime!(shape.per as usize));
+        for i in 0..shape.per {
+            if i < valid {
+                let s = topk_score::<F>(base, term, row * c + first + i as usize, cfg);
+                keys[i as usize] = best_first(s);
             }
-            let mut slot = 0usize;
+        }
+        let mut offset = 0u32;
+        if cfg.flat {
+            offset = (row * c) as u32;
+        }
+        let _written = row_select::<u32>(
+            &keys,
+            valid,
+            cfg.c,
+            cfg.topk,
+            kept,
+            row * topk,
+            offset,
+            active,
+            shape,
+        );
+    }
+
+    /// [`row_topk`] for short rows (N:M's groups of M): one unit per row, ranked in registers
+    /// ([`super::row::short_select`]).
+    #[cube(launch, launch_unchecked)]
+    pub fn group_topk<F: Float>(
+        base: &Array<f32>,
+        term: &Array<F>,
+        kept: &mut Array<u32>,
+        #[comptime] cfg: TopkConfig,
+    ) {
+        let row = ABSOLUTE_POS;
+        let c = cfg.c as usize;
+        let topk = cfg.topk as usize;
+        if row < kept.len() / topk {
+            let mut keys = Array::<u32>::new(comptime!(cfg.c as usize));
             for j in 0..c {
-                let s = topk_score::<F>(base, term, b * c + j, cfg);
-                let ji = j as i32;
-                if s > last_s || (s == last_s && ji <= last_j) {
-                    let mut out = j as u32;
-                    if cfg.flat {
-                        out = (b * c + j) as u32;
-                    }
-                    kept[b * topk + slot] = out;
-                    slot += 1;
-                }
+                keys[j] = best_first(topk_score::<F>(base, term, row * c + j, cfg));
             }
+            let mut offset = 0u32;
+            if cfg.flat {
+                offset = (row * c) as u32;
+            }
+            short_select::<u32>(&keys, cfg.c, cfg.topk, kept, row * topk, offset);
         }
     }
 
@@ -354,6 +380,37 @@ use crate::plan::{Arg, BufId, Cubes, Elem, Float, Kernel, PlanBuilder, Role};
 use crate::prim::{self, kernels::UNITS};
 use kernels::RADIX;
 use kernels_ir::Extent;
+
+/// Rows up to this long rank in one unit ([`kernels::group_topk`]); longer rows take a cube
+/// ([`kernels::row_topk`]).
+pub const SHORT_ROW: u32 = 32;
+
+/// Appends the per-row top-k of `cfg` over `rows` rows: `args` = [f32 base, storage-typed term,
+/// u32 kept [rows, topk]] (see [`kernels::TopkConfig`]). Rows of at most [`SHORT_ROW`] entries
+/// rank in a unit each, longer ones in a cube each. Nothing is launched for no rows or `topk` 0.
+pub fn row_topk(
+    b: &mut PlanBuilder,
+    name: &str,
+    cfg: kernels::TopkConfig,
+    rows: usize,
+    args: Vec<Arg>,
+) {
+    if rows == 0 || cfg.topk == 0 {
+        return;
+    }
+    if cfg.c <= SHORT_ROW {
+        b.elementwise(name, Kernel::GroupTopk(cfg), rows, args);
+    } else {
+        let shape = row::RowShape::for_rows(cfg.c as usize, 32);
+        b.append(
+            name,
+            Kernel::RowTopk(cfg, shape),
+            Cubes::Units(Extent::Fixed(rows * shape.units as usize), 1),
+            shape.dim(),
+            args,
+        );
+    }
+}
 
 /// Which elements a selection keeps.
 #[derive(Clone, Copy, Debug, PartialEq)]
