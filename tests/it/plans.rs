@@ -3,12 +3,12 @@
 //! in the executor, checked and unchecked launches bit for bit equal, and sizes refused before
 //! anything is allocated.
 
-use kernels_ir::pattern::{Pattern, Routed, Selector};
+use kernels_ir::pattern::{MonarchShape, Pattern, Routed, Selector};
 use kernels_ir::reference::{TensorMap, Value};
-use kernels_ir::{Direction, KernelSpec, OpKind};
+use kernels_ir::{Direction, Extent, KernelSpec, OpKind};
 use sparsecube_codegen::LowerError;
 use sparsecube_codegen::emit::{Target, printed_lowering, sources};
-use sparsecube_codegen::plan::{DeviceLimits, Kernel, LowerOptions, Step, lower};
+use sparsecube_codegen::plan::{Cubes, DeviceLimits, Kernel, LowerOptions, Step, lower};
 use sparsecube_runtime::exec::Mode;
 use sparsecube_runtime::selftest::{
     BlockDiagCase, CbmCase, EncodeCase, LinearCase, MonarchCase, NmCase, PstCase, RoutedCase,
@@ -327,4 +327,81 @@ fn a_threshold_mask_reads_its_count_back_once() {
     });
     let lowering = printed_lowering(&spec).unwrap();
     assert!(!lowering.forward.reads_nnz());
+}
+
+/// Issue 19's rule at the published shapes on an H100 (132 SMs), forward and backward: no
+/// launch whose largest buffer holds at least 1M elements runs on fewer cubes than the device
+/// has SMs. (Launches sized by a read-back count, `nnz`, run a unit per kept element.)
+#[test]
+fn launches_on_large_problems_fill_an_h100() {
+    const SMS: usize = 132;
+    let paper: [(OpKind, &[(&str, usize)]); 9] = [
+        (
+            OpKind::SptAttention,
+            &[("B", 16), ("H", 32), ("L", 512), ("D", 64)],
+        ),
+        (
+            OpKind::SptAttention,
+            &[("B", 2), ("H", 32), ("L", 2048), ("D", 64)],
+        ),
+        (
+            OpKind::RoutedFfn,
+            &[("T", 8192), ("d_model", 2048), ("d_ff", 8192)],
+        ),
+        (OpKind::Monarch, &[("N", 8192)]),
+        (
+            OpKind::BlockDiagLinear,
+            &[("N", 8192), ("in", 2048), ("out", 2048)],
+        ),
+        (
+            OpKind::SaraLinear,
+            &[("T", 8192), ("in", 2048), ("out", 2048)],
+        ),
+        (
+            OpKind::PstLinear,
+            &[("T", 8192), ("in", 2048), ("out", 2048)],
+        ),
+        (
+            OpKind::NmLinear,
+            &[("T", 8192), ("in", 2048), ("out", 2048)],
+        ),
+        (OpKind::CbmHead, &[("B", 4096), ("C", 2048), ("K", 1000)]),
+    ];
+    let mut thin = Vec::new();
+    for (op, dims) in paper {
+        let mut spec = KernelSpec::example(op);
+        spec.direction = Direction::Backward;
+        for (name, v) in dims {
+            spec.dims.insert((*name).to_string(), *v);
+        }
+        if let Pattern::Monarch(m) = &mut spec.pattern {
+            *m = MonarchShape::square(2048, 4);
+        }
+        let lowering = lower(&spec, &LowerOptions::new(DeviceLimits::sm90()))
+            .unwrap_or_else(|e| panic!("{op} {dims:?}: {e}"));
+        for plan in lowering.plans() {
+            for l in plan.launches() {
+                let largest = l
+                    .buffers()
+                    .iter()
+                    .map(|&b| plan.buffers[b].elements(0))
+                    .max()
+                    .unwrap_or(0);
+                let cubes = match &l.cubes {
+                    Cubes::Fixed(x, y, z) => (*x as usize) * (*y as usize) * (*z as usize),
+                    Cubes::Units(Extent::Fixed(n), scale) => {
+                        (n * scale).div_ceil(l.units_per_cube() as usize)
+                    }
+                    Cubes::Units(Extent::Nnz, _) => continue,
+                };
+                if largest >= 1 << 20 && cubes < SMS {
+                    thin.push(format!(
+                        "{op} {dims:?} {}: `{}` on {cubes} cubes over {largest} elements",
+                        plan.label, l.name
+                    ));
+                }
+            }
+        }
+    }
+    assert!(thin.is_empty(), "{thin:#?}");
 }

@@ -267,11 +267,46 @@ proptest! {
         }
     }
 
+    /// Row sums of one or two [rows, cols] f32 buffers (a cube per row, a fixed tree) equal f64
+    /// sums to f32 accuracy, bit-identical from run to run.
+    #[test]
+    fn row_sums_equal_the_host(
+        rows in prop_oneof![Just(0usize), Just(1usize), 2usize..300],
+        cols in prop_oneof![Just(0usize), Just(1usize), 2usize..300, Just(128usize), Just(4097usize)],
+        two: bool, seed: u64,
+    ) {
+        let Some(device) = wgpu_or_skip("row sums") else { return Ok(()); };
+        let mut rng = SplitMix64::new(seed);
+        let a: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32).collect();
+        let c: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32).collect();
+        let mut b = builder("row sums");
+        let ab = b.input("a", Elem::F32, &[rows, cols]);
+        let cb = two.then(|| b.input("c", Elem::F32, &[rows, cols]));
+        let out = b.output("out", Elem::F32, &[rows]);
+        prim::row_sums(&mut b, "rows", ab, cb, rows, cols, out);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        let mut inputs = vec![("a", bits(&a))];
+        if two {
+            inputs.push(("c", bits(&c)));
+        }
+        let got = run_twice(&device, &b.finish(), &inputs);
+        for r in 0..rows {
+            let terms = (0..cols).flat_map(|j| {
+                let x = a[r * cols + j] as f64;
+                let y = if two { c[r * cols + j] as f64 } else { 0.0 };
+                [x, y]
+            });
+            let (want, scale) = terms.fold((0.0f64, 0.0f64), |(s, m), x| (s + x, m + x.abs()));
+            let v = f32::from_bits(got["out"][r]) as f64;
+            prop_assert!((v - want).abs() <= 1e-5 * scale.max(1.0), "row {r}: {v} vs {want}");
+        }
+    }
+
     /// Column sums, plain and weighted with a bias column, equal f64 sums to f32 accuracy.
     #[test]
     fn column_sums_equal_the_host(
         rows in prop_oneof![Just(0usize), Just(1usize), 2usize..300, Just(65_537usize)],
-        cols in prop_oneof![Just(1usize), 2usize..300, Just(257usize)],
+        cols in prop_oneof![Just(1usize), 2usize..300, Just(257usize), Just(3000usize)],
         groups in 1usize..5, weighted: bool, seed: u64,
     ) {
         let Some(device) = wgpu_or_skip("column sums") else { return Ok(()); };

@@ -49,7 +49,7 @@ macro_rules! kernel_table {
             /// The weighted un-permute of the per-pair outputs.
             RoutedCombine(cfg: RoutedConfig) = routed::kernels::routed_combine, RoutedCombine, generic, (a a a a);
             /// Router backward to the logits.
-            RoutedBwdRouter(cfg: RoutedConfig) = routed::kernels::routed_bwd_router, RoutedBwdRouter, plain, (a a a a a a f);
+            RoutedBwdRouter(cfg: RoutedConfig) = routed::kernels::routed_bwd_router, RoutedBwdRouter, plain, (a a a a a f);
             /// dx: the per-pair rows summed per token, plus the router path.
             RoutedBwdDxCombine(cfg: RoutedConfig) = routed::kernels::routed_bwd_dx_combine, RoutedBwdDxCombine, generic, (a a a a a);
             /// Per-row top-k of a score, a cube per row (CBM's concepts).
@@ -115,7 +115,9 @@ macro_rules! kernel_table {
             /// Column reduction, level 1: partial sums per row chunk.
             ColumnPartial(cfg: ColumnConfig) = prim::kernels::column_partial, ColumnPartial, generic, (a a a u u u);
             /// Column reduction, level 2: the chunks in order.
-            ColumnFinish(cfg: ColumnConfig) = prim::kernels::column_finish, ColumnFinish, generic, (a a a u u);
+            ColumnFinish(cfg: ColumnConfig, columns: u32) = prim::kernels::column_finish, ColumnFinish, generic, (a a a u u);
+            /// f32 row sums, a cube per row.
+            RowSums(two: bool) = prim::kernels::row_sums, RowSums, plain, (a a a u);
             /// One tiled product (the tile program).
             Tile(prog: TileProgram) = tile::kernel::tile_gemm, TileGemm, generic, (q q q q q s);
         }

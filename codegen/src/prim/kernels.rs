@@ -538,9 +538,11 @@ pub fn column_partial<F: Float>(
     }
 }
 
-/// Column reduction, level 2: the chunk partials of each (e, i) summed in chunk order into
-/// `out` [groups, cols] (storage type) and, with `bias`, column `cols` into `out_bias`
-/// [groups]. One unit per (e, i).
+/// Column reduction, level 2: the chunk partials of each (e, i) summed into `out` [groups,
+/// cols] (storage type) and, with `bias`, column `cols` into `out_bias` [groups]. A cube holds
+/// `columns` consecutive columns of one group (cubes (column blocks, groups)) and
+/// 256 / `columns` lanes per column: lane l sums chunks l, l + lanes, … in order, then lane 0
+/// adds the lanes' sums in lane order — a fixed tree, the same bits on every run.
 #[cube(launch, launch_unchecked)]
 pub fn column_finish<F: Float>(
     partial: &Array<f32>,
@@ -549,24 +551,86 @@ pub fn column_finish<F: Float>(
     cols: u32,
     chunks: u32,
     #[comptime] cfg: ColumnConfig,
+    #[comptime] columns: u32,
 ) {
-    let pos = ABSOLUTE_POS;
+    let lanes = comptime!(UNITS / columns);
+    let mut smem = SharedMemory::<f32>::new(UNITS as usize);
+    let x = UNIT_POS_X as usize;
+    let lane = UNIT_POS_Y as usize;
     let n = cols as usize;
     let mut width = n;
     if cfg.bias {
         width = n + 1;
     }
-    if pos < (cfg.groups as usize) * width {
-        let e = pos / width;
-        let i = pos % width;
-        let mut acc = 0.0f32;
-        for c in 0..chunks as usize {
+    let e = CUBE_POS_Y as usize;
+    let i = CUBE_POS_X as usize * (columns as usize) + x;
+    let active = i < width && e < cfg.groups as usize;
+    let mut acc = 0.0f32;
+    if active {
+        let mut c = lane;
+        for _step in 0..(chunks as usize + lanes as usize - 1 - lane) / (lanes as usize) {
             acc += partial[(e * chunks as usize + c) * width + i];
+            c += lanes as usize;
+        }
+    }
+    smem[lane * (columns as usize) + x] = acc;
+    sync_cube();
+    if active && lane == 0 {
+        let mut total = 0.0f32;
+        for l in 0..lanes {
+            total += smem[(l * columns) as usize + x];
         }
         if i < n {
-            out[e * n + i] = F::cast_from(acc);
+            out[e * n + i] = F::cast_from(total);
         } else {
-            out_bias[e] = F::cast_from(acc);
+            out_bias[e] = F::cast_from(total);
         }
+    }
+}
+
+/// Units of a [`row_sums`] cube.
+pub const ROW_UNITS: u32 = 128;
+
+/// Row sums in f32, a cube per row: `out[r] = Σ_j a[r, j]` (+ `b[r, j]` with `two`) over the
+/// `cols` columns. Each unit sums the columns u, u + 128, … in order, then a tree over the units
+/// in shared memory in a fixed order: the same bits on every run.
+#[cube(launch, launch_unchecked)]
+// `usize::div_ceil` has no `#[cube]` expansion.
+#[allow(clippy::manual_div_ceil)]
+pub fn row_sums(
+    a: &Array<f32>,
+    b: &Array<f32>,
+    out: &mut Array<f32>,
+    cols: u32,
+    #[comptime] two: bool,
+) {
+    let mut smem = SharedMemory::<f32>::new(ROW_UNITS as usize);
+    let row = CUBE_POS;
+    let u = UNIT_POS as usize;
+    let n = cols as usize;
+    let active = row < out.len();
+    let mut acc = 0.0f32;
+    if active {
+        for k in 0..(n + ROW_UNITS as usize - 1) / (ROW_UNITS as usize) {
+            let j = u + k * (ROW_UNITS as usize);
+            if j < n {
+                acc += a[row * n + j];
+                if two {
+                    acc += b[row * n + j];
+                }
+            }
+        }
+    }
+    smem[u] = acc;
+    for level in 0..comptime!(ROW_UNITS.trailing_zeros()) {
+        sync_cube();
+        let half = (ROW_UNITS as usize / 2) >> level as usize;
+        if u < half {
+            smem[u] = smem[u] + smem[u + half];
+        }
+    }
+    sync_cube();
+    if active && u == 0 {
+        out[row] = smem[0];
     }
 }

@@ -468,18 +468,51 @@ pub fn column_sums(
             Arg::U32(per as u32),
         ],
     );
+    // Columns per finish cube: the most that still give 256 cubes (a large GPU's SMs, twice),
+    // the rest of the cube's 256 units splitting each column's chunks.
+    let columns = [32usize, 16, 8]
+        .into_iter()
+        .find(|&c| width.div_ceil(c) * groups >= 256)
+        .unwrap_or(8);
     b.append_as(
         &format!("{name}_finish"),
-        Kernel::ColumnFinish(cfg),
+        Kernel::ColumnFinish(cfg, columns as u32),
         Float::Storage,
-        Cubes::units(groups * width),
-        (crate::plan::build::UNITS, 1, 1),
+        Cubes::Fixed(width.div_ceil(columns) as u32, groups as u32, 1),
+        (columns as u32, UNITS / columns as u32, 1),
         vec![
             Arg::Buf(partial),
             Arg::Buf(out),
             Arg::Buf(bias),
             Arg::U32(cols as u32),
             Arg::U32(chunks as u32),
+        ],
+    );
+}
+
+/// Appends the f32 row sums `out[r] = Σ_j a[r, j]` (+ `b[r, j]` when given) of [rows, cols]
+/// buffers into `out` [rows]: a cube per row, a fixed-order tree ([`kernels::row_sums`]).
+pub fn row_sums(
+    b: &mut PlanBuilder,
+    name: &str,
+    a: BufId,
+    also: Option<BufId>,
+    rows: usize,
+    cols: usize,
+    out: BufId,
+) {
+    let units = kernels::ROW_UNITS as usize;
+    let second = also.unwrap_or_else(|| unused(b, name, Elem::F32));
+    b.append(
+        name,
+        Kernel::RowSums(also.is_some()),
+        Cubes::Units(Extent::Fixed(rows * units), 1),
+        (kernels::ROW_UNITS, 1, 1),
+        vec![
+            Arg::Buf(a),
+            Arg::Buf(second),
+            Arg::Buf(out),
+            Arg::U32(cols as u32),
         ],
     );
 }

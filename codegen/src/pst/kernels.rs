@@ -197,9 +197,10 @@ pub fn pst_grad_partial<F: Float>(
     }
 }
 
-/// The low-rank gradients, level 2: the chunk partials of each line summed in chunk order and
-/// scaled. `rows` true: dU[o, :] = β·Σ, dA[o, :] = α1·Σ, dR[o] = α2·Σ; `rows` false: dV[:, i],
-/// dB[:, i], dC[i] likewise. One unit per line.
+/// The low-rank gradients, level 2: the chunk partials of each (line, q) summed in chunk order
+/// and scaled. `rows` true: dU[o, :] = β·Σ, dA[o, :] = α1·Σ, dR[o] = α2·Σ; `rows` false:
+/// dV[:, i], dB[:, i], dC[i] likewise. One unit per (line, q): lines · (rank + mrank + 1)
+/// units, each summing its chunks.
 #[cube(launch, launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn pst_grad_finish<F: Float>(
@@ -212,38 +213,36 @@ pub fn pst_grad_finish<F: Float>(
     #[comptime] cfg: PstConfig,
     #[comptime] rows: bool,
 ) {
-    let line = ABSOLUTE_POS;
+    let pos = ABSOLUTE_POS;
     let n_in = cfg.n_in as usize;
     let rank = cfg.rank as usize;
     let mrank = cfg.mrank as usize;
     let width = (cfg.rank + cfg.mrank + 1) as usize;
     let lines = comptime!(if rows { cfg.n_out } else { cfg.n_in }) as usize;
-    if line < lines {
-        #[unroll]
-        for q in 0..comptime!(cfg.rank + cfg.mrank + 1) {
-            let mut acc = 0.0f32;
-            for c in 0..chunks as usize {
-                acc += partial[(c * lines + line) * width + q as usize];
-            }
-            let qu = q as usize;
-            if qu < rank {
-                let v = F::cast_from(coef[2] * acc);
-                if rows {
-                    g1[line * rank + qu] = v;
-                } else {
-                    g1[qu * n_in + line] = v;
-                }
-            } else if qu < rank + mrank {
-                let v = F::cast_from(coef[0] * acc);
-                let k = qu - rank;
-                if rows {
-                    g2[line * mrank + k] = v;
-                } else {
-                    g2[k * n_in + line] = v;
-                }
+    if pos < lines * width {
+        let line = pos / width;
+        let q = pos % width;
+        let mut acc = 0.0f32;
+        for c in 0..chunks as usize {
+            acc += partial[(c * lines + line) * width + q];
+        }
+        if q < rank {
+            let v = F::cast_from(coef[2] * acc);
+            if rows {
+                g1[line * rank + q] = v;
             } else {
-                g3[line] = F::cast_from(coef[1] * acc);
+                g1[q * n_in + line] = v;
             }
+        } else if q < rank + mrank {
+            let v = F::cast_from(coef[0] * acc);
+            let k = q - rank;
+            if rows {
+                g2[line * mrank + k] = v;
+            } else {
+                g2[k * n_in + line] = v;
+            }
+        } else {
+            g3[line] = F::cast_from(coef[1] * acc);
         }
     }
 }

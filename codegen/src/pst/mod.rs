@@ -160,7 +160,7 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
             b.elementwise(
                 &format!("{name}_finish"),
                 Kernel::PstGradFinish(cfg, rows),
-                lines,
+                lines * (r + rm + 1),
                 vec![
                     buf(partial),
                     buf(coef),

@@ -119,16 +119,15 @@ pub fn routed_combine<F: Float>(
     }
 }
 
-/// Router backward, one unit per token: the gate gradient of each kept block (Σ_j of `dco`, and
-/// of `dci` for spt-lora, times gate_scale; 0 for gate none), through the sigmoid or softmax to
-/// the logits: `dlogit` [T, E] f32 (0 where nothing flows).
+/// Router backward, one unit per token: the gate gradient of each kept block (`dgate`, the
+/// pair's row sum of `dco` (+ `dci` for spt-lora), times gate_scale; 0 for gate none), through
+/// the sigmoid or softmax to the logits: `dlogit` [T, E] f32 (0 where nothing flows).
 #[cube(launch, launch_unchecked)]
 pub fn routed_bwd_router(
     gates: &Array<f32>,
     blocks: &Array<i32>,
     slot_of: &Array<u32>,
-    dco: &Array<f32>,
-    dci: &Array<f32>,
+    dgate: &Array<f32>,
     dlogit: &mut Array<f32>,
     gate_scale: f32,
     #[comptime] cfg: RoutedConfig,
@@ -136,7 +135,6 @@ pub fn routed_bwd_router(
     let t = ABSOLUTE_POS;
     let e_n = cfg.blocks as usize;
     let top = cfg.top as usize;
-    let bs = cfg.bs as usize;
     if t < dlogit.len() / e_n {
         let mut dg = Array::<f32>::new(comptime!(cfg.blocks as usize));
         for e in 0..e_n {
@@ -146,14 +144,7 @@ pub fn routed_bwd_router(
             for s in 0..top {
                 let e = blocks[t * top + s] as usize;
                 let p = slot_of[t * top + s] as usize;
-                let mut sum = 0.0f32;
-                for j in 0..bs {
-                    sum += dco[p * bs + j];
-                    if cfg.gate == 2 {
-                        sum += dci[p * bs + j];
-                    }
-                }
-                dg[e] = gate_scale * sum;
+                dg[e] = gate_scale * dgate[p];
             }
         }
         if cfg.softmax {

@@ -21,7 +21,7 @@ use crate::plan::build::buf;
 use crate::plan::lower::Ctx;
 use crate::plan::{Arg, Elem, Kernel, Lowering, Pass};
 use crate::prim;
-use crate::tile::{Act, ActGrad, Dst, Gate, Operand, Src, Store, TileProgram};
+use crate::tile::{Act, ActGrad, Dst, Gate, Operand, Src, Store, TileProgram, TileShape};
 use kernels::RoutedConfig;
 use kernels_ir::pattern::{Activation, GateMode, Pattern, Router};
 
@@ -46,6 +46,19 @@ pub fn config(ctx: &Ctx<'_>) -> Result<RoutedConfig, LowerError> {
         },
         gelu: r.act == Activation::Gelu,
     })
+}
+
+/// The router product's tile: 32 × 32 (E columns pad to 32 rather than the schedule's tile_n,
+/// and T/32 cubes fill the device from T ≈ 4k), the schedule's depth and mainloop, and the
+/// widest load its 32-row slice allows.
+fn router_shape(shape: TileShape) -> TileShape {
+    let vector = (shape.tk * 32 / 256).clamp(1, shape.vector);
+    TileShape {
+        tm: 32,
+        tn: 32,
+        vector,
+        ..shape
+    }
 }
 
 /// The plans of a `routed-ffn` spec.
@@ -97,7 +110,7 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
         t,
         n_in: dm,
         n_out: e_n,
-        shape,
+        shape: router_shape(shape),
     };
     router.forward(&mut f, "routed_router", x, &Weight::Dense(wr), br, gates);
     f.elementwise(
@@ -211,6 +224,7 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
         let dco = b.scratch("dco", Elem::F32, &[pairs, bs]);
         let dci = b.scratch("dci", Elem::F32, &[pairs, bs]);
         let dlogit = b.scratch("dlogit", Elem::F32, &[t, e_n]);
+        let dgate = b.scratch("dgate", Elem::F32, &[pairs]);
         let zdx = b.scratch("zdx", Elem::F32, &[pairs, dm]);
         let dx = b.output("dx", Elem::Storage, &[t, dm]);
         let dw1 = b.output("dw1", Elem::Storage, &[dff, dm]);
@@ -257,6 +271,11 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
             dm,
             (slots, cols, 1),
         );
+        // Each kept pair's gate gradient before the gate scale: the row sums of dco (+ dci).
+        if cfg.gate != 1 {
+            let dci = (cfg.gate == 2).then_some(dci);
+            prim::row_sums(&mut b, "routed_bwd_gate", dco, dci, pairs, bs, dgate);
+        }
         b.elementwise(
             "routed_bwd_router",
             Kernel::RoutedBwdRouter(cfg),
@@ -265,8 +284,7 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
                 buf(gates),
                 buf(blocks),
                 buf(slot_of),
-                buf(dco),
-                buf(dci),
+                buf(dgate),
                 buf(dlogit),
                 Arg::F32(r.gate_scale as f32),
             ],
