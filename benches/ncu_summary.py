@@ -2,8 +2,8 @@
 """Summarises `ncu --csv --metrics gpu__time_duration.sum,dram__bytes_read.sum,...` output: one
 row per kernel launch (in launch order) with its time, DRAM bytes and achieved bandwidth, then
 each kernel family's share of the step's kernel time (the primitives of codegen/src/prim/:
-grouping, scan and sort — in an attention step, SPT's key index —, the column reductions of the
-bias and router gradients, the selection).
+grouping, scan and sort — in an attention step, SPT's key index —, the column and row reductions
+of the bias and router gradients, the selections).
 
     python3 benches/ncu_summary.py ncu.csv
 """
@@ -44,8 +44,12 @@ def main():
     )
     families = {
         "grouping / scan / sort (prim)": ("group_", "rows_", "sort_", "scan_"),
-        "column reductions (bias, router gradients)": ("column_",),
-        "selection": ("select_",),
+        "bias and router gradients (column and row reductions)": (
+            "column_", "row_sums", "routed_bwd_router",
+        ),
+        "selection (global radix select, per-row top-k)": (
+            "select_", "row_topk", "group_topk", "spt_select", "routed_gate",
+        ),
     }
     print()
     print(f"| family | ms | share of the step's {total:.3f} ms |")

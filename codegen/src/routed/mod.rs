@@ -6,7 +6,8 @@
 //! memory the radix sort of [`crate::prim::group`]; each group in token order) →
 //! `routed_up` (x·w1ᵀ + b1 and the activation over the kept pairs only) → `routed_down` (·w2ᵀ and
 //! the gate's output coefficient, per pair) → `routed_combine` (the weighted un-permute, + b2).
-//! Backward: `routed_bwd_hidden` → `routed_bwd_router` (router logits) → `routed_bwd_dx` (per
+//! Backward: `routed_bwd_hidden` → `routed_bwd_gate` (each pair's gate gradient, row sums of
+//! dco/dci: [`crate::prim::row_sums`]) → `routed_bwd_router` (router logits) → `routed_bwd_dx` (per
 //! pair) → `routed_bwd_dx_combine` (+ the router path), `routed_bwd_w1` (with db1 as its row
 //! sums) and `routed_bwd_w2` (tiled per block), `routed_bwd_db2` and `routed_bwd_router_w` (dwr,
 //! dbr: [`crate::prim::column_sums`], two-level column reductions). The six products are tile
