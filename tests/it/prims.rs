@@ -386,7 +386,7 @@ proptest! {
     #![proptest_config(proptest_config(10))]
 
     /// The per-row top-k (highest score first, ties to the lower column, kept columns written
-    /// ascending) equals the host's: short rows (a unit each), long rows (a cube each, from one
+    /// ascending) equals the host's: short rows (a unit each), long rows (a cube each, from two
     /// to 512 entries per unit, past the 2^16 entries of the packed counts), few distinct
     /// values (many ties at the k-th), ±0 (equal), and all-equal rows.
     #[test]
@@ -441,4 +441,48 @@ fn scans_beyond_one_grid_axis_and_three_levels() {
         scan_on(&device, &data, 1, n, true),
         host_scan(&data, n, true)
     );
+}
+
+/// The per-row top-k over more rows than one grid axis holds (a cube per row, 70 000 rows
+/// spread over two axes; the cubes past the last row keep nothing and write nothing).
+#[test]
+fn row_topk_beyond_one_grid_axis() {
+    let Some(device) = wgpu_or_skip("row top-k beyond one grid axis") else {
+        return;
+    };
+    let (rows, c, topk) = (70_000usize, 40usize, 3usize);
+    let mut rng = SplitMix64::new(11);
+    let scores: Vec<f32> = (0..rows * c).map(|_| (rng.next_u64() % 7) as f32).collect();
+    let cfg = TopkConfig {
+        c: c as u32,
+        topk: topk as u32,
+        base: true,
+        term: false,
+        abs: false,
+        flat: false,
+    };
+    let mut b = builder("row top-k, many rows");
+    let base = b.input("base", Elem::F32, &[rows, c]);
+    let term = b.zeros("term", Elem::Storage, &[1]);
+    let kept = b.output("kept", Elem::U32, &[rows, topk]);
+    select::row_topk(
+        &mut b,
+        "topk",
+        cfg,
+        rows,
+        vec![Arg::Buf(base), Arg::Buf(term), Arg::Buf(kept)],
+    );
+    let got = run_twice(
+        &device,
+        &b.finish(),
+        &[("base", scores.iter().map(|x| x.to_bits()).collect())],
+    );
+    for r in 0..rows {
+        let s = &scores[r * c..(r + 1) * c];
+        let mut order: Vec<usize> = (0..c).collect();
+        order.sort_by(|&i, &j| s[j].total_cmp(&s[i]).then(i.cmp(&j)));
+        let mut want: Vec<u32> = order[..topk].iter().map(|&i| i as u32).collect();
+        want.sort_unstable();
+        assert_eq!(&got["kept"][r * topk..(r + 1) * topk], &want[..], "row {r}");
+    }
 }

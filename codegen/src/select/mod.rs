@@ -140,7 +140,7 @@ pub mod kernels {
         );
     }
 
-    /// [`row_topk`] for short rows (N:M's groups of M): one unit per row, ranked in registers
+    /// [`row_topk`] for short rows (N:M's groups of M): one unit per row, each entry ranked against the row's others
     /// ([`super::row::short_select`]).
     #[cube(launch, launch_unchecked)]
     pub fn group_topk<F: Float>(

@@ -11,7 +11,8 @@
 //!   taken, then a cube scan of per-unit counts gives every kept entry its output slot. Integer
 //!   counts only: the result is the same whatever order the units count in.
 //! - **a unit per row** ([`short_select`], rows of a few dozen entries): each entry's rank is
-//!   the number of entries ordered before it, in registers.
+//!   the number of entries ordered before it: O(n²) compares on a local array, for rows of at
+//!   most [`super::SHORT_ROW`] entries (N:M's groups) or a token's E router gates.
 
 // `#[cube]` expands to code that clippy reads as written.
 #![allow(missing_docs)]
@@ -37,9 +38,9 @@ pub struct RowShape {
 }
 
 impl RowShape {
-    /// The shape for rows of at most `n` entries with keys of `bits` bits: at least 4 entries
-    /// per unit up to 256 units, then the entries per unit rounded up to a power of two (so
-    /// nearby row lengths share a compiled kernel).
+    /// The shape for rows of at most `n` entries with keys of `bits` bits: 32 to 256 units, about
+    /// 4 entries per unit until 256 units are used, then the entries per unit rounded up to a
+    /// power of two (so nearby row lengths share a compiled kernel).
     pub fn for_rows(n: usize, bits: u32) -> RowShape {
         let n = n.max(1);
         let units = n.div_ceil(4).next_power_of_two().clamp(32, UNITS as usize);
@@ -210,7 +211,7 @@ pub fn row_place<I: Int>(
 
 /// The `kept` best entries of a row spread over the cube, written as in [`row_place`]: the
 /// pivot, then the placement. Returns how many were written (`kept`, or fewer when the row is
-/// shorter). Every unit of the cube must call it.
+/// shorter; 0 in a cube past the last row, `active` false). Every unit of the cube must call it.
 #[cube]
 pub fn row_select<I: Int>(
     keys: &Array<u32>,
@@ -223,7 +224,11 @@ pub fn row_select<I: Int>(
     active: bool,
     #[comptime] shape: RowShape,
 ) -> u32 {
-    let rank = at_most(kept, n);
+    // A cube past the last row keeps nothing (its pick would never be written).
+    let mut rank = 0u32;
+    if active {
+        rank = at_most(kept, n);
+    }
     let (pivot, need) = row_pivot(keys, valid, rank, shape);
     row_place::<I>(keys, valid, pivot, need, out, base, offset, active, shape)
 }
