@@ -23,7 +23,7 @@ pub mod kernels {
 
     use cubecl::prelude::*;
 
-    use super::row::{RowShape, best_first, row_select, row_valid, short_select};
+    use super::row::{RowShape, best_first, place, row_select, row_valid, short_select};
     use crate::prim::kernels::{ITEMS, TILE, UNITS, cube_scan};
 
     /// Buckets of one radix pass (8 bits): one per unit of a cube.
@@ -356,20 +356,12 @@ pub mod kernels {
                 let at = first + i;
                 if at < w.len() {
                     let k = key::<F>(w[at], signed);
-                    if k < pivot {
-                        let mut taken = equal;
-                        if need < taken {
-                            taken = need;
-                        }
-                        index[(less + taken) as usize] = at as u32;
-                        less += 1u32;
+                    let (take, slot, l, e) = place(k, pivot, need, less, equal);
+                    if take {
+                        index[slot as usize] = at as u32;
                     }
-                    if k == pivot {
-                        if equal < need {
-                            index[(less + equal) as usize] = at as u32;
-                        }
-                        equal += 1u32;
-                    }
+                    less = l;
+                    equal = e;
                 }
             }
         }

@@ -146,6 +146,29 @@ pub fn row_pivot(
     (prefix, left)
 }
 
+/// The placement rule of every selection's compaction, for the next key `k` in index order given
+/// the keys below the pivot (`less`) and equal to it (`equal`) before it: whether it is kept,
+/// its output slot, and the two counts after it. Kept: every key below the pivot, and the first
+/// `need` equal to it; a kept key goes after every kept key before it.
+#[cube]
+pub fn place(k: u32, pivot: u32, need: u32, less: u32, equal: u32) -> (bool, u32, u32, u32) {
+    let mut take = false;
+    let mut slot = 0u32;
+    let mut l = less;
+    let mut e = equal;
+    if k < pivot {
+        take = true;
+        slot = less + at_most(equal, need);
+        l += 1u32;
+    }
+    if k == pivot {
+        take = equal < need;
+        slot = less + equal;
+        e += 1u32;
+    }
+    (take, slot, l, e)
+}
+
 /// The kept entries of a row spread over the cube (as in [`row_pivot`]), given its pivot and
 /// ties taken: each kept entry's column plus `offset`, in ascending column order, into
 /// `out[base..]`. Returns how many were written. Every unit of the cube must call it.
@@ -191,18 +214,12 @@ pub fn row_place<I: Int>(
         for i in 0..shape.per {
             if i < valid {
                 let k = keys[i as usize];
-                let column = I::cast_from(offset + first + i);
-                if k < pivot {
-                    let taken = at_most(equal_before, need);
-                    out[base + (less_before + taken) as usize] = column;
-                    less_before += 1u32;
+                let (take, slot, less, equal) = place(k, pivot, need, less_before, equal_before);
+                if take {
+                    out[base + slot as usize] = I::cast_from(offset + first + i);
                 }
-                if k == pivot {
-                    if equal_before < need {
-                        out[base + (less_before + equal_before) as usize] = column;
-                    }
-                    equal_before += 1u32;
-                }
+                less_before = less;
+                equal_before = equal;
             }
         }
     }
