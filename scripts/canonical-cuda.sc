@@ -6,7 +6,7 @@ kernel spt_default_f32 {
   op = spt-attention
   direction = forward
   dtype = f32
-  pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
+  pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16, block = 1)
   dims = (B = 16, H = 32, L = 512, D = 64)
   schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
@@ -15,7 +15,7 @@ kernel spt_default_f16 {
   op = spt-attention
   direction = forward
   dtype = f16
-  pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
+  pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16, block = 1)
   dims = (B = 16, H = 32, L = 512, D = 64)
   schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
@@ -24,7 +24,7 @@ kernel spt_default_bf16 {
   op = spt-attention
   direction = forward
   dtype = bf16
-  pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
+  pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16, block = 1)
   dims = (B = 16, H = 32, L = 512, D = 64)
   schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
@@ -33,7 +33,7 @@ kernel spt_variant_f32 {
   op = spt-attention
   direction = forward
   dtype = f32
-  pattern = pq-topk(topk = 24, selector = pq-adc, causal = true, clamp = true, sub_dim = 8, codewords = 16)
+  pattern = pq-topk(topk = 24, selector = pq-adc, causal = true, clamp = true, sub_dim = 8, codewords = 16, block = 1)
   dims = (B = 16, H = 32, L = 512, D = 32)
   schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = false, lanes = 8, mma = auto, precision = ieee)
 }
@@ -42,7 +42,7 @@ kernel spt_variant_f16 {
   op = spt-attention
   direction = forward
   dtype = f16
-  pattern = pq-topk(topk = 24, selector = pq-adc, causal = true, clamp = true, sub_dim = 8, codewords = 16)
+  pattern = pq-topk(topk = 24, selector = pq-adc, causal = true, clamp = true, sub_dim = 8, codewords = 16, block = 1)
   dims = (B = 16, H = 32, L = 512, D = 32)
   schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = false, lanes = 8, mma = auto, precision = ieee)
 }
@@ -51,9 +51,36 @@ kernel spt_variant_bf16 {
   op = spt-attention
   direction = forward
   dtype = bf16
-  pattern = pq-topk(topk = 24, selector = pq-adc, causal = true, clamp = true, sub_dim = 8, codewords = 16)
+  pattern = pq-topk(topk = 24, selector = pq-adc, causal = true, clamp = true, sub_dim = 8, codewords = 16, block = 1)
   dims = (B = 16, H = 32, L = 512, D = 32)
   schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = false, lanes = 8, mma = auto, precision = ieee)
+}
+
+kernel spt_blocks_f32 {
+  op = spt-attention
+  direction = forward
+  dtype = f32
+  pattern = pq-topk(topk = L/8, selector = pq-adc, causal = true, clamp = false, sub_dim = 8, codewords = 16, block = 64)
+  dims = (B = 16, H = 32, L = 512, D = 64)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
+}
+
+kernel spt_blocks_f16 {
+  op = spt-attention
+  direction = forward
+  dtype = f16
+  pattern = pq-topk(topk = L/8, selector = pq-adc, causal = true, clamp = false, sub_dim = 8, codewords = 16, block = 64)
+  dims = (B = 16, H = 32, L = 512, D = 64)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
+}
+
+kernel spt_blocks_bf16 {
+  op = spt-attention
+  direction = forward
+  dtype = bf16
+  pattern = pq-topk(topk = L/8, selector = pq-adc, causal = true, clamp = false, sub_dim = 8, codewords = 16, block = 64)
+  dims = (B = 16, H = 32, L = 512, D = 64)
+  schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
 
 kernel routed_default_f32 {
@@ -312,7 +339,7 @@ kernel pq_encode_f32 {
   op = pq-encode
   direction = forward
   dtype = f32
-  pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
+  pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16, block = 1)
   dims = (N = 8192, D = 64)
   schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
@@ -321,7 +348,7 @@ kernel pq_encode_f16 {
   op = pq-encode
   direction = forward
   dtype = f16
-  pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
+  pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16, block = 1)
   dims = (N = 8192, D = 64)
   schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }
@@ -330,7 +357,7 @@ kernel pq_encode_bf16 {
   op = pq-encode
   direction = forward
   dtype = bf16
-  pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16)
+  pattern = pq-topk(topk = L/8, selector = pq-match, causal = false, clamp = false, sub_dim = 8, codewords = 16, block = 1)
   dims = (N = 8192, D = 64)
   schedule = (tile_m = 64, tile_n = 64, tile_k = 16, vector = 4, stages = 2, fused = true, lanes = 8, mma = auto, precision = ieee)
 }

@@ -103,6 +103,26 @@ pub struct PqTopK {
     pub sub_dim: usize,
     /// Codewords per subspace, `E` (default 16).
     pub codewords: usize,
+    /// Selection granularity `G` (METHODS.md §7): 1 keeps keys per query row; a power of two
+    /// ≥ 16 keeps ⌈topk / G⌉ key blocks of G rows per query block of G rows.
+    #[serde(default = "one")]
+    pub block: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl PqTopK {
+    /// Key blocks kept per query block, ⌈topk / G⌉, for a resolved `topk` (block 1: `topk`).
+    pub fn kept_blocks(&self, topk: usize) -> usize {
+        topk.div_ceil(self.block.max(1))
+    }
+
+    /// Query (and key) blocks of a sequence of `l` rows, ⌈L / G⌉.
+    pub fn blocks_of(&self, l: usize) -> usize {
+        l.div_ceil(self.block.max(1))
+    }
 }
 
 impl Default for PqTopK {
@@ -114,6 +134,7 @@ impl Default for PqTopK {
             clamp: false,
             sub_dim: 8,
             codewords: 16,
+            block: 1,
         }
     }
 }
@@ -445,6 +466,7 @@ impl Pattern {
                 ("clamp", p.clamp.to_string()),
                 ("sub_dim", p.sub_dim.to_string()),
                 ("codewords", p.codewords.to_string()),
+                ("block", p.block.to_string()),
             ],
             Pattern::Routed(r) => vec![
                 ("blocks", r.blocks.to_string()),
@@ -494,6 +516,7 @@ impl Pattern {
                 "clamp",
                 "sub_dim",
                 "codewords",
+                "block",
             ],
             PatternKind::Routed => &["blocks", "top", "router", "gate", "gate_scale", "act"],
             PatternKind::Monarch => &["k", "q", "p", "l", "s", "r"],
@@ -530,6 +553,7 @@ impl Pattern {
                     clamp: a.bool_or("clamp", d.clamp)?,
                     sub_dim: a.usize_or("sub_dim", d.sub_dim)?,
                     codewords: a.usize_or("codewords", d.codewords)?,
+                    block: a.usize_or("block", d.block)?,
                 })
             }
             PatternKind::Routed => {

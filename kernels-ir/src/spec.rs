@@ -132,6 +132,22 @@ impl KernelSpec {
         }
     }
 
+    /// The shape of spt-attention's `indices`: [B, H, L, topk] kept keys, or with `block` G > 1
+    /// [B, H, ⌈L/G⌉, ⌈topk/G⌉] kept key blocks (METHODS.md §7). Empty for other ops.
+    pub fn spt_index_shape(&self) -> Vec<usize> {
+        let d = |n: &str| self.dim(n);
+        match self.pattern {
+            Pattern::PqTopK(p) if p.block > 1 => vec![
+                d("B"),
+                d("H"),
+                p.blocks_of(d("L")),
+                p.kept_blocks(self.topk()),
+            ],
+            Pattern::PqTopK(_) => vec![d("B"), d("H"), d("L"), self.topk()],
+            _ => Vec::new(),
+        }
+    }
+
     /// The tensors the kernel reads and writes, with shapes resolved from the dims. Verifies
     /// the spec first: shapes of an invalid spec mean nothing.
     pub fn tensors(&self) -> Result<Vec<TensorSpec>, VerifyErrors> {
@@ -161,11 +177,7 @@ impl KernelSpec {
                     f,
                     |t| {
                         t.output("out", &qkv, f);
-                        t.output(
-                            "indices",
-                            &[d("B"), d("H"), d("L"), self.topk()],
-                            DType::I64,
-                        );
+                        t.output("indices", &self.spt_index_shape(), DType::I64);
                     },
                     &[("dq", &qkv), ("dk", &qkv), ("dv", &qkv)],
                 );
@@ -391,10 +403,14 @@ impl KernelSpec {
         let c = match (self.op, &self.pattern) {
             (OpKind::SptAttention, Pattern::PqTopK(p)) => {
                 let (rows, dd, l) = (d("B") * d("H") * d("L"), d("D"), d("L"));
-                let kept = self.topk() as u64;
+                // Block-granular selection attends to every key of the kept blocks.
+                let kept = (p.kept_blocks(self.topk()) * p.block.max(1)).min(l as usize) as u64;
                 // Encode q and k (L1 distance to every codeword) + select (S compares per pair).
                 let encode = 2 * rows * dd * p.codewords as u64 * 2;
-                let select = rows * l * (dd / p.sub_dim as u64);
+                // (Blocks: one score per (query block, key block), plus the block means.)
+                let g = p.block.max(1) as u64;
+                let select = rows.div_ceil(g) * l.div_ceil(g) * (dd / p.sub_dim as u64)
+                    + if g > 1 { 2 * rows * dd } else { 0 };
                 Cost {
                     flops: encode + select + 4 * rows * kept * dd,
                     dense_flops: 4 * rows * l * dd,

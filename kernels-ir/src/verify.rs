@@ -204,6 +204,17 @@ fn check_pattern(spec: &KernelSpec, r: &mut Report<'_>) {
             r.positive(f, "sub_dim", p.sub_dim);
             r.positive(f, "codewords", p.codewords);
             r.divides(f, ("D", d("D")), ("sub_dim", p.sub_dim));
+            r.check(
+                p.block == 1 || (p.block >= 16 && p.block.is_power_of_two()),
+                f,
+                || {
+                    format!(
+                        "block = {} must be 1 (a key per query row) or a power of two ≥ 16 \
+                         (rows per selected block), e.g. 64",
+                        p.block
+                    )
+                },
+            );
             if let TopK::SeqFraction(0) = p.topk {
                 r.err(f, "topk = L/0 divides by zero; use L/n with n ≥ 1");
             }

@@ -80,6 +80,47 @@ fn causal_rows_with_fewer_candidates_pad_with_minus_one() {
     assert_eq!(idx.data, vec![0, -1, -1, 0, 1, -1, 0, 1, 2, 0, 1, 3]);
 }
 
+/// Block-granular selection (METHODS.md §7), worked with G = 2 (the rule is the same for the
+/// G ≥ 16 the verifier admits): L = 5, so the last block is a single row.
+#[test]
+fn block_selection_scores_block_means_and_keeps_the_diagonal() {
+    // Blocks of rows: B0 = {(1,1,0,1), (1,1,0,1)} → mean codes (1,0); B1 = {(0,0,0,0),
+    // (0,0,0,2)} → mean (0,0,0,1) → codes (0,0); B2 = {(1,1,1,0)} → codes (1,1).
+    let x = t(
+        &[1, 1, 5, 4],
+        &[
+            1., 1., 0., 1., 1., 1., 0., 1., 0., 0., 0., 0., 0., 0., 0., 2., 1., 1., 1., 0.,
+        ],
+    );
+    let p = PqTopK {
+        topk: TopK::Fixed(3),
+        sub_dim: 2,
+        codewords: 2,
+        block: 2,
+        ..PqTopK::default()
+    };
+    // kb = ⌈3 / 2⌉ = 2. Matches (query block b, key block c): b0: 2 1 1; b1: 1 2 0; b2: 1 0 2.
+    // b0 → c0, then the tie c1/c2 → c1; b1 → c1, c0; b2 → c2, c0. Ascending order.
+    let blocks = spt::select_blocks(&x, &x, &codebook(), &p, 3);
+    assert_eq!(blocks.shape, vec![1, 1, 3, 2]);
+    assert_eq!(blocks.data, vec![0, 1, 0, 1, 0, 2]);
+    // Causal: the diagonal first, the other kb − 1 = 1 from the blocks before it (b0 has none).
+    let causal = PqTopK { causal: true, ..p };
+    let blocks = spt::select_blocks(&x, &x, &codebook(), &causal, 3);
+    assert_eq!(blocks.data, vec![0, -1, 0, 1, 0, 2]);
+    // Each row's keys: kb·G = 4 slots, −1 past the query (causal), past L or in an empty slot.
+    let keys = spt::expand_blocks(&blocks, 5, 2, true);
+    assert_eq!(keys.shape, vec![1, 1, 5, 4]);
+    #[rustfmt::skip]
+    assert_eq!(keys.data, vec![
+        0, -1, -1, -1,
+        0, 1, -1, -1,
+        0, 1, 2, -1,
+        0, 1, 2, 3,
+        0, 1, 4, -1,
+    ]);
+}
+
 #[test]
 fn pq_adc_scores_query_against_key_codewords() {
     // one query (1, 2 | 3, -1); keys coded (1,0) and (0,1):

@@ -27,8 +27,9 @@ fn any_pattern() -> impl Strategy<Value = Pattern> {
         any::<bool>(),
         0usize..20,
         0usize..40,
+        prop::sample::select(vec![1usize, 16, 64, 256]),
     )
-        .prop_map(|(topk, adc, causal, clamp, sub_dim, codewords)| {
+        .prop_map(|(topk, adc, causal, clamp, sub_dim, codewords, block)| {
             Pattern::PqTopK(PqTopK {
                 topk,
                 selector: if adc {
@@ -40,6 +41,7 @@ fn any_pattern() -> impl Strategy<Value = Pattern> {
                 clamp,
                 sub_dim,
                 codewords,
+                block,
             })
         });
     let routed = (
@@ -314,6 +316,19 @@ fn verifier_checks_attention_and_weight_patterns() {
         [
             "D = 20 is not divisible by sub_dim = 8",
             "topk = 17 resolves to 17, more than L = 16"
+        ]
+    );
+    assert_eq!(
+        spec(
+            OpKind::SptAttention,
+            &[("B", 1), ("H", 1), ("L", 64), ("D", 16)],
+            Pattern::PqTopK(PqTopK {
+                block: 24,
+                ..PqTopK::default()
+            })
+        ),
+        [
+            "block = 24 must be 1 (a key per query row) or a power of two ≥ 16 (rows per selected block), e.g. 64"
         ]
     );
     assert_eq!(

@@ -32,6 +32,7 @@ fn case(dtype: DType) -> impl Strategy<Value = SptCase> {
                 clamp,
                 adc,
                 fused,
+                block: 1,
                 dtype,
                 seed,
             },
@@ -88,6 +89,46 @@ proptest! {
     }
 }
 
+/// Block-granular selection (METHODS.md §7): G ∈ {16, 32}, L up to 150 (a ragged last block in
+/// most draws, a single block in some), topk up to L (kb = ⌈topk / G⌉ up to every block), causal
+/// rows whose diagonal block is always kept.
+fn block_case(dtype: DType) -> impl Strategy<Value = SptCase> {
+    (
+        case(dtype),
+        prop::sample::select(vec![16usize, 32]),
+        any::<u16>(),
+    )
+        .prop_map(|(c, block, t)| SptCase {
+            block,
+            topk: 1 + t as usize % c.l,
+            ..c
+        })
+}
+
+proptest! {
+    #![proptest_config(proptest_config(16))]
+
+    /// Kept blocks identical to the reference's, out and gradients within 1e-5.
+    #[test]
+    fn spt_blocks_match_reference_f32(c in block_case(DType::F32)) {
+        check(&c)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(proptest_config(6))]
+
+    /// Half storage (f16, and bf16 held as f32 on wgpu), f32 accumulation: within 1e-2.
+    #[test]
+    fn spt_blocks_match_reference_half(
+        c in block_case(DType::F16),
+        bf16 in any::<bool>(),
+    ) {
+        let dtype = if bf16 { DType::BF16 } else { DType::F16 };
+        check(&SptCase { dtype, ..c })?;
+    }
+}
+
 proptest! {
     #![proptest_config(proptest_config(16))]
 
@@ -137,6 +178,7 @@ fn dense_baseline_rejects_missing_or_misshapen_inputs() {
         clamp: false,
         adc: false,
         fused: true,
+        block: 1,
         dtype: DType::F32,
         seed: 2,
     };
@@ -182,6 +224,7 @@ fn long_rows_match_the_reference() {
         clamp: false,
         adc: true,
         fused: true,
+        block: 1,
         dtype: DType::F32,
         seed: 3,
     };

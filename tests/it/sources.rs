@@ -9,7 +9,8 @@ use kernels_ir::{DType, KernelSpec, OpKind, Schedule};
 use sparsecube_codegen::emit::{Target, sources};
 
 /// The canonical configs: SPT's defaults (D = 64, topk = L/8, pq-match, f32, fused forward), and
-/// the other branch of every switch (causal, clamp, pq-adc, f16, D = 32, unfused forward chain);
+/// the other branch of every switch (causal, clamp, pq-adc, f16, D = 32, unfused forward chain)
+/// and block-granular selection (G 64, causal, pq-adc);
 /// the routed FFN's defaults (4 blocks, top 2, sigmoid, gate on the output, ReLU) and the other
 /// branches (16 blocks top 4, softmax, spt-lora, GELU, f16); the Sparse-CBM head keeping 16 of
 /// 512 concepts; the dense linear baseline (8192 rows, 1024 → 1024); SaRA keeping 10 % of a
@@ -50,6 +51,21 @@ pub(crate) fn canonical() -> Vec<(&'static str, KernelSpec)> {
                 },
                 DType::F16,
                 false,
+            ),
+        ),
+        (
+            "spt_blocks_causal_adc_f32",
+            b(
+                "spt_blocks",
+                64,
+                PqTopK {
+                    causal: true,
+                    selector: Selector::PqAdc,
+                    block: 64,
+                    ..PqTopK::default()
+                },
+                DType::F32,
+                true,
             ),
         ),
         (
@@ -232,9 +248,13 @@ fn generated_sources_snapshots() {
                     } else {
                         &["spt_sddmm", "spt_softmax", "spt_spmm"]
                     };
+                    let blocks = matches!(spec.pattern, Pattern::PqTopK(p) if p.block > 1);
+                    let select: &[&str] = if blocks {
+                        &["spt_block_codes", "spt_block_select", "spt_block_expand"]
+                    } else {
+                        &["pq_encode", "spt_select"]
+                    };
                     [
-                        "pq_encode",
-                        "spt_select",
                         "spt_bwd_rows",
                         "spt_keys_count",
                         "spt_keys_scan_apply",
@@ -244,6 +264,7 @@ fn generated_sources_snapshots() {
                     ]
                     .into_iter()
                     .chain(forward.iter().copied())
+                    .chain(select.iter().copied())
                     .collect()
                 }
                 // The bias gradient is a column sum in the weight gradient's epilogue.

@@ -7,7 +7,7 @@ use burn::backend::Autodiff;
 use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
-use kernels_ir::pattern::{Activation, Cbm, Nm, PqTopK, Pst, Routed, SaraSelect};
+use kernels_ir::pattern::{Activation, Cbm, Nm, PqTopK, Pst, Routed, SaraSelect, TopK};
 use kernels_ir::reference::rng::SplitMix64;
 use sparsecube_tests::{assert_close, wgpu_or_skip};
 use sparsecube_train::SparseBackend;
@@ -287,6 +287,31 @@ fn causal_spt_attention_matches_the_composition() {
         |rng, dev| SptAttention::new(pattern, 40, 16, 1.0, rng, dev).unwrap(),
         |m: &SptAttention<_>, x: Vec<Tensor<_, 4>>| {
             let aux = m.codebook_loss(x[1].clone());
+            (
+                m.forward(x[0].clone(), x[1].clone(), x[2].clone()),
+                Some(aux),
+            )
+        }
+    );
+}
+
+/// Block-granular selection (G 16, causal, a ragged last block): the diagonal block is always
+/// kept, so every row attends to itself.
+#[test]
+fn block_spt_attention_matches_the_composition() {
+    let pattern = PqTopK {
+        topk: TopK::Fixed(20),
+        causal: true,
+        block: 16,
+        ..PqTopK::default()
+    };
+    case!(
+        "block_spt_attention_matches_the_composition",
+        19,
+        &[[1, 2, 40, 16], [1, 2, 40, 16], [1, 2, 40, 16]],
+        |rng, dev| SptAttention::new(pattern, 40, 16, 1.0, rng, dev).unwrap(),
+        |m: &SptAttention<_>, x: Vec<Tensor<_, 4>>| {
+            let aux = m.codebook_loss(x[0].clone());
             (
                 m.forward(x[0].clone(), x[1].clone(), x[2].clone()),
                 Some(aux),

@@ -26,6 +26,12 @@ macro_rules! kernel_table {
             PqEncode(cfg: SptConfig) = spt::select::pq_encode, PqEncode, generic, (a a a);
             /// SPT's per-row top-k selection.
             SptSelect(cfg: SptConfig, shape: RowShape) = spt::select::spt_select, SptSelect, generic, (a a a a a u);
+            /// SPT's block representatives: means and codes.
+            SptBlockCodes(cfg: SptConfig) = spt::block::spt_block_codes, SptBlockCodes, generic, (a a a a u);
+            /// SPT's per-query-block top-k of key blocks.
+            SptBlockSelect(cfg: SptConfig, shape: RowShape) = spt::block::spt_block_select, SptBlockSelect, generic, (a a a a a u);
+            /// SPT's kept blocks expanded to each row's keys.
+            SptBlockExpand(cfg: SptConfig) = spt::block::spt_block_expand, SptBlockExpand, plain, (a a u);
             /// SPT's fused sparse attention forward.
             SptAttendFwd(cfg: SptConfig, lanes: u32) = spt::kernels::spt_attend_fwd, SptAttendFwd, generic, (a a a a a a u);
             /// SPT's unfused chain: scores on the kept set.

@@ -33,6 +33,9 @@ pub struct SptConfig {
     pub clamp: bool,
     /// Score candidates by asymmetric distance (pq-adc) instead of code matches (pq-match).
     pub adc: bool,
+    /// Rows per selected block `G` of the block-granular selection kernels (`topk` then counts
+    /// kept blocks); 1 in every other kernel.
+    pub block: u32,
 }
 
 /// The scaled (and optionally clamped) score q_row · k_krow / √D, and whether the clamp let the

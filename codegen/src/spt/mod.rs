@@ -11,6 +11,7 @@
 //! `spt_bwd_keys` (dk, dv). The row kernels run `lanes` lanes per row (the schedule's, capped at
 //! the device's plane size).
 
+pub mod block;
 pub mod dense;
 pub mod kernels;
 pub mod select;
@@ -43,6 +44,7 @@ pub fn config(spec: &KernelSpec) -> Result<SptConfig, LowerError> {
         causal: p.causal,
         clamp: p.clamp,
         adc: p.selector == Selector::PqAdc,
+        block: 1,
     })
 }
 
@@ -88,60 +90,40 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
     let cfg = config(ctx.spec)?;
     let (bn, h, l) = (ctx.dim("B"), ctx.dim("H"), ctx.dim("L"));
     let rows = bn * h * l;
-    let (d, s, topk) = (cfg.d as usize, cfg.s as usize, cfg.topk as usize);
+    let (d, s) = (cfg.d as usize, cfg.s as usize);
     let qkv = [bn, h, l, d];
     let cb = [s, cfg.e as usize, cfg.dc as usize];
     let lanes = row_lanes(ctx, ctx.spec.schedule.lanes);
     let seq = Arg::U32(l as u32);
+    let blocks = Blocks::of(ctx, &cfg);
+    // The row kernels attend over `topk` slots per query row: the kept keys, or with blocks the
+    // kb·G keys of the row's query block's kept blocks.
+    let cfg = blocks.map_or(cfg, |bl| SptConfig {
+        topk: bl.width as u32,
+        ..cfg
+    });
+    let topk = cfg.topk as usize;
+    let index_shape = ctx.spec.spt_index_shape();
 
     let mut f = ctx.builder(Pass::Forward);
     let q = f.input("q", Elem::Storage, &qkv);
     let k = f.input("k", Elem::Storage, &qkv);
     let v = f.input("v", Elem::Storage, &qkv);
     let codebook = f.input("codebook", Elem::Storage, &cb);
-    let codes_q = f.scratch("codes_q", Elem::U32, &[rows, s]);
-    let codes_k = f.scratch("codes_k", Elem::U32, &[rows, s]);
-    let indices = f.declare("indices", Elem::I32, &[bn, h, l, topk], ctx.output_kept());
+    let indices = f.declare("indices", Elem::I32, &index_shape, ctx.output_kept());
     let out = f.output("out", Elem::Storage, &qkv);
     let lse = f.declare("lse", Elem::F32, &[rows], ctx.kept());
-    for (x, codes) in [(q, codes_q), (k, codes_k)] {
-        f.elementwise(
-            "pq_encode",
-            Kernel::PqEncode(cfg),
-            rows * s,
-            vec![buf(x), buf(codebook), buf(codes)],
-        );
-    }
-    let shape = RowShape::for_rows(l, select::key_bits(&cfg));
-    // pq-adc keeps each row's score table q_s · codebook[s, w] in shared memory, beside the
-    // selection's bins and scans.
-    let table = if cfg.adc { s * cfg.e as usize } else { 0 };
-    let shared = 4 * (table + 256 + 2 * shape.units as usize + 2);
-    if shared > ctx.opts.device.max_shared_bytes {
-        return Err(LowerError::Unsupported {
-            op: ctx.spec.op,
-            what: format!(
-                "pq-adc with {s} subspaces × {} codewords on this device: the selection's \
-                 per-row score table and bins take {shared} B of shared memory, the device has \
-                 {} B per cube (use fewer codewords or a larger sub_dim)",
-                cfg.e, ctx.opts.device.max_shared_bytes
-            ),
-        });
-    }
-    f.append(
-        "spt_select",
-        Kernel::SptSelect(cfg, shape),
-        Cubes::Units(Extent::Fixed(rows * shape.units as usize), 1),
-        shape.dim(),
-        vec![
-            buf(q),
-            buf(codebook),
-            buf(codes_q),
-            buf(codes_k),
-            buf(indices),
-            seq.clone(),
-        ],
-    );
+    let sel = [q, k, codebook, indices];
+    let keys = match blocks {
+        None => {
+            select_rows(ctx, &mut f, &cfg, sel, rows)?;
+            indices
+        }
+        Some(bl) => {
+            bl.select(ctx, &mut f, sel)?;
+            bl.expand(&mut f, indices, rows)
+        }
+    };
     if ctx.spec.schedule.fused {
         rows_launch(
             &mut f,
@@ -153,7 +135,7 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
                 buf(q),
                 buf(k),
                 buf(v),
-                buf(indices),
+                buf(keys),
                 buf(out),
                 buf(lse),
                 seq.clone(),
@@ -165,19 +147,19 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
             "spt_sddmm",
             Kernel::SptSddmm(cfg),
             rows,
-            vec![buf(q), buf(k), buf(indices), buf(scores), seq.clone()],
+            vec![buf(q), buf(k), buf(keys), buf(scores), seq.clone()],
         );
         f.elementwise(
             "spt_softmax",
             Kernel::SptSoftmax(cfg.topk),
             rows,
-            vec![buf(scores), buf(indices), buf(lse)],
+            vec![buf(scores), buf(keys), buf(lse)],
         );
         f.elementwise(
             "spt_spmm",
             Kernel::SptSpmm(cfg),
             rows,
-            vec![buf(scores), buf(indices), buf(v), buf(out), seq.clone()],
+            vec![buf(scores), buf(keys), buf(v), buf(out), seq.clone()],
         );
     }
 
@@ -187,7 +169,8 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
         let k = b.input("k", Elem::Storage, &qkv);
         let v = b.input("v", Elem::Storage, &qkv);
         let dout = b.input("dout", Elem::Storage, &qkv);
-        let indices = b.saved("indices", Elem::I32, &[bn, h, l, topk]);
+        let indices = b.saved("indices", Elem::I32, &index_shape);
+        let keys = blocks.map_or(indices, |bl| bl.expand(&mut b, indices, rows));
         let lse = b.saved("lse", Elem::F32, &[rows]);
         let heads = bn * h;
         let probs = b.scratch("probs", Elem::F32, &[rows, topk]);
@@ -207,7 +190,7 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
                 buf(q),
                 buf(k),
                 buf(v),
-                buf(indices),
+                buf(keys),
                 buf(lse),
                 buf(dout),
                 buf(dq),
@@ -217,15 +200,7 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
             ],
         );
         let shared = prim::rows_fit(l + 1, &ctx.opts.device);
-        key_index(
-            &mut b,
-            indices,
-            [offsets, entries],
-            heads,
-            l,
-            cfg.topk,
-            shared,
-        );
+        key_index(&mut b, keys, [offsets, entries], heads, l, cfg.topk, shared);
         rows_launch(
             &mut b,
             "spt_bwd_keys",
@@ -250,6 +225,157 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowering, LowerError> {
         forward: f.finish(),
         backward,
     })
+}
+
+/// Row-exact selection: each query row's codes and its `topk` best keys into `indices`.
+fn select_rows(
+    ctx: &Ctx<'_>,
+    f: &mut PlanBuilder,
+    cfg: &SptConfig,
+    [q, k, codebook, indices]: [BufId; 4],
+    rows: usize,
+) -> Result<(), LowerError> {
+    let (l, s) = (ctx.dim("L"), cfg.s as usize);
+    let codes_q = f.scratch("codes_q", Elem::U32, &[rows, s]);
+    let codes_k = f.scratch("codes_k", Elem::U32, &[rows, s]);
+    for (x, codes) in [(q, codes_q), (k, codes_k)] {
+        f.elementwise(
+            "pq_encode",
+            Kernel::PqEncode(*cfg),
+            rows * s,
+            vec![buf(x), buf(codebook), buf(codes)],
+        );
+    }
+    let shape = RowShape::for_rows(l, select::key_bits(cfg));
+    check_table(ctx, cfg, shape)?;
+    f.append(
+        "spt_select",
+        Kernel::SptSelect(*cfg, shape),
+        Cubes::Units(Extent::Fixed(rows * shape.units as usize), 1),
+        shape.dim(),
+        vec![
+            buf(q),
+            buf(codebook),
+            buf(codes_q),
+            buf(codes_k),
+            buf(indices),
+            Arg::U32(l as u32),
+        ],
+    );
+    Ok(())
+}
+
+/// pq-adc keeps each query's score table q_s · codebook[s, w] in shared memory, beside the
+/// selection's bins and scans: a typed error where the device's shared memory cannot hold it.
+fn check_table(ctx: &Ctx<'_>, cfg: &SptConfig, shape: RowShape) -> Result<(), LowerError> {
+    let (s, e) = (cfg.s as usize, cfg.e as usize);
+    let table = if cfg.adc { s * e } else { 0 };
+    let shared = 4 * (table + 256 + 2 * shape.units as usize + 2);
+    if shared > ctx.opts.device.max_shared_bytes {
+        return Err(LowerError::Unsupported {
+            op: ctx.spec.op,
+            what: format!(
+                "pq-adc with {s} subspaces × {e} codewords on this device: the selection's \
+                 per-row score table and bins take {shared} B of shared memory, the device has \
+                 {} B per cube (use fewer codewords or a larger sub_dim)",
+                ctx.opts.device.max_shared_bytes
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Block-granular selection (METHODS.md §7): G rows per block, ⌈L/G⌉ blocks per head, kb kept
+/// key blocks per query block; the row kernels attend over `width` = kb·G slots per row.
+#[derive(Clone, Copy, Debug)]
+struct Blocks {
+    /// The selection kernels' config: `block` G, `topk` kb.
+    cfg: SptConfig,
+    /// Query (and key) blocks of all heads, heads·⌈L/G⌉.
+    rows: usize,
+    /// Key slots per query row, kb·G.
+    width: usize,
+    /// Sequence length L.
+    l: usize,
+}
+
+impl Blocks {
+    /// The blocks of a spec with `block` > 1; `None` for row-exact selection.
+    fn of(ctx: &Ctx<'_>, cfg: &SptConfig) -> Option<Blocks> {
+        let Pattern::PqTopK(p) = ctx.spec.pattern else {
+            return None;
+        };
+        if p.block <= 1 {
+            return None;
+        }
+        let l = ctx.dim("L");
+        let kb = p.kept_blocks(cfg.topk as usize);
+        Some(Blocks {
+            cfg: SptConfig {
+                topk: kb as u32,
+                block: p.block as u32,
+                ..*cfg
+            },
+            rows: ctx.dim("B") * ctx.dim("H") * p.blocks_of(l),
+            width: kb * p.block,
+            l,
+        })
+    }
+
+    /// The block means and codes of q and k, then each query block's kept key blocks into
+    /// `indices` [heads·⌈L/G⌉, kb].
+    fn select(
+        &self,
+        ctx: &Ctx<'_>,
+        f: &mut PlanBuilder,
+        [q, k, codebook, indices]: [BufId; 4],
+    ) -> Result<(), LowerError> {
+        let (d, s) = (self.cfg.d as usize, self.cfg.s as usize);
+        let seq = Arg::U32(self.l as u32);
+        let means_q = f.scratch("block_means_q", Elem::F32, &[self.rows, d]);
+        let means_k = f.scratch("block_means_k", Elem::F32, &[self.rows, d]);
+        let codes_q = f.scratch("block_codes_q", Elem::U32, &[self.rows, s]);
+        let codes_k = f.scratch("block_codes_k", Elem::U32, &[self.rows, s]);
+        for (x, means, codes) in [(q, means_q, codes_q), (k, means_k, codes_k)] {
+            f.elementwise(
+                "spt_block_codes",
+                Kernel::SptBlockCodes(self.cfg),
+                self.rows * s,
+                vec![buf(x), buf(codebook), buf(means), buf(codes), seq.clone()],
+            );
+        }
+        let nb = self.l.div_ceil(self.cfg.block as usize);
+        let shape = RowShape::for_rows(nb, select::key_bits(&self.cfg));
+        check_table(ctx, &self.cfg, shape)?;
+        f.append(
+            "spt_block_select",
+            Kernel::SptBlockSelect(self.cfg, shape),
+            Cubes::Units(Extent::Fixed(self.rows * shape.units as usize), 1),
+            shape.dim(),
+            vec![
+                buf(means_q),
+                buf(codebook),
+                buf(codes_q),
+                buf(codes_k),
+                buf(indices),
+                seq,
+            ],
+        );
+        Ok(())
+    }
+
+    /// Each query row's key list [rows, kb·G] from the kept blocks (a scratch buffer: the
+    /// backward rebuilds it from the saved blocks rather than keeping it).
+    fn expand(&self, b: &mut PlanBuilder, indices: BufId, rows: usize) -> BufId {
+        let keys = b.scratch("block_keys", Elem::I32, &[rows, self.width]);
+        b.elementwise(
+            "spt_block_expand",
+            Kernel::SptBlockExpand(self.cfg),
+            rows * self.width,
+            vec![buf(indices), buf(keys), Arg::U32(self.l as u32)],
+        );
+        keys
+    }
 }
 
 /// The key-major view of the kept set: per head, the within-head positions i·topk + slot of

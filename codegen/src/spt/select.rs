@@ -23,37 +23,50 @@ pub fn pq_encode<F: Float>(
     let pos = ABSOLUTE_POS;
     if pos < codes.len() {
         let s = cfg.s as usize;
-        let dc = cfg.dc as usize;
         let row = pos / s;
         let sub = pos % s;
-        let base = row * (cfg.d as usize) + sub * dc;
-        // Seed with codeword 0 (WGSL has no infinity literal), then strict `<`: ties keep the lower word.
-        let mut best = 0.0f32;
+        let base = row * (cfg.d as usize) + sub * (cfg.dc as usize);
+        let mut xs = Array::<f32>::new(comptime!(cfg.dc as usize));
         #[unroll]
         for t in 0..cfg.dc {
-            best += f32::abs(
-                f32::cast_from(x[base + t as usize])
-                    - f32::cast_from(codebook[sub * (cfg.e as usize) * dc + t as usize]),
-            );
+            xs[t as usize] = f32::cast_from(x[base + t as usize]);
         }
-        let mut best_word = 0u32;
-        for w in 1..cfg.e {
-            let cb = (sub * (cfg.e as usize) + w as usize) * dc;
-            let mut dist = 0.0f32;
-            #[unroll]
-            for t in 0..cfg.dc {
-                dist += f32::abs(
-                    f32::cast_from(x[base + t as usize])
-                        - f32::cast_from(codebook[cb + t as usize]),
-                );
-            }
-            if dist < best {
-                best = dist;
-                best_word = w;
-            }
-        }
-        codes[pos] = best_word;
+        codes[pos] = nearest_word::<F>(&xs, codebook, sub, cfg);
     }
+}
+
+/// The codeword of subspace `sub` at the least L1 distance from the sub-vector `xs` (d_c values
+/// in registers), ties to the lower codeword.
+#[cube]
+pub(crate) fn nearest_word<F: Float>(
+    xs: &Array<f32>,
+    codebook: &Array<F>,
+    sub: usize,
+    #[comptime] cfg: SptConfig,
+) -> u32 {
+    let dc = cfg.dc as usize;
+    // Seed with codeword 0 (WGSL has no infinity literal), then strict `<`: ties keep the lower word.
+    let mut best = 0.0f32;
+    #[unroll]
+    for t in 0..cfg.dc {
+        best += f32::abs(
+            xs[t as usize] - f32::cast_from(codebook[sub * (cfg.e as usize) * dc + t as usize]),
+        );
+    }
+    let mut best_word = 0u32;
+    for w in 1..cfg.e {
+        let cb = (sub * (cfg.e as usize) + w as usize) * dc;
+        let mut dist = 0.0f32;
+        #[unroll]
+        for t in 0..cfg.dc {
+            dist += f32::abs(xs[t as usize] - f32::cast_from(codebook[cb + t as usize]));
+        }
+        if dist < best {
+            best = dist;
+            best_word = w;
+        }
+    }
+    best_word
 }
 
 /// Top-k selection per query row: the kept set (highest key first, ties to the lower key index)
@@ -77,9 +90,6 @@ pub fn spt_select<F: Float>(
     let topk = cfg.topk as usize;
     let active = row < indices.len() / topk;
     let l = seq_len as usize;
-    let s = cfg.s as usize;
-    let e = cfg.e as usize;
-    let dc = cfg.dc as usize;
     let head = row / l;
     let mut n = seq_len;
     if cfg.causal {
@@ -90,48 +100,31 @@ pub fn spt_select<F: Float>(
     } else {
         1usize
     }));
-    if cfg.adc {
-        for x in 0..comptime!((cfg.s * cfg.e).div_ceil(shape.units)) {
-            let at = (UNIT_POS + x * shape.units) as usize;
-            if active && at < s * e {
-                let sub = at / e;
-                let mut dot = 0.0f32;
-                for t in 0..dc {
-                    dot += f32::cast_from(q[row * (cfg.d as usize) + sub * dc + t])
-                        * f32::cast_from(codebook[at * dc + t]);
-                }
-                table[at] = dot;
-            }
-        }
-        sync_cube();
-    }
+    adc_table::<F, F>(
+        q,
+        row * (cfg.d as usize),
+        codebook,
+        &mut table,
+        active,
+        cfg,
+        shape,
+    );
     let mut valid = 0u32;
     if active {
         valid = row_valid(n, shape);
     }
-    let first = (UNIT_POS * shape.per) as usize;
-    let qbase = row * s;
     let mut keys = Array::<u32>::new(comptime!(shape.per as usize));
-    for x in 0..shape.per {
-        if x < valid {
-            let krow = head * l + first + x as usize;
-            if cfg.adc {
-                let mut score = 0.0f32;
-                for sub in 0..s {
-                    score += table[sub * e + codes_k[krow * s + sub] as usize];
-                }
-                keys[x as usize] = best_first(score);
-            } else {
-                let mut matches = 0u32;
-                for sub in 0..s {
-                    if codes_q[qbase + sub] == codes_k[krow * s + sub] {
-                        matches += 1u32;
-                    }
-                }
-                keys[x as usize] = cfg.s - matches;
-            }
-        }
-    }
+    pq_keys(
+        &mut keys,
+        &table,
+        codes_q,
+        row * (cfg.s as usize),
+        codes_k,
+        head * l + (UNIT_POS * shape.per) as usize,
+        valid,
+        cfg,
+        shape,
+    );
     let written = row_select::<i32>(
         &keys,
         valid,
@@ -148,6 +141,75 @@ pub fn spt_select<F: Float>(
         let slot = written + UNIT_POS + x * shape.units;
         if active && slot < cfg.topk {
             indices[row * topk + slot as usize] = -1i32;
+        }
+    }
+}
+
+/// pq-adc's score table of one query, table[s·E + w] = x_s · codebook[s, w] for the row of `x`
+/// at `base` (d_c values per subspace), filled by the whole cube into shared memory; nothing
+/// for pq-match. Every unit of the cube must call it.
+#[cube]
+pub(crate) fn adc_table<X: Float, F: Float>(
+    x: &Array<X>,
+    base: usize,
+    codebook: &Array<F>,
+    table: &mut SharedMemory<f32>,
+    active: bool,
+    #[comptime] cfg: SptConfig,
+    #[comptime] shape: RowShape,
+) {
+    if cfg.adc {
+        let (e, dc) = (cfg.e as usize, cfg.dc as usize);
+        for c in 0..comptime!((cfg.s * cfg.e).div_ceil(shape.units)) {
+            let at = (UNIT_POS + c * shape.units) as usize;
+            if active && at < (cfg.s * cfg.e) as usize {
+                let sub = at / e;
+                let mut dot = 0.0f32;
+                for t in 0..dc {
+                    dot += f32::cast_from(x[base + sub * dc + t])
+                        * f32::cast_from(codebook[at * dc + t]);
+                }
+                table[at] = dot;
+            }
+        }
+        sync_cube();
+    }
+}
+
+/// The selection keys of this unit's `valid` candidates, key rows `first..first + valid` of
+/// `codes_k`, against the query whose codes start at `qbase`: pq-match S − matches, pq-adc
+/// the order-mapped Σ_s table[s, code_k[s]] (small keys first).
+#[cube]
+pub(crate) fn pq_keys(
+    keys: &mut Array<u32>,
+    table: &SharedMemory<f32>,
+    codes_q: &Array<u32>,
+    qbase: usize,
+    codes_k: &Array<u32>,
+    first: usize,
+    valid: u32,
+    #[comptime] cfg: SptConfig,
+    #[comptime] shape: RowShape,
+) {
+    let (s, e) = (cfg.s as usize, cfg.e as usize);
+    for x in 0..shape.per {
+        if x < valid {
+            let krow = first + x as usize;
+            if cfg.adc {
+                let mut score = 0.0f32;
+                for sub in 0..s {
+                    score += table[sub * e + codes_k[krow * s + sub] as usize];
+                }
+                keys[x as usize] = best_first(score);
+            } else {
+                let mut matches = 0u32;
+                for sub in 0..s {
+                    if codes_q[qbase + sub] == codes_k[krow * s + sub] {
+                        matches += 1u32;
+                    }
+                }
+                keys[x as usize] = cfg.s - matches;
+            }
         }
     }
 }

@@ -17,9 +17,9 @@ fn kernel(input: proc_macro2::TokenStream) -> String {
 #[test]
 fn spt_attention_kernel() {
     insta::assert_snapshot!(kernel(quote! {
-        /// Sparse attention over 128-token sequences.
+        /// Sparse attention over 128-token sequences, key blocks of 16 rows.
         pub attention: spt_attention(q, k, v, codebook) -> out {
-            pattern = pq_topk(topk = L / 8, selector = pq_match, causal),
+            pattern = pq_topk(topk = L / 8, selector = pq_match, causal, block = 16),
             dims = (B, H, L = 128, D = 64),
             dtype = f32,
         }

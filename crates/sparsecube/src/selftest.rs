@@ -87,11 +87,35 @@ pub fn run(device: &Device, opts: &Options) -> Result<()> {
                         clamp: false,
                         adc: fused,
                         fused,
+                        block: 1,
                         dtype: dt,
                         seed: rng.next_u64(),
                     },
                 ));
             }
+        }
+        // Block-granular selection (METHODS.md §7): random cases, and a layer's head with G 64.
+        for _ in 0..opts.cases.div_ceil(2) {
+            cases.push((false, SptCase::draw_blocks(&mut rng, opts.max_len, &dtypes)));
+        }
+        for &dt in large {
+            cases.push((
+                false,
+                SptCase {
+                    b: 1,
+                    h: 2,
+                    l: 512,
+                    d: 64,
+                    topk: 64,
+                    causal: true,
+                    clamp: false,
+                    adc: true,
+                    fused: true,
+                    block: 64,
+                    dtype: dt,
+                    seed: rng.next_u64(),
+                },
+            ));
         }
         for _ in 0..4 {
             cases.push((true, SptCase::draw(&mut rng, opts.max_len, &[DType::F32])));

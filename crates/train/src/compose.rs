@@ -207,8 +207,9 @@ fn selection<B: Backend, const D: usize>(
     Tensor::from_data(TensorData::new(keep, shape), device)
 }
 
-/// SPT attention: keys selected by PQ codes on the host (reference rules), then softmax over
-/// the kept scores (the others masked to −∞) and the weighted sum of values.
+/// SPT attention: keys (or, with `block` > 1, key blocks) selected by PQ codes on the host
+/// (reference rules), then softmax over the kept scores (the others masked to −∞) and the
+/// weighted sum of values.
 pub(crate) fn spt_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -218,7 +219,13 @@ pub(crate) fn spt_attention<B: Backend>(
 ) -> Tensor<B, 4> {
     let [b, h, l, d] = q.dims();
     let topk = pq.topk.resolve(l);
-    let idx = kernels_ir::reference::spt::select(&host(&q), &host(&k), &host(&codebook), pq, topk);
+    let (hq, hk, hc) = (host(&q), host(&k), host(&codebook));
+    let idx = if pq.block > 1 {
+        let blocks = kernels_ir::reference::spt::select_blocks(&hq, &hk, &hc, pq, topk);
+        kernels_ir::reference::spt::expand_blocks(&blocks, l, pq.block, pq.causal)
+    } else {
+        kernels_ir::reference::spt::select(&hq, &hk, &hc, pq, topk)
+    };
     let kept = selection::<B, 4>(&idx, l, [b, h, l, l], &q.device());
     let mut scores = q
         .matmul(k.swap_dims(2, 3))

@@ -12,7 +12,7 @@
 //! layers = 2
 //! vocab = 64
 //! classes = 4
-//! method = "spt"     # dense | lora | spt | sara | pst | monarch | cbm
+//! method = "spt"     # dense | lora | spt | spt-block | sara | pst | monarch | cbm | nm
 //! blocks = 4         # routed-FFN / Monarch blocks
 //! concepts = 16      # cbm: concept-bottleneck width
 //! # checkpoint = "model.safetensors"   # a Hugging Face BERT checkpoint to start from
@@ -50,6 +50,9 @@ pub enum Method {
     Lora,
     /// SPT: PQ top-k sparse attention and the routed FFN; every weight trained.
     Spt,
+    /// SPT with block-granular selection (METHODS.md §7): PQ picks key blocks of G rows per
+    /// query block (`methods.spt_block`, at least 16) instead of keys per query row.
+    SptBlock,
     /// SaRA: the smallest weights of every linear retrained.
     Sara,
     /// PST: low-rank updates masked by low-rank importance scores.
@@ -64,10 +67,11 @@ pub enum Method {
 
 impl Method {
     /// Every method, in the order `--compare` reports them.
-    pub const ALL: [Method; 8] = [
+    pub const ALL: [Method; 9] = [
         Method::Dense,
         Method::Lora,
         Method::Spt,
+        Method::SptBlock,
         Method::Sara,
         Method::Pst,
         Method::Monarch,
@@ -75,12 +79,18 @@ impl Method {
         Method::Nm,
     ];
 
+    /// SPT attention with a routed FFN: `spt` or `spt-block`.
+    pub fn is_spt(self) -> bool {
+        matches!(self, Method::Spt | Method::SptBlock)
+    }
+
     /// The method's name on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Method::Dense => "dense",
             Method::Lora => "lora",
             Method::Spt => "spt",
+            Method::SptBlock => "spt-block",
             Method::Sara => "sara",
             Method::Pst => "pst",
             Method::Monarch => "monarch",
@@ -237,6 +247,9 @@ pub struct MethodOptions {
     pub top: usize,
     /// SPT: kept keys per query (default L/8).
     pub topk: Option<usize>,
+    /// SPT: rows per selected block G (1: keys per query row; a power of two ≥ 16: key blocks
+    /// per query block, METHODS.md §7). `spt-block` uses it when > 1, else 16.
+    pub spt_block: usize,
     /// SPT: re-fit the codebooks every this many steps (0: only before training).
     pub refit_every: usize,
     /// CBM: concepts kept per sample.
@@ -256,6 +269,7 @@ impl Default for MethodOptions {
             blocks: 4,
             top: 2,
             topk: None,
+            spt_block: 1,
             refit_every: 50,
             cbm_topk: 4,
         }
@@ -263,6 +277,15 @@ impl Default for MethodOptions {
 }
 
 impl MethodOptions {
+    /// SPT's selection granularity G for `method`: `spt_block` for `spt`, at least 16 for
+    /// `spt-block`.
+    pub fn block_for(&self, method: Method) -> usize {
+        match method {
+            Method::SptBlock => self.spt_block.max(16),
+            _ => self.spt_block.max(1),
+        }
+    }
+
     /// SaRA's rule: the threshold when given, else the ratio (default 0.1: the paper retrains
     /// 10–20%; a fixed threshold selects nothing in layers with large weights).
     pub fn sara_select(&self) -> SaraSelect {
@@ -372,7 +395,7 @@ impl ModelConfig {
                 specs.push(linear("ffn_up", dm, dff)?);
                 specs.push(linear("ffn_down", dff, dm)?);
             }
-            Method::Spt => {
+            Method::Spt | Method::SptBlock => {
                 specs.push(spec(
                     "attention",
                     OpKind::SptAttention,
@@ -382,7 +405,10 @@ impl ModelConfig {
                         ("L", self.seq_len),
                         ("D", dm / self.heads),
                     ],
-                    Some(Pattern::PqTopK(PqTopK::default())),
+                    Some(Pattern::PqTopK(PqTopK {
+                        block: MethodOptions::default().block_for(self.method),
+                        ..PqTopK::default()
+                    })),
                 )?);
                 specs.push(spec(
                     "ffn",

@@ -279,7 +279,7 @@ where
         for (i, (tokens, y)) in batches.iter().enumerate() {
             let step = epoch * steps_per_epoch + i;
             let x = ids::<B>(tokens, y.len(), device);
-            if method == Method::Spt
+            if method.is_spt()
                 && (step == 0
                     || (opts_m.refit_every > 0 && step.is_multiple_of(opts_m.refit_every)))
             {

@@ -204,7 +204,7 @@ impl<B: Backend> Encoder<B> {
         let mut model = self.map_linears::<TrainError>(|l| {
             let Linear::Dense(d) = l else { return Ok(l) };
             Ok(match method {
-                Method::Dense | Method::Spt => Linear::Dense(d),
+                Method::Dense | Method::Spt | Method::SptBlock => Linear::Dense(d),
                 Method::Cbm => Linear::Dense(d.frozen()),
                 Method::Lora => Linear::Lora(LoraLinear::from_dense(
                     d,
@@ -236,11 +236,12 @@ impl<B: Backend> Encoder<B> {
                 l.output_norm = l.output_norm.clone().frozen();
             }
         }
-        if method == Method::Spt {
+        if method.is_spt() {
             let head_dim = cfg.d_model / cfg.heads;
             let pq = PqTopK {
                 topk: opts.topk.map_or(TopK::SeqFraction(8), TopK::Fixed),
                 causal: cfg.causal,
+                block: opts.block_for(method),
                 ..PqTopK::default()
             };
             let routed = Routed {

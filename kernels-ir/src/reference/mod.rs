@@ -169,7 +169,17 @@ pub fn run(spec: &KernelSpec, inputs: &TensorMap) -> Result<TensorMap, Reference
     match (spec.op, &spec.pattern) {
         (OpKind::SptAttention, Pattern::PqTopK(p)) => {
             let (q, k, v) = (g("q"), g("k"), g("v"));
-            let idx = spt::select(q, k, g("codebook"), p, spec.topk());
+            // Block-granular selection keeps key blocks; the attention runs over their keys.
+            let (idx, blocks) = if p.block > 1 {
+                let blocks = spt::select_blocks(q, k, g("codebook"), p, spec.topk());
+                let l = spec.dim("L");
+                (
+                    spt::expand_blocks(&blocks, l, p.block, p.causal),
+                    Some(blocks),
+                )
+            } else {
+                (spt::select(q, k, g("codebook"), p, spec.topk()), None)
+            };
             if bwd {
                 let (dq, dk, dv) = spt::attention_backward(q, k, v, &idx, g("dout"), p.clamp);
                 put(&mut out, "dq", dq);
@@ -181,7 +191,7 @@ pub fn run(spec: &KernelSpec, inputs: &TensorMap) -> Result<TensorMap, Reference
                     "out",
                     spt::attention_forward(q, k, v, &idx, p.clamp).0,
                 );
-                put(&mut out, "indices", idx);
+                put(&mut out, "indices", blocks.unwrap_or(idx));
             }
         }
         (OpKind::PqEncode, Pattern::PqTopK(_)) => {

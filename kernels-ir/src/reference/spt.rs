@@ -83,6 +83,120 @@ pub fn select(q: &Tensor, k: &Tensor, codebook: &Tensor, p: &PqTopK, topk: usize
     }
 }
 
+/// Block-granular selection (METHODS.md §7, `block` G > 1): the kept key blocks of every query
+/// block, `[B, H, ⌈L/G⌉, kb]` with kb = ⌈topk / G⌉, in ascending block order, then −1. Each
+/// block's representative is the mean of its rows, PQ-encoded like a row; scores as in
+/// [`select`]; with `causal` the candidates are the blocks c ≤ b and the diagonal is always kept.
+pub fn select_blocks(
+    q: &Tensor,
+    k: &Tensor,
+    codebook: &Tensor,
+    p: &PqTopK,
+    topk: usize,
+) -> IndexTensor {
+    let (b, h, l, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
+    let (s, e, dc) = (codebook.shape[0], codebook.shape[1], codebook.shape[2]);
+    let g = p.block.max(1);
+    let (nb, kb) = (p.blocks_of(l), p.kept_blocks(topk));
+    let means = |t: &Tensor| {
+        let mut m = Tensor::zeros(&[b * h * nb, d]);
+        for bh in 0..b * h {
+            for blk in 0..nb {
+                let rows = blk * g..((blk + 1) * g).min(l);
+                let n = rows.len() as f64;
+                for i in rows {
+                    for t_ in 0..d {
+                        m.data[(bh * nb + blk) * d + t_] += t.data[(bh * l + i) * d + t_];
+                    }
+                }
+                for t_ in 0..d {
+                    m.data[(bh * nb + blk) * d + t_] /= n;
+                }
+            }
+        }
+        m
+    };
+    let (qm, km) = (means(q), means(k));
+    let (cq, ck) = (pq_encode(&qm, codebook), pq_encode(&km, codebook));
+    let mut out = vec![-1i64; b * h * nb * kb];
+    for bh in 0..b * h {
+        for qb in 0..nb {
+            let row = bh * nb + qb;
+            let score = |c: usize| {
+                let kr = bh * nb + c;
+                match p.selector {
+                    Selector::PqMatch => (0..s)
+                        .filter(|&sub| cq.data[row * s + sub] == ck.data[kr * s + sub])
+                        .count() as f64,
+                    Selector::PqAdc => (0..s)
+                        .map(|sub| {
+                            let word = ck.data[kr * s + sub] as usize;
+                            let c =
+                                &codebook.data[(sub * e + word) * dc..(sub * e + word + 1) * dc];
+                            let qs = &qm.data[row * d + sub * dc..row * d + (sub + 1) * dc];
+                            qs.iter().zip(c).map(|(a, b)| a * b).sum::<f64>()
+                        })
+                        .sum(),
+                }
+            };
+            // Causal: the diagonal is kept first; the rest compete among the blocks below it.
+            let (mut kept, candidates, want) = if p.causal {
+                (vec![qb], qb, kb - 1)
+            } else {
+                (Vec::new(), nb, kb)
+            };
+            let scores: Vec<f64> = (0..candidates).map(score).collect();
+            let mut order: Vec<usize> = (0..candidates).collect();
+            order.sort_by(|&a, &b| ieee_cmp(scores[b], scores[a]).then(a.cmp(&b)));
+            order.truncate(want);
+            kept.extend(order);
+            kept.sort_unstable();
+            for (slot, c) in kept.into_iter().enumerate() {
+                out[row * kb + slot] = c as i64;
+            }
+        }
+    }
+    IndexTensor {
+        shape: vec![b, h, nb, kb],
+        data: out,
+    }
+}
+
+/// The kept keys of every query row under block-granular selection: `[B, H, L, kb·G]`, the
+/// keys of the row's query block's kept blocks in order (slot t holds key c·G + t mod G of kept
+/// block t / G), −1 where the block slot is empty, the key is past L (a ragged last block) or,
+/// with `causal`, after the query.
+pub fn expand_blocks(blocks: &IndexTensor, l: usize, g: usize, causal: bool) -> IndexTensor {
+    let (b, h, nb, kb) = (
+        blocks.shape[0],
+        blocks.shape[1],
+        blocks.shape[2],
+        blocks.shape[3],
+    );
+    let width = kb * g;
+    let mut out = vec![-1i64; b * h * l * width];
+    for bh in 0..b * h {
+        for i in 0..l {
+            let qb = i / g;
+            for (slot, &c) in blocks.data[(bh * nb + qb) * kb..][..kb].iter().enumerate() {
+                if c < 0 {
+                    continue;
+                }
+                for t in 0..g {
+                    let j = c as usize * g + t;
+                    if j < l && (!causal || j <= i) {
+                        out[(bh * l + i) * width + slot * g + t] = j as i64;
+                    }
+                }
+            }
+        }
+    }
+    IndexTensor {
+        shape: vec![b, h, l, width],
+        data: out,
+    }
+}
+
 /// Forward of attention over a given kept set: returns `out` [B,H,L,D] and the probabilities
 /// [B,H,L,topk] (0 at empty slots) that backward needs.
 pub fn attention_forward(

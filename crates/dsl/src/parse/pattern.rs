@@ -90,6 +90,8 @@ pub struct PqTopkArgs {
     pub sub_dim: Sv<Count>,
     /// Codewords per subspace.
     pub codewords: Sv<Count>,
+    /// Rows per selected block (1: keys per row; a power of two ≥ 16: key blocks).
+    pub block: Sv<Count>,
 }
 
 /// `routed(...)`: SPT's routed FFN.
@@ -291,6 +293,7 @@ impl PatternCall {
                 push(&mut out, "clamp", &a.clamp);
                 push(&mut out, "sub_dim", &a.sub_dim);
                 push(&mut out, "codewords", &a.codewords);
+                push(&mut out, "block", &a.block);
             }
             PatternArgs::Routed(a) => {
                 push(&mut out, "blocks", &a.blocks);

@@ -31,6 +31,8 @@ pub struct SptCase {
     pub adc: bool,
     /// The fused forward kernel (else the SDDMM → softmax → SpMM chain).
     pub fused: bool,
+    /// Selection granularity G (METHODS.md §7): 1 keeps keys per row, else key blocks.
+    pub block: usize,
     /// Storage dtype of q, k, v, codebook, dout and the outputs.
     pub dtype: DType,
     /// Seed of the inputs.
@@ -41,12 +43,17 @@ impl fmt::Display for SptCase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "B={} H={} L={} D={} topk={} {}{}{} {} {} seed={}",
+            "B={} H={} L={} D={} topk={}{} {}{}{} {} {} seed={}",
             self.b,
             self.h,
             self.l,
             self.d,
             self.topk,
+            if self.block > 1 {
+                format!(" block={}", self.block)
+            } else {
+                String::new()
+            },
             if self.causal { "causal " } else { "" },
             if self.clamp { "clamp " } else { "" },
             if self.adc { "pq-adc" } else { "pq-match" },
@@ -79,9 +86,20 @@ impl SptCase {
             clamp,
             adc,
             fused,
+            block: 1,
             dtype,
             seed: rng.next_u64(),
         }
+    }
+
+    /// A random block-granular case (METHODS.md §7): G ∈ {16, 32}, L in 1..=`max_l` (a ragged
+    /// last block in most draws, sometimes a single block), topk in 1..=L (kb = ⌈topk/G⌉ blocks,
+    /// often every candidate with causal rows), the other fields as [`SptCase::draw`].
+    pub fn draw_blocks(rng: &mut SplitMix64, max_l: usize, dtypes: &[DType]) -> Self {
+        let mut case = Self::draw(rng, max_l, dtypes);
+        case.block = [16, 32][rng.below(2)];
+        case.topk = 1 + rng.below(case.l);
+        case
     }
 
     /// The spec of this case in `direction`.
@@ -98,6 +116,7 @@ impl SptCase {
                 causal: self.causal,
                 clamp: self.clamp,
                 selector,
+                block: self.block,
                 ..PqTopK::default()
             }))
             .dtype(self.dtype)
@@ -188,10 +207,10 @@ pub fn check_dense(device: &Device, case: &SptCase) -> Result<CaseReport, Runtim
     })
 }
 
-/// Two fixed small cases that between them launch every SPT kernel once (fused forward with
-/// `pq-adc`, the unfused chain with `pq-match`; both backward): what the memory and race
-/// checkers run over.
-pub fn quick_cases(dtype: DType) -> [SptCase; 2] {
+/// Three fixed small cases that between them launch every SPT kernel once (fused forward with
+/// `pq-adc`, the unfused chain with `pq-match`, block-granular selection with a ragged last
+/// block; all backward): what the memory and race checkers run over.
+pub fn quick_cases(dtype: DType) -> [SptCase; 3] {
     let base = SptCase {
         b: 1,
         h: 2,
@@ -202,6 +221,7 @@ pub fn quick_cases(dtype: DType) -> [SptCase; 2] {
         clamp: true,
         adc: true,
         fused: true,
+        block: 1,
         dtype,
         seed: 7,
     };
@@ -213,6 +233,12 @@ pub fn quick_cases(dtype: DType) -> [SptCase; 2] {
             adc: false,
             fused: false,
             seed: 8,
+            ..base.clone()
+        },
+        SptCase {
+            topk: 20,
+            block: 16,
+            seed: 9,
             ..base
         },
     ]

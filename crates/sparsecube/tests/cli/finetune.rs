@@ -188,13 +188,21 @@ fn finetune_compare_shows_every_method_side_by_side() {
     let dir = tempfile::tempdir().unwrap();
     let (out, stdout) = finetune_small(dir.path(), &["--compare", "--epochs", "1"]);
     let methods = [
-        "dense", "lora", "spt", "sara", "pst", "monarch", "cbm", "nm",
+        "dense",
+        "lora",
+        "spt",
+        "spt-block",
+        "sara",
+        "pst",
+        "monarch",
+        "cbm",
+        "nm",
     ];
     let rows: Vec<&str> = stdout
         .lines()
         .filter(|l| methods.iter().any(|m| l.starts_with(m)))
         .collect();
-    assert_eq!(rows.len(), 8, "{stdout}");
+    assert_eq!(rows.len(), 9, "{stdout}");
     let all = reports(&out.join("report.json"));
     assert_eq!(
         all.iter()
@@ -223,7 +231,7 @@ fn finetune_compare_shows_every_method_side_by_side() {
         );
     }
     // Monarch with 4 blocks holds fewer weights than the dense model.
-    assert!(count(&all[5], "total_params") < count(dense, "total_params"));
+    assert!(count(&all[6], "total_params") < count(dense, "total_params"));
     assert_valid_svg(&out.join("loss.svg"));
     let svg = std::fs::read_to_string(out.join("loss.svg")).unwrap();
     for m in methods {

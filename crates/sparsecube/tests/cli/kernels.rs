@@ -296,15 +296,16 @@ fn selftest_compares_every_case_on_wgpu_and_refuses_the_reference() {
     ]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
-    // 3 random sparse cases + 4 dense-baseline cases + 1 routed FFN, 1 CBM head, 1 Monarch,
-    // 1 dense linear, 1 SaRA, 1 PST, 1 N:M, 1 block-diagonal and 1 PQ-encode case (cases / 2
-    // each), each a line with its errors.
+    // 3 random sparse cases + 2 block-granular ones (cases / 2, rounded up) + 4 dense-baseline
+    // cases + 1 routed FFN, 1 CBM head, 1 Monarch, 1 dense linear, 1 SaRA, 1 PST, 1 N:M,
+    // 1 block-diagonal and 1 PQ-encode case (cases / 2 each), each a line with its errors.
     assert_eq!(
         out.lines().filter(|l| l.starts_with("ok   [")).count(),
-        16,
+        18,
         "{out}"
     );
-    assert!(out.contains("selftest passed: 16 case(s)"), "{out}");
+    assert!(out.contains("selftest passed: 18 case(s)"), "{out}");
+    assert_eq!(out.matches(" block=").count(), 2, "{out}");
     assert!(out.contains("ok   [block-diag-linear N="), "{out}");
     assert!(out.contains("ok   [pq-encode N="), "{out}");
     assert!(out.contains("ok   [pst-linear T="), "{out}");
@@ -316,10 +317,10 @@ fn selftest_compares_every_case_on_wgpu_and_refuses_the_reference() {
     let o = run(&["selftest", "--device", "wgpu", "--quick"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
-    // Two fixed SPT cases per dtype (f32, f16, bf16), one dense baseline, and one routed FFN,
-    // CBM head, Monarch, dense linear, SaRA, PST, N:M, block-diagonal and PQ-encode case per
-    // dtype.
-    assert!(out.contains("selftest passed: 34 case(s)"), "{out}");
+    // Three fixed SPT cases per dtype (f32, f16, bf16; one block-granular), one dense baseline,
+    // and one routed FFN, CBM head, Monarch, dense linear, SaRA, PST, N:M, block-diagonal and
+    // PQ-encode case per dtype.
+    assert!(out.contains("selftest passed: 37 case(s)"), "{out}");
 }
 
 #[test]
