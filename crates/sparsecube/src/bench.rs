@@ -173,6 +173,14 @@ impl Workload {
             .unwrap_or_else(|| panic!("workload {} has no dim {name}", self.id))
     }
 
+    /// Dim `name`, or `default` where the workload has none.
+    fn dim_or(&self, name: &str, default: usize) -> usize {
+        self.dims
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(default, |(_, v)| *v)
+    }
+
     fn to_json(&self) -> Json {
         let dims: serde_json::Map<String, Json> = self
             .dims
@@ -203,7 +211,25 @@ pub fn paper(scale: Scale) -> Vec<Workload> {
     };
     // The square GEMM's side: 4096³ at full scale.
     let g = 2 * n;
+    // Block-granular attention (METHODS.md §7, G 64): one long sequence, L/8 keys per row.
+    let block_l = match scale {
+        Scale::Full | Scale::Auto => 4096,
+        Scale::Small => 1024,
+        Scale::Tiny => 128,
+    };
     vec![
+        workload(
+            "attention",
+            &[
+                ("B", 1),
+                ("H", h),
+                ("L", block_l),
+                ("D", d),
+                ("topk", block_l / 8),
+                ("block", 64),
+            ],
+            BF16,
+        ),
         workload(
             "attention",
             &[("B", b), ("H", h), ("L", l), ("D", d), ("topk", l / 8)],
@@ -406,6 +432,7 @@ fn attention_spec(w: &Workload) -> Result<KernelSpec> {
         ])
         .pattern(Pattern::PqTopK(PqTopK {
             topk: TopK::Fixed(w.dim("topk")),
+            block: w.dim_or("block", 1),
             ..PqTopK::default()
         }))
         .dtype(w.dtype)
