@@ -215,6 +215,19 @@ fn check_pattern(spec: &KernelSpec, r: &mut Report<'_>) {
                     )
                 },
             );
+            // One block of G ≥ L rows already holds the whole sequence; a larger G only pads
+            // every row's key list (kb·G slots), so it is bounded (generously, for short L).
+            let widest = d("L").max(1).next_power_of_two().max(1024);
+            if p.block > 1 {
+                r.check(p.block <= widest, f, || {
+                    format!(
+                        "block = {} is more than {widest}, the largest that means anything for \
+                         L = {} (one block then holds the whole sequence); use block ≤ {widest}",
+                        p.block,
+                        d("L")
+                    )
+                });
+            }
             if let TopK::SeqFraction(0) = p.topk {
                 r.err(f, "topk = L/0 divides by zero; use L/n with n ≥ 1");
             }
