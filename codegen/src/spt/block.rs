@@ -11,8 +11,8 @@
 #![allow(clippy::manual_div_ceil)]
 
 use super::kernels::SptConfig;
-use super::select::{adc_table, nearest_word, pq_keys};
-use crate::select::row::{RowShape, row_select, row_valid};
+use super::select::{nearest_word, pad_slots, pq_row_select};
+use crate::select::row::RowShape;
 use cubecl::prelude::*;
 
 /// The representative of every block of G rows of `x` [heads, L, D] — the f32 mean of its rows
@@ -91,38 +91,20 @@ pub fn spt_block_select<F: Float>(
     if cfg.causal {
         n = qb;
     }
-    let mut table = SharedMemory::<f32>::new(comptime!(if cfg.adc {
-        (cfg.s * cfg.e) as usize
-    } else {
-        1usize
-    }));
-    adc_table::<f32, F>(
+    let mut written = pq_row_select::<f32, F>(
         means_q,
-        row * (cfg.d as usize),
         codebook,
-        &mut table,
+        codes_q,
+        codes_k,
+        blocks,
+        row,
+        head * nb as usize,
+        n,
+        want,
         active,
         cfg,
         shape,
     );
-    let mut valid = 0u32;
-    if active {
-        valid = row_valid(n, shape);
-    }
-    let mut keys = Array::<u32>::new(comptime!(shape.per as usize));
-    pq_keys(
-        &mut keys,
-        &table,
-        codes_q,
-        row * (cfg.s as usize),
-        codes_k,
-        head * nb as usize + (UNIT_POS * shape.per) as usize,
-        valid,
-        cfg,
-        shape,
-    );
-    let mut written =
-        row_select::<i32>(&keys, valid, n, want, blocks, row * kb, 0u32, active, shape);
     // The diagonal follows every kept block before it.
     if cfg.causal {
         if active && UNIT_POS == 0 {
@@ -130,12 +112,7 @@ pub fn spt_block_select<F: Float>(
         }
         written += 1u32;
     }
-    for c in 0..comptime!(cfg.topk.div_ceil(shape.units)) {
-        let slot = written + UNIT_POS + c * shape.units;
-        if active && slot < cfg.topk {
-            blocks[row * kb + slot as usize] = -1i32;
-        }
-    }
+    pad_slots(blocks, row * kb, written, active, cfg, shape);
 }
 
 /// Each query row's keys under block-granular selection, `keys` [heads·L, kb·G]: slot t holds

@@ -95,13 +95,51 @@ pub fn spt_select<F: Float>(
     if cfg.causal {
         n = (row % l + 1) as u32;
     }
+    let written = pq_row_select::<F, F>(
+        q,
+        codebook,
+        codes_q,
+        codes_k,
+        indices,
+        row,
+        head * l,
+        n,
+        cfg.topk,
+        active,
+        cfg,
+        shape,
+    );
+    // Slots past the kept set (a causal row shorter than topk) are empty.
+    pad_slots(indices, row * topk, written, active, cfg, shape);
+}
+
+/// Scores the `n` candidates of query row `row` (key rows `kfirst..kfirst + n` of `codes_k`;
+/// pq-adc from the query vector, row `row` of `x`) and writes the `kept` best, ascending, into
+/// `out[row · cfg.topk ..]` ([`row_select`]). Returns how many were written. Every unit of the
+/// cube must call it; shared by the row-exact and the block-granular selection.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pq_row_select<X: Float, F: Float>(
+    x: &Array<X>,
+    codebook: &Array<F>,
+    codes_q: &Array<u32>,
+    codes_k: &Array<u32>,
+    out: &mut Array<i32>,
+    row: usize,
+    kfirst: usize,
+    n: u32,
+    kept: u32,
+    active: bool,
+    #[comptime] cfg: SptConfig,
+    #[comptime] shape: RowShape,
+) -> u32 {
     let mut table = SharedMemory::<f32>::new(comptime!(if cfg.adc {
         (cfg.s * cfg.e) as usize
     } else {
         1usize
     }));
-    adc_table::<F, F>(
-        q,
+    adc_table::<X, F>(
+        x,
         row * (cfg.d as usize),
         codebook,
         &mut table,
@@ -120,27 +158,39 @@ pub fn spt_select<F: Float>(
         codes_q,
         row * (cfg.s as usize),
         codes_k,
-        head * l + (UNIT_POS * shape.per) as usize,
+        kfirst + (UNIT_POS * shape.per) as usize,
         valid,
         cfg,
         shape,
     );
-    let written = row_select::<i32>(
+    row_select::<i32>(
         &keys,
         valid,
         n,
-        cfg.topk,
-        indices,
-        row * topk,
+        kept,
+        out,
+        row * (cfg.topk as usize),
         0u32,
         active,
         shape,
-    );
-    // Slots past the kept set (a causal row shorter than topk) are empty.
+    )
+}
+
+/// Empties (−1) the slots `written..cfg.topk` of the row at `base` of `out`, spread over the
+/// cube.
+#[cube]
+pub(crate) fn pad_slots(
+    out: &mut Array<i32>,
+    base: usize,
+    written: u32,
+    active: bool,
+    #[comptime] cfg: SptConfig,
+    #[comptime] shape: RowShape,
+) {
     for x in 0..comptime!(cfg.topk.div_ceil(shape.units)) {
         let slot = written + UNIT_POS + x * shape.units;
         if active && slot < cfg.topk {
-            indices[row * topk + slot as usize] = -1i32;
+            out[base + slot as usize] = -1i32;
         }
     }
 }

@@ -34,11 +34,29 @@ pub fn pq_encode(x: &Tensor, codebook: &Tensor) -> IndexTensor {
     }
 }
 
+/// The selection score of a (query, key) pair from their codes: pq-match the number of equal
+/// subspace codes; pq-adc Σ_s q_s · codebook[s, code_k[s]] from the query vector `qv` [D].
+fn pair_score(sel: Selector, (cq, ck): (&[i64], &[i64]), qv: &[f64], codebook: &Tensor) -> f64 {
+    let (e, dc) = (codebook.shape[1], codebook.shape[2]);
+    match sel {
+        Selector::PqMatch => cq.iter().zip(ck).filter(|(a, b)| a == b).count() as f64,
+        Selector::PqAdc => ck
+            .iter()
+            .enumerate()
+            .map(|(sub, &word)| {
+                let c = &codebook.data[(sub * e + word as usize) * dc..][..dc];
+                let qs = &qv[sub * dc..][..dc];
+                qs.iter().zip(c).map(|(a, b)| a * b).sum::<f64>()
+            })
+            .sum(),
+    }
+}
+
 /// The kept keys of every query: `[B, H, L, topk]`, each row's kept set in ascending key order,
 /// padded with −1 where a causal row has fewer than `topk` candidates.
 pub fn select(q: &Tensor, k: &Tensor, codebook: &Tensor, p: &PqTopK, topk: usize) -> IndexTensor {
     let (b, h, l, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
-    let (s, e, dc) = (codebook.shape[0], codebook.shape[1], codebook.shape[2]);
+    let s = codebook.shape[0];
     let flat = |t: &Tensor| Tensor {
         shape: vec![b * h * l, d],
         data: t.data.clone(),
@@ -53,20 +71,12 @@ pub fn select(q: &Tensor, k: &Tensor, codebook: &Tensor, p: &PqTopK, topk: usize
             let candidates = if p.causal { i + 1 } else { l };
             for j in 0..candidates {
                 let kj = bh * l + j;
-                scores[j] = match p.selector {
-                    Selector::PqMatch => (0..s)
-                        .filter(|&sub| cq.data[qi * s + sub] == ck.data[kj * s + sub])
-                        .count() as f64,
-                    Selector::PqAdc => (0..s)
-                        .map(|sub| {
-                            let word = ck.data[kj * s + sub] as usize;
-                            let c =
-                                &codebook.data[(sub * e + word) * dc..(sub * e + word + 1) * dc];
-                            let qs = &q.data[qi * d + sub * dc..qi * d + (sub + 1) * dc];
-                            qs.iter().zip(c).map(|(a, b)| a * b).sum::<f64>()
-                        })
-                        .sum(),
-                };
+                scores[j] = pair_score(
+                    p.selector,
+                    (&cq.data[qi * s..][..s], &ck.data[kj * s..][..s]),
+                    &q.data[qi * d..][..d],
+                    codebook,
+                );
             }
             let mut order: Vec<usize> = (0..candidates).collect();
             order.sort_by(|&a, &b| ieee_cmp(scores[b], scores[a]).then(a.cmp(&b)));
@@ -95,7 +105,7 @@ pub fn select_blocks(
     topk: usize,
 ) -> IndexTensor {
     let (b, h, l, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
-    let (s, e, dc) = (codebook.shape[0], codebook.shape[1], codebook.shape[2]);
+    let s = codebook.shape[0];
     let g = p.block.max(1);
     let (nb, kb) = (p.blocks_of(l), p.kept_blocks(topk));
     let means = |t: &Tensor| {
@@ -124,20 +134,12 @@ pub fn select_blocks(
             let row = bh * nb + qb;
             let score = |c: usize| {
                 let kr = bh * nb + c;
-                match p.selector {
-                    Selector::PqMatch => (0..s)
-                        .filter(|&sub| cq.data[row * s + sub] == ck.data[kr * s + sub])
-                        .count() as f64,
-                    Selector::PqAdc => (0..s)
-                        .map(|sub| {
-                            let word = ck.data[kr * s + sub] as usize;
-                            let c =
-                                &codebook.data[(sub * e + word) * dc..(sub * e + word + 1) * dc];
-                            let qs = &qm.data[row * d + sub * dc..row * d + (sub + 1) * dc];
-                            qs.iter().zip(c).map(|(a, b)| a * b).sum::<f64>()
-                        })
-                        .sum(),
-                }
+                pair_score(
+                    p.selector,
+                    (&cq.data[row * s..][..s], &ck.data[kr * s..][..s]),
+                    &qm.data[row * d..][..d],
+                    codebook,
+                )
             };
             // Causal: the diagonal is kept first; the rest compete among the blocks below it.
             let (mut kept, candidates, want) = if p.causal {
