@@ -15,6 +15,7 @@ mod kernels_routed;
 mod kernels_sara;
 mod kernels_spt;
 mod model;
+mod parallel;
 mod plans;
 mod prims;
 mod sources;

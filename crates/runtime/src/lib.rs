@@ -204,6 +204,14 @@ pub fn cuda() -> Result<Device, RuntimeError> {
     }
 }
 
+/// CUDA devices the driver reports (0 without a driver).
+pub fn cuda_device_count() -> usize {
+    if !cuda_driver_present() {
+        return 0;
+    }
+    quietly(|| CudaRuntime::enumerate_all_devices(&()).len()).unwrap_or(0)
+}
+
 /// The wgpu adapter's (name, driver and driver info, backend) once it is opened.
 static WGPU_ADAPTER: OnceLock<(String, String)> = OnceLock::new();
 /// Whether the opened wgpu adapter is a software rasteriser on the CPU (lavapipe, SwiftShader).

@@ -7,10 +7,12 @@ use burn::backend::Autodiff;
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
 use sparsecube_train::config::{ConfigFile, DEFAULT_CONFIG, Method};
-use sparsecube_train::finetune::{self, Event, RunOptions, RunReport};
+use sparsecube_train::finetune::{Event, RunOptions, RunReport};
+use sparsecube_train::parallel::{self, Topology};
 use sparsecube_train::{Cpu, Cuda, Wgpu, report};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// Where training runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -62,6 +64,25 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Data-parallel replicas in this process, one per device (cpu: threads; cuda: devices
+    /// 0..N), each on its slice of every global batch, gradients averaged before each step.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub replicas: usize,
+    /// Processes (nodes, on this machine or others) in the run; start each with the same
+    /// arguments and its own --node-rank.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub nodes: usize,
+    /// This process's rank among the nodes (0 is the coordinator and writes the report and
+    /// checkpoints).
+    #[arg(long, default_value_t = 0, value_name = "R")]
+    pub node_rank: usize,
+    /// Node 0's address, the same for every node: node 0 listens on its port, the others
+    /// connect to it.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub coordinator: Option<String>,
+    /// How long a collective call may wait for the other replicas before the run stops.
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    pub collective_timeout: u64,
 }
 
 /// The config: the file's, else the embedded default; then the command line's overrides.
@@ -134,6 +155,11 @@ pub fn run(args: Args) -> Result<()> {
         .plot
         .clone()
         .unwrap_or_else(|| args.out.join("loss.svg"));
+    if methods.is_some() && args.nodes > 1 {
+        bail!(
+            "--compare runs the methods one after the other in child processes of this one and cannot span --nodes; run each method with --method on every node instead"
+        );
+    }
     let reports = match &methods {
         Some(methods) => {
             let methods = if methods.is_empty() {
@@ -145,6 +171,19 @@ pub fn run(args: Args) -> Result<()> {
         }
         None => vec![one(&cfg, cfg.model.method, &args)?],
     };
+    if args.node_rank > 0 {
+        // Node 0 evaluates and writes the report and checkpoints.
+        if let Some(r) = reports.first() {
+            println!(
+                "node {}: {} steps, last loss {:.4}, median step {:.1} ms; node 0 writes the report",
+                args.node_rank,
+                r.losses.len(),
+                r.losses.last().copied().unwrap_or(f32::NAN),
+                r.step_ms
+            );
+        }
+        return Ok(());
+    }
     print!("{}", report::table(&reports));
     report::json(&reports, &json)?;
     report::plot(&reports, &plot)?;
@@ -183,14 +222,35 @@ fn one(cfg: &ConfigFile, method: Method, args: &Args) -> Result<RunReport> {
             e.accuracy
         )),
         Event::Checkpoint(path) => tracing::info!("checkpoint {}", path.display()),
+        Event::Joined { node_rank, nodes } => {
+            eprintln!("node {node_rank} of {nodes}: every node is connected, training starts")
+        }
+    };
+    let topology = Topology {
+        replicas: args.replicas,
+        nodes: args.nodes,
+        node_rank: args.node_rank,
+        coordinator: args.coordinator.clone(),
+        timeout: Duration::from_secs(args.collective_timeout.max(1)),
     };
     let report = match device {
         TrainDevice::Cuda => {
             let name = adapter("cuda", sparsecube_runtime::cuda()?);
-            let dev = burn::backend::cuda::CudaDevice::new(0);
-            finetune::finetune::<Autodiff<Cuda>>(
+            let count = sparsecube_runtime::cuda_device_count();
+            if args.replicas > count {
+                bail!(
+                    "--replicas {} on cuda needs {} devices; this machine has {count}",
+                    args.replicas,
+                    args.replicas
+                );
+            }
+            let devs: Vec<_> = (0..args.replicas)
+                .map(burn::backend::cuda::CudaDevice::new)
+                .collect();
+            parallel::finetune_parallel::<Autodiff<Cuda>>(
                 cfg,
-                &dev,
+                &devs,
+                &topology,
                 options(
                     method,
                     args,
@@ -201,11 +261,18 @@ fn one(cfg: &ConfigFile, method: Method, args: &Args) -> Result<RunReport> {
             )?
         }
         TrainDevice::Wgpu => {
+            if args.replicas > 1 {
+                bail!(
+                    "--replicas {} on wgpu: one replica per process for now (the kernels run on the default adapter); use --device cpu or cuda for several replicas, or one process per node with --nodes",
+                    args.replicas
+                );
+            }
             let name = adapter("wgpu", sparsecube_runtime::wgpu()?);
             let dev = burn::backend::wgpu::WgpuDevice::DefaultDevice;
-            finetune::finetune::<Autodiff<Wgpu>>(
+            parallel::finetune_parallel::<Autodiff<Wgpu>>(
                 cfg,
-                &dev,
+                &[dev],
+                &topology,
                 options(
                     method,
                     args,
@@ -216,10 +283,11 @@ fn one(cfg: &ConfigFile, method: Method, args: &Args) -> Result<RunReport> {
             )?
         }
         TrainDevice::Cpu | TrainDevice::Auto => {
-            let dev = Default::default();
-            finetune::finetune::<Autodiff<Cpu>>(
+            let devs = vec![Default::default(); args.replicas];
+            parallel::finetune_parallel::<Autodiff<Cpu>>(
                 cfg,
-                &dev,
+                &devs,
+                &topology,
                 options(
                     method,
                     args,
@@ -293,6 +361,9 @@ fn compare(args: &Args, methods: &[Method]) -> Result<Vec<RunReport>> {
         }
         if args.quiet {
             cmd.arg("--quiet");
+        }
+        if args.replicas > 1 {
+            cmd.args(["--replicas", &args.replicas.to_string()]);
         }
         let status = cmd
             .stdout(Stdio::null())

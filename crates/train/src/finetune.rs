@@ -9,6 +9,7 @@ use crate::config::{ConfigFile, Method};
 use crate::data::Dataset;
 use crate::model::Encoder;
 use crate::modules::linear::Linear;
+use crate::parallel::Replica;
 use crate::params::{self, Values};
 use crate::{SparseBackend, bert};
 use burn::module::AutodiffModule;
@@ -44,6 +45,13 @@ pub enum Event {
     EpochEnd(EpochEval),
     /// A checkpoint was written.
     Checkpoint(PathBuf),
+    /// Every node of a multi-process run is connected (sent once, before training).
+    Joined {
+        /// This process's node rank.
+        node_rank: usize,
+        /// Nodes in the run.
+        nodes: usize,
+    },
 }
 
 /// The held-out evaluation after one epoch.
@@ -86,6 +94,26 @@ pub struct RunReport {
     pub resumed_after: Option<usize>,
     /// Wall time of the whole run (s).
     pub wall_s: f64,
+    /// Replicas that trained together (data parallel; 1: one device).
+    #[serde(default = "one")]
+    pub replicas: usize,
+    /// Processes (nodes) the replicas ran in.
+    #[serde(default = "one")]
+    pub nodes: usize,
+    /// Median step time of each replica of this process (ms), in local order.
+    #[serde(default)]
+    pub replica_step_ms: Vec<f64>,
+    /// Training samples per second over all replicas (global batch / median step time).
+    #[serde(default)]
+    pub samples_per_s: f64,
+    /// Bytes each replica sends into the all-reduce per step (the trained tensors' gradients
+    /// and the loss, f32); 0 on one replica.
+    #[serde(default)]
+    pub reduced_bytes_per_step: u64,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl RunReport {
@@ -182,7 +210,26 @@ where
     B: AutodiffBackend + SparseBackend,
     B::InnerBackend: SparseBackend,
 {
+    finetune_replica::<B>(cfg, device, opts, None)
+}
+
+/// [`finetune`] as one replica of a data-parallel run (`crate::parallel`): it trains on its
+/// slice of every global batch, averages gradients and loss with its peers before each optimizer
+/// step and checks after it that every replica holds the same parameters. Only global rank 0
+/// evaluates and writes checkpoints.
+pub fn finetune_replica<B>(
+    cfg: &ConfigFile,
+    device: &B::Device,
+    opts: RunOptions<'_>,
+    replica: Option<&Replica>,
+) -> Result<RunReport, TrainError>
+where
+    B: AutodiffBackend + SparseBackend,
+    B::InnerBackend: SparseBackend,
+{
     let started = Instant::now();
+    let (world, rank) = replica.map_or((1, 0), |r| (r.world, r.rank));
+    let lead = rank == 0;
     let (m, t) = (&cfg.model, &cfg.train);
     let need = 6 + 2 * m.classes.saturating_sub(1);
     if m.seq_len < need || m.vocab <= m.classes {
@@ -214,6 +261,17 @@ where
             fix: "raise train_samples or lower batch",
         });
     }
+    if !m.batch.is_multiple_of(world) {
+        return Err(TrainError::Config {
+            module: "parallel",
+            problem: format!(
+                "the global batch of {} does not split evenly over {world} replicas",
+                m.batch
+            ),
+            fix: "make model.batch a multiple of the number of replicas",
+        });
+    }
+    let per = m.batch / world;
     let total = steps_per_epoch * t.epochs;
     let method = opts.method;
     let mut model = base_model::<B>(cfg, device)?.with_method(m, method, &t.methods, t.seed)?;
@@ -259,7 +317,11 @@ where
         resumed_after = Some(epoch);
     }
 
+    if let Some(r) = replica {
+        r.check_in_sync(&model, true, "before the first step", device)?;
+    }
     let (trainable_params, total_params) = params::counts(&model);
+    let mut reduced_bytes = 0;
     let mut optim = AdamWConfig::new()
         .with_weight_decay(t.weight_decay as f32)
         .init::<B, Encoder<B>>();
@@ -278,12 +340,22 @@ where
         let mut epoch_loss = 0.0;
         for (i, (tokens, y)) in batches.iter().enumerate() {
             let step = epoch * steps_per_epoch + i;
-            let x = ids::<B>(tokens, y.len(), device);
+            // This replica's rows of the global batch; codebooks are fitted on all of it, so
+            // every replica fits the same ones.
+            let cols = tokens.len() / y.len().max(1);
+            let rows = rank * per..(rank + 1) * per;
+            let x = ids::<B>(&tokens[rows.start * cols..rows.end * cols], per, device);
+            let y = &y[rows];
             if method.is_spt()
                 && (step == 0
                     || (opts_m.refit_every > 0 && step.is_multiple_of(opts_m.refit_every)))
             {
-                model = model.refit_codebooks(x.clone(), 5);
+                let all = if world > 1 {
+                    ids::<B>(tokens, m.batch, device)
+                } else {
+                    x.clone()
+                };
+                model = model.refit_codebooks(all, 5);
             }
             if method == Method::Sara
                 && opts_m.sara_progressive_step > 0
@@ -309,8 +381,19 @@ where
             if method == Method::Sara && opts_m.sara_nuclear > 0.0 {
                 nuclear_term(&model, &mut grads, opts_m.sara_nuclear, &mut rng)?;
             }
+            let l: f32 = match replica {
+                Some(r) => {
+                    let (g, l, bytes) = r.all_reduce(&model, grads, loss.inner(), step)?;
+                    grads = g;
+                    reduced_bytes = bytes;
+                    l
+                }
+                None => loss.into_scalar().elem(),
+            };
             model = optim.step(t.lr, model, grads);
-            let l: f32 = loss.into_scalar().elem();
+            if let Some(r) = replica {
+                r.check_in_sync(&model, false, &format!("after step {step}"), device)?;
+            }
             step_times.push(t0.elapsed().as_secs_f64() * 1e3);
             if let Some(bytes) = (opts.memory_in_use)() {
                 device_peak = Some(device_peak.map_or(bytes, |p| p.max(bytes)));
@@ -318,6 +401,9 @@ where
             losses.push(l);
             epoch_loss += f64::from(l);
             (opts.progress)(Event::Step { loss: l });
+        }
+        if !lead {
+            continue;
         }
         let valid = model.valid();
         let (eval_loss, accuracy) = evaluate(&valid, &eval, m.batch, device);
@@ -335,12 +421,13 @@ where
         }
     }
     step_times.sort_by(f64::total_cmp);
+    let step_ms = step_times.get(step_times.len() / 2).copied().unwrap_or(0.0);
     Ok(RunReport {
         method,
         device: opts.device_name,
         trainable_params,
         total_params,
-        step_ms: step_times.get(step_times.len() / 2).copied().unwrap_or(0.0),
+        step_ms,
         device_peak_bytes: device_peak,
         peak_rss_bytes: peak_rss(),
         losses,
@@ -348,6 +435,15 @@ where
         chance: 1.0 / m.classes as f64,
         resumed_after,
         wall_s: started.elapsed().as_secs_f64(),
+        replicas: world,
+        nodes: replica.map_or(1, |r| r.nodes),
+        replica_step_ms: vec![step_ms],
+        samples_per_s: if step_ms > 0.0 {
+            m.batch as f64 / (step_ms / 1e3)
+        } else {
+            0.0
+        },
+        reduced_bytes_per_step: reduced_bytes,
     })
 }
 

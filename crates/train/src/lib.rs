@@ -25,6 +25,7 @@ pub mod dsl_guide {}
 pub mod finetune;
 pub mod model;
 pub mod modules;
+pub mod parallel;
 pub mod params;
 pub mod report;
 
@@ -79,6 +80,14 @@ pub enum TrainError {
         /// What is wrong.
         problem: String,
         /// How to fix it.
+        fix: &'static str,
+    },
+    /// A data-parallel run lost a peer or its replicas disagreed.
+    #[error("data-parallel run: {problem}; {fix}")]
+    Collective {
+        /// What happened, naming the replica or node.
+        problem: String,
+        /// What to do.
         fix: &'static str,
     },
 }

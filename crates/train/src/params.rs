@@ -43,13 +43,14 @@ impl Path {
     }
 }
 
-struct Collect {
+struct Collect<'a> {
     path: Path,
     with_values: bool,
+    keep: &'a dyn Fn(bool) -> bool,
     out: Vec<NamedParam>,
 }
 
-impl<B: Backend> ModuleVisitor<B> for Collect {
+impl<B: Backend> ModuleVisitor<B> for Collect<'_> {
     fn enter_module(&mut self, name: &str, container: &str) {
         self.path.enter(name, container);
     }
@@ -58,6 +59,9 @@ impl<B: Backend> ModuleVisitor<B> for Collect {
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let t = param.val();
+        if !(self.keep)(t.is_require_grad()) {
+            return;
+        }
         self.out.push(NamedParam {
             name: self.path.name(),
             shape: t.dims().to_vec(),
@@ -70,6 +74,9 @@ impl<B: Backend> ModuleVisitor<B> for Collect {
         });
     }
     fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<B, D, Int>>) {
+        if !(self.keep)(false) {
+            return;
+        }
         let t = param.val();
         let values = if self.with_values {
             t.clone()
@@ -91,9 +98,19 @@ impl<B: Backend> ModuleVisitor<B> for Collect {
 
 /// Every parameter of `module` with its values, in visiting order.
 pub fn named<B: Backend, M: Module<B>>(module: &M) -> Vec<NamedParam> {
+    named_where(module, |_| true)
+}
+
+/// The parameters of `module` with their values, in visiting order, whose trainability passes
+/// `keep` (integer tensors count as not trainable).
+pub fn named_where<B: Backend, M: Module<B>>(
+    module: &M,
+    keep: impl Fn(bool) -> bool,
+) -> Vec<NamedParam> {
     let mut c = Collect {
         path: Path::default(),
         with_values: true,
+        keep: &keep,
         out: Vec::new(),
     };
     module.visit(&mut c);
@@ -105,6 +122,7 @@ pub fn counts<B: Backend, M: Module<B>>(module: &M) -> (usize, usize) {
     let mut c = Collect {
         path: Path::default(),
         with_values: false,
+        keep: &|_| true,
         out: Vec::new(),
     };
     module.visit(&mut c);

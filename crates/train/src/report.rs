@@ -40,6 +40,22 @@ pub fn table(reports: &[RunReport]) -> String {
             r.chance, r.device
         ));
     }
+    for r in reports.iter().filter(|r| r.replicas > 1) {
+        let per: Vec<String> = r
+            .replica_step_ms
+            .iter()
+            .map(|ms| format!("{ms:.1}"))
+            .collect();
+        out.push_str(&format!(
+            "({}: {} replicas on {} node(s), {:.0} samples/s, step ms per replica of node 0: {}, {} bytes all-reduced per replica and step)\n",
+            r.method.name(),
+            r.replicas,
+            r.nodes,
+            r.samples_per_s,
+            per.join(" / "),
+            r.reduced_bytes_per_step
+        ));
+    }
     out
 }
 

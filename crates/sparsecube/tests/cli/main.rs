@@ -184,6 +184,7 @@ fn round_trip(
 mod finetune;
 mod kernels;
 mod ops;
+mod parallel;
 
 #[test]
 fn help_of_every_subcommand() {

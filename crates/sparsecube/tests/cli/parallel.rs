@@ -1,0 +1,191 @@
+//! `finetune --nodes`: two processes over 127.0.0.1 train what one process trains, and a node
+//! killed mid-run stops the other with an error naming it.
+
+use super::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port nobody listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `finetune` of the embedded default as node `rank` of two, into `out`.
+fn node(rank: usize, port: u16, out: &Path, extra: &[&str]) -> Child {
+    let mut c = bin();
+    c.args(["finetune", "--device", "cpu", "--quiet", "--nodes", "2"])
+        .args(["--node-rank", &rank.to_string()])
+        .args(["--coordinator", &format!("127.0.0.1:{port}")])
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c.spawn().unwrap()
+}
+
+/// Waits for `child` at most `limit`, killing it past that; its exit status and output.
+fn wait_bounded(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn losses(report: &Path) -> Vec<f64> {
+    let text = std::fs::read_to_string(report).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v[0]["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn two_processes_train_the_embedded_default_like_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one");
+    let o = run(&[
+        "finetune",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--epochs",
+        "1",
+        "--out",
+        one.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let port = free_port();
+    let (out0, out1) = (dir.path().join("n0"), dir.path().join("n1"));
+    let n1 = node(1, port, &out1, &["--epochs", "1"]);
+    let n0 = node(0, port, &out0, &["--epochs", "1"]);
+    let (o0, o1) = (
+        wait_bounded(n0, Duration::from_secs(600)),
+        wait_bounded(n1, Duration::from_secs(60)),
+    );
+    assert!(o0.status.success(), "node 0: {}", stderr(&o0));
+    assert!(o1.status.success(), "node 1: {}", stderr(&o1));
+    assert!(
+        String::from_utf8_lossy(&o1.stdout).contains("node 0 writes the report"),
+        "{}",
+        String::from_utf8_lossy(&o1.stdout)
+    );
+    // Node 0 alone writes the report and the checkpoint.
+    assert!(!out1.join("report.json").exists());
+    assert!(!out1.join("checkpoint-sara.safetensors").exists());
+    assert!(out0.join("checkpoint-sara.safetensors").exists());
+
+    let (a, b) = (
+        losses(&one.join("report.json")),
+        losses(&out0.join("report.json")),
+    );
+    assert_eq!(a.len(), 64);
+    assert_eq!(a.len(), b.len());
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-5 * x.abs(),
+            "step {step}: one process {x}, two nodes {y}"
+        );
+    }
+    let text = std::fs::read_to_string(out0.join("report.json")).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (r[0]["replicas"].as_u64(), r[0]["nodes"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert!(r[0]["samples_per_s"].as_f64().unwrap() > 0.0);
+    assert!(
+        String::from_utf8_lossy(&o0.stdout).contains("2 replicas on 2 node(s)"),
+        "{}",
+        String::from_utf8_lossy(&o0.stdout)
+    );
+}
+
+#[test]
+fn a_killed_node_stops_the_other_within_seconds_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (out0, out1) = (dir.path().join("n0"), dir.path().join("n1"));
+    let mut n1 = node(1, port, &out1, &[]);
+    let n0 = node(0, port, &out0, &[]);
+    // Node 1 says when every node is connected; it is killed (SIGKILL) a second into training.
+    let mut lines = BufReader::new(n1.stderr.take().unwrap()).lines();
+    let joined = lines.any(|l| l.is_ok_and(|l| l.contains("every node is connected")));
+    assert!(joined, "node 1 never joined");
+    std::thread::sleep(Duration::from_secs(1));
+    n1.kill().unwrap();
+    n1.wait().unwrap();
+    let killed = Instant::now();
+    let o0 = wait_bounded(n0, Duration::from_secs(30));
+    assert!(
+        killed.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        killed.elapsed()
+    );
+    assert!(!o0.status.success());
+    let e = stderr(&o0);
+    assert!(e.contains("node 1 went away"), "{e}");
+    // No checkpoint half-written: none at all this early, or a whole one.
+    for entry in std::fs::read_dir(&out0).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert!(!name.contains(".tmp"), "{name} left behind");
+    }
+}
+
+#[test]
+fn parallel_flags_are_checked() {
+    for (args, needle) in [
+        (&["--nodes", "2"][..], "--nodes 2 without --coordinator"),
+        (&["--replicas", "0"][..], "both must be at least 1"),
+        (
+            &["--replicas", "3"][..],
+            "does not split evenly over 3 replicas",
+        ),
+        (
+            &[
+                "--nodes",
+                "2",
+                "--node-rank",
+                "2",
+                "--coordinator",
+                "127.0.0.1:1",
+            ][..],
+            "--node-rank 2 with --nodes 2",
+        ),
+        (
+            &["--nodes", "2", "--coordinator", "localhost"][..],
+            "is not HOST:PORT",
+        ),
+    ] {
+        let mut a = vec![
+            "finetune",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            "/nonexistent/x",
+        ];
+        a.extend(args);
+        let o = run(&a);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+}

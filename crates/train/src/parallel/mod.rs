@@ -1,0 +1,608 @@
+//! Data-parallel fine-tuning on burn-collective: `replicas` peers in this process (one thread
+//! per device) and, with `nodes > 1`, as many processes (or machines) exchanging through
+//! burn-collective's global orchestrator over websockets.
+//!
+//! Every replica holds the whole model and trains on its slice of each global batch (global
+//! rank r of W takes rows [r·b/W, (r+1)·b/W)). Between the backward and the optimizer step the
+//! gradients of the trainable tensors, in the module tree's visiting order, and the step's loss
+//! are flattened into one vector and all-reduced (mean) in one call: with equal slices the mean
+//! of the slices' mean gradients is the global batch's, so the optimizer sees what one replica
+//! would have seen on the whole batch. Only what the method trains travels (LoRA's factors, SaRA's
+//! packed values, never a frozen [out, in] weight).
+//!
+//! After every step (and before the first) the replicas compare a 64-bit hash of their trained
+//! tensors through a second all-reduce, so a replica that drifted is an error, not a silently
+//! different model.
+//!
+//! Faults: every collective call waits on a watch. In one process, a replica that fails marks the
+//! watch and its peers stop at their next wait with an error naming it. Across processes each
+//! node keeps a TCP link to node 0 (the coordinator): a killed process closes it (the kernel does,
+//! even on `kill -9`), so the peers learn within a poll interval which node went away; node 0
+//! relays the rank of a lost node to the others. A call that makes no progress for `timeout`
+//! is abandoned as well.
+
+use crate::config::ConfigFile;
+use crate::finetune::{self, Event, RunOptions, RunReport};
+use crate::params::{self, Values};
+use crate::{SparseBackend, TrainError};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often a waiting replica looks at the watch.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Where a run's replicas are: how many in this process, how many processes, which one this is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    /// Replicas in this process (one per device).
+    pub replicas: usize,
+    /// Processes (nodes) in the run.
+    pub nodes: usize,
+    /// This process's rank among the nodes (0: the coordinator).
+    pub node_rank: usize,
+    /// `HOST:PORT` of node 0 (required when `nodes > 1`): every node keeps a TCP link to it.
+    pub coordinator: Option<String>,
+    /// How long one collective call may make no progress before the run is abandoned.
+    pub timeout: Duration,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            nodes: 1,
+            node_rank: 0,
+            coordinator: None,
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Topology {
+    /// Replicas in the whole run.
+    pub fn world(&self) -> usize {
+        self.replicas * self.nodes
+    }
+
+    /// Whether more than one replica trains.
+    pub fn is_parallel(&self) -> bool {
+        self.world() > 1
+    }
+
+    /// Checks the topology against the global batch.
+    pub fn check(&self, batch: usize) -> Result<(), TrainError> {
+        let bad = |problem: String, fix: &'static str| {
+            Err(TrainError::Config {
+                module: "parallel",
+                problem,
+                fix,
+            })
+        };
+        if self.replicas == 0 || self.nodes == 0 {
+            return bad(
+                format!(
+                    "--replicas {} --nodes {}: both must be at least 1",
+                    self.replicas, self.nodes
+                ),
+                "pass --replicas 1 or more and --nodes 1 or more",
+            );
+        }
+        if self.node_rank >= self.nodes {
+            return bad(
+                format!(
+                    "--node-rank {} with --nodes {}: ranks are 0..{}",
+                    self.node_rank,
+                    self.nodes,
+                    self.nodes - 1
+                ),
+                "give each process a distinct --node-rank below --nodes",
+            );
+        }
+        if self.nodes > 1 && self.coordinator.is_none() {
+            return bad(
+                format!("--nodes {} without --coordinator", self.nodes),
+                "pass --coordinator HOST:PORT (node 0's address) to every process",
+            );
+        }
+        if self.world() > 256 {
+            return bad(
+                format!("{} replicas in all", self.world()),
+                "use at most 256 replicas (the parameter check sums 16-bit hash parts in f32)",
+            );
+        }
+        if !batch.is_multiple_of(self.world()) {
+            return bad(
+                format!(
+                    "the global batch of {batch} does not split evenly over {} replicas",
+                    self.world()
+                ),
+                "make model.batch a multiple of --replicas × --nodes",
+            );
+        }
+        Ok(())
+    }
+
+    fn coordinator_addr(&self) -> Result<(String, u16), TrainError> {
+        let text = self.coordinator.as_deref().unwrap_or("127.0.0.1:29500");
+        split_host_port(text, "--coordinator")
+    }
+}
+
+fn split_host_port(text: &str, flag: &'static str) -> Result<(String, u16), TrainError> {
+    let parsed = text
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+        .filter(|(h, p)| !h.is_empty() && *p > 0 && *p < u16::MAX - 1024);
+    parsed.ok_or_else(|| TrainError::Config {
+        module: "parallel",
+        problem: format!("{flag} `{text}` is not HOST:PORT (a port from 1 to 64510)"),
+        fix: "write it as e.g. 127.0.0.1:29500",
+    })
+}
+
+/// Why the replicas stop: shared by the replicas of a process, and fed by the node links.
+#[derive(Default)]
+pub struct Watch {
+    reason: Mutex<Option<String>>,
+}
+
+impl Watch {
+    /// Records the first reason to stop.
+    pub fn fail(&self, reason: String) {
+        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() {
+            *r = Some(reason);
+        }
+    }
+
+    /// The reason to stop, if any.
+    pub fn reason(&self) -> Option<String> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// One replica's place in the run and its collective calls.
+pub struct Replica {
+    /// Global rank (node_rank × replicas + local index).
+    pub rank: usize,
+    /// Replicas in the whole run.
+    pub world: usize,
+    /// Processes in the run.
+    pub nodes: usize,
+    /// Index among this process's replicas.
+    local: usize,
+    /// Replicas in this process.
+    replicas: usize,
+    link: Option<Arc<NodeLink>>,
+    watch: Arc<Watch>,
+    timeout: Duration,
+}
+
+fn collective_error(problem: String) -> TrainError {
+    TrainError::Collective {
+        problem,
+        fix: "see the first error of the run (the peer that stopped); restart every replica, with --resume to continue from the last checkpoint",
+    }
+}
+
+impl Replica {
+    fn peer(&self) -> PeerId {
+        PeerId(self.rank as u32)
+    }
+
+    /// Runs one blocking collective call on a helper thread and waits for it while watching for
+    /// a peer's failure and for the timeout.
+    fn call<T: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl FnOnce() -> Result<T, burn_collective::CollectiveError> + Send + 'static,
+    ) -> Result<T, TrainError> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("collective-{}", self.rank))
+            .spawn(move || {
+                let _ = tx.send(f());
+            })
+            .map_err(|e| collective_error(format!("cannot start a collective call: {e}")))?;
+        match wait_for(&rx, what, self.rank, &self.watch, self.timeout)? {
+            Ok(v) => Ok(v),
+            Err(e) => Err(collective_error(format!(
+                "replica {}: {what} failed in burn-collective: {e:?}",
+                self.rank
+            ))),
+        }
+    }
+
+    /// Sums `t` over every replica of the run: burn-collective's all-reduce between this
+    /// process's replicas, then (several nodes) the node link's sum by local replica 0 and
+    /// burn-collective's broadcast of it to the others.
+    fn sum<B: Backend>(&self, t: Tensor<B, 1>, what: &str) -> Result<Tensor<B, 1>, TrainError> {
+        let device = t.device();
+        let peer = self.peer();
+        let local = if self.replicas > 1 {
+            let prim = t.into_primitive().tensor();
+            let out = self.call(what, move || {
+                burn_collective::all_reduce::<B>(peer, prim, ReduceOperation::Sum)
+            })?;
+            Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(out))
+        } else {
+            t
+        };
+        let Some(link) = &self.link else {
+            return Ok(local);
+        };
+        let summed = if self.local == 0 {
+            let v = local
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .map_err(|e| collective_error(format!("{what}: {e:?}")))?;
+            let n = v.len();
+            let v = link.sum(v, what, self.rank)?;
+            Some(Tensor::<B, 1>::from_data(TensorData::new(v, [n]), &device))
+        } else {
+            None
+        };
+        if self.replicas == 1 {
+            return summed.ok_or_else(|| collective_error(format!("{what}: no sum")));
+        }
+        let root = summed.map(|t| t.into_primitive().tensor());
+        let out = self.call(what, move || burn_collective::broadcast::<B>(peer, root))?;
+        Ok(Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(out)))
+    }
+
+    /// Averages the gradients of `model`'s trainable tensors and the step's `loss` over the
+    /// replicas, in one all-reduce. Returns the averaged gradients, the global loss and the bytes
+    /// this replica sent into the reduction.
+    pub fn all_reduce<B: AutodiffBackend, M: Module<B>>(
+        &self,
+        model: &M,
+        grads: GradientsParams,
+        loss: Tensor<B::InnerBackend, 1>,
+        step: usize,
+    ) -> Result<(GradientsParams, f32, u64), TrainError> {
+        let mut take = Take::<B> {
+            grads,
+            parts: Vec::new(),
+            layout: Vec::new(),
+        };
+        model.visit(&mut take);
+        let Take {
+            mut grads,
+            mut parts,
+            layout,
+        } = take;
+        parts.push(loss.reshape([1]));
+        let flat = Tensor::cat(parts, 0);
+        let bytes = flat.dims()[0] as u64 * 4;
+        let flat = self
+            .sum(flat, &format!("the gradient all-reduce of step {step}"))?
+            .div_scalar(self.world as f32);
+        let mut offset = 0;
+        for (id, shape) in &layout {
+            let n: usize = shape.iter().product();
+            let g = flat.clone().slice(offset..offset + n);
+            grads.register::<B::InnerBackend, 1>(*id, g);
+            offset += n;
+        }
+        let loss = flat
+            .slice(offset..offset + 1)
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .ok()
+            .and_then(|v| v.first().copied())
+            .unwrap_or(f32::NAN);
+        // Back to each parameter's shape.
+        let mut put = Reshape::<B> {
+            grads,
+            _b: std::marker::PhantomData,
+        };
+        model.visit(&mut put);
+        Ok((put.grads, loss, bytes))
+    }
+
+    /// Checks that every replica holds the same trained tensors (all tensors when `all`): a
+    /// 64-bit hash of their bits, summed over the replicas as four 16-bit parts, must be W times
+    /// this replica's own.
+    pub fn check_in_sync<B: AutodiffBackend, M: Module<B>>(
+        &self,
+        model: &M,
+        all: bool,
+        when: &str,
+        device: &B::Device,
+    ) -> Result<(), TrainError> {
+        let h = hash_params(model, all);
+        let parts: Vec<f32> = (0..4).map(|i| ((h >> (16 * i)) & 0xFFFF) as f32).collect();
+        let t =
+            Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(parts.clone(), [4]), device);
+        let summed = self
+            .sum(t, &format!("the parameter check {when}"))?
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .unwrap_or_default();
+        let w = self.world as f32;
+        if summed.len() != 4 || summed.iter().zip(&parts).any(|(s, p)| *s != w * p) {
+            let fix_hint = if all {
+                "the replicas started from different parameters: with --resume every node needs rank 0's checkpoint in its --out"
+            } else {
+                "the replicas' updates diverged"
+            };
+            let problem = format!(
+                "replica {}'s {} tensors differ from the other replicas' {when} ({fix_hint})",
+                self.rank,
+                if all { "" } else { "trained" }
+            );
+            self.watch.fail(problem.clone());
+            return Err(collective_error(problem));
+        }
+        Ok(())
+    }
+}
+
+/// FNV-1a over the bits of the (trainable, or all) parameters in visiting order.
+fn hash_params<B: Backend, M: Module<B>>(model: &M, all: bool) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for p in params::named_where(model, |trainable| all || trainable) {
+        eat(p.name.as_bytes());
+        match &p.values {
+            Values::F32(v) => v.iter().for_each(|x| eat(&x.to_bits().to_le_bytes())),
+            Values::I64(v) => v.iter().for_each(|x| eat(&x.to_le_bytes())),
+        }
+    }
+    h
+}
+
+/// Takes the trainable parameters' gradients out (zeros where a parameter got none this step),
+/// flattened, in visiting order.
+struct Take<B: AutodiffBackend> {
+    grads: GradientsParams,
+    parts: Vec<Tensor<B::InnerBackend, 1>>,
+    layout: Vec<(ParamId, Vec<usize>)>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Take<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let t = param.val();
+        if !t.is_require_grad() {
+            return;
+        }
+        let shape = t.dims().to_vec();
+        let n: usize = shape.iter().product();
+        let g = self
+            .grads
+            .remove::<B::InnerBackend, D>(param.id)
+            .map(|g| g.reshape([n]))
+            .unwrap_or_else(|| Tensor::zeros([n], &t.inner().device()));
+        self.parts.push(g);
+        self.layout.push((param.id, shape));
+    }
+}
+
+/// Gives the flat reduced gradients their parameters' shapes again.
+struct Reshape<B: AutodiffBackend> {
+    grads: GradientsParams,
+    _b: std::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Reshape<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if !param.val().is_require_grad() {
+            return;
+        }
+        if let Some(g) = self.grads.remove::<B::InnerBackend, 1>(param.id) {
+            let shape: [usize; D] = param.val().dims();
+            self.grads
+                .register::<B::InnerBackend, D>(param.id, g.reshape(shape));
+        }
+    }
+}
+
+/// One run's collective session in this process: registration, the node link, the end.
+pub struct Session {
+    topology: Topology,
+    watch: Arc<Watch>,
+    config: CollectiveConfig,
+    link: Option<Arc<NodeLink>>,
+}
+
+mod link;
+use link::{NodeLink, wait_for};
+
+/// burn-collective keeps one local server per backend type in the process: runs must not
+/// overlap.
+static SESSION: Mutex<()> = Mutex::new(());
+
+impl Session {
+    /// Opens the run's collective session: with several nodes, node 0 listens on the
+    /// coordinator's port and waits for every node; the others connect to it.
+    pub fn open(topology: &Topology) -> Result<Self, TrainError> {
+        let watch = Arc::new(Watch::default());
+        let config = CollectiveConfig::default().with_num_devices(topology.replicas);
+        let link = if topology.nodes > 1 {
+            let (host, port) = topology.coordinator_addr()?;
+            Some(Arc::new(NodeLink::open(
+                topology,
+                &host,
+                port,
+                watch.clone(),
+            )?))
+        } else {
+            None
+        };
+        Ok(Self {
+            topology: topology.clone(),
+            watch,
+            config,
+            link,
+        })
+    }
+
+    /// The watch every replica of this process waits on.
+    pub fn watch(&self) -> Arc<Watch> {
+        self.watch.clone()
+    }
+
+    /// Registers the replica with local index `local` on `device` and returns its handle.
+    pub fn register<B: Backend>(
+        &self,
+        local: usize,
+        device: &B::Device,
+    ) -> Result<Replica, TrainError> {
+        let replica = Replica {
+            rank: self.topology.node_rank * self.topology.replicas + local,
+            world: self.topology.world(),
+            nodes: self.topology.nodes,
+            local,
+            replicas: self.topology.replicas,
+            link: self.link.clone(),
+            watch: self.watch.clone(),
+            timeout: self.topology.timeout,
+        };
+        if self.topology.replicas > 1 {
+            let (peer, device, config) = (replica.peer(), device.clone(), self.config.clone());
+            replica.call("registration", move || {
+                burn_collective::register::<B>(peer, device, config)
+            })?;
+        }
+        Ok(replica)
+    }
+
+    /// Runs `f` with the process-wide collective lock held and burn-collective's state for `B`
+    /// reset afterwards, whatever `f` returns.
+    pub fn exclusive<B: Backend, T>(f: impl FnOnce() -> T) -> T {
+        let _guard = SESSION.lock().unwrap_or_else(|e| e.into_inner());
+        burn_collective::reset_collective::<B>();
+        let out = f();
+        burn_collective::reset_collective::<B>();
+        out
+    }
+
+    /// Ends the session: tells node 0 this node finished (so its link closing is not a fault);
+    /// node 0 waits for every node's word.
+    pub fn close(self) {
+        if let Some(link) = self.link {
+            link.finish();
+        }
+    }
+}
+
+/// Fine-tunes as this process's share of the run `topology` describes: one replica per device
+/// of `devices` (one thread each; local replica 0 on the calling thread, reporting progress), and
+/// returns local replica 0's report with every local replica's step time. One replica in all is
+/// plain [`finetune`](crate::finetune::finetune).
+pub fn finetune_parallel<B>(
+    cfg: &ConfigFile,
+    devices: &[B::Device],
+    topology: &Topology,
+    opts: RunOptions<'_>,
+) -> Result<RunReport, TrainError>
+where
+    B: AutodiffBackend + SparseBackend,
+    B::InnerBackend: SparseBackend,
+{
+    topology.check(cfg.model.batch)?;
+    if devices.len() != topology.replicas {
+        return Err(TrainError::Config {
+            module: "parallel",
+            problem: format!(
+                "{} replicas in this process but {} devices",
+                topology.replicas,
+                devices.len()
+            ),
+            fix: "give one device per replica",
+        });
+    }
+    if !topology.is_parallel() {
+        return finetune::finetune::<B>(cfg, &devices[0], opts);
+    }
+    Session::exclusive::<B::InnerBackend, _>(|| {
+        let session = Session::open(topology)?;
+        if topology.nodes > 1 {
+            (opts.progress)(Event::Joined {
+                node_rank: topology.node_rank,
+                nodes: topology.nodes,
+            });
+        }
+        let watch = session.watch();
+        let (method, name, out_dir, resume) = (
+            opts.method,
+            opts.device_name.clone(),
+            opts.out_dir.clone(),
+            opts.resume,
+        );
+        let one = |local: usize, dev: &B::Device, opts: RunOptions<'_>| {
+            let result = session
+                .register::<B::InnerBackend>(local, dev)
+                .and_then(|r| finetune::finetune_replica::<B>(cfg, dev, opts, Some(&r)));
+            if let Err(e) = &result {
+                let rank = topology.node_rank * topology.replicas + local;
+                watch.fail(format!("replica {rank} failed: {e}"));
+            }
+            result
+        };
+        let (first, others) = std::thread::scope(|s| {
+            let handles: Vec<_> = devices
+                .iter()
+                .enumerate()
+                .skip(1)
+                .map(|(local, dev)| {
+                    let (name, out_dir, one) = (name.clone(), out_dir.clone(), &one);
+                    std::thread::Builder::new()
+                        .name(format!("replica-{local}"))
+                        .spawn_scoped(s, move || {
+                            let none = || None;
+                            let mut quiet = |_: Event| {};
+                            one(
+                                local,
+                                dev,
+                                RunOptions {
+                                    method,
+                                    device_name: name,
+                                    out_dir,
+                                    resume,
+                                    progress: &mut quiet,
+                                    memory_in_use: &none,
+                                },
+                            )
+                        })
+                })
+                .collect();
+            let first = one(0, &devices[0], opts);
+            let others: Vec<Result<RunReport, TrainError>> = handles
+                .into_iter()
+                .map(|h| match h {
+                    Ok(h) => h.join().unwrap_or_else(|_| {
+                        Err(collective_error("a replica's thread panicked".into()))
+                    }),
+                    Err(e) => Err(collective_error(format!(
+                        "cannot start a replica's thread: {e}"
+                    ))),
+                })
+                .collect();
+            (first, others)
+        });
+        let mut report = first?;
+        for r in others {
+            report.replica_step_ms.push(r?.step_ms);
+        }
+        session.close();
+        Ok(report)
+    })
+}

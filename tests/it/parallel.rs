@@ -1,0 +1,84 @@
+//! Data parallelism in one process (burn-collective's local all-reduce, one thread per replica on
+//! ndarray): two replicas on halves of every global batch train what one replica trains on the
+//! whole batch, step for step.
+
+use sparsecube_train::Cpu;
+use sparsecube_train::config::{ConfigFile, Method};
+use sparsecube_train::finetune::{Event, RunOptions, RunReport};
+use sparsecube_train::parallel::{Topology, finetune_parallel};
+
+fn config(method: &str) -> ConfigFile {
+    ConfigFile::parse(
+        &format!(
+            "[model]\nbatch = 16\nseq_len = 16\nd_model = 32\nheads = 2\nd_ff = 64\nlayers = 2\n\
+             vocab = 24\nclasses = 3\nconcepts = 8\nmethod = \"{method}\"\n\
+             [train]\nepochs = 1\ntrain_samples = 96\neval_samples = 32\nlr = 3e-3\n\
+             [train.methods]\nrefit_every = 3\n"
+        ),
+        "the test config",
+    )
+    .unwrap()
+}
+
+fn run(cfg: &ConfigFile, replicas: usize) -> Result<RunReport, sparsecube_train::TrainError> {
+    let none = || None;
+    let mut progress = |_: Event| {};
+    let topology = Topology {
+        replicas,
+        ..Topology::default()
+    };
+    finetune_parallel::<burn::backend::Autodiff<Cpu>>(
+        cfg,
+        &vec![Default::default(); replicas],
+        &topology,
+        RunOptions {
+            method: cfg.model.method,
+            device_name: "cpu".into(),
+            out_dir: None,
+            resume: false,
+            progress: &mut progress,
+            memory_in_use: &none,
+        },
+    )
+}
+
+#[test]
+fn two_replicas_reproduce_one_replicas_losses() {
+    for method in ["sara", "lora", "spt"] {
+        let cfg = config(method);
+        let one = run(&cfg, 1).unwrap();
+        let two = run(&cfg, 2).unwrap();
+        assert_eq!(one.losses.len(), 6, "{method}");
+        assert_eq!(two.losses.len(), one.losses.len(), "{method}");
+        for (step, (a, b)) in one.losses.iter().zip(&two.losses).enumerate() {
+            let rel = (a - b).abs() / a.abs().max(1e-6);
+            assert!(rel <= 1e-5, "{method} step {step}: {a} vs {b} ({rel:e})");
+        }
+        let (e1, e2) = (one.last().unwrap(), two.last().unwrap());
+        assert!(
+            (e1.eval_loss - e2.eval_loss).abs() <= 1e-5 * e1.eval_loss,
+            "{method}: {e1:?} vs {e2:?}"
+        );
+        assert_eq!((two.replicas, two.nodes), (2, 1));
+        assert_eq!(two.replica_step_ms.len(), 2);
+        // Only the trained tensors travel, and the loss.
+        assert_eq!(
+            two.reduced_bytes_per_step,
+            4 * (two.trainable_params as u64 + 1),
+            "{method}"
+        );
+        assert_eq!(one.reduced_bytes_per_step, 0);
+        let m: Method = method.parse().unwrap();
+        assert_eq!(two.method, m);
+    }
+}
+
+#[test]
+fn a_batch_that_does_not_split_over_the_replicas_is_refused() {
+    let cfg = config("lora");
+    let e = run(&cfg, 3).unwrap_err().to_string();
+    assert!(
+        e.contains("does not split evenly over 3 replicas") && e.contains("multiple of"),
+        "{e}"
+    );
+}
