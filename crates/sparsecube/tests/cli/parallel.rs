@@ -18,7 +18,14 @@ fn free_port() -> u16 {
 /// `finetune` of the embedded default as node `rank` of two, into `out`.
 fn node(rank: usize, port: u16, out: &Path, extra: &[&str]) -> Child {
     let mut c = bin();
-    c.args(["finetune", "--device", "cpu", "--quiet", "--nodes", "2"])
+    // A config file, when given, comes first.
+    let (config, extra) = match extra.first() {
+        Some(f) if f.ends_with(".toml") => (Some(*f), &extra[1..]),
+        _ => (None, extra),
+    };
+    c.arg("finetune");
+    c.args(config);
+    c.args(["--device", "cpu", "--quiet", "--nodes", "2"])
         .args(["--node-rank", &rank.to_string()])
         .args(["--coordinator", &format!("127.0.0.1:{port}")])
         .arg("--out")
@@ -187,5 +194,47 @@ fn parallel_flags_are_checked() {
         let o = run(&a);
         assert!(!o.status.success(), "{args:?}");
         assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn nodes_that_start_from_different_parameters_are_stopped_before_training() {
+    // Node 0 resumes from a checkpoint, node 1 finds none in its own --out: the parameter check
+    // before the first step fails on both, with the advice.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(
+        &config,
+        "[model]\nbatch = 16\nseq_len = 16\nd_model = 32\nheads = 2\nd_ff = 64\nlayers = 1\n\
+         vocab = 24\nclasses = 3\nconcepts = 8\nmethod = \"lora\"\n\
+         [train]\nepochs = 1\ntrain_samples = 32\neval_samples = 16\n",
+    )
+    .unwrap();
+    let (out0, out1) = (dir.path().join("n0"), dir.path().join("n1"));
+    let cfg = config.to_str().unwrap();
+    let o = run(&[
+        "finetune",
+        cfg,
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        out0.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let port = free_port();
+    let more = ["--epochs", "2", "--resume"];
+    let n1 = node(1, port, &out1, &[&[cfg][..], &more].concat());
+    let n0 = node(0, port, &out0, &[&[cfg][..], &more].concat());
+    let o0 = wait_bounded(n0, Duration::from_secs(120));
+    let o1 = wait_bounded(n1, Duration::from_secs(60));
+    for (o, rank) in [(&o0, 0), (&o1, 1)] {
+        assert!(!o.status.success(), "node {rank}");
+        let e = stderr(o);
+        assert!(
+            e.contains("differ from the other replicas' before the first step")
+                && e.contains("every node needs rank 0's checkpoint"),
+            "node {rank}: {e}"
+        );
     }
 }

@@ -27,8 +27,12 @@ pub(super) fn wait_for<T>(
         match rx.recv_timeout(POLL) {
             Ok(v) => return Ok(v),
             Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // The sender goes away after marking the watch: say why when it did.
+                let why = watch
+                    .reason()
+                    .unwrap_or_else(|| "it ended without an answer".to_string());
                 return Err(collective_error(format!(
-                    "replica {rank}: {what} ended without an answer"
+                    "replica {rank} stopped during {what}: {why}"
                 )));
             }
             Err(mpsc::RecvTimeoutError::Timeout) if started.elapsed() > timeout => {
@@ -53,8 +57,9 @@ pub(super) fn wait_for<T>(
 pub(super) struct NodeLink {
     rank: usize,
     nodes: usize,
-    /// Node 0: one writer per node (index r − 1); another node: the writer to node 0.
-    writers: Vec<Mutex<TcpStream>>,
+    /// Node 0: one writer per node (index r − 1); another node: the writer to node 0. Every
+    /// write to a socket goes through its one mutex (frames never interleave).
+    writers: Arc<Vec<Mutex<TcpStream>>>,
     /// Vectors received, in the same order as `writers`.
     inbox: Vec<Mutex<mpsc::Receiver<Vec<f32>>>>,
     /// On node 0: the nodes' `done` lines, and how many to wait for.
@@ -62,6 +67,9 @@ pub(super) struct NodeLink {
     watch: Arc<Watch>,
     timeout: Duration,
 }
+
+/// The most values one `data` frame may carry (1 GiB of f32).
+const MAX_VALUES: usize = 1 << 28;
 
 fn link_error(e: impl std::fmt::Display) -> TrainError {
     collective_error(format!("node link: {e}"))
@@ -97,6 +105,10 @@ fn read_link(
             .strip_prefix("data ")
             .and_then(|n| n.parse::<usize>().ok())
         {
+            // A frame larger than any model's gradient is a broken or foreign peer.
+            if n > MAX_VALUES {
+                break;
+            }
             let mut bytes = vec![0u8; n * 4];
             if reader.read_exact(&mut bytes).is_err() {
                 break;
@@ -195,17 +207,14 @@ impl NodeLink {
         let mut writers = Vec::new();
         for s in &streams {
             let mut w = s.try_clone().map_err(link_error)?;
+            w.set_write_timeout(Some(topology.timeout))
+                .map_err(link_error)?;
             writeln!(w, "start").map_err(link_error)?;
             writers.push(Mutex::new(w));
         }
-        // The readers relay a lost node to the others through their own clones.
-        let relay: Arc<Vec<Mutex<TcpStream>>> = Arc::new(
-            streams
-                .iter()
-                .map(|s| s.try_clone().map(Mutex::new))
-                .collect::<Result<_, _>>()
-                .map_err(link_error)?,
-        );
+        // The readers relay a lost node to the others through the same writers.
+        let writers = Arc::new(writers);
+        let relay = writers.clone();
         let (done_tx, done_rx) = mpsc::channel();
         let mut inbox = Vec::new();
         for (i, s) in streams.into_iter().enumerate() {
@@ -272,6 +281,8 @@ impl NodeLink {
         };
         stream.set_nodelay(true).map_err(link_error)?;
         let mut w = stream.try_clone().map_err(link_error)?;
+        w.set_write_timeout(Some(topology.timeout))
+            .map_err(link_error)?;
         writeln!(w, "hello {}", topology.node_rank).map_err(link_error)?;
         let left = deadline
             .saturating_duration_since(Instant::now())
@@ -306,7 +317,7 @@ impl NodeLink {
         Ok(Self {
             rank: topology.node_rank,
             nodes: topology.nodes,
-            writers: vec![Mutex::new(w)],
+            writers: Arc::new(vec![Mutex::new(w)]),
             inbox: vec![Mutex::new(rx)],
             done: None,
             watch,
@@ -351,10 +362,19 @@ impl NodeLink {
         }
     }
 
+    /// Closes every connection of this node without `done`, so the peers see it go away now
+    /// (a run that failed here).
+    pub(super) fn abort(&self) {
+        for w in self.writers.iter() {
+            let w = w.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = w.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
     /// Says `done`; node 0 then waits (a bounded time) for every node's, so that no node is
     /// still receiving the last reduction when node 0's process ends.
     pub(super) fn finish(&self) {
-        for w in &self.writers {
+        for w in self.writers.iter() {
             let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
             let _ = writeln!(w, "done");
         }

@@ -1,6 +1,7 @@
-//! Data-parallel fine-tuning on burn-collective: `replicas` peers in this process (one thread
-//! per device) and, with `nodes > 1`, as many processes (or machines) exchanging through
-//! burn-collective's global orchestrator over websockets.
+//! Data-parallel fine-tuning: `replicas` peers in this process (one thread per device,
+//! exchanging through burn-collective's local server) and, with `nodes > 1`, as many processes
+//! (or machines) linked by a TCP star to node 0 (`link`; docs/adr/0004 says why not
+//! burn-collective's global orchestrator).
 //!
 //! Every replica holds the whole model and trains on its slice of each global batch (global
 //! rank r of W takes rows [r·b/W, (r+1)·b/W)). Between the backward and the optimizer step the
@@ -67,7 +68,7 @@ impl Default for Topology {
 impl Topology {
     /// Replicas in the whole run.
     pub fn world(&self) -> usize {
-        self.replicas * self.nodes
+        self.replicas.saturating_mul(self.nodes)
     }
 
     /// Whether more than one replica trains.
@@ -138,10 +139,10 @@ fn split_host_port(text: &str, flag: &'static str) -> Result<(String, u16), Trai
     let parsed = text
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
-        .filter(|(h, p)| !h.is_empty() && *p > 0 && *p < u16::MAX - 1024);
+        .filter(|(h, p)| !h.is_empty() && *p > 0);
     parsed.ok_or_else(|| TrainError::Config {
         module: "parallel",
-        problem: format!("{flag} `{text}` is not HOST:PORT (a port from 1 to 64510)"),
+        problem: format!("{flag} `{text}` is not HOST:PORT (a port from 1 to 65535)"),
         fix: "write it as e.g. 127.0.0.1:29500",
     })
 }
@@ -274,34 +275,51 @@ impl Replica {
             grads,
             parts: Vec::new(),
             layout: Vec::new(),
+            present: Vec::new(),
         };
         model.visit(&mut take);
         let Take {
             mut grads,
             mut parts,
             layout,
+            present,
         } = take;
+        let device = loss.device();
+        let flags = present.len();
         parts.push(loss.reshape([1]));
+        parts.push(Tensor::from_data(
+            TensorData::new(present, [flags]),
+            &device,
+        ));
         let flat = Tensor::cat(parts, 0);
         let bytes = flat.dims()[0] as u64 * 4;
         let flat = self
             .sum(flat, &format!("the gradient all-reduce of step {step}"))?
             .div_scalar(self.world as f32);
-        let mut offset = 0;
-        for (id, shape) in &layout {
-            let n: usize = shape.iter().product();
-            let g = flat.clone().slice(offset..offset + n);
-            grads.register::<B::InnerBackend, 1>(*id, g);
-            offset += n;
-        }
-        let loss = flat
-            .slice(offset..offset + 1)
+        let grad_len: usize = layout
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
+        // The loss, then whether any replica had each parameter's gradient.
+        let tail = flat
+            .clone()
+            .slice(grad_len..grad_len + 1 + flags)
             .into_data()
             .convert::<f32>()
             .into_vec::<f32>()
-            .ok()
-            .and_then(|v| v.first().copied())
-            .unwrap_or(f32::NAN);
+            .unwrap_or_default();
+        let loss = tail.first().copied().unwrap_or(f32::NAN);
+        let mut offset = 0;
+        for (i, (id, shape)) in layout.iter().enumerate() {
+            let n: usize = shape.iter().product();
+            // A parameter no replica reached gets no gradient, as on one replica (AdamW then
+            // leaves it alone).
+            if tail.get(1 + i).is_some_and(|f| *f > 0.0) {
+                let g = flat.clone().slice(offset..offset + n);
+                grads.register::<B::InnerBackend, 1>(*id, g);
+            }
+            offset += n;
+        }
         // Back to each parameter's shape.
         let mut put = Reshape::<B> {
             grads,
@@ -339,9 +357,9 @@ impl Replica {
                 "the replicas' updates diverged"
             };
             let problem = format!(
-                "replica {}'s {} tensors differ from the other replicas' {when} ({fix_hint})",
+                "replica {}'s {} differ from the other replicas' {when} ({fix_hint})",
                 self.rank,
-                if all { "" } else { "trained" }
+                if all { "tensors" } else { "trained tensors" }
             );
             self.watch.fail(problem.clone());
             return Err(collective_error(problem));
@@ -375,6 +393,8 @@ struct Take<B: AutodiffBackend> {
     grads: GradientsParams,
     parts: Vec<Tensor<B::InnerBackend, 1>>,
     layout: Vec<(ParamId, Vec<usize>)>,
+    /// 1 where the parameter got a gradient on this replica, else 0.
+    present: Vec<f32>,
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for Take<B> {
@@ -385,9 +405,9 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Take<B> {
         }
         let shape = t.dims().to_vec();
         let n: usize = shape.iter().product();
-        let g = self
-            .grads
-            .remove::<B::InnerBackend, D>(param.id)
+        let g = self.grads.remove::<B::InnerBackend, D>(param.id);
+        self.present.push(if g.is_some() { 1.0 } else { 0.0 });
+        let g = g
             .map(|g| g.reshape([n]))
             .unwrap_or_else(|| Tensor::zeros([n], &t.inner().device()));
         self.parts.push(g);
@@ -494,11 +514,33 @@ impl Session {
         out
     }
 
+    /// Ends a failed session: closes the node links at once, so the other nodes stop now
+    /// naming this one instead of waiting out the timeout.
+    pub fn abort(self) {
+        if let Some(link) = self.link {
+            link.abort();
+        }
+    }
+
     /// Ends the session: tells node 0 this node finished (so its link closing is not a fault);
     /// node 0 waits for every node's word.
     pub fn close(self) {
         if let Some(link) = self.link {
             link.finish();
+        }
+    }
+}
+
+/// Marks the watch when the replica's thread unwinds from a panic.
+struct PanicWatch<'a> {
+    watch: &'a Watch,
+    rank: usize,
+}
+
+impl Drop for PanicWatch<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.watch.fail(format!("replica {} panicked", self.rank));
         }
     }
 }
@@ -548,11 +590,16 @@ where
             opts.resume,
         );
         let one = |local: usize, dev: &B::Device, opts: RunOptions<'_>| {
+            let rank = topology.node_rank * topology.replicas + local;
+            // A replica that panics (a device error, say) stops its peers at their next wait.
+            let _guard = PanicWatch {
+                watch: &watch,
+                rank,
+            };
             let result = session
                 .register::<B::InnerBackend>(local, dev)
                 .and_then(|r| finetune::finetune_replica::<B>(cfg, dev, opts, Some(&r)));
             if let Err(e) = &result {
-                let rank = topology.node_rank * topology.replicas + local;
                 watch.fail(format!("replica {rank} failed: {e}"));
             }
             result
@@ -598,11 +645,21 @@ where
                 .collect();
             (first, others)
         });
-        let mut report = first?;
-        for r in others {
-            report.replica_step_ms.push(r?.step_ms);
+        let finished = first.and_then(|mut report| {
+            for r in others {
+                report.replica_step_ms.push(r?.step_ms);
+            }
+            Ok(report)
+        });
+        match finished {
+            Ok(report) => {
+                session.close();
+                Ok(report)
+            }
+            Err(e) => {
+                session.abort();
+                Err(e)
+            }
         }
-        session.close();
-        Ok(report)
     })
 }
