@@ -155,6 +155,8 @@ impl ComputeServer for OfflineServer {
         Box::pin(async { Err(no_device()) })
     }
     fn write(&mut self, _: Vec<(CopyDescriptor, Bytes)>, _: StreamId) {
+        // Unreachable from input: the offline runtime only compiles (`gen`, the NVRTC check); no
+        // code path hands it data.
         panic!("the offline runtime has no device: nothing can be written to it");
     }
     fn sync(&mut self, _: StreamId) -> DynFut<Result<(), ServerError>> {
@@ -374,6 +376,8 @@ macro_rules! compile_arg {
                     .map(|_| ArrayCompilationArg { inplace: None })
                     .collect(),
             },
+            // Unreachable from input: the kernel table and the plans are built together in codegen;
+            // a mismatch is caught by the emit tests of every op.
             other => panic!("a sequence parameter takes a buffer list, the plan gives {other:?}"),
         }
     }};

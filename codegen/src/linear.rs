@@ -239,6 +239,8 @@ impl Linear {
                     mrank,
                 }) = pst
                 else {
+                    // Unreachable from input: only PST's lowering asks for this gradient, always with its
+                    // weight.
                     panic!("PST's weight gradient needs PST's weight");
                 };
                 let weight = pst_weight(

@@ -32,6 +32,18 @@ impl DType {
         }
     }
 
+    /// The largest finite value a float type stores (None for integers): an input beyond it
+    /// would be ±∞ once stored.
+    pub fn max_finite(self) -> Option<f64> {
+        match self {
+            DType::F32 => Some(f64::from(f32::MAX)),
+            DType::F16 => Some(65504.0),
+            // (2 − 2⁻⁷)·2¹²⁷
+            DType::BF16 => Some(3.389_531_389_251_535_5e38),
+            DType::I64 => None,
+        }
+    }
+
     /// Whether this is a floating-point storage type (valid as a kernel's compute dtype).
     pub fn is_float(self) -> bool {
         !matches!(self, DType::I64)

@@ -301,11 +301,12 @@ impl Schedule {
 
     /// Shared memory of the tile program's staging buffers, bytes: `stages` slices of
     /// `tile_k` × (`tile_m` + 1) and `tile_k` × (`tile_n` + 1) f32 values.
+    /// (Saturating: the u32 knobs of a written schedule can make the product overflow.)
     pub fn tile_shared_bytes(&self) -> u64 {
         u64::from(self.stages)
-            * u64::from(self.tile_k)
-            * (u64::from(self.tile_m) + 1 + u64::from(self.tile_n) + 1)
-            * 4
+            .saturating_mul(u64::from(self.tile_k))
+            .saturating_mul(u64::from(self.tile_m) + 1 + u64::from(self.tile_n) + 1)
+            .saturating_mul(4)
     }
 
     /// The value of `knob` in this schedule.

@@ -399,28 +399,30 @@ impl KernelSpec {
     /// selection (SaRA's threshold mask); without it a threshold mask is costed as empty.
     pub fn cost(&self, nnz: Option<usize>) -> Result<Cost, VerifyErrors> {
         self.verify()?;
-        let d = |n: &str| self.dim(n) as u64;
+        // In f64: the counts are estimates, and no product of written sizes can overflow one
+        // (the conversion back saturates).
+        let d = |n: &str| self.dim(n) as f64;
         let c = match (self.op, &self.pattern) {
             (OpKind::SptAttention, Pattern::PqTopK(p)) => {
                 let (rows, dd, l) = (d("B") * d("H") * d("L"), d("D"), d("L"));
                 // Block-granular selection attends to every key of the kept blocks.
-                let kept = (p.kept_blocks(self.topk()) * p.block.max(1)).min(l as usize) as u64;
+                let kept = (p.kept_blocks(self.topk()) as f64 * p.block.max(1) as f64).min(l);
                 // Encode q and k (L1 distance to every codeword) + select (S compares per pair).
-                let encode = 2 * rows * dd * p.codewords as u64 * 2;
+                let encode = 4.0 * rows * dd * p.codewords as f64;
                 // (Blocks: one score per (query block, key block), plus the block means.)
-                let g = p.block.max(1) as u64;
-                let select = rows.div_ceil(g) * l.div_ceil(g) * (dd / p.sub_dim as u64)
-                    + if g > 1 { 2 * rows * dd } else { 0 };
-                Cost {
-                    flops: encode + select + 4 * rows * kept * dd,
-                    dense_flops: 4 * rows * l * dd,
+                let g = p.block.max(1) as f64;
+                let select = (rows / g).ceil() * (l / g).ceil() * (dd / p.sub_dim as f64).floor()
+                    + if g > 1.0 { 2.0 * rows * dd } else { 0.0 };
+                Raw {
+                    flops: encode + select + 4.0 * rows * kept * dd,
+                    dense_flops: 4.0 * rows * l * dd,
                     nnz: rows * kept,
                     dense_nnz: rows * l,
                 }
             }
             (OpKind::PqEncode, Pattern::PqTopK(p)) => {
-                let f = 2 * d("N") * d("D") * p.codewords as u64;
-                Cost {
+                let f = 2.0 * d("N") * d("D") * p.codewords as f64;
+                Raw {
                     flops: f,
                     dense_flops: f,
                     nnz: d("N") * d("D"),
@@ -429,35 +431,35 @@ impl KernelSpec {
             }
             (OpKind::RoutedFfn, Pattern::Routed(r)) => {
                 let (t, dm, dff) = (d("T"), d("d_model"), d("d_ff"));
-                let bs = dff / r.blocks as u64;
-                Cost {
-                    flops: 2 * t * dm * r.blocks as u64 + 4 * t * r.top as u64 * dm * bs,
-                    dense_flops: 4 * t * dm * dff,
-                    nnz: t * r.top as u64 * bs,
+                let bs = (dff / r.blocks as f64).floor();
+                Raw {
+                    flops: 2.0 * t * dm * r.blocks as f64 + 4.0 * t * r.top as f64 * dm * bs,
+                    dense_flops: 4.0 * t * dm * dff,
+                    nnz: t * r.top as f64 * bs,
                     dense_nnz: t * dff,
                 }
             }
-            (OpKind::Monarch, Pattern::Monarch(m)) => Cost {
-                flops: 2 * d("N") * m.params() as u64,
-                dense_flops: 2 * d("N") * (m.n_in() * m.n_out()) as u64,
-                nnz: m.params() as u64,
-                dense_nnz: (m.n_in() * m.n_out()) as u64,
+            (OpKind::Monarch, Pattern::Monarch(m)) => Raw {
+                flops: 2.0 * d("N") * m.params() as f64,
+                dense_flops: 2.0 * d("N") * m.n_in() as f64 * m.n_out() as f64,
+                nnz: m.params() as f64,
+                dense_nnz: m.n_in() as f64 * m.n_out() as f64,
             },
             (OpKind::MonarchProject, Pattern::Monarch(m)) => {
-                let n = (m.n_in() * m.n_out()) as u64;
-                Cost {
-                    flops: 0,
-                    dense_flops: 0,
-                    nnz: m.params() as u64,
+                let n = m.n_in() as f64 * m.n_out() as f64;
+                Raw {
+                    flops: 0.0,
+                    dense_flops: 0.0,
+                    nnz: m.params() as f64,
                     dense_nnz: n,
                 }
             }
             (OpKind::BlockDiagLinear, Pattern::BlockDiagonal(b)) => {
                 let full = d("in") * d("out");
-                let kept = full / b.blocks as u64;
-                Cost {
-                    flops: 2 * d("N") * kept,
-                    dense_flops: 2 * d("N") * full,
+                let kept = (full / b.blocks as f64).floor();
+                Raw {
+                    flops: 2.0 * d("N") * kept,
+                    dense_flops: 2.0 * d("N") * full,
                     nnz: kept,
                     dense_nnz: full,
                 }
@@ -465,62 +467,82 @@ impl KernelSpec {
             (OpKind::SaraLinear, Pattern::Sara(s)) => {
                 let full = d("in") * d("out");
                 let kept = match (nnz, s.select) {
-                    (Some(n), _) => n as u64,
-                    (None, SaraSelect::Ratio(r)) => (r * full as f64).floor() as u64,
-                    (None, SaraSelect::Threshold(_)) => 0,
+                    (Some(n), _) => n as f64,
+                    (None, SaraSelect::Ratio(r)) => (r * full).floor(),
+                    (None, SaraSelect::Threshold(_)) => 0.0,
                 };
                 // Forward is a dense GEMM either way; the backward weight gradient is sampled.
-                Cost {
-                    flops: 2 * d("T") * full + 2 * d("T") * kept,
-                    dense_flops: 4 * d("T") * full,
+                Raw {
+                    flops: 2.0 * d("T") * full + 2.0 * d("T") * kept,
+                    dense_flops: 4.0 * d("T") * full,
                     nnz: kept,
                     dense_nnz: full,
                 }
             }
             (OpKind::PstLinear, Pattern::Pst(p)) => {
                 let (i, o) = (d("in"), d("out"));
-                let (r, rm) = (p.rank as u64, p.mask_rank as u64);
-                Cost {
-                    flops: 2 * d("T") * i * o + 2 * o * i * (r + rm) + 4 * o * i,
-                    dense_flops: 2 * d("T") * i * o,
+                let (r, rm) = (p.rank as f64, p.mask_rank as f64);
+                Raw {
+                    flops: 2.0 * d("T") * i * o + 2.0 * o * i * (r + rm) + 4.0 * o * i,
+                    dense_flops: 2.0 * d("T") * i * o,
                     nnz: o * r + r * i + o * rm + rm * i + o + i,
                     dense_nnz: o * i,
                 }
             }
             (OpKind::CbmHead, Pattern::Cbm(cb)) => {
                 let (b, c, k) = (d("B"), d("C"), d("K"));
-                let kept = if cb.topk == 0 { c } else { cb.topk as u64 };
-                Cost {
-                    flops: 2 * b * c * c + 2 * b * kept * k,
-                    dense_flops: 2 * b * c * c + 2 * b * c * k,
+                let kept = if cb.topk == 0 { c } else { cb.topk as f64 };
+                Raw {
+                    flops: 2.0 * b * c * c + 2.0 * b * kept * k,
+                    dense_flops: 2.0 * b * c * c + 2.0 * b * c * k,
                     nnz: b * kept,
                     dense_nnz: b * c,
                 }
             }
             (OpKind::NmLinear, Pattern::Nm(nm)) => {
                 let full = d("in") * d("out");
-                let kept = full / nm.m as u64 * nm.n as u64;
+                let kept = (full / nm.m as f64).floor() * nm.n as f64;
                 // The products run over the packed weight; the sampled gradient is a full tile
                 // product written at the kept positions only.
-                Cost {
-                    flops: 2 * d("T") * kept,
-                    dense_flops: 2 * d("T") * full,
+                Raw {
+                    flops: 2.0 * d("T") * kept,
+                    dense_flops: 2.0 * d("T") * full,
                     nnz: kept,
                     dense_nnz: full,
                 }
             }
             (OpKind::DenseLinear, Pattern::Dense) => {
                 let full = d("in") * d("out");
-                Cost {
-                    flops: 2 * d("T") * full,
-                    dense_flops: 2 * d("T") * full,
+                Raw {
+                    flops: 2.0 * d("T") * full,
+                    dense_flops: 2.0 * d("T") * full,
                     nnz: full,
                     dense_nnz: full,
                 }
             }
             _ => unreachable!("verify() rejects a pattern of the wrong family"),
         };
-        Ok(c)
+        Ok(c.counts())
+    }
+}
+
+/// [`Cost`] in f64, while it is computed.
+struct Raw {
+    flops: f64,
+    dense_flops: f64,
+    nnz: f64,
+    dense_nnz: f64,
+}
+
+impl Raw {
+    /// Rounded to counts (`as` saturates: a cost past u64 reads u64::MAX).
+    fn counts(self) -> Cost {
+        Cost {
+            flops: self.flops as u64,
+            dense_flops: self.dense_flops as u64,
+            nnz: self.nnz as u64,
+            dense_nnz: self.dense_nnz as u64,
+        }
     }
 }
 

@@ -132,6 +132,11 @@ pub fn verify_module(module: &Module) -> Result<(), VerifyErrors> {
     }
 }
 
+/// The most elements the dims (and a Monarch's matrix) may describe: see `check_spec`.
+const MAX_ELEMENTS: u128 = 1 << 63;
+/// The largest Monarch factor (k, q, p, l, s, r): n_in·n_out then stays below 2^60.
+const MAX_MONARCH: usize = 1 << 15;
+
 fn check_spec(spec: &KernelSpec, r: &mut Report<'_>) {
     r.check(is_identifier(&spec.name), "name", || {
         format!(
@@ -179,6 +184,41 @@ fn check_spec(spec: &KernelSpec, r: &mut Report<'_>) {
         }
     }
 
+    // Sizes: every length the op, its cost and its lowering compute is a product of some dims
+    // (L twice, plus one, for attention's score tables; Monarch's n_in·n_out), so one bound on
+    // the product keeps all of them inside a u64, whatever the numbers written.
+    let monarch = match &spec.pattern {
+        Pattern::Monarch(m) => [m.k, m.p, m.l, m.s, m.q, m.r],
+        _ => [1; 6],
+    };
+    let elements = spec
+        .dims
+        .values()
+        .chain(&monarch[..4])
+        .fold(1u128, |acc, &d| acc.saturating_mul(d.max(1) as u128))
+        .saturating_mul(spec.dims.get("L").map_or(1, |&l| l as u128 + 1));
+    if monarch.iter().any(|&v| v > MAX_MONARCH) {
+        r.err(
+            "pattern",
+            format!(
+                "a Monarch factor (k, q, p, l, s, r) is more than {MAX_MONARCH}: n_in·n_out would pass 2^60; use smaller blocks"
+            ),
+        );
+    } else if elements > MAX_ELEMENTS {
+        r.err(
+            "dims",
+            format!(
+                "{} describes more than 2^63 elements (its dims{}): no device holds it; use smaller sizes",
+                spec.op,
+                if matches!(spec.pattern, Pattern::Monarch(_)) {
+                    " × Monarch's n_in·n_out"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
+
     let expected = spec.op.pattern_kind();
     if spec.pattern.kind() != expected {
         r.err(
@@ -217,7 +257,11 @@ fn check_pattern(spec: &KernelSpec, r: &mut Report<'_>) {
             );
             // One block of G ≥ L rows already holds the whole sequence; a larger G only pads
             // every row's key list (kb·G slots), so it is bounded (generously, for short L).
-            let widest = d("L").max(1).next_power_of_two().max(1024);
+            let widest = d("L")
+                .max(1)
+                .checked_next_power_of_two()
+                .unwrap_or(usize::MAX)
+                .max(1024);
             if p.block > 1 {
                 r.check(p.block <= widest, f, || {
                     format!(
@@ -274,15 +318,11 @@ fn check_pattern(spec: &KernelSpec, r: &mut Report<'_>) {
             ] {
                 r.positive(f, n, v);
             }
-            r.check(m.k * m.q == m.l * m.r, f, || {
+            let (kq, lr) = (m.k as u128 * m.q as u128, m.l as u128 * m.r as u128);
+            r.check(kq == lr, f, || {
                 format!(
-                    "k·q = {}·{} = {} must equal l·r = {}·{} = {}",
-                    m.k,
-                    m.q,
-                    m.k * m.q,
-                    m.l,
-                    m.r,
-                    m.l * m.r
+                    "k·q = {}·{} = {kq} must equal l·r = {}·{} = {lr}",
+                    m.k, m.q, m.l, m.r,
                 )
             });
         }
@@ -407,7 +447,7 @@ pub(crate) fn schedule_problems(op: OpKind, s: &Schedule) -> Vec<String> {
             ));
         }
         let slice = u64::from(s.tile_k) * u64::from(s.tile_m.min(s.tile_n));
-        let per_load = u64::from(Knob::TILE_UNITS * s.vector);
+        let per_load = u64::from(Knob::TILE_UNITS) * u64::from(s.vector);
         if vector_known && slice % per_load != 0 {
             out.push(format!(
                 "vector = {} needs tile_k·min(tile_m, tile_n) = {slice} to be a multiple of \

@@ -4,6 +4,7 @@
 mod cuda_offline;
 mod dsl;
 mod fd;
+mod fuzz;
 mod hand;
 mod identities;
 mod ir;

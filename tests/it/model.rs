@@ -289,6 +289,7 @@ fn train_once(
             resume,
             progress: &mut progress,
             memory_in_use: &none,
+            stop: None,
         },
     )
     .unwrap()
@@ -365,6 +366,7 @@ fn training_checkpoints_hold_what_the_method_trains_and_resume_from_them() {
             resume: true,
             progress: &mut progress,
             memory_in_use: &none,
+            stop: None,
         },
     )
     .unwrap_err()
@@ -523,4 +525,66 @@ fn concept_matrix_search_picks_the_most_similar_class() {
         .into_vec::<i64>()
         .unwrap();
     assert_eq!(picked, vec![0, 1, 2]);
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    // Deterministic: the run trains one good epoch from a BERT file; then a frozen tensor of
+    // that file becomes NaN, and the resumed run's first step has a NaN loss.
+    let dir = tempfile::tempdir().unwrap();
+    let bert_path = dir.path().join("bert.safetensors");
+    let mut cfg = tiny_config("sara");
+    cfg.train.epochs = 1;
+    let base = Encoder::<Cpu>::init(&cfg.model, 3, &Default::default());
+    bert::save(&base, &bert_path).unwrap();
+    cfg.model.checkpoint = Some(bert_path.clone());
+    train_once(&cfg, Method::Sara, dir.path(), false);
+    let ckpt = finetune::checkpoint_path(dir.path(), Method::Sara);
+    let good = std::fs::read(&ckpt).unwrap();
+
+    let (mut tensors, meta) = checkpoint::load(&bert_path).unwrap();
+    match tensors.get_mut("embeddings.LayerNorm.weight") {
+        Some((_, Values::F32(v))) => v[0] = f32::NAN,
+        other => panic!("no LayerNorm weight in the BERT file: {other:?}"),
+    }
+    checkpoint::save(&bert_path, &tensors, meta).unwrap();
+    cfg.train.epochs = 3;
+    let none = || None;
+    let mut progress = |_: Event| {};
+    let err = finetune::finetune::<Cpu>(
+        &cfg,
+        &Default::default(),
+        RunOptions {
+            method: Method::Sara,
+            device_name: "cpu".into(),
+            out_dir: Some(dir.path().to_path_buf()),
+            resume: true,
+            progress: &mut progress,
+            memory_in_use: &none,
+            stop: None,
+        },
+    )
+    .unwrap_err();
+    let steps_per_epoch = cfg.train.train_samples / cfg.model.batch;
+    match &err {
+        sparsecube_train::TrainError::NonFinite {
+            method,
+            what,
+            step,
+            epoch,
+            value,
+            next,
+        } => {
+            assert_eq!((method.as_str(), *what), ("sara", "loss"));
+            assert_eq!((*step, *epoch), (steps_per_epoch, 2));
+            assert!(value.is_nan());
+            assert!(next.contains("holds the model after epoch 1"), "{err}");
+        }
+        other => panic!("expected a non-finite loss, got {other}"),
+    }
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap(),
+        good,
+        "the last checkpoint changed"
+    );
 }

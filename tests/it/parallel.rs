@@ -38,6 +38,7 @@ fn run(cfg: &ConfigFile, replicas: usize) -> Result<RunReport, sparsecube_train:
             resume: false,
             progress: &mut progress,
             memory_in_use: &none,
+            stop: None,
         },
     )
 }

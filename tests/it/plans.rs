@@ -275,15 +275,21 @@ fn a_problem_too_large_for_the_device_is_refused_before_allocating() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("80.0 GiB"), "{err}");
-    // Dims whose product overflows are refused before any product is formed.
-    let huge = KernelSpec::builder("lin", OpKind::DenseLinear)
+    // Dims whose product overflows are refused by the verifier before any product is formed,
+    // also for a spec assembled without the builder (`lower` verifies first).
+    let err = KernelSpec::builder("lin", OpKind::DenseLinear)
         .dims([("T", usize::MAX / 2), ("in", 1 << 20), ("out", 1 << 20)])
         .build()
-        .unwrap();
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("more than 2^63 elements"), "{err}");
+    let mut huge = KernelSpec::example(OpKind::DenseLinear);
+    huge.dims.insert("T".into(), usize::MAX / 2);
+    huge.dims.insert("in".into(), 1 << 20);
     let err = lower(&huge, &LowerOptions::new(DeviceLimits::sm90()))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("elements in the product of its dims"), "{err}");
+    assert!(err.contains("more than 2^63 elements"), "{err}");
     // A tile program past the device's shared memory: a typed error naming the schedule.
     let mut wide = KernelSpec::example(OpKind::DenseLinear);
     wide.schedule.tile_m = 128;

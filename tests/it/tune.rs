@@ -552,3 +552,63 @@ fn every_knob_value_matches_the_reference() {
     };
     every_point(&device, "block-diag", DType::F32, spec_of, ins);
 }
+
+#[test]
+fn concurrent_saves_merge_and_leave_a_valid_cache() {
+    // Eight writers (each its own open, as separate processes would be), each tuning its own
+    // keys and saving after every one: the file always parses, and ends with every key.
+    let dir = tempfile::tempdir().unwrap();
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let dir = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                let mut cache = TuneCache::open(&dir, identity("concurrent"));
+                for i in 0..5 {
+                    cache.insert(
+                        &TuneKey(format!("writer{w}-key{i}")),
+                        Entry {
+                            candidates: vec!["a".into(), "b".into()],
+                            times_ms: vec![Some(2.0), Some(1.0 + w as f64)],
+                            winner: 1,
+                        },
+                    );
+                    cache.save().unwrap();
+                    let reread = TuneCache::open(&dir, identity("concurrent"));
+                    assert!(reread.discarded.is_none(), "{:?}", reread.discarded);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let cache = TuneCache::open(dir.path(), identity("concurrent"));
+    assert!(cache.discarded.is_none(), "{:?}", cache.discarded);
+    assert_eq!(cache.len(), 40);
+    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1, "no temporary left");
+    // A key tuned again by a later writer replaces the file's; others' keys stay.
+    let mut again = TuneCache::open(dir.path(), identity("concurrent"));
+    let stale = TuneCache::open(dir.path(), identity("concurrent"));
+    again.insert(
+        &TuneKey("writer0-key0".into()),
+        Entry {
+            candidates: vec!["a".into()],
+            times_ms: vec![None],
+            winner: 0,
+        },
+    );
+    again.save().unwrap();
+    stale.save().unwrap();
+    let last = TuneCache::open(dir.path(), identity("concurrent"));
+    assert_eq!(last.len(), 40);
+    assert_eq!(
+        last.lookup(&TuneKey("writer0-key0".into()), &["a".into()]),
+        Lookup::Hit(Entry {
+            candidates: vec!["a".into()],
+            times_ms: vec![None],
+            winner: 0,
+        }),
+        "a save that tuned nothing must not undo another process's new result"
+    );
+}

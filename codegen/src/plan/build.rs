@@ -130,6 +130,8 @@ impl PlanBuilder {
     pub fn id(&self, name: &str) -> BufId {
         match self.plan.buffer(name) {
             Some(b) => b,
+            // Unreachable from input: buffer names are constants of each lowering, declared before
+            // use (every op is lowered by the plan tests).
             None => panic!("{}: no buffer `{name}` in the plan", self.plan.op),
         }
     }

@@ -5,7 +5,7 @@
 use super::{DeviceLimits, LaunchPlan, Pass, PlanBuilder, Role, SizeError, Step, bytes_text};
 use crate::LowerError;
 use crate::tile::TileShape;
-use kernels_ir::{Direction, KernelSpec, OpKind};
+use kernels_ir::{Direction, Extent, KernelSpec, OpKind};
 
 /// What a lowering needs besides the spec.
 #[derive(Clone, Debug, PartialEq)]
@@ -104,7 +104,8 @@ impl Ctx<'_> {
 }
 
 /// The product of a spec's dims must stay below this: every length a lowering computes is a
-/// product of some of them, so none of those products can overflow `usize`.
+/// product of some of them (with L twice, plus one, for the attention ops' score and selection
+/// tables), so none of those products can overflow `usize`.
 const MAX_ELEMENTS: u128 = 1 << 63;
 
 /// Refuses a spec whose dims multiply past [`MAX_ELEMENTS`] (the overflow guard; buffers past
@@ -113,7 +114,8 @@ fn check_dims(spec: &KernelSpec) -> Result<(), SizeError> {
     let product = spec
         .dims
         .values()
-        .fold(1u128, |acc, &d| acc.saturating_mul(d.max(1) as u128));
+        .fold(1u128, |acc, &d| acc.saturating_mul(d.max(1) as u128))
+        .saturating_mul(spec.dims.get("L").map_or(1, |&l| l as u128 + 1));
     if product > MAX_ELEMENTS {
         let dims: Vec<String> = spec
             .dims_in_order()
@@ -126,6 +128,54 @@ fn check_dims(spec: &KernelSpec) -> Result<(), SizeError> {
             limit: format!("at most {MAX_ELEMENTS} are supported"),
             fix: "use smaller dims".into(),
         });
+    }
+    Ok(())
+}
+
+/// Refuses a spec one of whose own tensors is larger than the device's largest buffer or has
+/// more elements than the kernels address (2³² − 1), as [`LaunchPlan::check_fits`] does for
+/// every buffer of the plan: here before the lowering computes its 32-bit strides from them.
+fn check_tensors(spec: &KernelSpec, device: &DeviceLimits) -> Result<(), SizeError> {
+    let label = spec_label(spec);
+    for t in spec.tensors().unwrap_or_default() {
+        let elements = t
+            .shape
+            .iter()
+            .map(|e| match e {
+                Extent::Fixed(n) => *n as u128,
+                Extent::Nnz => 1,
+            })
+            .fold(1u128, u128::saturating_mul);
+        // Index tensors (i64 in the IR) are 32-bit buffers on the device, as `check_fits` counts.
+        let width = match t.dtype {
+            kernels_ir::DType::I64 => 4,
+            d => d.size_bytes(),
+        };
+        let bytes = elements.saturating_mul(width as u128);
+        let what = format!(
+            "{label}: buffer `{}` {}",
+            t.name,
+            super::shape_text(&t.shape)
+        );
+        if bytes > device.max_buffer_bytes as u128 {
+            return Err(SizeError {
+                what,
+                need: bytes_text(bytes),
+                limit: format!(
+                    "the device's largest buffer is {}",
+                    bytes_text(device.max_buffer_bytes as u128)
+                ),
+                fix: "use smaller dims (or split the batch)".into(),
+            });
+        }
+        if elements > u32::MAX as u128 {
+            return Err(SizeError {
+                what,
+                need: format!("{elements} elements ({})", bytes_text(bytes)),
+                limit: "the kernels address at most 2³² − 1 elements per buffer".into(),
+                fix: "use smaller dims (or split the batch)".into(),
+            });
+        }
     }
     Ok(())
 }
@@ -166,6 +216,7 @@ fn check_shared(
 pub fn lower(spec: &KernelSpec, opts: &LowerOptions) -> Result<Lowering, LowerError> {
     spec.verify()?;
     check_dims(spec)?;
+    check_tensors(spec, &opts.device)?;
     let ctx = Ctx {
         spec,
         opts,

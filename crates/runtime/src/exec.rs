@@ -42,8 +42,9 @@ pub fn limits<R: Runtime>(client: &ComputeClient<R>) -> DeviceLimits {
     let hw = &p.hardware;
     let page = p.memory.max_page_size;
     let (max_buffer_bytes, memory_bytes) = if R::name(client).contains("cuda") {
-        // cubecl's CUDA pages are a quarter of the device's memory.
-        (page.saturating_mul(4), page.saturating_mul(4))
+        // cubecl's CUDA pages are a quarter of the device's memory, and its largest memory
+        // pool takes one page at most: a larger buffer fails inside cubecl (`BufferTooBig`).
+        (page, page.saturating_mul(4))
     } else {
         // wgpu reports its largest binding, not the device's memory: the host's memory bounds
         // it (exact for a CPU adapter such as lavapipe).

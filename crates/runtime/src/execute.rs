@@ -441,6 +441,7 @@ fn dense_on<R: Runtime>(
     )?;
     let bwd = match &lowering.backward {
         Some(plan) => run_plan(client, kind, plan, inputs, &mut handles, Some(&fwd), mode)?,
+        // Unreachable from input: `dense_baseline` always builds a backward spec.
         None => unreachable!("the dense baseline is lowered with its backward"),
     };
     exec::sync(client, kind)?;

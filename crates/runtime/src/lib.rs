@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod exec;
 mod execute;
+pub mod io;
 pub mod optim;
 pub mod selftest;
 pub mod tune;

@@ -219,6 +219,9 @@ pub struct TuneCache {
     path: PathBuf,
     identity: DeviceIdentity,
     entries: BTreeMap<String, Entry>,
+    /// Keys [`insert`](Self::insert)ed since the file was read: what [`save`](Self::save)
+    /// writes over another process's entries.
+    tuned: std::collections::BTreeSet<String>,
     /// Why the file on disk was not used, if it was not.
     pub discarded: Option<String>,
 }
@@ -233,25 +236,32 @@ impl TuneCache {
             path,
             identity,
             entries: BTreeMap::new(),
+            tuned: Default::default(),
             discarded: None,
         };
-        let text = match std::fs::read(&cache.path) {
+        match cache.read_file() {
+            Ok(entries) => cache.entries = entries,
+            Err(why) => cache.discard(why),
+        }
+        cache
+    }
+
+    /// The entries of the file on disk (none when there is no file), or why they cannot be used.
+    fn read_file(&self) -> Result<BTreeMap<String, Entry>, String> {
+        let text = match std::fs::read(&self.path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return cache,
-            Err(e) => {
-                cache.discard(format!("cannot be read ({e})"));
-                return cache;
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) => return Err(format!("cannot be read ({e})")),
         };
         match serde_json::from_slice::<CacheFile>(&text) {
-            Err(e) => cache.discard(format!("is not a sparsecube tuning cache ({e})")),
-            Ok(f) if f.format != FORMAT => cache.discard(format!(
+            Err(e) => Err(format!("is not a sparsecube tuning cache ({e})")),
+            Ok(f) if f.format != FORMAT => Err(format!(
                 "has layout {} (this build reads {FORMAT})",
                 f.format
             )),
-            Ok(f) if f.identity != cache.identity => cache.discard(format!(
+            Ok(f) if f.identity != self.identity => Err(format!(
                 "belongs to another device or version ({:?}, this is {:?})",
-                f.identity, cache.identity
+                f.identity, self.identity
             )),
             Ok(f) => {
                 let bad = f
@@ -264,12 +274,11 @@ impl TuneCache {
                     })
                     .map(|(k, _)| k.clone());
                 match bad {
-                    Some(k) => cache.discard(format!("has an inconsistent entry for `{k}`")),
-                    None => cache.entries = f.entries,
+                    Some(k) => Err(format!("has an inconsistent entry for `{k}`")),
+                    None => Ok(f.entries),
                 }
             }
         }
-        cache
     }
 
     fn discard(&mut self, why: String) {
@@ -311,21 +320,45 @@ impl TuneCache {
 
     /// Records `entry` for `key` (in memory; [`save`](Self::save) writes it).
     pub fn insert(&mut self, key: &TuneKey, entry: Entry) {
+        self.tuned.insert(key.0.clone());
         self.entries.insert(key.0.clone(), entry);
     }
 
-    /// Writes the cache: a temporary file in the same directory, renamed over the old one.
+    /// Writes the cache: under an exclusive lock on its directory (other `tune` processes wait),
+    /// the file is read again and merged (keys this process tuned replace the file's, the file's
+    /// other keys are kept, so concurrent tunes lose nothing), written to a temporary file in
+    /// the same directory, flushed and renamed over the old one.
     pub fn save(&self) -> Result<(), TuneError> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
         let io = |what: &'static str| {
             let path = self.path.clone();
             move |source: std::io::Error| TuneError::Io { what, path, source }
         };
         std::fs::create_dir_all(dir).map_err(io("create the cache directory"))?;
+        // flock(2) on the directory: released when `lock` is dropped (or the process dies).
+        // Where a filesystem cannot lock a directory (NFS maps flock to write locks), the save
+        // goes on unlocked: still atomic, but a concurrent tune's new keys may be lost.
+        let lock = std::fs::File::open(dir).and_then(|f| f.lock().map(|()| f));
+        if let Err(e) = &lock {
+            tracing::warn!(
+                "cannot lock the tuning cache directory {} ({e}); saving without the lock",
+                dir.display()
+            );
+        }
+        let mut entries = self.read_file().unwrap_or_default();
+        entries.retain(|k, _| !self.tuned.contains(k));
+        for (k, e) in &self.entries {
+            if self.tuned.contains(k) || !entries.contains_key(k) {
+                entries.insert(k.clone(), e.clone());
+            }
+        }
         let file = CacheFile {
             format: FORMAT,
             identity: self.identity.clone(),
-            entries: self.entries.clone(),
+            entries,
         };
         let text = serde_json::to_vec_pretty(&file).map_err(|e| TuneError::Io {
             what: "serialise the cache",
@@ -337,11 +370,18 @@ impl TuneCache {
             self.identity.file_name(),
             std::process::id()
         ));
-        std::fs::write(&tmp, text).map_err(io("write the cache"))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| {
+        let written = std::fs::File::create(&tmp)
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, &text)?;
+                f.sync_all()
+            })
+            .map_err(io("write the cache"))
+            .and_then(|()| std::fs::rename(&tmp, &self.path).map_err(io("replace the cache")));
+        if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
-            io("replace the cache")(e)
-        })
+        }
+        drop(lock);
+        written
     }
 }
 

@@ -55,6 +55,10 @@ pub struct Args {
     /// Continue from the method's last checkpoint in --out.
     #[arg(long)]
     pub resume: bool,
+    /// Clip the global L2 norm of the gradients to this before each step (overrides
+    /// train.max_grad_norm; a run may resume with a different bound).
+    #[arg(long, value_name = "NORM")]
+    pub max_grad_norm: Option<f64>,
     /// The JSON report (default: OUT/report.json).
     #[arg(long, value_name = "REPORT")]
     pub json: Option<PathBuf>,
@@ -99,6 +103,10 @@ fn config(args: &Args) -> Result<ConfigFile> {
     }
     if let Some(c) = &args.checkpoint {
         cfg.model.checkpoint = Some(c.clone());
+    }
+    if let Some(n) = args.max_grad_norm {
+        cfg.train.max_grad_norm = Some(n);
+        cfg.train.check()?;
     }
     if let Some(path) = cfg.model.checkpoint.clone() {
         // The checkpoint decides the encoder's sizes; the config keeps the rest.
@@ -322,6 +330,7 @@ fn options<'a>(
         resume: args.resume,
         progress,
         memory_in_use,
+        stop: Some(&crate::signals::STOP),
     }
 }
 
@@ -355,6 +364,9 @@ fn compare(args: &Args, methods: &[Method]) -> Result<Vec<RunReport>> {
         }
         if let Some(c) = &args.checkpoint {
             cmd.arg("--checkpoint").arg(c);
+        }
+        if let Some(n) = args.max_grad_norm {
+            cmd.args(["--max-grad-norm", &n.to_string()]);
         }
         if args.resume {
             cmd.arg("--resume");

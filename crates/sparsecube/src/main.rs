@@ -6,6 +6,7 @@ mod demo;
 mod finetune;
 mod io;
 mod selftest;
+mod signals;
 mod tune;
 
 use anyhow::{Context, Result, bail};
@@ -394,13 +395,29 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo { seed } => demo::run(seed),
+        // One run in this process: a signal stops it between steps. `--compare` leaves the
+        // signals at their defaults: Ctrl-C reaches the child (which stops cleanly) and this
+        // process alike, and a SIGTERM to this process ends it.
+        Command::Finetune(args) if args.compare.is_none() => {
+            signals::install().and_then(|()| finetune::run(args))
+        }
         Command::Finetune(args) => finetune::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            let interrupted = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<sparsecube_train::TrainError>(),
+                    Some(sparsecube_train::TrainError::Interrupted { .. })
+                )
+            });
+            if interrupted {
+                ExitCode::from(signals::exit_status())
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

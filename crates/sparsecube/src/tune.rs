@@ -88,10 +88,17 @@ pub fn run(device: &Device, req: &Request<'_>) -> Result<()> {
         bar.finish_and_clear();
         let tuned = match tuned {
             Ok(t) => t,
-            Err(TuneError::Runtime(e)) => {
-                return Err(anyhow::Error::new(e).context(format!("cannot tune {}", spec.name)));
+            Err(e) => {
+                // What the earlier specs tuned is kept.
+                if let Err(s) = cache.save() {
+                    eprintln!("warning: cannot write the tuning cache: {s}");
+                }
+                let what = match e {
+                    TuneError::Runtime(_) => format!("cannot tune {}", spec.name),
+                    _ => format!("tuning {}", spec.name),
+                };
+                return Err(anyhow::Error::new(e).context(what));
             }
-            Err(e) => return Err(anyhow::Error::new(e).context(format!("tuning {}", spec.name))),
         };
         print_table(spec, &tuned);
         report.push(report_json(spec, &tuned));

@@ -12,6 +12,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// The names of [`write_atomic`]'s temporary files: `.sparsecube-NAME-XXXXXX.tmp`.
+const TEMP_PREFIX: &str = ".sparsecube-";
+const TEMP_SUFFIX: &str = ".tmp";
+
 /// Named tensors: shape and values.
 pub type Tensors = BTreeMap<String, (Vec<usize>, Values)>;
 
@@ -27,8 +31,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     };
     std::fs::create_dir_all(&dir).map_err(io("create the directory of"))?;
     let mut tmp = tempfile::Builder::new()
-        .prefix(".sparsecube-")
-        .suffix(".tmp")
+        .prefix(&temp_prefix(path))
+        .suffix(TEMP_SUFFIX)
         .tempfile_in(&dir)
         .map_err(io("create a temporary file beside"))?;
     tmp.write_all(bytes).map_err(io("write"))?;
@@ -49,6 +53,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
         source: e.error,
     })?;
     Ok(())
+}
+
+/// The start of the names of [`write_atomic`]'s temporary files for `path`:
+/// `.sparsecube-NAME-`, so that a cleanup for one target never touches another's.
+fn temp_prefix(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    format!("{TEMP_PREFIX}{}-", name.unwrap_or_default())
+}
+
+/// Removes the temporary files [`write_atomic`] left beside `path` when its process was killed
+/// mid-write (`.sparsecube-NAME-XXXXXX.tmp`); called when a run resumes, since the process that
+/// wrote them is gone. Failures are ignored: a leftover is litter, never state.
+pub fn remove_stale_temporaries(path: &Path) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let prefix = temp_prefix(path);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with(TEMP_SUFFIX) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Serialises `tensors` with header `metadata` and writes them to `path` atomically.
@@ -91,13 +123,22 @@ pub fn load(path: &Path) -> Result<(Tensors, HashMap<String, String>), TrainErro
         what: "read",
         source,
     })?;
+    from_bytes(&bytes, path)
+}
+
+/// [`load`] of a file's bytes (`path` names it in errors). The header (dtypes, shapes, offsets)
+/// is checked against the bytes there are before any tensor is read.
+pub fn from_bytes(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(Tensors, HashMap<String, String>), TrainError> {
     let bad = |problem: String| TrainError::Checkpoint {
         path: path.to_path_buf(),
         problem,
         fix: "the file is not a whole safetensors file; write it again (or resume from another)",
     };
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
     let metadata = meta.metadata().clone().unwrap_or_default();
     let mut out = Tensors::new();
     for (name, view) in st.tensors() {

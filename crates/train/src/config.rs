@@ -207,6 +207,10 @@ pub struct TrainConfig {
     pub eval_samples: usize,
     /// Per-method settings.
     pub methods: MethodOptions,
+    /// Clip the global L2 norm of the trained tensors' gradients to this before each
+    /// optimizer step (PyTorch's `clip_grad_norm_`); none: no clipping.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_grad_norm: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -219,6 +223,7 @@ impl Default for TrainConfig {
             train_samples: 2048,
             eval_samples: 512,
             methods: MethodOptions::default(),
+            max_grad_norm: None,
         }
     }
 }
@@ -315,7 +320,42 @@ impl ConfigFile {
             fix: "see the keys in docs/training.md",
         })?;
         file.model.check()?;
+        file.train.check()?;
         Ok(file)
+    }
+}
+
+impl TrainConfig {
+    /// Every number a run reads is finite and in range.
+    pub fn check(&self) -> Result<(), TrainError> {
+        let bad = |problem: String, fix: &'static str| {
+            Err(TrainError::Config {
+                module: "config",
+                problem,
+                fix,
+            })
+        };
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(
+                format!("train.lr = {}", self.lr),
+                "the learning rate must be a finite number above 0 (1e-3 is a usual start)",
+            );
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(
+                format!("train.weight_decay = {}", self.weight_decay),
+                "weight decay must be a finite number ≥ 0",
+            );
+        }
+        if let Some(m) = self.max_grad_norm
+            && !(m.is_finite() && m > 0.0)
+        {
+            return bad(
+                format!("train.max_grad_norm = {m}"),
+                "the gradient-norm bound must be a finite number above 0 (1.0 is usual), or absent",
+            );
+        }
+        Ok(())
     }
 }
 
@@ -352,6 +392,34 @@ impl ModelConfig {
         ] {
             if v == 0 {
                 return bad(format!("model.{key} = 0"), "every size must be at least 1");
+            }
+        }
+        // The largest tensors a step holds: activations T × d_ff, attention scores
+        // B × H × L², embeddings vocab × d_model. Their element counts must fit a usize (and
+        // the f32 bytes a u64) before anything is allocated.
+        let tokens = self.batch.checked_mul(self.max_len());
+        let sizes = [
+            (
+                "batch × seq_len × d_ff",
+                tokens.and_then(|t| t.checked_mul(self.d_ff)),
+            ),
+            (
+                "batch × seq_len × d_model",
+                tokens.and_then(|t| t.checked_mul(self.d_model)),
+            ),
+            (
+                "batch × heads × seq_len²",
+                tokens.and_then(|t| t.checked_mul(self.heads)?.checked_mul(self.max_len())),
+            ),
+            ("vocab × d_model", self.vocab.checked_mul(self.d_model)),
+            ("d_model × d_ff", self.d_model.checked_mul(self.d_ff)),
+        ];
+        for (what, n) in sizes {
+            if n.and_then(|n| n.checked_mul(4)).is_none() {
+                return bad(
+                    format!("{what} overflows a {}-bit size", usize::BITS),
+                    "these sizes describe tensors no machine can hold; lower them",
+                );
             }
         }
         if self.dtype.parse::<DType>().is_err() {

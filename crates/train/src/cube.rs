@@ -214,6 +214,8 @@ fn run_plan<R: CubeRuntime>(
     bound: &BTreeMap<String, Handle>,
 ) -> Executed {
     exec::execute(&like.client, kind(like), plan, bound, Mode::from_env())
+        // Reachable (device out of memory, a refused launch): as above, `finetune` turns the panic
+        // into `TrainError::Device`.
         .unwrap_or_else(|e| panic!("{}: the kernels of a verified op failed: {e}", plan.label))
 }
 
@@ -253,6 +255,8 @@ pub(crate) fn forward<R: CubeRuntime, F: FloatElement, I: IntElement>(
         opts = opts.nnz(dims(index)[0]);
     }
     let lowering = lower(&spec, &opts)
+        // Reachable (a problem too large for the device): Burn's ops cannot return errors, so this
+        // panics, and `finetune` turns the panic into `TrainError::Device` naming the method.
         .unwrap_or_else(|e| panic!("{}: the op cannot be lowered: {e}", op.name()));
     let bound: BTreeMap<String, Handle> = lowering
         .forward
@@ -283,6 +287,7 @@ pub(crate) fn backward<R: CubeRuntime, F: FloatElement>(
     let n = names(op);
     let dy = into_contiguous(dy);
     let Some(plan) = &saved.lowering.backward else {
+        // Unreachable from input: `forward` lowers every op with its backward.
         panic!("{}: lowered without its backward", op.name());
     };
     let bound: BTreeMap<String, Handle> = plan

@@ -7,6 +7,7 @@ use crate::TrainError;
 use crate::checkpoint::{self, Tensors};
 use crate::config::{ConfigFile, Method};
 use crate::data::Dataset;
+use crate::guard;
 use crate::model::Encoder;
 use crate::modules::linear::Linear;
 use crate::parallel::Replica;
@@ -21,6 +22,7 @@ use kernels_ir::reference::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// The checkpoint format's name (the safetensors header's `format`).
@@ -137,6 +139,9 @@ pub struct RunOptions<'a> {
     pub progress: &'a mut dyn FnMut(Event),
     /// Bytes of device memory in use now, when the backend reports it.
     pub memory_in_use: &'a dyn Fn() -> Option<u64>,
+    /// Set (by a signal handler, say) to stop the run between two steps with
+    /// [`TrainError::Interrupted`]; a checkpoint being written is finished first.
+    pub stop: Option<&'a AtomicBool>,
 }
 
 /// The checkpoint file of `method` in `dir`.
@@ -217,7 +222,47 @@ where
 /// slice of every global batch, averages gradients and loss with its peers before each optimizer
 /// step and checks after it that every replica holds the same parameters. Only global rank 0
 /// evaluates and writes checkpoints.
+///
+/// A failure inside the backend (a kernel launch the device refuses, its memory exhausted):
+/// Burn's tensor operations cannot return errors, so our CubeCL ops panic with the device's
+/// message; the run turns that panic into [`TrainError::Device`], naming the method, and the
+/// last checkpoint on disk stays the last good one.
 pub fn finetune_replica<B>(
+    cfg: &ConfigFile,
+    device: &B::Device,
+    opts: RunOptions<'_>,
+    replica: Option<&Replica>,
+) -> Result<RunReport, TrainError>
+where
+    B: AutodiffBackend + SparseBackend,
+    B::InnerBackend: SparseBackend,
+{
+    let method = opts.method;
+    let ckpt = opts.out_dir.as_ref().map(|d| checkpoint_path(d, method));
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_replica::<B>(cfg, device, opts, replica)
+    }))
+    .unwrap_or_else(|payload| {
+        let problem = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a backend operation panicked".into());
+        Err(TrainError::Device {
+            method: method.name().to_string(),
+            problem,
+            next: match ckpt.filter(|p| p.exists()) {
+                Some(p) => format!(
+                    "the last checkpoint, `{}`, is whole: free device memory or lower model.batch, then run again with --resume",
+                    p.display()
+                ),
+                None => "free device memory or lower model.batch, then run again".into(),
+            },
+        })
+    })
+}
+
+fn run_replica<B>(
     cfg: &ConfigFile,
     device: &B::Device,
     opts: RunOptions<'_>,
@@ -280,6 +325,9 @@ where
     let mut first_epoch = 0;
     let mut resumed_after = None;
     let ckpt = opts.out_dir.as_ref().map(|d| checkpoint_path(d, method));
+    if let (true, true, Some(path)) = (opts.resume, lead, ckpt.as_ref()) {
+        checkpoint::remove_stale_temporaries(path);
+    }
     if let (true, Some(path)) = (opts.resume, ckpt.as_ref())
         && path.exists()
     {
@@ -316,6 +364,19 @@ where
         first_epoch = epoch + 1;
         resumed_after = Some(epoch);
     }
+    // The epoch the checkpoint on disk was written after: what a stopped run can resume from.
+    let mut saved_after = resumed_after;
+    let after_stop = |saved_after: Option<usize>, fix: &str| match (&ckpt, saved_after) {
+        (Some(path), Some(e)) if lead => format!(
+            "The last checkpoint, `{}`, holds the model after epoch {}: {fix}run again with --resume to continue from it.",
+            path.display(),
+            e + 1
+        ),
+        _ if !lead => {
+            format!("Node 0 writes the checkpoints: {fix}run every node again with --resume.")
+        }
+        _ => format!("No checkpoint was written yet: {fix}run again."),
+    };
 
     if let Some(r) = replica {
         r.check_in_sync(&model, true, "before the first step", device)?;
@@ -340,6 +401,14 @@ where
         let mut epoch_loss = 0.0;
         for (i, (tokens, y)) in batches.iter().enumerate() {
             let step = epoch * steps_per_epoch + i;
+            if opts.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+                return Err(TrainError::Interrupted {
+                    method: method.name().to_string(),
+                    step,
+                    epoch: epoch + 1,
+                    next: after_stop(saved_after, ""),
+                });
+            }
             // This replica's rows of the global batch; codebooks are fitted on all of it, so
             // every replica fits the same ones.
             let cols = tokens.len() / y.len().max(1);
@@ -381,15 +450,55 @@ where
             if method == Method::Sara && opts_m.sara_nuclear > 0.0 {
                 nuclear_term(&model, &mut grads, opts_m.sara_nuclear, &mut rng)?;
             }
-            let l: f32 = match replica {
+            // The loss and the gradient norm (after the all-reduce: every replica sees the same
+            // ones), read together; the optimizer never applies a non-finite step.
+            let (l, norm) = match replica {
                 Some(r) => {
                     let (g, l, bytes) = r.all_reduce(&model, grads, loss.inner(), step)?;
                     grads = g;
                     reduced_bytes = bytes;
-                    l
+                    let sq = guard::grad_sq_norm(&model, &grads, device)
+                        .into_scalar()
+                        .elem::<f32>();
+                    (l, sq.sqrt())
                 }
-                None => loss.into_scalar().elem(),
+                None => {
+                    let both = Tensor::cat(
+                        vec![
+                            loss.inner().reshape([1]),
+                            guard::grad_sq_norm(&model, &grads, device),
+                        ],
+                        0,
+                    )
+                    .into_data()
+                    .convert::<f32>()
+                    .into_vec::<f32>()
+                    .unwrap_or_default();
+                    let at = |i: usize| both.get(i).copied().unwrap_or(f32::NAN);
+                    (at(0), at(1).sqrt())
+                }
             };
+            for (what, value) in [("loss", l), ("gradient norm", norm)] {
+                if !value.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        method: method.name().to_string(),
+                        what,
+                        step,
+                        epoch: epoch + 1,
+                        value,
+                        next: after_stop(
+                            saved_after,
+                            "lower train.lr or bound the gradients with --max-grad-norm (train.max_grad_norm), and ",
+                        ),
+                    });
+                }
+            }
+            if let Some(factor) = t
+                .max_grad_norm
+                .and_then(|max| guard::clip_factor(norm, max))
+            {
+                guard::scale_grads(&model, &mut grads, factor);
+            }
             model = optim.step(t.lr, model, grads);
             if let Some(r) = replica {
                 r.check_in_sync(&model, false, &format!("after step {step}"), device)?;
@@ -417,6 +526,7 @@ where
         epochs.push(e);
         if let Some(path) = &ckpt {
             save_checkpoint(&model, cfg, method, epoch, path)?;
+            saved_after = Some(epoch);
             (opts.progress)(Event::Checkpoint(path.clone()));
         }
     }
@@ -491,6 +601,22 @@ pub fn save_checkpoint<B: Backend, M: burn::module::Module<B>>(
         .filter(|p| p.trainable || matches!(p.values, Values::I64(_)))
         .map(|p| (p.name, (p.shape, p.values)))
         .collect();
+    // A checkpoint is the last good state: one whose parameters went non-finite (an update
+    // that overflowed) is not written over it.
+    let bad = tensors.iter().find(|(_, (_, v))| match v {
+        Values::F32(v) => v.iter().any(|x| !x.is_finite()),
+        Values::I64(_) => false,
+    });
+    if let Some((name, _)) = bad {
+        return Err(TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            problem: format!(
+                "after epoch {} the parameter `{name}` holds a non-finite value; the previous checkpoint is kept",
+                epoch + 1
+            ),
+            fix: "the run diverged: lower train.lr or bound the gradients with --max-grad-norm, and resume from the kept checkpoint",
+        });
+    }
     let meta = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("method".to_string(), method.name().to_string()),
@@ -501,10 +627,12 @@ pub fn save_checkpoint<B: Backend, M: burn::module::Module<B>>(
 }
 
 /// The config a checkpoint must be resumed with: everything but the epoch count (a resumed run
-/// may go on for more epochs).
+/// may go on for more epochs) and the gradient-norm bound (a run stopped by a non-finite step
+/// resumes with one).
 fn fingerprint(cfg: &ConfigFile) -> String {
     let mut cfg = cfg.clone();
     cfg.train.epochs = 0;
+    cfg.train.max_grad_norm = None;
     serde_json::to_string(&cfg).unwrap_or_default()
 }
 

@@ -23,6 +23,7 @@ pub mod dsl;
 #[doc = include_str!("../../../docs/dsl.md")]
 pub mod dsl_guide {}
 pub mod finetune;
+mod guard;
 pub mod model;
 pub mod modules;
 pub mod parallel;
@@ -81,6 +82,47 @@ pub enum TrainError {
         problem: String,
         /// How to fix it.
         fix: &'static str,
+    },
+    /// A training step produced a non-finite loss or gradient: the run stopped before the
+    /// optimizer applied it, so the last checkpoint is the last good state.
+    #[error(
+        "{method}: the {what} of step {step} (epoch {epoch}) is {value}; the run stopped before applying it. {next}"
+    )]
+    NonFinite {
+        /// The method.
+        method: String,
+        /// `loss` or `gradient norm`.
+        what: &'static str,
+        /// The global step (from 0).
+        step: usize,
+        /// The epoch (from 1).
+        epoch: usize,
+        /// The value seen.
+        value: f32,
+        /// Where the last good checkpoint is and what to change.
+        next: String,
+    },
+    /// The backend failed mid-run (a device error: out of memory, a refused launch).
+    #[error("{method}: the device failed: {problem}; {next}")]
+    Device {
+        /// The method.
+        method: String,
+        /// The backend's message.
+        problem: String,
+        /// Where the last checkpoint is and what to do.
+        next: String,
+    },
+    /// The run was asked to stop (SIGINT, SIGTERM) and stopped between two steps.
+    #[error("{method}: interrupted before step {step} (epoch {epoch}). {next}")]
+    Interrupted {
+        /// The method.
+        method: String,
+        /// The step that did not run.
+        step: usize,
+        /// Its epoch (from 1).
+        epoch: usize,
+        /// Where the last checkpoint is and how to continue.
+        next: String,
     },
     /// A data-parallel run lost a peer or its replicas disagreed.
     #[error("data-parallel run: {problem}; {fix}")]

@@ -80,6 +80,66 @@ pub enum ReferenceError {
         /// What is wrong.
         message: String,
     },
+    /// The outputs would not fit in this machine's memory.
+    #[error(
+        "{op}: the reference's outputs need {} of host memory, {} are available; run a smaller problem (or on a device: --device cuda or wgpu)",
+        gib(*need),
+        gib(*limit)
+    )]
+    TooLarge {
+        /// The op.
+        op: OpKind,
+        /// Bytes the outputs need (f64 and i64: 8 bytes an element).
+        need: u128,
+        /// Bytes the machine has available.
+        limit: u128,
+    },
+}
+
+fn gib(bytes: u128) -> String {
+    format!(
+        "{:.1} GiB ({bytes} bytes)",
+        bytes as f64 / f64::from(1u32 << 30)
+    )
+}
+
+/// Bytes of host memory available now (Linux `MemAvailable`), when known.
+pub fn host_memory_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb.saturating_mul(1024))
+}
+
+/// Refuses a run whose outputs (8 bytes an element in the executor) exceed the host memory
+/// available: the allocation would abort the process otherwise.
+fn check_host_memory(spec: &KernelSpec, inputs: &TensorMap) -> Result<(), ReferenceError> {
+    let nnz = inputs
+        .get("v")
+        .or_else(|| inputs.get("mask_index"))
+        .map(|v| v.shape().iter().product::<usize>());
+    let need: u128 = spec
+        .tensors()?
+        .iter()
+        .filter(|t| t.role != Role::Input)
+        .map(|t| {
+            t.shape
+                .iter()
+                .map(|e| match e {
+                    crate::op::Extent::Fixed(n) => *n as u128,
+                    crate::op::Extent::Nnz => nnz.unwrap_or(0) as u128,
+                })
+                .fold(8u128, u128::saturating_mul)
+        })
+        .fold(0, u128::saturating_add);
+    match host_memory_available() {
+        Some(limit) if need > u128::from(limit) => Err(ReferenceError::TooLarge {
+            op: spec.op,
+            need,
+            limit: u128::from(limit),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Checks `inputs` against the tensor signature of `spec`: no unknown names, nothing required
@@ -127,12 +187,23 @@ pub fn check_inputs(spec: &KernelSpec, inputs: &TensorMap) -> Result<(), Referen
                         actual: v.shape().to_vec(),
                     });
                 }
+                // Finite, and finite once stored in the kernel's dtype (what the device holds).
+                let max = t.dtype.max_finite().unwrap_or(f64::MAX);
                 if let Value::F(x) = v
-                    && let Some(pos) = x.data.iter().position(|a| !a.is_finite())
+                    && let Some(pos) = x.data.iter().position(|a| a.is_nan() || a.abs() > max)
                 {
+                    let a = x.data[pos];
+                    let message = if a.is_finite() {
+                        format!(
+                            "element {pos} is {a:e}, beyond {}'s range (±{max:e}): it would be ±inf once stored; scale the input",
+                            t.dtype
+                        )
+                    } else {
+                        format!("element {pos} is {a}; inputs must be finite")
+                    };
                     return Err(ReferenceError::BadValue {
                         name: t.name.clone(),
-                        message: format!("element {pos} is {}; inputs must be finite", x.data[pos]),
+                        message,
                     });
                 }
             }
@@ -163,6 +234,7 @@ fn opt<'a>(inputs: &'a TensorMap, name: &str) -> Option<&'a Tensor> {
 /// outputs; backward: the gradients).
 pub fn run(spec: &KernelSpec, inputs: &TensorMap) -> Result<TensorMap, ReferenceError> {
     check_inputs(spec, inputs)?;
+    check_host_memory(spec, inputs)?;
     let mut out = TensorMap::new();
     let bwd = spec.direction == Direction::Backward;
     let g = |name| f(inputs, name);

@@ -14,12 +14,13 @@ pub struct Tensor {
 impl Tensor {
     /// Wraps `data`; fails when its length is not the product of `shape`.
     pub fn new(shape: Vec<usize>, data: Vec<f64>) -> Result<Self, ReferenceError> {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
+        let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if n != Some(data.len()) {
             return Err(ReferenceError::BadValue {
                 name: "<tensor>".into(),
                 message: format!(
-                    "shape {shape:?} holds {n} values but {} were given",
+                    "shape {shape:?} holds {} values but {} were given",
+                    n.map_or("more than usize::MAX".to_string(), |n| n.to_string()),
                     data.len()
                 ),
             });
@@ -67,12 +68,13 @@ pub struct IndexTensor {
 impl IndexTensor {
     /// Wraps `data`; fails when its length is not the product of `shape`.
     pub fn new(shape: Vec<usize>, data: Vec<i64>) -> Result<Self, ReferenceError> {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
+        let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if n != Some(data.len()) {
             return Err(ReferenceError::BadValue {
                 name: "<index tensor>".into(),
                 message: format!(
-                    "shape {shape:?} holds {n} values but {} were given",
+                    "shape {shape:?} holds {} values but {} were given",
+                    n.map_or("more than usize::MAX".to_string(), |n| n.to_string()),
                     data.len()
                 ),
             });
@@ -182,7 +184,16 @@ pub(crate) fn bottom_k_asc(n: usize, k: usize, key: impl Fn(usize) -> f64) -> Ve
     idx
 }
 
-/// IEEE ordering: −0 equals +0 (so it is a tie, broken by index), NaN compares equal to anything.
+/// IEEE ordering of numbers (−0 equals +0, so it is a tie, broken by index), with every NaN
+/// above +∞: a total order, so a sort never panics and is deterministic, and a NaN key is picked
+/// first by a top-k and last by a bottom-k. (`run` refuses non-finite inputs; training can still
+/// produce NaN keys once it diverges.)
 pub(crate) fn ieee_cmp(a: f64, b: f64) -> std::cmp::Ordering {
-    a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal)
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    match (a.is_nan(), b.is_nan()) {
+        (false, false) => a.partial_cmp(&b).unwrap_or(Equal),
+        (true, true) => Equal,
+        (true, false) => Greater,
+        (false, true) => Less,
+    }
 }

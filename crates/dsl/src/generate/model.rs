@@ -17,23 +17,36 @@ fn probe(kind: PatternKind, pattern: &Pattern) -> Option<(OpKind, Vec<(&'static 
     Some(match (kind, pattern) {
         (PatternKind::PqTopK, Pattern::PqTopK(p)) => {
             let l = match p.topk {
-                kernels_ir::pattern::TopK::Fixed(k) => 8 * k.max(1),
+                kernels_ir::pattern::TopK::Fixed(k) => k.max(1).saturating_mul(8),
                 kernels_ir::pattern::TopK::SeqFraction(_) => 64,
             };
             (
                 OpKind::SptAttention,
-                vec![("B", 1), ("H", 1), ("L", l), ("D", 8 * p.sub_dim.max(1))],
+                vec![
+                    ("B", 1),
+                    ("H", 1),
+                    ("L", l),
+                    ("D", p.sub_dim.max(1).saturating_mul(8)),
+                ],
             )
         }
         (PatternKind::Routed, Pattern::Routed(r)) => (
             OpKind::RoutedFfn,
-            vec![("T", 1), ("d_model", 64), ("d_ff", 64 * r.blocks.max(1))],
+            vec![
+                ("T", 1),
+                ("d_model", 64),
+                ("d_ff", r.blocks.max(1).saturating_mul(64)),
+            ],
         ),
         (PatternKind::Sara, _) => (OpKind::SaraLinear, vec![("T", 1), ("in", 64), ("out", 64)]),
         (PatternKind::Pst, _) => (OpKind::PstLinear, vec![("T", 1), ("in", 64), ("out", 64)]),
         (PatternKind::Nm, Pattern::Nm(nm)) => (
             OpKind::NmLinear,
-            vec![("T", 1), ("in", 16 * nm.m.max(1)), ("out", 64)],
+            vec![
+                ("T", 1),
+                ("in", nm.m.max(1).saturating_mul(16)),
+                ("out", 64),
+            ],
         ),
         _ => return None,
     })
@@ -53,6 +66,13 @@ fn conversion(a: &Annotation) -> syn::Result<TokenStream> {
                 return Err(syn::Error::new(
                     span,
                     "lora: rank = 0; use a rank of at least 1 (e.g. 8)",
+                ));
+            }
+            if !alpha.is_finite() {
+                let span = l.alpha.as_ref().map_or(a.call.family.span(), |v| v.span());
+                return Err(syn::Error::new(
+                    span,
+                    format!("lora: alpha = {alpha}; use a finite scale (e.g. 16.0)"),
                 ));
             }
             quote!(#dsl::LinearMethod::Lora { rank: #rank, alpha: #alpha })

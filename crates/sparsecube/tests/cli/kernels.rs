@@ -256,7 +256,7 @@ fn gen_resources_reports_ptxas_numbers_or_says_what_is_missing() {
 }
 
 /// Whether the wgpu adapter is present; fails when SPARSECUBE_REQUIRE_WGPU is set and it is not.
-fn wgpu_present(test: &str) -> bool {
+pub(crate) fn wgpu_present(test: &str) -> bool {
     let devices = String::from_utf8_lossy(&run(&["devices"]).stdout).into_owned();
     let present = devices
         .lines()

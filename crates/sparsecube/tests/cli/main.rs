@@ -181,6 +181,7 @@ fn round_trip(
     }
 }
 
+mod faults;
 mod finetune;
 mod kernels;
 mod ops;

@@ -333,7 +333,7 @@ fn unreadable_inputs_and_unavailable_devices_are_clear_errors() {
     ]);
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("is not a valid safetensors file"),
+        stderr(&o).contains("not a valid safetensors file"),
         "{}",
         stderr(&o)
     );

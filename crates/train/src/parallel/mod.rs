@@ -626,6 +626,9 @@ where
                                     resume,
                                     progress: &mut quiet,
                                     memory_in_use: &none,
+                                    // Local replica 0 alone watches for a stop request; the
+                                    // others stop at their next wait, naming it.
+                                    stop: None,
                                 },
                             )
                         })
