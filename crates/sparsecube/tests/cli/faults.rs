@@ -520,3 +520,38 @@ fn non_finite_and_out_of_range_inputs_are_refused_by_every_executor() {
         }
     }
 }
+
+#[test]
+fn a_device_failure_mid_run_is_a_typed_error() {
+    if !super::kernels::wgpu_present("a_device_failure_mid_run_is_a_typed_error") {
+        return;
+    }
+    // SPT's selected keys at L = 4096 (8 × 4 × 4096 × 512 indices: 256 MiB) do not fit
+    // lavapipe's largest buffer (128 MiB); the attention op fails inside Burn's forward, which
+    // cannot return an error.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("long.toml");
+    std::fs::write(
+        &config,
+        "[model]\nbatch = 8\nseq_len = 4096\nd_model = 32\nheads = 4\nd_ff = 64\nlayers = 1\n\
+         vocab = 24\nclasses = 3\nmethod = \"spt\"\n\
+         [train]\nepochs = 1\ntrain_samples = 8\neval_samples = 8\n",
+    )
+    .unwrap();
+    let mut c = bin();
+    c.arg("finetune")
+        .arg(&config)
+        .args(["--device", "wgpu", "--quiet", "--out"])
+        .arg(dir.path().join("out"))
+        .env("RUST_BACKTRACE", "0");
+    let o = wait_bounded(spawn(c), Duration::from_secs(300));
+    let err = stderr(&o);
+    // A typed error naming the method and the device's limit, exit 1 (not a panic's 101).
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("error: spt: the device failed:")
+            && err.contains("the device's largest buffer is")
+            && err.contains("free device memory or lower model.batch"),
+        "{err}"
+    );
+}
