@@ -288,7 +288,8 @@ fn one(cfg: &ConfigFile, method: Method, args: &Args) -> Result<RunReport> {
                     &sparsecube_train::wgpu_memory_in_use,
                     &mut progress,
                 ),
-            )?
+            )
+            .inspect_err(|_| sparsecube_train::wgpu_settle())?
         }
         TrainDevice::Cpu | TrainDevice::Auto => {
             let devs = vec![Default::default(); args.replicas];

@@ -141,6 +141,15 @@ pub fn wgpu_memory_in_use() -> Option<u64> {
     client.memory_usage().ok().map(|m| m.bytes_in_use)
 }
 
+/// Waits until the default wgpu device has finished the work queued on it (errors ignored):
+/// what a failed run does before the process exits, since exiting while lavapipe still runs or
+/// compiles queued work can crash it in its exit handlers.
+pub fn wgpu_settle() {
+    use cubecl::prelude::Runtime;
+    let client = cubecl::wgpu::WgpuRuntime::client(&cubecl::wgpu::WgpuDevice::DefaultDevice);
+    let _ = cubecl::future::block_on(client.sync());
+}
+
 /// Bytes of device memory in use on CUDA device 0 (CubeCL's allocator).
 pub fn cuda_memory_in_use() -> Option<u64> {
     use cubecl::prelude::Runtime;
