@@ -318,7 +318,7 @@ impl<B: sparsecube_train::SparseBackend> Tiny<B> {
 
     /// Logits [batch, 3] of x [batch·seq, D].
     fn forward(&self, x: Tensor<B, 2>, batch: usize, seq: usize) -> Tensor<B, 2> {
-        let h = x.clone() + self.attn.forward(x, batch, seq, false).y;
+        let h = x.clone() + self.attn.forward(x, batch, seq, None, false).y;
         let h = h.clone() + self.ffn.forward(h);
         let h = self.out.forward(self.proj.forward(h));
         let h = self.down.forward(self.up.forward(h));

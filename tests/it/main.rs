@@ -21,5 +21,6 @@ mod plans;
 mod prims;
 mod sources;
 mod tensor_cores;
+mod text;
 mod train;
 mod tune;

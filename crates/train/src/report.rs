@@ -13,32 +13,52 @@ fn mib(bytes: Option<u64>) -> String {
     })
 }
 
-/// The runs side by side: trainable parameters, peak memory, median step time, final losses and
-/// accuracy (with chance for reference).
+/// The runs side by side: trainable parameters, peak memory, median step time, wall time, the
+/// peak learning rate, final losses, held-out accuracy and macro-F1 (chance for reference), and
+/// a `!` where a run looks wrong (its warnings follow the table).
 pub fn table(reports: &[RunReport]) -> String {
     let mut out = String::from(
-        "method   trainable params    (%)  peak RSS MiB  device MiB  step ms  train loss  eval loss  accuracy\n",
+        "method     trainable params    (%)  peak RSS MiB  device MiB  step ms   wall s  peak lr  train loss  eval loss  accuracy  macro-F1\n",
     );
     for r in reports {
         let last = r.last();
         out.push_str(&format!(
-            "{:<8} {:>16} {:>6.2} {:>13} {:>11} {:>8.1} {:>11.4} {:>10.4} {:>9.3}\n",
+            "{:<9}{} {:>16} {:>6.2} {:>13} {:>11} {:>8.1} {:>8.1} {:>8} {:>11.4} {:>10.4} {:>9.3} {:>9.3}\n",
             r.method.name(),
+            if r.warnings.is_empty() { ' ' } else { '!' },
             r.trainable_params,
             100.0 * r.trainable_params as f64 / r.total_params.max(1) as f64,
             mib(r.peak_rss_bytes),
             mib(r.device_peak_bytes),
             r.step_ms,
+            r.wall_s,
+            r.lr.map_or("-".into(), |s| format!("{:.0e}", s.lr)),
             last.map_or(f64::NAN, |e| e.train_loss),
             last.map_or(f64::NAN, |e| e.eval_loss),
             last.map_or(f64::NAN, |e| e.accuracy),
+            last.map_or(f64::NAN, |e| e.macro_f1),
         ));
     }
     if let Some(r) = reports.first() {
         out.push_str(&format!(
-            "(chance accuracy {:.3}; device {})\n",
-            r.chance, r.device
+            "(chance accuracy {:.3}, majority class {:.3}; device {}; data {})\n",
+            r.chance, r.majority, r.device, r.data
         ));
+        if let Some(s) = r.lr {
+            out.push_str(&format!(
+                "(learning rate: warm-up over {:.0}% of the steps, then {})\n",
+                100.0 * s.warmup,
+                match s.decay {
+                    crate::config::Decay::Constant => "constant",
+                    crate::config::Decay::Linear => "linear decay to 0",
+                }
+            ));
+        }
+    }
+    for r in reports {
+        for w in &r.warnings {
+            out.push_str(&format!("! {}: {w}\n", r.method.name()));
+        }
     }
     for r in reports.iter().filter(|r| r.replicas > 1) {
         let per: Vec<String> = r

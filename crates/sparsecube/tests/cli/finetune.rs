@@ -283,3 +283,152 @@ fn finetune_errors_name_the_problem() {
         stderr(&o)
     );
 }
+
+/// A WordPiece `tokenizer.json` in Hugging Face's format over `words` (BERT's normaliser,
+/// pre-tokeniser and `[CLS] … [SEP]` template; ids 0–3 are [PAD] [UNK] [CLS] [SEP]).
+fn wordpiece_tokenizer(words: &[&str]) -> String {
+    let special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"];
+    let vocab: Vec<String> = special
+        .iter()
+        .chain(words)
+        .enumerate()
+        .map(|(i, w)| format!("\"{w}\": {i}"))
+        .collect();
+    let added: Vec<String> = special
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            format!(
+                "{{\"id\": {i}, \"content\": \"{w}\", \"single_word\": false, \"lstrip\": false, \"rstrip\": false, \"normalized\": false, \"special\": true}}"
+            )
+        })
+        .collect();
+    let cls = "{\"SpecialToken\": {\"id\": \"[CLS]\", \"type_id\": 0}}";
+    let sep = "{\"SpecialToken\": {\"id\": \"[SEP]\", \"type_id\": 0}}";
+    format!(
+        "{{\"version\": \"1.0\", \"truncation\": null, \"padding\": null, \"added_tokens\": [{}],
+          \"normalizer\": {{\"type\": \"BertNormalizer\", \"clean_text\": true, \"handle_chinese_chars\": true, \"strip_accents\": null, \"lowercase\": true}},
+          \"pre_tokenizer\": {{\"type\": \"BertPreTokenizer\"}},
+          \"post_processor\": {{\"type\": \"TemplateProcessing\",
+            \"single\": [{cls}, {{\"Sequence\": {{\"id\": \"A\", \"type_id\": 0}}}}, {sep}],
+            \"pair\": [{cls}, {{\"Sequence\": {{\"id\": \"A\", \"type_id\": 0}}}}, {sep}, {{\"Sequence\": {{\"id\": \"B\", \"type_id\": 1}}}}, {sep}],
+            \"special_tokens\": {{\"[CLS]\": {{\"id\": \"[CLS]\", \"ids\": [2], \"tokens\": [\"[CLS]\"]}}, \"[SEP]\": {{\"id\": \"[SEP]\", \"ids\": [3], \"tokens\": [\"[SEP]\"]}}}}}},
+          \"decoder\": null,
+          \"model\": {{\"type\": \"WordPiece\", \"unk_token\": \"[UNK]\", \"continuing_subword_prefix\": \"##\", \"max_input_chars_per_word\": 100, \"vocab\": {{{}}}}}}}",
+        added.join(", "),
+        vocab.join(", ")
+    )
+}
+
+/// `finetune --data` on a JSONL corpus with its own tokenizer, from scratch: the texts of two
+/// topics are told apart, the table reports macro-F1 and the data; a corpus whose classes
+/// cannot be told apart (the same texts under both labels) ends at chance and is flagged.
+#[test]
+fn finetune_on_a_labelled_text_corpus_and_flag_a_run_at_chance() {
+    let dir = tempfile::tempdir().unwrap();
+    let cats = ["cat", "purrs", "meows", "naps", "whiskers", "mouse"];
+    let dogs = ["dog", "barks", "fetches", "wags", "bone", "leash"];
+    let filler = ["the", "a", "and", "then", "quietly", "often"];
+    let words: Vec<&str> = cats.iter().chain(&dogs).chain(&filler).copied().collect();
+    let tok = dir.path().join("tokenizer.json");
+    std::fs::write(&tok, wordpiece_tokenizer(&words)).unwrap();
+    // 60 records per topic: 3–8 words, a topic word among fillers (mixed case and punctuation,
+    // which the normaliser and pre-tokeniser handle); every tenth longer than seq_len.
+    let mut rng = 7u64;
+    let mut next = |n: usize| {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng >> 33) as usize % n
+    };
+    let mut lines = Vec::new();
+    let mut same = Vec::new();
+    for i in 0..120 {
+        let (topic, label) = if i % 2 == 0 {
+            (&cats, "cats")
+        } else {
+            (&dogs, "dogs")
+        };
+        let n = 3 + next(6) + if i % 10 == 0 { 8 } else { 0 };
+        let text: Vec<String> = (0..n)
+            .map(|j| {
+                let w = if j % 2 == 0 {
+                    topic[next(6)]
+                } else {
+                    filler[next(6)]
+                };
+                if j == 0 {
+                    w.to_uppercase()
+                } else {
+                    w.to_string()
+                }
+            })
+            .collect();
+        lines.push(format!(
+            "{{\"text\": \"{}!\", \"label\": \"{label}\"}}",
+            text.join(" ")
+        ));
+        same.push(format!(
+            "{{\"text\": \"the a and then\", \"label\": \"{label}\"}}"
+        ));
+    }
+    let corpus = dir.path().join("pets.jsonl");
+    std::fs::write(&corpus, lines.join("\n")).unwrap();
+    let config = dir.path().join("text.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[model]\nbatch = 8\nseq_len = 12\nd_model = 32\nheads = 2\nd_ff = 64\nlayers = 1\n\
+             vocab = {}\nmethod = \"dense\"\n[train]\nepochs = 6\nlr = 3e-3\n\
+             [data]\ntokenizer = \"{}\"\n",
+            words.len() + 4,
+            tok.display()
+        ),
+    )
+    .unwrap();
+    let finetune = |data: &Path, out: &str| {
+        run(&[
+            "finetune",
+            config.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            dir.path().join(out).to_str().unwrap(),
+        ])
+    };
+    let o = finetune(&corpus, "pets");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("macro-F1"), "{stdout}");
+    assert!(
+        stdout
+            .contains("2 classes: cats, dogs; 96 train / 24 held out; 12 of them cut to 12 tokens"),
+        "{stdout}"
+    );
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("pets/report.json")).unwrap(),
+    )
+    .unwrap();
+    let last = &report[0]["epochs"][5];
+    assert!(last["accuracy"].as_f64().unwrap() > 0.9, "{report}");
+    assert!(last["macro_f1"].as_f64().unwrap() > 0.9, "{report}");
+    assert!(
+        report[0]["warnings"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    assert_eq!(report[0]["lr"]["lr"].as_f64(), Some(3e-3));
+
+    let corpus = dir.path().join("same.jsonl");
+    std::fs::write(&corpus, same.join("\n")).unwrap();
+    let o = finetune(&corpus, "same");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("warning: dense: held-out accuracy 0.500 is at chance"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("dense    !"));
+}

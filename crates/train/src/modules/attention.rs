@@ -172,12 +172,15 @@ pub struct AttentionOutput<B: Backend> {
 }
 
 impl<B: crate::SparseBackend> MultiHeadAttention<B> {
-    /// Attention over `x` [batch·seq, d] (rows of one sequence contiguous).
+    /// Attention over `x` [batch·seq, d] (rows of one sequence contiguous). `pad` [batch, seq]
+    /// marks padded keys (true), which dense attention gives no weight; SPT's kernels take no
+    /// key mask and ignore it.
     pub fn forward(
         &self,
         x: Tensor<B, 2>,
         batch: usize,
         seq: usize,
+        pad: Option<Tensor<B, 2, Bool>>,
         keep_qk: bool,
     ) -> AttentionOutput<B> {
         let [_, d] = x.dims();
@@ -192,7 +195,7 @@ impl<B: crate::SparseBackend> MultiHeadAttention<B> {
                 let aux = core.codebook_loss(q.clone()) + core.codebook_loss(k.clone());
                 (core.forward(q, k, v), Some(aux))
             }
-            None => (dense_attention(q, k, v, self.causal), None),
+            None => (dense_attention_masked(q, k, v, self.causal, pad), None),
         };
         let ctx = ctx.swap_dims(1, 2).reshape([batch * seq, d]);
         AttentionOutput {
@@ -210,6 +213,18 @@ pub fn dense_attention<B: Backend>(
     v: Tensor<B, 4>,
     causal: bool,
 ) -> Tensor<B, 4> {
+    dense_attention_masked(q, k, v, causal, None)
+}
+
+/// [`dense_attention`] with the keys `pad` [B, L] marks (true) masked out; every query must
+/// keep at least one key (BERT's [CLS] is never padding).
+pub fn dense_attention_masked<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    causal: bool,
+    pad: Option<Tensor<B, 2, Bool>>,
+) -> Tensor<B, 4> {
     let [b, h, l, d] = q.dims();
     let mut scores = q
         .matmul(k.swap_dims(2, 3))
@@ -221,6 +236,10 @@ pub fn dense_attention<B: Backend>(
                 .unsqueeze::<4>()
                 .expand([b, h, l, l]);
         scores = scores.mask_fill(mask, f32::NEG_INFINITY);
+    }
+    if let Some(pad) = pad {
+        let keys = pad.reshape([b, 1, 1, l]).expand([b, h, l, l]);
+        scores = scores.mask_fill(keys, f32::NEG_INFINITY);
     }
     softmax(scores, 3).matmul(v)
 }
