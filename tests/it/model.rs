@@ -543,6 +543,9 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     let bert_path = dir.path().join("bert.safetensors");
     let mut cfg = tiny_config("sara");
     cfg.train.epochs = 1;
+    // A constant rate: a run from a checkpoint decays linearly by default, which ties a
+    // resume to the run's length, and this one resumes for more epochs.
+    cfg.train.decay = Some(sparsecube_train::config::Decay::Constant);
     let base = Encoder::<Cpu>::init(&cfg.model, 3, &Default::default());
     bert::save(&base, &bert_path).unwrap();
     cfg.model.checkpoint = Some(bert_path.clone());

@@ -87,6 +87,12 @@ fn a_directory_jsonl_and_csv_give_the_same_records() {
     assert_eq!(from_dir.len(), 4, "{from_dir:?}");
     assert_eq!(read(&jsonl), from_dir);
     assert_eq!(read(&csv), from_dir);
+    // A byte-order mark before the header (as spreadsheets save CSV) is not part of `label`.
+    let bom = dir.path().join("bom.csv");
+    let mut bytes = "\u{feff}".as_bytes().to_vec();
+    bytes.extend(std::fs::read(&csv).unwrap());
+    std::fs::write(&bom, bytes).unwrap();
+    assert_eq!(read(&bom), from_dir);
     // A subset of classes, and typed errors naming the problem.
     let only = DataConfig {
         classes: Some(vec!["dogs".into(), "cats".into()]),
@@ -267,6 +273,15 @@ fn minilm_tokenizer_matches_hugging_face() {
         enc.truncated, 1,
         "the one sentence longer than {seq_len} tokens is cut"
     );
+    // [CLS] and [SEP] must leave room for text.
+    let e = Tokenizer::open(&dir.join("tokenizer.json"), 2)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("seq_len = 2 cannot hold the tokenizer's 2 special tokens"),
+        "{e}"
+    );
 }
 
 /// MiniLM-L6 (the real checkpoint, 6 layers, d 384) fine-tuned on four topics of the fortunes
@@ -350,6 +365,7 @@ fn bad_data_sections_are_typed_errors() {
     for (data, want) in [
         ("eval_fraction = 1.0", "data.eval_fraction"),
         ("max_per_class = 0", "data.max_per_class"),
+        ("max_per_class = 1", "data.max_per_class"),
         ("classes = [\"a\"]", "at least 2 classes"),
         ("classes = [\"a\", \"a\"]", "twice"),
     ] {
@@ -373,4 +389,48 @@ fn bad_data_sections_are_typed_errors() {
         e.contains("no tokenizer at") && e.contains("nope.json"),
         "{e}"
     );
+}
+
+/// A run whose learning rate decays linearly to 0 at its last step resumes only for the same
+/// number of epochs: more would restart the decay part-way.
+#[test]
+fn a_linearly_decaying_run_resumes_only_for_its_own_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |epochs: usize| {
+        ConfigFile::parse(
+            &format!(
+                "[model]\nbatch = 16\nseq_len = 16\nd_model = 16\nheads = 2\nd_ff = 32\nlayers = 1\n\
+                 vocab = 24\nclasses = 3\nmethod = \"lora\"\n\
+                 [train]\nepochs = {epochs}\ntrain_samples = 32\neval_samples = 16\nlr = 3e-3\ndecay = \"linear\"\n"
+            ),
+            "test",
+        )
+        .unwrap()
+    };
+    let run = |epochs: usize, resume: bool| {
+        let mut progress = |_: Event| {};
+        let none = || None;
+        finetune::finetune::<Cpu>(
+            &cfg(epochs),
+            &Default::default(),
+            RunOptions {
+                method: Method::Lora,
+                device_name: "cpu".into(),
+                out_dir: Some(dir.path().to_path_buf()),
+                resume,
+                progress: &mut progress,
+                memory_in_use: &none,
+                stop: None,
+            },
+        )
+    };
+    run(1, false).unwrap();
+    let e = run(2, true).err().unwrap().to_string();
+    assert!(
+        e.contains("written by a run of 1 epochs") && e.contains("--epochs 1"),
+        "{e}"
+    );
+    // The same length resumes (after its last epoch: nothing left to run).
+    let r = run(1, true).unwrap();
+    assert_eq!(r.resumed_after, Some(0));
 }

@@ -366,8 +366,8 @@ pub fn task(cfg: &ConfigFile) -> Result<(ConfigFile, Task), TrainError> {
     ))
 }
 
-/// What looks wrong with a finished run: held-out accuracy within 5 points of the better of
-/// chance and the majority class, or a loss that did not fall (the last quarter of the
+/// What looks wrong with a finished run: held-out accuracy within 5% of the way from the better
+/// of chance and the majority class to 1, or a loss that did not fall (the last quarter of the
 /// training losses not below the first, or the held-out loss not below its value before
 /// training).
 pub fn warnings(report: &RunReport) -> Vec<String> {
@@ -376,7 +376,7 @@ pub fn warnings(report: &RunReport) -> Vec<String> {
         return out;
     };
     let base = report.chance.max(report.majority);
-    if last.accuracy < base + 0.05 {
+    if last.accuracy < base + 0.05 * (1.0 - base) {
         out.push(format!(
             "held-out accuracy {:.3} is at chance ({:.3}): the run learned nothing; try another learning rate (train.lr_by_method) or more epochs",
             last.accuracy, base
@@ -547,6 +547,18 @@ where
             .get("epoch")
             .and_then(|e| e.parse().ok())
             .ok_or_else(|| bad("no epoch in its header".into()))?;
+        // A rate that decays to 0 at the last step is tied to the run's length.
+        let schedule = t.schedule(method, m.checkpoint.is_some());
+        let written_for: Option<usize> = meta.get("epochs").and_then(|e| e.parse().ok());
+        if let Some(old) = written_for
+            && old != t.epochs
+            && schedule.decay == crate::config::Decay::Linear
+        {
+            return Err(bad(format!(
+                "written by a run of {old} epochs whose learning rate decays linearly to 0 at its last step; resuming it for {} epochs would restart the decay part-way (resume with --epochs {old}, or start afresh)",
+                t.epochs
+            )));
+        }
         let (loaded, _) = params::load(model, &tensors).map_err(|e| {
             bad(e
                 .iter()
@@ -832,6 +844,7 @@ pub fn save_checkpoint<B: Backend, M: burn::module::Module<B>>(
         ("format".to_string(), FORMAT.to_string()),
         ("method".to_string(), method.name().to_string()),
         ("epoch".to_string(), epoch.to_string()),
+        ("epochs".to_string(), cfg.train.epochs.to_string()),
         ("config".to_string(), fingerprint(cfg)),
     ]);
     checkpoint::save(path, &tensors, meta)

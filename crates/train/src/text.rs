@@ -84,9 +84,9 @@ impl DataConfig {
                 "the held-out share must lie strictly between 0 and 1 (0.2 is usual)",
             ));
         }
-        if self.max_per_class == Some(0) {
+        if let Some(n) = self.max_per_class.filter(|&n| n < 2) {
             return Err(data_error(
-                "data.max_per_class = 0".into(),
+                format!("data.max_per_class = {n}"),
                 "keep at least 2 records per class (one to train on, one to hold out), or drop the key",
             ));
         }
@@ -179,19 +179,21 @@ pub fn read_records(cfg: &DataConfig, source: &Path) -> Result<Vec<(String, Stri
         return Ok(records);
     }
     let text = std::fs::read_to_string(source).map_err(|e| io(source, e))?;
+    // A byte-order mark (spreadsheets write one) is not part of the first field.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let ext = source
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase());
     let records = match ext.as_deref() {
-        Some("jsonl") | Some("json") => read_jsonl(&text, source)?,
-        Some("csv") => read_csv(&text, source)?,
+        Some("jsonl") => read_jsonl(text, source)?,
+        Some("csv") => read_csv(text, source)?,
         _ => {
             return Err(data_error(
                 format!(
                     "data.source `{}` is neither a directory nor a .jsonl / .csv file",
                     source.display()
                 ),
-                "name a directory of text files (one per class) or a .jsonl / .csv file with `text` and `label`",
+                "name a directory of text files (one per class), a .jsonl file (one JSON object with `text` and `label` per line) or a .csv file with `text` and `label` columns",
             ));
         }
     };
@@ -514,6 +516,19 @@ impl Tokenizer {
                 )
             }
         })?;
+        // The template's special tokens ([CLS], [SEP]) must leave room for text: tokenizers
+        // subtracts them from the length unchecked.
+        let special = inner
+            .get_post_processor()
+            .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
+        if seq_len <= special {
+            return Err(data_error(
+                format!(
+                    "seq_len = {seq_len} cannot hold the tokenizer's {special} special tokens and any text"
+                ),
+                "raise model.seq_len (BERT tokenizers add [CLS] and [SEP])",
+            ));
+        }
         let (pad_id, pad_token) = match inner.get_padding() {
             Some(p) => (p.pad_id, p.pad_token.clone()),
             None => match inner.token_to_id("[PAD]") {
@@ -554,7 +569,17 @@ impl Tokenizer {
             valid: Vec::with_capacity(texts.len() * self.seq_len),
             truncated: 0,
         };
-        for e in &enc {
+        for (e, text) in enc.iter().zip(texts) {
+            if e.get_ids().len() != self.seq_len {
+                return Err(data_error(
+                    format!(
+                        "the tokenizer gave {} ids for {text:?}, not seq_len = {}",
+                        e.get_ids().len(),
+                        self.seq_len
+                    ),
+                    "use a tokenizer.json whose truncation and padding Hugging Face's tokenizers can set",
+                ));
+            }
             out.tokens.extend(e.get_ids().iter().map(|&i| i64::from(i)));
             out.valid
                 .extend(e.get_attention_mask().iter().map(|&m| u8::from(m != 0)));

@@ -238,8 +238,11 @@ pub fn dense_attention_masked<B: Backend>(
         scores = scores.mask_fill(mask, f32::NEG_INFINITY);
     }
     if let Some(pad) = pad {
+        // The lowest finite value, not −∞: a row with every key padded (a text that tokenised
+        // to nothing) averages them instead of turning NaN; beside any real key, its weight
+        // still underflows to exactly 0.
         let keys = pad.reshape([b, 1, 1, l]).expand([b, h, l, l]);
-        scores = scores.mask_fill(keys, f32::NEG_INFINITY);
+        scores = scores.mask_fill(keys, f32::MIN);
     }
     softmax(scores, 3).matmul(v)
 }
