@@ -2,7 +2,7 @@
 //! layout, training checkpoints (contents, resume, a write killed midway), every method's whole
 //! model on wgpu against the ndarray compositions, the causal mask, Concept Matrix Search.
 
-use super::train::{Cpu, Gpu, Run, compare_with, host};
+use super::train::{Cpu, Gpu, Run, compare_with, finetune_cpu, host};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use kernels_ir::reference::rng::SplitMix64;
@@ -14,7 +14,7 @@ use sparsecube_train::params::gradients;
 use sparsecube_train::bert;
 use sparsecube_train::checkpoint;
 use sparsecube_train::config::{ConfigFile, Method, ModelConfig};
-use sparsecube_train::finetune::{self, Event, RunOptions};
+use sparsecube_train::finetune;
 use sparsecube_train::model::Encoder;
 use sparsecube_train::params::Values;
 
@@ -285,22 +285,7 @@ fn train_once(
     out: &std::path::Path,
     resume: bool,
 ) -> finetune::RunReport {
-    let none = || None;
-    let mut progress = |_: Event| {};
-    finetune::finetune::<Cpu>(
-        cfg,
-        &Default::default(),
-        RunOptions {
-            method,
-            device_name: "cpu".into(),
-            out_dir: Some(out.to_path_buf()),
-            resume,
-            progress: &mut progress,
-            memory_in_use: &none,
-            stop: None,
-        },
-    )
-    .unwrap()
+    finetune_cpu(cfg, method, Some(out), resume).unwrap()
 }
 
 #[test]
@@ -362,23 +347,9 @@ fn training_checkpoints_hold_what_the_method_trains_and_resume_from_them() {
 
     // Another method's checkpoint is refused with its reason.
     std::fs::copy(&path, finetune::checkpoint_path(dir.path(), Method::Pst)).unwrap();
-    let none = || None;
-    let mut progress = |_: Event| {};
-    let e = finetune::finetune::<Cpu>(
-        &cfg,
-        &Default::default(),
-        RunOptions {
-            method: Method::Pst,
-            device_name: "cpu".into(),
-            out_dir: Some(dir.path().to_path_buf()),
-            resume: true,
-            progress: &mut progress,
-            memory_in_use: &none,
-            stop: None,
-        },
-    )
-    .unwrap_err()
-    .to_string();
+    let e = finetune_cpu(&cfg, Method::Pst, Some(dir.path()), true)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("written by method") && e.contains("sara"), "{e}");
 }
 
@@ -560,22 +531,7 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     }
     checkpoint::save(&bert_path, &tensors, meta).unwrap();
     cfg.train.epochs = 3;
-    let none = || None;
-    let mut progress = |_: Event| {};
-    let err = finetune::finetune::<Cpu>(
-        &cfg,
-        &Default::default(),
-        RunOptions {
-            method: Method::Sara,
-            device_name: "cpu".into(),
-            out_dir: Some(dir.path().to_path_buf()),
-            resume: true,
-            progress: &mut progress,
-            memory_in_use: &none,
-            stop: None,
-        },
-    )
-    .unwrap_err();
+    let err = finetune_cpu(&cfg, Method::Sara, Some(dir.path()), true).unwrap_err();
     let steps_per_epoch = cfg.train.train_samples / cfg.model.batch;
     match &err {
         sparsecube_train::TrainError::NonFinite {

@@ -6,10 +6,10 @@
 //! prints) and the fortunes corpus; without them they say why and are skipped, unless
 //! `SPARSECUBE_REQUIRE_REAL_DATA` is set (CI), where that fails them.
 
-use super::train::Cpu;
+use super::train::finetune_cpu;
 use burn::tensor::{Tensor, TensorData};
 use sparsecube_train::config::{ConfigFile, Method};
-use sparsecube_train::finetune::{self, Event, RunOptions};
+use sparsecube_train::finetune;
 use sparsecube_train::model::Encoder;
 use sparsecube_train::modules::values;
 use sparsecube_train::text::{self, DataConfig, Tokenizer};
@@ -316,22 +316,7 @@ fn minilm_finetunes_on_fortunes_and_the_held_out_loss_falls() {
     assert_eq!((task.train.len(), task.eval.len()), (72, 24));
     assert!(!task.train.valid.is_empty() && task.train.valid.contains(&0));
     for method in [Method::Lora, Method::Sara] {
-        let mut progress = |_: Event| {};
-        let none = || None;
-        let r = finetune::finetune::<Cpu>(
-            &cfg,
-            &Default::default(),
-            RunOptions {
-                method,
-                device_name: "cpu".into(),
-                out_dir: None,
-                resume: false,
-                progress: &mut progress,
-                memory_in_use: &none,
-                stop: None,
-            },
-        )
-        .unwrap();
+        let r = finetune_cpu(&cfg, method, None, false).unwrap();
         let before = r.initial.as_ref().unwrap().loss;
         let after = r.last().unwrap().eval_loss;
         assert_eq!(r.losses.len(), 9);
@@ -408,21 +393,7 @@ fn a_linearly_decaying_run_resumes_only_for_its_own_length() {
         .unwrap()
     };
     let run = |epochs: usize, resume: bool| {
-        let mut progress = |_: Event| {};
-        let none = || None;
-        finetune::finetune::<Cpu>(
-            &cfg(epochs),
-            &Default::default(),
-            RunOptions {
-                method: Method::Lora,
-                device_name: "cpu".into(),
-                out_dir: Some(dir.path().to_path_buf()),
-                resume,
-                progress: &mut progress,
-                memory_in_use: &none,
-                stop: None,
-            },
-        )
+        finetune_cpu(&cfg(epochs), Method::Lora, Some(dir.path()), resume)
     };
     run(1, false).unwrap();
     let e = run(2, true).err().unwrap().to_string();

@@ -21,6 +21,31 @@ use std::collections::BTreeMap;
 pub(crate) type Cpu = Autodiff<sparsecube_train::Cpu>;
 pub(crate) type Gpu = Autodiff<sparsecube_train::Wgpu>;
 
+/// One quiet fine-tuning run of `method` on `cfg` on the CPU, checkpointing to `out` (None: no
+/// checkpoints), resuming from it when asked.
+pub(crate) fn finetune_cpu(
+    cfg: &sparsecube_train::config::ConfigFile,
+    method: sparsecube_train::config::Method,
+    out: Option<&std::path::Path>,
+    resume: bool,
+) -> Result<sparsecube_train::finetune::RunReport, sparsecube_train::TrainError> {
+    let none = || None;
+    let mut progress = |_: sparsecube_train::finetune::Event| {};
+    sparsecube_train::finetune::finetune::<Cpu>(
+        cfg,
+        &Default::default(),
+        sparsecube_train::finetune::RunOptions {
+            method,
+            device_name: "cpu".into(),
+            out_dir: out.map(std::path::Path::to_path_buf),
+            resume,
+            progress: &mut progress,
+            memory_in_use: &none,
+            stop: None,
+        },
+    )
+}
+
 const TOL: f64 = 1e-4;
 
 /// Forward values, the gradient of every input, and of every parameter by name.
