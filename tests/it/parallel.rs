@@ -21,19 +21,31 @@ fn config(method: &str) -> ConfigFile {
 }
 
 fn run(cfg: &ConfigFile, replicas: usize) -> Result<RunReport, sparsecube_train::TrainError> {
+    run_on::<burn::backend::Autodiff<Cpu>>(cfg, &vec![Default::default(); replicas])
+}
+
+/// One quiet run with a replica on each of `devices`.
+fn run_on<B>(
+    cfg: &ConfigFile,
+    devices: &[B::Device],
+) -> Result<RunReport, sparsecube_train::TrainError>
+where
+    B: burn::tensor::backend::AutodiffBackend + sparsecube_train::SparseBackend,
+    B::InnerBackend: sparsecube_train::SparseBackend,
+{
     let none = || None;
     let mut progress = |_: Event| {};
     let topology = Topology {
-        replicas,
+        replicas: devices.len(),
         ..Topology::default()
     };
-    finetune_parallel::<burn::backend::Autodiff<Cpu>>(
+    finetune_parallel::<B>(
         cfg,
-        &vec![Default::default(); replicas],
+        devices,
         &topology,
         RunOptions {
             method: cfg.model.method,
-            device_name: "cpu".into(),
+            device_name: "test".into(),
             out_dir: None,
             resume: false,
             progress: &mut progress,
@@ -43,6 +55,21 @@ fn run(cfg: &ConfigFile, replicas: usize) -> Result<RunReport, sparsecube_train:
     )
 }
 
+/// Every step's loss and the final held-out loss within `tol` relative.
+fn assert_same_losses(what: &str, one: &RunReport, two: &RunReport, tol: f32) {
+    assert!(!one.losses.is_empty(), "{what}");
+    assert_eq!(two.losses.len(), one.losses.len(), "{what}");
+    for (step, (a, b)) in one.losses.iter().zip(&two.losses).enumerate() {
+        let rel = (a - b).abs() / a.abs().max(1e-6);
+        assert!(rel <= tol, "{what} step {step}: {a} vs {b} ({rel:e})");
+    }
+    let (e1, e2) = (one.last().unwrap(), two.last().unwrap());
+    assert!(
+        (e1.eval_loss - e2.eval_loss).abs() <= f64::from(tol) * e1.eval_loss,
+        "{what}: {e1:?} vs {e2:?}"
+    );
+}
+
 #[test]
 fn two_replicas_reproduce_one_replicas_losses() {
     for method in ["sara", "lora", "spt"] {
@@ -50,16 +77,7 @@ fn two_replicas_reproduce_one_replicas_losses() {
         let one = run(&cfg, 1).unwrap();
         let two = run(&cfg, 2).unwrap();
         assert_eq!(one.losses.len(), 6, "{method}");
-        assert_eq!(two.losses.len(), one.losses.len(), "{method}");
-        for (step, (a, b)) in one.losses.iter().zip(&two.losses).enumerate() {
-            let rel = (a - b).abs() / a.abs().max(1e-6);
-            assert!(rel <= 1e-5, "{method} step {step}: {a} vs {b} ({rel:e})");
-        }
-        let (e1, e2) = (one.last().unwrap(), two.last().unwrap());
-        assert!(
-            (e1.eval_loss - e2.eval_loss).abs() <= 1e-5 * e1.eval_loss,
-            "{method}: {e1:?} vs {e2:?}"
-        );
+        assert_same_losses(method, &one, &two, 1e-5);
         assert_eq!((two.replicas, two.nodes), (2, 1));
         assert_eq!(two.replica_step_ms.len(), 2);
         // Only the trained tensors travel, with the loss and one flag per trained tensor.
@@ -83,4 +101,33 @@ fn a_batch_that_does_not_split_over_the_replicas_is_refused() {
         e.contains("does not split evenly over 3 replicas") && e.contains("multiple of"),
         "{e}"
     );
+}
+
+/// Two replicas on wgpu (our kernels; on CI two logical devices on lavapipe, each with its own
+/// queue and memory) train what one replica trains on the whole batch, and the gradients travel
+/// between the devices through burn-collective.
+#[test]
+fn two_wgpu_replicas_reproduce_one_replicas_losses() {
+    if sparsecube_tests::wgpu_or_skip("two wgpu replicas").is_none() {
+        return;
+    }
+    type Gpu = burn::backend::Autodiff<sparsecube_train::Wgpu>;
+    let cfg = config("sara");
+    let devices = match sparsecube_runtime::wgpu_replicas(2) {
+        Ok(d) => d,
+        // A GPU adapter takes one replica: a machine with one GPU cannot run this.
+        Err(e) if !sparsecube_runtime::wgpu_on_cpu() => {
+            eprintln!("SKIPPED two wgpu replicas: {e}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(devices.len(), 2);
+    assert_ne!(devices[0], devices[1]);
+    let one = run_on::<Gpu>(&cfg, &devices[..1]).unwrap();
+    let two = run_on::<Gpu>(&cfg, &devices).unwrap();
+    assert_eq!(one.losses.len(), 6);
+    assert_same_losses("sara on wgpu", &one, &two, 1e-5);
+    assert_eq!((two.replicas, two.nodes), (2, 1));
+    assert_eq!(two.replica_step_ms.len(), 2);
 }

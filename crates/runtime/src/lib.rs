@@ -223,6 +223,9 @@ pub fn wgpu_on_cpu() -> bool {
     WGPU_ON_CPU.get().copied().unwrap_or(false)
 }
 
+/// The default adapter's setup (instance, adapter, device), once [`wgpu`] opened it.
+static WGPU_SETUP: OnceLock<cubecl::wgpu::WgpuSetup> = OnceLock::new();
+
 /// Opens the default wgpu adapter (a discrete or integrated GPU, else a software one).
 pub fn wgpu() -> Result<Device, RuntimeError> {
     static CLIENT: OnceLock<Result<ComputeClient<WgpuRuntime>, String>> = OnceLock::new();
@@ -235,7 +238,8 @@ pub fn wgpu() -> Result<Device, RuntimeError> {
                 cubecl::wgpu::RuntimeOptions::default(),
             );
             let info = setup.adapter.get_info();
-            let _ = WGPU_ON_CPU.set(format!("{:?}", info.device_type) == "Cpu");
+            let _ = WGPU_ON_CPU.set(info.device_type == wgpu::DeviceType::Cpu);
+            let _ = WGPU_SETUP.set(setup);
             let _ = WGPU_ADAPTER.set((
                 info.name.clone(),
                 format!("{} {} ({:?})", info.driver, info.driver_info, info.backend),
@@ -252,6 +256,116 @@ pub fn wgpu() -> Result<Device, RuntimeError> {
             kind: "wgpu",
             reason: reason.clone(),
         }),
+    }
+}
+
+/// The wgpu devices of `n` data-parallel replicas in this process, one per replica.
+///
+/// - One replica: the default adapter ([`wgpu`]'s).
+/// - Several, the default adapter a GPU: one adapter each, of the default's type
+///   (`DiscreteGpu(0)`, `DiscreteGpu(1)`, … in wgpu's enumeration order), and a typed error
+///   naming the adapters present when there are fewer than `n`.
+/// - Several, the default adapter a software one on the CPU (lavapipe, SwiftShader): a logical
+///   device each on that adapter, with its own queue and memory; the replicas share the host's
+///   cores, as ndarray's replicas do. These devices live as long as the process and are reused by
+///   later runs.
+pub fn wgpu_replicas(n: usize) -> Result<Vec<WgpuDevice>, RuntimeError> {
+    let unavailable = |reason: String| RuntimeError::Unavailable {
+        kind: "wgpu",
+        reason,
+    };
+    wgpu()?;
+    if n <= 1 {
+        return Ok(vec![WgpuDevice::DefaultDevice]);
+    }
+    let setup = WGPU_SETUP
+        .get()
+        .ok_or_else(|| unavailable("the default adapter's setup was not kept".into()))?;
+    let kind = setup.adapter.get_info().device_type;
+    if kind == wgpu::DeviceType::Cpu {
+        return wgpu_logical_devices(setup, n).map_err(unavailable);
+    }
+    let adapters =
+        cubecl::future::block_on(setup.instance.enumerate_adapters(setup.backend.into()));
+    let same: Vec<String> = adapters
+        .iter()
+        .map(|a| a.get_info())
+        .filter(|i| i.device_type == kind)
+        .map(|i| i.name)
+        .collect();
+    if same.len() < n {
+        return Err(unavailable(format!(
+            "--replicas {n} needs {n} adapters of the default's type ({kind:?}); this machine has {}{}",
+            same.len(),
+            if same.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", same.join(", "))
+            }
+        )));
+    }
+    Ok((0..n)
+        .map(|i| match kind {
+            wgpu::DeviceType::IntegratedGpu => WgpuDevice::IntegratedGpu(i),
+            wgpu::DeviceType::VirtualGpu => WgpuDevice::VirtualGpu(i),
+            _ => WgpuDevice::DiscreteGpu(i),
+        })
+        .collect())
+}
+
+/// `n` logical devices on the default adapter (kept for the process's later runs: a device
+/// registered with cubecl is never dropped).
+fn wgpu_logical_devices(
+    setup: &cubecl::wgpu::WgpuSetup,
+    n: usize,
+) -> Result<Vec<WgpuDevice>, String> {
+    static MADE: std::sync::Mutex<Vec<WgpuDevice>> = std::sync::Mutex::new(Vec::new());
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    while made.len() < n {
+        let (device, queue) = cubecl::future::block_on(
+            setup
+                .adapter
+                .request_device(&device_descriptor(&setup.adapter)),
+        )
+        .map_err(|e| {
+            format!(
+                "cannot open logical device {} on {} for a replica: {e}",
+                made.len(),
+                setup.adapter.get_info().name
+            )
+        })?;
+        let one = cubecl::wgpu::WgpuSetup {
+            instance: setup.instance.clone(),
+            adapter: setup.adapter.clone(),
+            device,
+            queue,
+            backend: setup.backend,
+        };
+        let id = quietly(|| {
+            let id = cubecl::wgpu::init_device(one, cubecl::wgpu::RuntimeOptions::default());
+            let _ = WgpuRuntime::client(&id).properties();
+            id
+        })?;
+        made.push(id);
+    }
+    Ok(made[..n].to_vec())
+}
+
+/// What cubecl's WGSL runtime asks of an adapter (cubecl-wgpu 0.10 `backend::wgsl::request_device`,
+/// which is private): every feature but mappable primary buffers, the adapter's own limits.
+#[allow(unsafe_code)]
+fn device_descriptor(adapter: &wgpu::Adapter) -> wgpu::DeviceDescriptor<'static> {
+    wgpu::DeviceDescriptor {
+        label: Some("sparsecube replica"),
+        required_features: adapter
+            .features()
+            .difference(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS),
+        required_limits: adapter.limits(),
+        memory_hints: wgpu::MemoryHints::MemoryUsage,
+        trace: wgpu::Trace::Off,
+        // SAFETY: the same experimental features cubecl enables on the devices it opens itself
+        // (shader passthrough); this device runs the same compiled kernels.
+        experimental_features: unsafe { wgpu::ExperimentalFeatures::enabled() },
     }
 }
 

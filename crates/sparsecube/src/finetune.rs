@@ -74,7 +74,9 @@ pub struct Args {
     #[arg(long)]
     pub quiet: bool,
     /// Data-parallel replicas in this process, one per device (cpu: threads; cuda: devices
-    /// 0..N), each on its slice of every global batch, gradients averaged before each step.
+    /// 0..N; wgpu: N adapters of the default's type, or N logical devices on a CPU adapter such
+    /// as lavapipe), each on its slice of every global batch, gradients averaged before each
+    /// step.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub replicas: usize,
     /// Processes (nodes, on this machine or others) in the run; start each with the same
@@ -278,27 +280,17 @@ fn one(cfg: &ConfigFile, method: Method, args: &Args) -> Result<RunReport> {
             )?
         }
         TrainDevice::Wgpu => {
-            if args.replicas > 1 {
-                bail!(
-                    "--replicas {} on wgpu: one replica per process for now (the kernels run on the default adapter); use --device cpu or cuda for several replicas, or one process per node with --nodes",
-                    args.replicas
-                );
-            }
             let name = adapter("wgpu", sparsecube_runtime::wgpu()?);
-            let dev = burn::backend::wgpu::WgpuDevice::DefaultDevice;
+            let devs = sparsecube_runtime::wgpu_replicas(args.replicas)?;
+            let first = devs[0].clone();
+            let memory = move || sparsecube_train::wgpu_memory_in_use(&first);
             parallel::finetune_parallel::<Autodiff<Wgpu>>(
                 cfg,
-                &[dev],
+                &devs,
                 &topology,
-                options(
-                    method,
-                    args,
-                    name,
-                    &sparsecube_train::wgpu_memory_in_use,
-                    &mut progress,
-                ),
+                options(method, args, name, &memory, &mut progress),
             )
-            .inspect_err(|_| sparsecube_train::wgpu_settle())?
+            .inspect_err(|_| sparsecube_train::wgpu_settle(&devs))?
         }
         TrainDevice::Cpu | TrainDevice::Auto => {
             let devs = vec![Default::default(); args.replicas];

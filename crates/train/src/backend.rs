@@ -87,6 +87,12 @@ pub trait SparseBackend: Backend {
     /// Whether this backend launches sparsecube's generated kernels (else: the composition).
     const KERNELS: bool;
 
+    /// Whether Burn moves a tensor from one of this backend's devices to another
+    /// (`to_device`), which burn-collective's in-process all-reduce relies on. burn-cubecl 0.21
+    /// moves through the runtime's server-to-server copy, which cubecl's CUDA runtime has and its
+    /// wgpu runtime lacks (it panics): data-parallel replicas on wgpu exchange through the host.
+    const MOVES_BETWEEN_DEVICES: bool;
+
     /// What a forward keeps for its backward.
     type Saved: Clone + Send + core::fmt::Debug + 'static;
 
@@ -132,6 +138,7 @@ where
     burn::backend::ndarray::NdArrayTensor: From<burn::backend::ndarray::SharedArray<I>>,
 {
     const KERNELS: bool = false;
+    const MOVES_BETWEEN_DEVICES: bool = true;
     type Saved = Vec<FloatTensor<Self>>;
 
     fn sparse_forward(
@@ -198,6 +205,8 @@ where
     BT: BoolElement,
 {
     const KERNELS: bool = true;
+    const MOVES_BETWEEN_DEVICES: bool =
+        <R::Server as cubecl::server::ServerCommunication>::SERVER_COMM_ENABLED;
     type Saved = crate::cube::Saved<R>;
 
     fn sparse_forward(
@@ -267,6 +276,7 @@ fn tracked<B: SparseBackend, C: CheckpointStrategy, const N: usize>(
 
 impl<B: SparseBackend, C: CheckpointStrategy> SparseBackend for Autodiff<B, C> {
     const KERNELS: bool = B::KERNELS;
+    const MOVES_BETWEEN_DEVICES: bool = B::MOVES_BETWEEN_DEVICES;
     type Saved = Vec<FloatTensor<Self>>;
 
     fn sparse_forward(

@@ -500,16 +500,7 @@ where
             fix: "raise train_samples (or the corpus's records per class) or lower batch",
         });
     }
-    if !m.batch.is_multiple_of(world) {
-        return Err(TrainError::Config {
-            module: "parallel",
-            problem: format!(
-                "the global batch of {} does not split evenly over {world} replicas",
-                m.batch
-            ),
-            fix: "make model.batch a multiple of the number of replicas",
-        });
-    }
+    crate::parallel::check_split(m.batch, world)?;
     let per = m.batch / world;
     let total = steps_per_epoch * t.epochs;
     let method = opts.method;

@@ -135,20 +135,22 @@ pub enum TrainError {
     },
 }
 
-/// Bytes of device memory in use on the default wgpu device (CubeCL's allocator).
-pub fn wgpu_memory_in_use() -> Option<u64> {
+/// Bytes of device memory in use on a wgpu device (CubeCL's allocator).
+pub fn wgpu_memory_in_use(device: &cubecl::wgpu::WgpuDevice) -> Option<u64> {
     use cubecl::prelude::Runtime;
-    let client = cubecl::wgpu::WgpuRuntime::client(&cubecl::wgpu::WgpuDevice::DefaultDevice);
+    let client = cubecl::wgpu::WgpuRuntime::client(device);
     client.memory_usage().ok().map(|m| m.bytes_in_use)
 }
 
-/// Waits until the default wgpu device has finished the work queued on it (errors ignored):
-/// what a failed run does before the process exits, since exiting while lavapipe still runs or
-/// compiles queued work can crash it in its exit handlers.
-pub fn wgpu_settle() {
+/// Waits until each wgpu device has finished the work queued on it (errors ignored): what a
+/// failed run does before the process exits, since exiting while lavapipe still runs or compiles
+/// queued work can crash it in its exit handlers.
+pub fn wgpu_settle(devices: &[cubecl::wgpu::WgpuDevice]) {
     use cubecl::prelude::Runtime;
-    let client = cubecl::wgpu::WgpuRuntime::client(&cubecl::wgpu::WgpuDevice::DefaultDevice);
-    let _ = cubecl::future::block_on(client.sync());
+    for device in devices {
+        let client = cubecl::wgpu::WgpuRuntime::client(device);
+        let _ = cubecl::future::block_on(client.sync());
+    }
 }
 
 /// Bytes of device memory in use on CUDA device 0 (CubeCL's allocator).

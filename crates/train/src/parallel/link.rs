@@ -19,6 +19,12 @@ pub(super) fn wait_for<T>(
 ) -> Result<T, TrainError> {
     let started = Instant::now();
     loop {
+        // An answer that already arrived wins over a failure seen since: a peer that found a
+        // problem sends the result that shows it before it closes its link, and the receiver
+        // must reach the same verdict rather than report only that the peer went away.
+        if let Ok(v) = rx.try_recv() {
+            return Ok(v);
+        }
         if let Some(reason) = watch.reason() {
             return Err(collective_error(format!(
                 "replica {rank} stopped during {what}: {reason}"

@@ -1,5 +1,6 @@
 //! Data-parallel fine-tuning: `replicas` peers in this process (one thread per device,
-//! exchanging through burn-collective's local server) and, with `nodes > 1`, as many processes
+//! exchanging through burn-collective's local server, or through the host on a backend that
+//! cannot move tensors between its devices: wgpu) and, with `nodes > 1`, as many processes
 //! (or machines) linked by a TCP star to node 0 (`link`; docs/adr/0004 says why not
 //! burn-collective's global orchestrator).
 //!
@@ -106,10 +107,7 @@ impl Topology {
             );
         }
         if self.nodes > 1 && self.coordinator.is_none() {
-            return bad(
-                format!("--nodes {} without --coordinator", self.nodes),
-                "pass --coordinator HOST:PORT (node 0's address) to every process",
-            );
+            return Err(missing_coordinator(self.nodes));
         }
         if self.world() > 256 {
             return bad(
@@ -117,22 +115,38 @@ impl Topology {
                 "use at most 256 replicas (the parameter check sums 16-bit hash parts in f32)",
             );
         }
-        if !batch.is_multiple_of(self.world()) {
-            return bad(
-                format!(
-                    "the global batch of {batch} does not split evenly over {} replicas",
-                    self.world()
-                ),
-                "make model.batch a multiple of --replicas × --nodes",
-            );
-        }
-        Ok(())
+        check_split(batch, self.world())
     }
 
+    /// Node 0's host and port (`check` has refused `nodes > 1` without one).
     fn coordinator_addr(&self) -> Result<(String, u16), TrainError> {
-        let text = self.coordinator.as_deref().unwrap_or("127.0.0.1:29500");
+        let Some(text) = self.coordinator.as_deref() else {
+            return Err(missing_coordinator(self.nodes));
+        };
         split_host_port(text, "--coordinator")
     }
+}
+
+fn missing_coordinator(nodes: usize) -> TrainError {
+    TrainError::Config {
+        module: "parallel",
+        problem: format!("--nodes {nodes} without --coordinator"),
+        fix: "pass --coordinator HOST:PORT (node 0's address) to every process",
+    }
+}
+
+/// Checks that a global batch of `batch` rows splits evenly over `world` replicas.
+pub(crate) fn check_split(batch: usize, world: usize) -> Result<(), TrainError> {
+    if world == 0 || !batch.is_multiple_of(world) {
+        return Err(TrainError::Config {
+            module: "parallel",
+            problem: format!(
+                "the global batch of {batch} does not split evenly over {world} replicas"
+            ),
+            fix: "make model.batch a multiple of --replicas × --nodes",
+        });
+    }
+    Ok(())
 }
 
 fn split_host_port(text: &str, flag: &'static str) -> Result<(String, u16), TrainError> {
@@ -184,8 +198,42 @@ pub struct Replica {
     /// Replicas in this process.
     replicas: usize,
     link: Option<Arc<NodeLink>>,
+    /// The in-process exchange through the host, for backends whose tensors cannot move between
+    /// devices ([`SparseBackend::MOVES_BETWEEN_DEVICES`]).
+    host: Arc<HostExchange>,
     watch: Arc<Watch>,
     timeout: Duration,
+}
+
+/// The in-process exchange through host memory: every replica hands its vector to local replica
+/// 0, which adds them in local order (the result does not depend on arrival order), sums that
+/// over the nodes through the link when there are several, and hands the sum back. One round
+/// cannot mix with the next: a replica sends round k + 1 only after it received round k's sum,
+/// which replica 0 sends only once it holds every replica's round k.
+struct HostExchange {
+    to_root: mpsc::Sender<(usize, Vec<f32>)>,
+    at_root: Mutex<mpsc::Receiver<(usize, Vec<f32>)>>,
+    /// To each local replica (index 0 unused).
+    back: Vec<mpsc::Sender<Vec<f32>>>,
+    at_replica: Vec<Mutex<mpsc::Receiver<Vec<f32>>>>,
+}
+
+impl HostExchange {
+    fn new(replicas: usize) -> Self {
+        let (to_root, at_root) = mpsc::channel();
+        let (back, at_replica) = (0..replicas)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel();
+                (tx, Mutex::new(rx))
+            })
+            .unzip();
+        Self {
+            to_root,
+            at_root: Mutex::new(at_root),
+            back,
+            at_replica,
+        }
+    }
 }
 
 fn collective_error(problem: String) -> TrainError {
@@ -223,11 +271,66 @@ impl Replica {
         }
     }
 
+    /// Sums `v` over every replica of the run through the host ([`HostExchange`]).
+    fn host_sum(&self, mut v: Vec<f32>, what: &str) -> Result<Vec<f32>, TrainError> {
+        let ex = &self.host;
+        if self.local != 0 {
+            ex.to_root.send((self.local, v)).map_err(|_| {
+                collective_error(format!("replica {}: {what}: replica 0 ended", self.rank))
+            })?;
+            let rx = ex.at_replica[self.local]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            return wait_for(&rx, what, self.rank, &self.watch, self.timeout);
+        }
+        let mut parts: Vec<Option<Vec<f32>>> = (0..self.replicas).map(|_| None).collect();
+        {
+            let rx = ex.at_root.lock().unwrap_or_else(|e| e.into_inner());
+            for _ in 1..self.replicas {
+                let (r, x) = wait_for(&rx, what, self.rank, &self.watch, self.timeout)?;
+                if x.len() != v.len() {
+                    return Err(collective_error(format!(
+                        "local replica {r} sent {} values for {what}, replica 0 has {}",
+                        x.len(),
+                        v.len()
+                    )));
+                }
+                parts[r] = Some(x);
+            }
+        }
+        for x in parts.iter().flatten() {
+            v.iter_mut().zip(x).for_each(|(a, b)| *a += b);
+        }
+        if let Some(link) = &self.link {
+            v = link.sum(v, what, self.rank)?;
+        }
+        for tx in ex.back.iter().skip(1) {
+            // A replica that already stopped has said why through the watch.
+            let _ = tx.send(v.clone());
+        }
+        Ok(v)
+    }
+
     /// Sums `t` over every replica of the run: burn-collective's all-reduce between this
     /// process's replicas, then (several nodes) the node link's sum by local replica 0 and
-    /// burn-collective's broadcast of it to the others.
-    fn sum<B: Backend>(&self, t: Tensor<B, 1>, what: &str) -> Result<Tensor<B, 1>, TrainError> {
+    /// burn-collective's broadcast of it to the others. A backend that cannot move tensors
+    /// between its devices sums through the host instead.
+    fn sum<B: SparseBackend>(
+        &self,
+        t: Tensor<B, 1>,
+        what: &str,
+    ) -> Result<Tensor<B, 1>, TrainError> {
         let device = t.device();
+        if self.replicas > 1 && !B::MOVES_BETWEEN_DEVICES {
+            let v = t
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .map_err(|e| collective_error(format!("{what}: {e:?}")))?;
+            let n = v.len();
+            let v = self.host_sum(v, what)?;
+            return Ok(Tensor::from_data(TensorData::new(v, [n]), &device));
+        }
         let peer = self.peer();
         let local = if self.replicas > 1 {
             let prim = t.into_primitive().tensor();
@@ -270,7 +373,10 @@ impl Replica {
         grads: GradientsParams,
         loss: Tensor<B::InnerBackend, 1>,
         step: usize,
-    ) -> Result<(GradientsParams, f32, u64), TrainError> {
+    ) -> Result<(GradientsParams, f32, u64), TrainError>
+    where
+        B::InnerBackend: SparseBackend,
+    {
         let mut take = Take::<B> {
             grads,
             parts: Vec::new(),
@@ -338,7 +444,10 @@ impl Replica {
         all: bool,
         when: &str,
         device: &B::Device,
-    ) -> Result<(), TrainError> {
+    ) -> Result<(), TrainError>
+    where
+        B::InnerBackend: SparseBackend,
+    {
         let h = hash_params(model, all);
         let parts: Vec<f32> = (0..4).map(|i| ((h >> (16 * i)) & 0xFFFF) as f32).collect();
         let t =
@@ -440,6 +549,7 @@ pub struct Session {
     watch: Arc<Watch>,
     config: CollectiveConfig,
     link: Option<Arc<NodeLink>>,
+    host: Arc<HostExchange>,
 }
 
 mod link;
@@ -471,6 +581,7 @@ impl Session {
             watch,
             config,
             link,
+            host: Arc::new(HostExchange::new(topology.replicas)),
         })
     }
 
@@ -492,6 +603,7 @@ impl Session {
             local,
             replicas: self.topology.replicas,
             link: self.link.clone(),
+            host: self.host.clone(),
             watch: self.watch.clone(),
             timeout: self.topology.timeout,
         };
