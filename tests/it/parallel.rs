@@ -8,11 +8,15 @@ use sparsecube_train::finetune::{Event, RunOptions, RunReport};
 use sparsecube_train::parallel::{Topology, finetune_parallel};
 
 fn config(method: &str) -> ConfigFile {
+    config_for(method, 1)
+}
+
+fn config_for(method: &str, epochs: usize) -> ConfigFile {
     ConfigFile::parse(
         &format!(
             "[model]\nbatch = 16\nseq_len = 16\nd_model = 32\nheads = 2\nd_ff = 64\nlayers = 2\n\
              vocab = 24\nclasses = 3\nconcepts = 8\nmethod = \"{method}\"\n\
-             [train]\nepochs = 1\ntrain_samples = 96\neval_samples = 32\nlr = 3e-3\n\
+             [train]\nepochs = {epochs}\ntrain_samples = 96\neval_samples = 32\nlr = 3e-3\n\
              [train.methods]\nrefit_every = 3\n"
         ),
         "the test config",
@@ -33,6 +37,20 @@ where
     B: burn::tensor::backend::AutodiffBackend + sparsecube_train::SparseBackend,
     B::InnerBackend: sparsecube_train::SparseBackend,
 {
+    run_in::<B>(cfg, devices, None, false)
+}
+
+/// [`run_on`], checkpointing to `out` and resuming from it when asked.
+fn run_in<B>(
+    cfg: &ConfigFile,
+    devices: &[B::Device],
+    out: Option<&std::path::Path>,
+    resume: bool,
+) -> Result<RunReport, sparsecube_train::TrainError>
+where
+    B: burn::tensor::backend::AutodiffBackend + sparsecube_train::SparseBackend,
+    B::InnerBackend: sparsecube_train::SparseBackend,
+{
     let none = || None;
     let mut progress = |_: Event| {};
     let topology = Topology {
@@ -46,8 +64,8 @@ where
         RunOptions {
             method: cfg.model.method,
             device_name: "test".into(),
-            out_dir: None,
-            resume: false,
+            out_dir: out.map(std::path::Path::to_path_buf),
+            resume,
             progress: &mut progress,
             memory_in_use: &none,
             stop: None,
@@ -91,6 +109,25 @@ fn two_replicas_reproduce_one_replicas_losses() {
         let m: Method = method.parse().unwrap();
         assert_eq!(two.method, m);
     }
+}
+
+/// A checkpoint written by one replica resumes on two (the global batch and the data order do
+/// not depend on the world size): both continue alike, step for step.
+#[test]
+fn a_run_resumes_with_another_number_of_replicas() {
+    type B = burn::backend::Autodiff<Cpu>;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cpu = |n: usize| vec![Default::default(); n];
+    run_in::<B>(&config_for("sara", 1), &cpu(1), Some(a.path()), false).unwrap();
+    let name = "checkpoint-sara.safetensors";
+    std::fs::copy(a.path().join(name), b.path().join(name)).unwrap();
+    let longer = config_for("sara", 2);
+    let one = run_in::<B>(&longer, &cpu(1), Some(a.path()), true).unwrap();
+    let two = run_in::<B>(&longer, &cpu(2), Some(b.path()), true).unwrap();
+    assert_eq!(one.resumed_after, Some(0));
+    assert_eq!(two.resumed_after, Some(0));
+    assert_same_losses("sara resumed on 2 replicas", &one, &two, 1e-5);
+    assert_eq!(two.replicas, 2);
 }
 
 #[test]
