@@ -1,5 +1,5 @@
-//! `finetune --nodes`: two processes over 127.0.0.1 train what one process trains, and a node
-//! killed mid-run stops the other with an error naming it.
+//! `finetune --nodes`: two (and three) processes over 127.0.0.1 train what one process trains,
+//! and a node killed mid-run stops the other with an error naming it.
 
 use super::*;
 use std::io::{BufRead, BufReader};
@@ -17,6 +17,11 @@ fn free_port() -> u16 {
 
 /// `finetune` of the embedded default as node `rank` of two, into `out`.
 fn node(rank: usize, port: u16, out: &Path, extra: &[&str]) -> Child {
+    node_of(2, rank, port, out, extra)
+}
+
+/// `finetune` as node `rank` of `nodes`, into `out` (a config file, if any, first in `extra`).
+fn node_of(nodes: usize, rank: usize, port: u16, out: &Path, extra: &[&str]) -> Child {
     let mut c = bin();
     // A config file, when given, comes first.
     let (config, extra) = match extra.first() {
@@ -25,7 +30,7 @@ fn node(rank: usize, port: u16, out: &Path, extra: &[&str]) -> Child {
     };
     c.arg("finetune");
     c.args(config);
-    c.args(["--device", "cpu", "--quiet", "--nodes", "2"])
+    c.args(["--device", "cpu", "--quiet", "--nodes", &nodes.to_string()])
         .args(["--node-rank", &rank.to_string()])
         .args(["--coordinator", &format!("127.0.0.1:{port}")])
         .arg("--out")
@@ -123,6 +128,62 @@ fn two_processes_train_the_embedded_default_like_one() {
         String::from_utf8_lossy(&o0.stdout).contains("2 replicas on 2 node(s)"),
         "{}",
         String::from_utf8_lossy(&o0.stdout)
+    );
+}
+
+/// Three nodes: the ring all-reduce over chunks of unequal length (the vector's length is not a
+/// multiple of 3) sums what one process computes on the whole batch.
+#[test]
+fn three_nodes_in_a_ring_train_like_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.toml");
+    std::fs::write(
+        &config,
+        "[model]\nbatch = 12\nseq_len = 16\nd_model = 32\nheads = 2\nd_ff = 64\nlayers = 2\n\
+         vocab = 24\nclasses = 3\nconcepts = 8\nmethod = \"lora\"\n\
+         [train]\nepochs = 1\ntrain_samples = 96\neval_samples = 24\nlr = 3e-3\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let one = dir.path().join("one");
+    let o = run(&[
+        "finetune",
+        config,
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        one.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let port = free_port();
+    let outs: Vec<_> = (0..3).map(|r| dir.path().join(format!("n{r}"))).collect();
+    let children: Vec<_> = (0..3)
+        .rev()
+        .map(|r| node_of(3, r, port, &outs[r], &[config]))
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let o = wait_bounded(child, Duration::from_secs(300));
+        assert!(o.status.success(), "node {}: {}", 2 - i, stderr(&o));
+    }
+    let (a, b) = (
+        losses(&one.join("report.json")),
+        losses(&outs[0].join("report.json")),
+    );
+    assert_eq!(a.len(), 8);
+    assert_eq!(a.len(), b.len());
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-5 * x.abs(),
+            "step {step}: one process {x}, three nodes {y}"
+        );
+    }
+    let text = std::fs::read_to_string(outs[0].join("report.json")).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (r[0]["replicas"].as_u64(), r[0]["nodes"].as_u64()),
+        (Some(3), Some(3))
     );
 }
 

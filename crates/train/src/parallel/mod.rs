@@ -1,8 +1,8 @@
 //! Data-parallel fine-tuning: `replicas` peers in this process (one thread per device,
 //! exchanging through burn-collective's local server, or through the host on a backend that
 //! cannot move tensors between its devices: wgpu) and, with `nodes > 1`, as many processes
-//! (or machines) linked by a TCP star to node 0 (`link`; docs/adr/0004 says why not
-//! burn-collective's global orchestrator).
+//! (or machines) linked by a TCP star to node 0 and a TCP ring for the sum (`link`;
+//! docs/adr/0004 says why not burn-collective's global orchestrator).
 //!
 //! Every replica holds the whole model and trains on its slice of each global batch (global
 //! rank r of W takes rows [r·b/W, (r+1)·b/W)). Between the backward and the optimizer step the
