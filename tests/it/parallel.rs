@@ -141,8 +141,8 @@ fn a_batch_that_does_not_split_over_the_replicas_is_refused() {
 }
 
 /// Two replicas on wgpu (our kernels; on CI two logical devices on lavapipe, each with its own
-/// queue and memory) train what one replica trains on the whole batch, and the gradients travel
-/// between the devices through burn-collective.
+/// queue and memory) train what one replica trains on the whole batch; the gradients travel
+/// between the devices through the host (burn-cubecl cannot move wgpu tensors between devices).
 #[test]
 fn two_wgpu_replicas_reproduce_one_replicas_losses() {
     if sparsecube_tests::wgpu_or_skip("two wgpu replicas").is_none() {

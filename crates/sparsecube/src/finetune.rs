@@ -281,6 +281,8 @@ fn one(cfg: &ConfigFile, method: Method, args: &Args) -> Result<RunReport> {
         }
         TrainDevice::Wgpu => {
             let name = adapter("wgpu", sparsecube_runtime::wgpu()?);
+            // Checked before a logical device per replica is opened.
+            topology.check(cfg.model.batch)?;
             let devs = sparsecube_runtime::wgpu_replicas(args.replicas)?;
             let first = devs[0].clone();
             let memory = move || sparsecube_train::wgpu_memory_in_use(&first);

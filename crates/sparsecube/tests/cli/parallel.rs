@@ -218,6 +218,45 @@ fn a_killed_node_stops_the_other_within_seconds_naming_it() {
     }
 }
 
+/// In a ring of three, killing node 1 stops node 0 (its ring successor's and the star's
+/// centre) and node 2 (whose ring predecessor it was), each naming node 1.
+#[test]
+fn a_node_killed_in_a_ring_of_three_stops_both_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("long.toml");
+    std::fs::write(
+        &config,
+        "[model]\nbatch = 12\nseq_len = 16\nd_model = 32\nheads = 2\nd_ff = 64\nlayers = 2\n\
+         vocab = 24\nclasses = 3\nconcepts = 8\nmethod = \"lora\"\n\
+         [train]\nepochs = 1\ntrain_samples = 12000\neval_samples = 24\nlr = 3e-3\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let port = free_port();
+    let out: Vec<_> = (0..3).map(|r| dir.path().join(format!("n{r}"))).collect();
+    let n2 = node_of(3, 2, port, &out[2], &[config]);
+    let mut n1 = node_of(3, 1, port, &out[1], &[config]);
+    let n0 = node_of(3, 0, port, &out[0], &[config]);
+    let mut lines = BufReader::new(n1.stderr.take().unwrap()).lines();
+    let joined = lines.any(|l| l.is_ok_and(|l| l.contains("every node is connected")));
+    assert!(joined, "node 1 never joined");
+    std::thread::sleep(Duration::from_secs(1));
+    n1.kill().unwrap();
+    n1.wait().unwrap();
+    let killed = Instant::now();
+    for (rank, child) in [(0, n0), (2, n2)] {
+        let o = wait_bounded(child, Duration::from_secs(30));
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            killed.elapsed()
+        );
+        assert!(!o.status.success(), "node {rank} finished");
+        let e = stderr(&o);
+        assert!(e.contains("node 1 went away"), "node {rank}: {e}");
+    }
+}
+
 #[test]
 fn parallel_flags_are_checked() {
     for (args, needle) in [

@@ -73,7 +73,7 @@ pub(super) fn wait_for<T>(
 ///
 /// Lines on the star: a node sends `hello R PORT` once connected (PORT: its ring listener) and
 /// `done` when it finished; node 0 sends `start HOST PORT` (the node's ring successor; HOST `-`:
-/// node 0, at the coordinator's host) once every node said hello, and `lost R` when node R's
+/// on node 0's machine, at the coordinator's host) once every node said hello, and `lost R` when node R's
 /// link broke. On the ring: the connecting node says `ring R`, then `data N` frames (N
 /// little-endian f32) and `done`.
 pub(super) struct NodeLink {
@@ -89,6 +89,10 @@ pub(super) struct NodeLink {
     watch: Arc<Watch>,
     timeout: Duration,
 }
+
+/// Where a node's ring listener is: the address node 0 saw it connect from (`None`: loopback, on
+/// node 0's machine) and its port.
+type RingAddr = (Option<std::net::IpAddr>, u16);
 
 /// This node's two ring connections.
 struct Ring {
@@ -192,7 +196,7 @@ impl NodeLink {
         })?;
         listener.set_nonblocking(true).map_err(link_error)?;
         let ring_listener = ring_listener()?;
-        let mut nodes: Vec<Option<(TcpStream, SocketAddr)>> =
+        let mut nodes: Vec<Option<(TcpStream, RingAddr)>> =
             (1..topology.nodes).map(|_| None).collect();
         while nodes.iter().any(Option::is_none) {
             match listener.accept() {
@@ -213,7 +217,11 @@ impl NodeLink {
                         }
                         s.set_read_timeout(None).map_err(link_error)?;
                         s.set_nodelay(true).map_err(link_error)?;
-                        nodes[r - 1] = Some((s, SocketAddr::new(from.ip(), port)));
+                        // A node that reached node 0 through loopback runs on node 0's
+                        // machine: its predecessor reaches it at the coordinator's host, as
+                        // it reaches node 0 (127.0.0.1 would be its own machine).
+                        let at = (!from.ip().is_loopback()).then_some(from.ip());
+                        nodes[r - 1] = Some((s, (at, port)));
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -232,8 +240,7 @@ impl NodeLink {
                 Err(e) => return Err(link_error(e)),
             }
         }
-        let (streams, rings): (Vec<TcpStream>, Vec<SocketAddr>) =
-            nodes.into_iter().flatten().unzip();
+        let (streams, rings): (Vec<TcpStream>, Vec<RingAddr>) = nodes.into_iter().flatten().unzip();
         let mut writers = Vec::new();
         for (i, s) in streams.iter().enumerate() {
             let mut w = s.try_clone().map_err(link_error)?;
@@ -241,19 +248,19 @@ impl NodeLink {
                 .map_err(link_error)?;
             // Node r's successor: node r + 1, or node 0 for the last node.
             match rings.get(i + 1) {
-                Some(next) => writeln!(w, "start {} {}", next.ip(), next.port()),
+                Some((Some(ip), port)) => writeln!(w, "start {ip} {port}"),
+                Some((None, port)) => writeln!(w, "start - {port}"),
                 None => writeln!(w, "start - {}", local_port(&ring_listener)?),
             }
             .map_err(link_error)?;
             writers.push(Mutex::new(w));
         }
-        let ring = Ring::join(
-            topology,
-            &rings[..1],
-            &ring_listener,
-            watch.clone(),
-            deadline,
-        )?;
+        // Node 1 as node 0 reaches it (through loopback when it runs here).
+        let first = match rings[0] {
+            (Some(ip), port) => SocketAddr::new(ip, port),
+            (None, port) => SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let ring = Ring::join(topology, &[first], &ring_listener, watch.clone(), deadline)?;
         // The readers relay a lost node to the others through the same writers.
         let writers = Arc::new(writers);
         let relay = writers.clone();
@@ -506,6 +513,8 @@ impl Ring {
         watch: Arc<Watch>,
         deadline: Instant,
     ) -> Result<Self, TrainError> {
+        // Every node has started by now: the ring gets at least 30 s of its own.
+        let deadline = deadline.max(Instant::now() + Duration::from_secs(30));
         let (rank, n) = (topology.node_rank, topology.nodes);
         let (succ, prev) = ((rank + 1) % n, (rank + n - 1) % n);
         // Connecting does not wait for the successor to accept (the kernel completes the
