@@ -459,6 +459,297 @@ pub fn dense_linear(
     step(device, spec, warmup, repeats, seed)
 }
 
+/// A cubek-matmul strategy (cubek 0.2, the CubeCL ecosystem's GEMM) the gemm workloads time
+/// next to our tile program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cubek {
+    /// What Burn's matmul launches in this build (no autotune): single-buffered WMMA, else the
+    /// unit (scalar) algorithm.
+    Auto,
+    /// Double-buffered WMMA with cyclic loading.
+    DoubleCyclicCmma,
+    /// Double-buffered mma.sync with cyclic loading.
+    DoubleCyclicMma,
+    /// Warp-specialised WMMA fed by TMA (sm_90).
+    SpecializedTmaCmma,
+    /// The unit (scalar) algorithm: what runs without tensor cores (wgpu).
+    SimpleUnit,
+}
+
+impl Cubek {
+    /// Every strategy, in the bench's row order.
+    pub const ALL: [Cubek; 5] = [
+        Cubek::Auto,
+        Cubek::DoubleCyclicCmma,
+        Cubek::DoubleCyclicMma,
+        Cubek::SpecializedTmaCmma,
+        Cubek::SimpleUnit,
+    ];
+
+    /// The row's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cubek::Auto => "cubek-auto",
+            Cubek::DoubleCyclicCmma => "cubek-double-cyclic-cmma",
+            Cubek::DoubleCyclicMma => "cubek-double-cyclic-mma",
+            Cubek::SpecializedTmaCmma => "cubek-specialized-tma-cmma",
+            Cubek::SimpleUnit => "cubek-simple-unit",
+        }
+    }
+
+    fn strategy(self) -> cubek::matmul::launch::Strategy {
+        use cubek::matmul::launch::Strategy;
+        match self {
+            Cubek::Auto => Strategy::Auto,
+            Cubek::DoubleCyclicCmma => Strategy::DoubleCyclicCmma(Default::default()),
+            Cubek::DoubleCyclicMma => Strategy::DoubleCyclicMma(Default::default()),
+            Cubek::SpecializedTmaCmma => Strategy::SpecializedTmaCmma(Default::default()),
+            Cubek::SimpleUnit => Strategy::SimpleUnit(Default::default()),
+        }
+    }
+}
+
+/// Times the three products of a dense linear's training step — y = x·Wᵀ, dx = dy·W,
+/// dw = dyᵀ·x, transposes as strides — with cubek-matmul's `strategy`, at the sizes and dtype
+/// of `spec` (a `dense-linear` spec). The bias add and its gradient (O(T·out), a few percent of
+/// our dense-linear step) are not in it. Products accumulate in f32; f32 inputs run as cubek
+/// runs them (TF32 on tensor cores).
+pub fn cubek_linear(
+    device: &Device,
+    spec: &KernelSpec,
+    strategy: Cubek,
+    warmup: usize,
+    repeats: usize,
+    seed: u64,
+) -> Result<Measured, RuntimeError> {
+    expect_op(
+        spec,
+        OpKind::DenseLinear,
+        "the cubek-matmul bench (it times dense-linear's products)",
+    )?;
+    let run = (warmup, repeats, seed);
+    match device {
+        Device::Cuda(c) => cubek_on(c, "cuda", spec, strategy, run),
+        Device::Wgpu(c) => cubek_on(c, "wgpu", spec, strategy, run),
+        Device::Reference => Err(RuntimeError::Unavailable {
+            kind: "reference",
+            reason: "the bench times device kernels: use --device cuda or wgpu".into(),
+        }),
+    }
+}
+
+fn cubek_on<R: Runtime>(
+    client: &ComputeClient<R>,
+    kind: &'static str,
+    spec: &KernelSpec,
+    strategy: Cubek,
+    (warmup, repeats, seed): (usize, usize, u64),
+) -> Result<Measured, RuntimeError> {
+    use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
+    use cubek::std::InputBinding;
+    let device_err = |e: String| RuntimeError::Device { kind, message: e };
+    if !stores(client, spec.dtype) {
+        return Err(RuntimeError::Unavailable {
+            kind,
+            reason: format!("this adapter cannot store {}", spec.dtype),
+        });
+    }
+    let features = &client.properties().features.matmul;
+    let needs = match strategy {
+        Cubek::DoubleCyclicCmma | Cubek::SpecializedTmaCmma => {
+            Some(("WMMA", features.cmma.is_empty()))
+        }
+        Cubek::DoubleCyclicMma => Some(("mma.sync", features.mma.is_empty())),
+        Cubek::Auto | Cubek::SimpleUnit => None,
+    };
+    // Launching a tensor-core kernel where there are none can panic in the compiler (WGSL).
+    if let Some((what, true)) = needs {
+        return Err(RuntimeError::Unavailable {
+            kind,
+            reason: format!("this device has no {what} tensor cores"),
+        });
+    }
+    let dim = |n: &str| spec.dims.get(n).copied().unwrap_or(1).max(1);
+    let (t, n_in, n_out) = (dim("T"), dim("in"), dim("out"));
+    let (elem, size): (cubecl::ir::StorageType, usize) = match spec.dtype {
+        DType::F32 => (f32::as_type_native_unchecked().storage_type(), 4),
+        DType::F16 => (half::f16::as_type_native_unchecked().storage_type(), 2),
+        DType::BF16 => (half::bf16::as_type_native_unchecked().storage_type(), 2),
+        DType::I64 => {
+            return Err(sparsecube_codegen::LowerError::Unsupported {
+                op: spec.op,
+                what: "i64 storage".into(),
+            }
+            .into());
+        }
+    };
+    let mut rng = SplitMix64::new(seed);
+    // Each input on the device, and on the host as the device holds it (for the check).
+    let mut fill = |n: usize, std: f64| -> (Handle, Vec<f32>) {
+        let v: Vec<f64> = (0..n).map(|_| std * rng.normal()).collect();
+        match spec.dtype {
+            DType::F16 => {
+                let d: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f64(x)).collect();
+                let h = d.iter().map(|x| x.to_f32()).collect();
+                (client.create_from_slice(half::f16::as_bytes(&d)), h)
+            }
+            DType::BF16 => {
+                let d: Vec<half::bf16> = v.iter().map(|&x| half::bf16::from_f64(x)).collect();
+                let h = d.iter().map(|x| x.to_f32()).collect();
+                (client.create_from_slice(half::bf16::as_bytes(&d)), h)
+            }
+            _ => {
+                let d: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+                (client.create_from_slice(f32::as_bytes(&d)), d)
+            }
+        }
+    };
+    let (x, hx) = fill(t * n_in, 1.0);
+    let (w, hw) = fill(n_out * n_in, 1.0 / (n_in as f64).sqrt());
+    let (dy, hdy) = fill(t * n_out, 1.0);
+    let decode = |bytes: &[u8]| -> Vec<f32> {
+        match spec.dtype {
+            DType::F16 => half::f16::from_bytes(bytes)
+                .iter()
+                .map(|x| x.to_f32())
+                .collect(),
+            DType::BF16 => half::bf16::from_bytes(bytes)
+                .iter()
+                .map(|x| x.to_f32())
+                .collect(),
+            _ => f32::from_bytes(bytes).to_vec(),
+        }
+    };
+    // A [rows, cols] view of `h` with the given strides.
+    let view = |h: &Handle, shape: [usize; 2], strides: [usize; 2]| TensorBinding::<R> {
+        handle: h.clone().binding(),
+        strides: strides.to_vec().into(),
+        shape: shape.to_vec().into(),
+        runtime: std::marker::PhantomData,
+    };
+    let input = |b: TensorBinding<R>| InputBinding::new(b, elem);
+    let launch_strategy = strategy.strategy();
+    let product = |lhs: TensorBinding<R>, rhs: TensorBinding<R>, rows: usize, cols: usize| {
+        let out = client.empty(rows * cols * size);
+        let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems {
+            lhs: elem,
+            rhs: elem,
+            out: elem,
+        });
+        let out_view = view(&out, [rows, cols], [cols, 1]);
+        // cubek reports a strategy the device or the shape cannot take as an error, and
+        // panics on some (`Auto`'s fallback unwraps).
+        crate::quietly(|| {
+            cubek::matmul::launch::launch_ref(
+                &launch_strategy,
+                client,
+                input(lhs),
+                input(rhs),
+                out_view,
+                &mut dtypes,
+            )
+        })
+        .map_err(|e| device_err(format!("cubek-matmul panicked: {e}")))?
+        .map_err(|e| device_err(format!("cubek-matmul: {e:?}")))?;
+        Ok::<Handle, RuntimeError>(out)
+    };
+    // The bench times what it claims only if the strided views mean the products above: 16
+    // entries of each output, against the host, within 1 % of the sum of the terms' magnitudes
+    // (TF32 and bf16 rounding, f32 accumulation).
+    let check = |y: &Handle, dx: &Handle, dw: &Handle| -> Result<(), RuntimeError> {
+        let mut pick = SplitMix64::new(seed ^ 0xC0BE);
+        let outputs: [(&str, &Handle, usize, usize, usize); 3] = [
+            ("y = x·Wᵀ", y, t, n_out, n_in),
+            ("dx = dy·W", dx, t, n_in, n_out),
+            ("dw = dyᵀ·x", dw, n_out, n_in, t),
+        ];
+        for (name, h, rows, cols, depth) in outputs {
+            let bytes = client
+                .read_one(h.clone())
+                .map_err(|e| device_err(format!("{e:?}")))?;
+            let got = decode(&bytes);
+            for _ in 0..16 {
+                let (i, j) = (
+                    (pick.next_u64() % rows as u64) as usize,
+                    (pick.next_u64() % cols as u64) as usize,
+                );
+                let term = |k: usize| -> f64 {
+                    let (a, b) = match name {
+                        "y = x·Wᵀ" => (hx[i * n_in + k], hw[j * n_in + k]),
+                        "dx = dy·W" => (hdy[i * n_out + k], hw[k * n_in + j]),
+                        _ => (hdy[k * n_out + i], hx[k * n_in + j]),
+                    };
+                    f64::from(a) * f64::from(b)
+                };
+                let exact: f64 = (0..depth).map(term).sum();
+                let scale: f64 = (0..depth).map(|k| term(k).abs()).sum::<f64>().max(1e-30);
+                let g = f64::from(got[i * cols + j]);
+                if (g - exact).abs() > 1e-2 * scale {
+                    return Err(device_err(format!(
+                        "cubek-matmul ({}) computed {name} [{i}, {j}] = {g}, the host {exact}",
+                        strategy.name()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    };
+    let run = |verify: bool| -> Result<u64, RuntimeError> {
+        // y = x·Wᵀ: W [out, in] read as [in, out].
+        let y = product(
+            view(&x, [t, n_in], [n_in, 1]),
+            view(&w, [n_in, n_out], [1, n_in]),
+            t,
+            n_out,
+        )?;
+        // dx = dy·W.
+        let dx = product(
+            view(&dy, [t, n_out], [n_out, 1]),
+            view(&w, [n_out, n_in], [n_in, 1]),
+            t,
+            n_in,
+        )?;
+        // dw = dyᵀ·x: dy [T, out] read as [out, T].
+        let dw = product(
+            view(&dy, [n_out, t], [1, n_out]),
+            view(&x, [t, n_in], [n_in, 1]),
+            n_out,
+            n_in,
+        )?;
+        exec::sync(client, kind)?;
+        let bytes = client
+            .memory_usage()
+            .map(|u| u.bytes_in_use)
+            .map_err(|e| device_err(format!("{e:?}")))?;
+        if verify {
+            check(&y, &dx, &dw)?;
+        }
+        drop((y, dx, dw));
+        Ok(bytes)
+    };
+    // One untimed step checked against the host (it also compiles the kernels), then the
+    // warm-up and the timed steps.
+    let mut peak = run(true)?;
+    for _ in 0..warmup {
+        peak = peak.max(run(false)?);
+    }
+    let mut times = Vec::with_capacity(repeats.max(1));
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        peak = peak.max(run(false)?);
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let (median_ms, min_ms, max_ms) = median_min_max(times);
+    Ok(Measured {
+        median_ms,
+        min_ms,
+        max_ms,
+        repeats: repeats.max(1),
+        peak_bytes: peak,
+        saved_bytes: 0,
+    })
+}
+
 /// Times the block-diagonal map of `spec` (a `block-diag-linear` spec), forward + backward.
 pub fn block_diag(
     device: &Device,

@@ -16,7 +16,7 @@ use kernels_ir::pattern::{
 use kernels_ir::{DType, KernelSpec, OpKind};
 use serde_json::{Value as Json, json};
 use sparsecube_runtime::Device;
-use sparsecube_runtime::bench::{self, Attention, Linear, Measured, PstStep, SaraStep};
+use sparsecube_runtime::bench::{self, Attention, Cubek, Linear, Measured, PstStep, SaraStep};
 
 /// Problem sizes of a suite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -365,6 +365,8 @@ enum Ours {
     Gemm {
         tensor: bool,
     },
+    /// The dense linear's three products with a cubek-matmul strategy (the ecosystem's GEMM).
+    Cubek(Cubek),
 }
 
 /// What we run for a workload kind: (implementation, what to time, or the issue that builds it).
@@ -416,7 +418,10 @@ fn ours(kind: &str) -> Vec<(&'static str, Result<Ours, &'static str>)> {
                 Ok(Ours::Gemm { tensor: true }),
             ),
             ("sparsecube-gemm-scalar", Ok(Ours::Gemm { tensor: false })),
-        ],
+        ]
+        .into_iter()
+        .chain(Cubek::ALL.map(|c| (c.name(), Ok(Ours::Cubek(c)))))
+        .collect(),
         _ => vec![(
             "sparsecube-spt-layer",
             Err("not implemented yet (issues 4 and 7)"),
@@ -757,6 +762,14 @@ fn measure(
         Ours::Gemm { tensor } => {
             bench::dense_linear(device, &gemm_spec(w, tensor)?, warmup, repeats, SEED)?
         }
+        Ours::Cubek(strategy) => bench::cubek_linear(
+            device,
+            &gemm_spec(w, false)?,
+            strategy,
+            warmup,
+            repeats,
+            SEED,
+        )?,
         Ours::BlockDiag { dense } => bench::step(
             device,
             &tuned(block_diag_spec(w, dense)?),

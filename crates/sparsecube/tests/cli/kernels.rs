@@ -436,6 +436,29 @@ fn bench_lists_the_paper_suite_and_times_the_attention_kernels() {
         }
         assert_eq!(find(&id, "sparsecube-monarch")["saved_bytes"], 4 * t * n);
     }
+    // cubek-matmul's strategies next to our GEMM: the scalar ones run (each checked against the
+    // host on its first step), the tensor-core ones say the adapter has none.
+    let id = "gemm/T128-in128-out128/f32";
+    for which in ["sparsecube-gemm-scalar", "cubek-auto", "cubek-simple-unit"] {
+        let row = find(id, which);
+        assert_eq!(row["status"], "ok", "{row}");
+        assert!(row["median_ms"].as_f64().unwrap() > 0.0, "{row}");
+        // x, W, dy and the three products, f32.
+        assert!(
+            row["peak_bytes"].as_u64().unwrap() >= 6 * 128 * 128 * 4,
+            "{row}"
+        );
+    }
+    for which in ["cubek-double-cyclic-cmma", "cubek-specialized-tma-cmma"] {
+        let row = find(id, which);
+        assert!(
+            row["status"]
+                .as_str()
+                .unwrap()
+                .contains("no WMMA tensor cores"),
+            "{row}"
+        );
+    }
     // PST's step (score, selection, masked GEMM, backward) and the dense linear.
     let id = "pst-linear/T64-in32-out32-rank8/f32";
     for which in ["sparsecube-pst", "sparsecube-dense-linear"] {
