@@ -168,3 +168,32 @@ fn two_wgpu_replicas_reproduce_one_replicas_losses() {
     assert_eq!((two.replicas, two.nodes), (2, 1));
     assert_eq!(two.replica_step_ms.len(), 2);
 }
+
+/// The parameter check's cadence: every step for a small trained set, every 50th (and the last)
+/// for a large one, or every N-th as asked; the same answer on every replica.
+#[test]
+fn the_parameter_check_runs_every_step_only_for_small_trained_sets() {
+    use sparsecube_train::parallel::Session;
+    let replica = |check_every: usize| {
+        let topology = Topology {
+            check_every,
+            ..Topology::default()
+        };
+        Session::open(&topology)
+            .unwrap()
+            .register::<Cpu>(0, &Default::default())
+            .unwrap()
+    };
+    let auto = replica(0);
+    assert!((0..10).all(|s| auto.checks_after(s, 10, 1000)));
+    let large = 4 << 20;
+    let checked: Vec<usize> = (0..120)
+        .filter(|&s| auto.checks_after(s, 120, large))
+        .collect();
+    assert_eq!(checked, [49, 99, 119]);
+    let every3 = replica(3);
+    let checked: Vec<usize> = (0..8)
+        .filter(|&s| every3.checks_after(s, 8, large))
+        .collect();
+    assert_eq!(checked, [2, 5, 7]);
+}

@@ -94,6 +94,10 @@ pub struct Args {
     /// How long a collective call may wait for the other replicas before the run stops.
     #[arg(long, default_value_t = 600, value_name = "SECS")]
     pub collective_timeout: u64,
+    /// Replicas compare their trained tensors after every N-th step and the last (0: every step
+    /// while the method trains at most 2^20 values, else every 50)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub param_check_every: usize,
 }
 
 /// The config: the file's, else the embedded default; then the command line's overrides.
@@ -251,6 +255,7 @@ fn one(cfg: &ConfigFile, method: Method, args: &Args) -> Result<RunReport> {
         node_rank: args.node_rank,
         coordinator: args.coordinator.clone(),
         timeout: Duration::from_secs(args.collective_timeout.max(1)),
+        check_every: args.param_check_every,
     };
     let report = match device {
         TrainDevice::Cuda => {

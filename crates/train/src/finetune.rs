@@ -699,7 +699,9 @@ where
                 guard::scale_grads(&model, &mut grads, factor);
             }
             model = optim.step(schedule.at(step, total), model, grads);
-            if let Some(r) = replica {
+            if let Some(r) = replica
+                && r.checks_after(step, total, trainable_params)
+            {
                 r.check_in_sync(&model, false, &format!("after step {step}"), device)?;
             }
             step_times.push(t0.elapsed().as_secs_f64() * 1e3);
