@@ -3,7 +3,7 @@
 //! works as root), SIGINT and SIGTERM mid-run, `kill -9` at random moments, two `tune`
 //! processes writing one cache.
 
-use super::{bin, run, stderr};
+use super::{bin, run, stderr, write_f64};
 use kernels_ir::reference::rng::SplitMix64;
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
@@ -444,31 +444,6 @@ fn oversized_and_overflowing_problems_are_typed_errors() {
         &["of host memory", "are available"],
     );
     assert!(!out.exists());
-}
-
-/// One f64 safetensors file.
-fn write_f64(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f64>)]) {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(n, s, d)| {
-            (
-                n.to_string(),
-                s.clone(),
-                d.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    let views: Vec<(&str, safetensors::tensor::TensorView<'_>)> = bytes
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.as_str(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F64, s.clone(), b)
-                    .unwrap(),
-            )
-        })
-        .collect();
-    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
 
 #[test]

@@ -19,25 +19,36 @@ fn bin() -> Command {
     c
 }
 
+/// One safetensors file of f32 tensors.
 fn write(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+    let le = |d: &[f32]| d.iter().flat_map(|x| x.to_le_bytes()).collect();
+    write_as(
+        path,
+        Dtype::F32,
+        tensors.iter().map(|(n, s, d)| (*n, s, le(d))),
+    );
+}
+
+/// One safetensors file of f64 tensors.
+fn write_f64(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f64>)]) {
+    let le = |d: &[f64]| d.iter().flat_map(|x| x.to_le_bytes()).collect();
+    write_as(
+        path,
+        Dtype::F64,
+        tensors.iter().map(|(n, s, d)| (*n, s, le(d))),
+    );
+}
+
+/// One safetensors file of `dtype` tensors given as (name, shape, little-endian bytes).
+fn write_as<'a>(
+    path: &Path,
+    dtype: Dtype,
+    tensors: impl Iterator<Item = (&'a str, &'a Vec<usize>, Vec<u8>)>,
+) {
+    let tensors: Vec<_> = tensors.collect();
+    let views: Vec<(&str, TensorView<'_>)> = tensors
         .iter()
-        .map(|(n, s, d)| {
-            (
-                n.to_string(),
-                s.clone(),
-                d.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    let views: Vec<(&str, TensorView<'_>)> = bytes
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.as_str(),
-                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
-            )
-        })
+        .map(|(n, s, b)| (*n, TensorView::new(dtype, s.to_vec(), b).unwrap()))
         .collect();
     std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
