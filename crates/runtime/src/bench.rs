@@ -629,30 +629,38 @@ fn cubek_on<R: Runtime>(
     };
     let input = |b: TensorBinding<R>| InputBinding::new(b, elem);
     let launch_strategy = strategy.strategy();
-    let product = |lhs: TensorBinding<R>, rhs: TensorBinding<R>, rows: usize, cols: usize| {
-        let out = client.empty(rows * cols * size);
-        let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems {
-            lhs: elem,
-            rhs: elem,
-            out: elem,
-        });
-        let out_view = view(&out, [rows, cols], [cols, 1]);
-        // cubek reports a strategy the device or the shape cannot take as an error, and
-        // panics on some (`Auto`'s fallback unwraps).
-        crate::quietly(|| {
-            cubek::matmul::launch::launch_ref(
-                &launch_strategy,
-                client,
-                input(lhs),
-                input(rhs),
-                out_view,
-                &mut dtypes,
-            )
-        })
-        .map_err(|e| device_err(format!("cubek-matmul panicked: {e}")))?
-        .map_err(|e| device_err(format!("cubek-matmul: {e:?}")))?;
-        Ok::<Handle, RuntimeError>(out)
-    };
+    let product =
+        |lhs: TensorBinding<R>, rhs: TensorBinding<R>, rows: usize, cols: usize, verify: bool| {
+            // The checked step's outputs start as NaN (all-ones bytes, NaN in every float dtype):
+            // a launch that did nothing cannot pass the check on a previous row's results left in
+            // pooled memory.
+            let out = if verify {
+                client.create_from_slice(&vec![0xFFu8; rows * cols * size])
+            } else {
+                client.empty(rows * cols * size)
+            };
+            let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems {
+                lhs: elem,
+                rhs: elem,
+                out: elem,
+            });
+            let out_view = view(&out, [rows, cols], [cols, 1]);
+            // cubek reports a strategy the device or the shape cannot take as an error, and
+            // panics on some (`Auto`'s fallback unwraps).
+            crate::quietly(|| {
+                cubek::matmul::launch::launch_ref(
+                    &launch_strategy,
+                    client,
+                    input(lhs),
+                    input(rhs),
+                    out_view,
+                    &mut dtypes,
+                )
+            })
+            .map_err(|e| device_err(format!("cubek-matmul panicked: {e}")))?
+            .map_err(|e| device_err(format!("cubek-matmul: {e:?}")))?;
+            Ok::<Handle, RuntimeError>(out)
+        };
     // The bench times what it claims only if the strided views mean the products above: 16
     // entries of each output, against the host, within 1 % of the sum of the terms' magnitudes
     // (TF32 and bf16 rounding, f32 accumulation).
@@ -684,7 +692,8 @@ fn cubek_on<R: Runtime>(
                 let exact: f64 = (0..depth).map(term).sum();
                 let scale: f64 = (0..depth).map(|k| term(k).abs()).sum::<f64>().max(1e-30);
                 let g = f64::from(got[i * cols + j]);
-                if (g - exact).abs() > 1e-2 * scale {
+                // A NaN (an output never written) fails too.
+                if g.is_nan() || (g - exact).abs() > 1e-2 * scale {
                     return Err(device_err(format!(
                         "cubek-matmul ({}) computed {name} [{i}, {j}] = {g}, the host {exact}",
                         strategy.name()
@@ -701,6 +710,7 @@ fn cubek_on<R: Runtime>(
             view(&w, [n_in, n_out], [1, n_in]),
             t,
             n_out,
+            verify,
         )?;
         // dx = dy·W.
         let dx = product(
@@ -708,6 +718,7 @@ fn cubek_on<R: Runtime>(
             view(&w, [n_out, n_in], [n_in, 1]),
             t,
             n_in,
+            verify,
         )?;
         // dw = dyᵀ·x: dy [T, out] read as [out, T].
         let dw = product(
@@ -715,6 +726,7 @@ fn cubek_on<R: Runtime>(
             view(&x, [t, n_in], [n_in, 1]),
             n_out,
             n_in,
+            verify,
         )?;
         exec::sync(client, kind)?;
         let bytes = client

@@ -95,7 +95,7 @@ pub struct Args {
     #[arg(long, default_value_t = 600, value_name = "SECS")]
     pub collective_timeout: u64,
     /// Replicas compare their trained tensors after every N-th step and the last (0: every step
-    /// while the method trains at most 2^20 values, else every 50)
+    /// while the method trains at most 2^20 values, else every 50); the same on every node
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub param_check_every: usize,
 }
@@ -162,8 +162,10 @@ pub fn run(args: Args) -> Result<()> {
     // of burn-ndarray's parallel ops itself instead of handing it to a pool thread and sleeping
     // until that one is done: a wake-up per op, which the hundreds of small ops of a step add up
     // to (embedded default on 2 cores: 39 -> 29 ms per step; MiniLM LoRA: 1016 -> 931 ms).
-    // Not with several replicas: they run on threads of their own and this one only waits, so
-    // it would take a worker from the pool. (Fails harmlessly if the pool already exists.)
+    // Not with several replicas: this thread (replica 0) then also blocks outside rayon in the
+    // collective calls while the other replicas' threads queue rayon work, which would cost the
+    // pool a worker (and with RAYON_NUM_THREADS=1 leave it none). (Fails harmlessly if the pool
+    // already exists.)
     if args.replicas <= 1 {
         let _ = rayon::ThreadPoolBuilder::new()
             .use_current_thread()
