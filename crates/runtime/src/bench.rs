@@ -151,6 +151,28 @@ fn median_min_max(mut times: Vec<f64>) -> (f64, f64, f64) {
     (times[times.len() / 2], times[0], times[times.len() - 1])
 }
 
+/// Runs `warmup` untimed steps, then `repeats` (at least one) timed ones; each step returns the
+/// bytes in use at its high point. The median, min and max step time (ms) and the peak bytes
+/// (at least `peak`).
+fn time_steps(
+    warmup: usize,
+    repeats: usize,
+    mut peak: u64,
+    mut step: impl FnMut() -> Result<u64, RuntimeError>,
+) -> Result<(f64, f64, f64, u64), RuntimeError> {
+    for _ in 0..warmup {
+        peak = peak.max(step()?);
+    }
+    let mut times = Vec::with_capacity(repeats.max(1));
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        peak = peak.max(step()?);
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let (median, min, max) = median_min_max(times);
+    Ok((median, min, max, peak))
+}
+
 /// The handles `plan` binds: the caller's inputs, then the forward's returned buffers.
 fn bindings(
     plan: &LaunchPlan,
@@ -191,7 +213,7 @@ fn time_plans<R: Runtime, F: HostFloat>(
         .unwrap_or(0);
     let mut moments: Option<(Handle, Handle)> = None;
     let mut step = 0u32;
-    let mut run = || -> Result<u64, RuntimeError> {
+    let run = || -> Result<u64, RuntimeError> {
         step += 1;
         let fwd = exec::execute(
             client,
@@ -244,17 +266,7 @@ fn time_plans<R: Runtime, F: HostFloat>(
         drop((fwd, bwd));
         Ok(bytes + scratch)
     };
-    let mut peak = 0;
-    for _ in 0..warmup {
-        peak = peak.max(run()?);
-    }
-    let mut times = Vec::with_capacity(repeats.max(1));
-    for _ in 0..repeats.max(1) {
-        let start = Instant::now();
-        peak = peak.max(run()?);
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    let (median_ms, min_ms, max_ms) = median_min_max(times);
+    let (median_ms, min_ms, max_ms, peak) = time_steps(warmup, repeats, 0, run)?;
     Ok(Measured {
         median_ms,
         min_ms,
@@ -741,17 +753,8 @@ fn cubek_on<R: Runtime>(
     };
     // One untimed step checked against the host (it also compiles the kernels), then the
     // warm-up and the timed steps.
-    let mut peak = run(true)?;
-    for _ in 0..warmup {
-        peak = peak.max(run(false)?);
-    }
-    let mut times = Vec::with_capacity(repeats.max(1));
-    for _ in 0..repeats.max(1) {
-        let start = Instant::now();
-        peak = peak.max(run(false)?);
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    let (median_ms, min_ms, max_ms) = median_min_max(times);
+    let first = run(true)?;
+    let (median_ms, min_ms, max_ms, peak) = time_steps(warmup, repeats, first, || run(false))?;
     Ok(Measured {
         median_ms,
         min_ms,

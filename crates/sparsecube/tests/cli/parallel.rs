@@ -58,6 +58,22 @@ fn wait_bounded(mut child: Child, limit: Duration) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// A small LoRA config (batch 12: it splits over three nodes) with `train_samples` samples, in
+/// `dir`.
+fn small_config(dir: &Path, train_samples: usize) -> std::path::PathBuf {
+    let path = dir.join("small.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[model]\nbatch = 12\nseq_len = 16\nd_model = 32\nheads = 2\nd_ff = 64\nlayers = 2\n\
+             vocab = 24\nclasses = 3\nconcepts = 8\nmethod = \"lora\"\n\
+             [train]\nepochs = 1\ntrain_samples = {train_samples}\neval_samples = 24\nlr = 3e-3\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
 fn losses(report: &Path) -> Vec<f64> {
     let text = std::fs::read_to_string(report).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -136,14 +152,7 @@ fn two_processes_train_the_embedded_default_like_one() {
 #[test]
 fn three_nodes_in_a_ring_train_like_one_process() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("small.toml");
-    std::fs::write(
-        &config,
-        "[model]\nbatch = 12\nseq_len = 16\nd_model = 32\nheads = 2\nd_ff = 64\nlayers = 2\n\
-         vocab = 24\nclasses = 3\nconcepts = 8\nmethod = \"lora\"\n\
-         [train]\nepochs = 1\ntrain_samples = 96\neval_samples = 24\nlr = 3e-3\n",
-    )
-    .unwrap();
+    let config = small_config(dir.path(), 96);
     let config = config.to_str().unwrap();
     let one = dir.path().join("one");
     let o = run(&[
@@ -223,14 +232,7 @@ fn a_killed_node_stops_the_other_within_seconds_naming_it() {
 #[test]
 fn a_node_killed_in_a_ring_of_three_stops_both_others() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("long.toml");
-    std::fs::write(
-        &config,
-        "[model]\nbatch = 12\nseq_len = 16\nd_model = 32\nheads = 2\nd_ff = 64\nlayers = 2\n\
-         vocab = 24\nclasses = 3\nconcepts = 8\nmethod = \"lora\"\n\
-         [train]\nepochs = 1\ntrain_samples = 12000\neval_samples = 24\nlr = 3e-3\n",
-    )
-    .unwrap();
+    let config = small_config(dir.path(), 12000);
     let config = config.to_str().unwrap();
     let port = free_port();
     let out: Vec<_> = (0..3).map(|r| dir.path().join(format!("n{r}"))).collect();
